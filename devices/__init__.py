@@ -1,0 +1,1 @@
+"""Device profiles and the fleet simulator (which runs the real daemon code)."""

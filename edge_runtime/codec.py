@@ -1,0 +1,163 @@
+"""Codecs: JSON rows and raw tensors ⇄ numpy, checked against the input contract.
+
+Kept apart from engines (MLServer's codecs/ idea): HTTP, MQTT, batch and
+stream all turn their payloads into numpy through here, so every transport
+refuses the same bad input with the same message.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from edge_runtime.errors import ValidationError
+from edge_runtime.manifest import Inputs
+
+_NUMERIC = (int, float)
+
+
+class RowCodec:
+    """Packs named-feature rows into one float matrix in the contract's order."""
+
+    def __init__(self, inputs: Inputs, dtype: str = "float32") -> None:
+        self.names = [f.name for f in inputs.features]
+        self.n = len(self.names)
+        self.dtype = np.dtype(dtype)
+        mins = [f.min if f.min is not None else -np.inf for f in inputs.features]
+        maxs = [f.max if f.max is not None else np.inf for f in inputs.features]
+        self.mins = np.array(mins, dtype=np.float64)
+        self.maxs = np.array(maxs, dtype=np.float64)
+        self.has_range = bool(np.isfinite(self.mins).any() or np.isfinite(self.maxs).any())
+        self.reject_nan = np.array([f.nan == "reject" for f in inputs.features])
+        self.any_reject_nan = bool(self.reject_nan.any())
+        self._name_set = frozenset(self.names)
+
+    def encode(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Rows (a dict or a list of dicts) → (n_rows, n_features) array."""
+        if isinstance(rows, Mapping):
+            rows = (rows,)
+        elif not isinstance(rows, (list, tuple)):
+            raise ValidationError("rows must be an object or a list of objects", field="rows")
+        if not rows:
+            raise ValidationError("rows is empty: send at least one row", field="rows")
+        names = self.names
+        try:
+            values = [[row[n] for n in names] for row in rows]
+        except KeyError as exc:
+            self._raise_row_problem(rows)
+            raise  # pragma: no cover
+        except TypeError:
+            self._raise_row_problem(rows)
+            raise  # pragma: no cover
+        for row in rows:
+            if len(row) != self.n:
+                self._raise_row_problem(rows)
+        try:
+            arr = np.array(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            self._raise_type_problem(values)
+            raise  # pragma: no cover
+        if not _all_numeric(values):
+            self._raise_type_problem(values)
+        nan_mask = np.isnan(arr)
+        if self.any_reject_nan and nan_mask.any():
+            bad = np.argwhere(nan_mask & self.reject_nan)
+            if len(bad):
+                r, c = bad[0]
+                raise ValidationError(f"rows[{r}].{names[c]}: NaN/null is not allowed for this feature",
+                                      field=f"rows[{r}].{names[c]}")
+        if self.has_range:
+            with np.errstate(invalid="ignore"):
+                out = (arr < self.mins) | (arr > self.maxs)
+            if out.any():
+                r, c = np.argwhere(out)[0]
+                raise ValidationError(
+                    f"rows[{r}].{names[c]}: {arr[r, c]:g} is outside the allowed range "
+                    f"[{self.mins[c]:g}, {self.maxs[c]:g}]", field=f"rows[{r}].{names[c]}")
+        return arr.astype(self.dtype, copy=False)
+
+    def _raise_row_problem(self, rows: Sequence[Any]) -> None:
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise ValidationError(f"rows[{i}] must be an object of feature values",
+                                      field=f"rows[{i}]")
+            missing = [n for n in self.names if n not in row]
+            if missing:
+                raise ValidationError(f"rows[{i}]: missing feature(s) {', '.join(missing)}",
+                                      field=f"rows[{i}].{missing[0]}")
+            extra = sorted(set(row) - self._name_set)
+            if extra:
+                raise ValidationError(f"rows[{i}]: unknown feature(s) {', '.join(extra)}",
+                                      field=f"rows[{i}].{extra[0]}")
+
+    def _raise_type_problem(self, values: list[list[Any]]) -> None:
+        for i, vals in enumerate(values):
+            for name, v in zip(self.names, vals):
+                if v is None:
+                    if self.reject_nan[self.names.index(name)]:
+                        raise ValidationError(f"rows[{i}].{name}: null is not allowed for this feature",
+                                              field=f"rows[{i}].{name}")
+                    continue
+                if isinstance(v, bool) or not isinstance(v, _NUMERIC):
+                    raise ValidationError(
+                        f"rows[{i}].{name}: expected a number, got {type(v).__name__}",
+                        field=f"rows[{i}].{name}")
+
+
+def _all_numeric(values: list[list[Any]]) -> bool:
+    # float64 conversion accepts "1.5" and True; the contract does not.
+    for vals in values:
+        for v in vals:
+            t = type(v)
+            if t is not float and t is not int:
+                if v is None:
+                    continue
+                return False
+    return True
+
+
+def encode_tensors(specs, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Raw tensors by name → arrays of the declared dtype and rank."""
+    if not isinstance(data, Mapping):
+        raise ValidationError("tensors must be an object of name → nested list", field="tensors")
+    out = {}
+    known = {s.name for s in specs}
+    extra = sorted(set(data) - known)
+    if extra:
+        raise ValidationError(f"unknown tensor(s) {', '.join(extra)}", field=f"tensors.{extra[0]}")
+    for spec in specs:
+        if spec.name not in data:
+            raise ValidationError(f"missing tensor {spec.name}", field=f"tensors.{spec.name}")
+        try:
+            arr = np.asarray(data[spec.name], dtype=spec.dtype)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"tensor {spec.name}: cannot convert to {spec.dtype}: {exc}",
+                                  field=f"tensors.{spec.name}") from exc
+        check_shape(spec, arr.shape, f"tensors.{spec.name}")
+        out[spec.name] = arr
+    return out
+
+
+def check_shape(spec, shape: tuple[int, ...], field: str) -> None:
+    if spec.shape and len(shape) != len(spec.shape):
+        raise ValidationError(f"{field}: expected rank {len(spec.shape)} shape {spec.shape}, "
+                              f"got {list(shape)}", field=field)
+    for want, got in zip(spec.shape, shape):
+        if want is not None and want != got:
+            raise ValidationError(f"{field}: expected shape {spec.shape}, got {list(shape)}",
+                                  field=field)
+    if shape and shape[0] == 0:
+        raise ValidationError(f"{field}: empty batch", field=field)
+
+
+def json_safe(value: Any) -> Any:
+    """numpy scalars/arrays → plain JSON values (NaN → None)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

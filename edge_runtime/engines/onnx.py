@@ -1,0 +1,58 @@
+"""ONNX Runtime engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_runtime.engines.base import Engine, EngineOptions
+from edge_runtime.errors import EngineError
+from edge_runtime.manifest import TensorSpec
+
+_ORT_DTYPES = {
+    "tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64",
+    "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool", "tensor(string)": "string", "tensor(float16)": "float16",
+}
+
+
+def _spec(arg) -> TensorSpec:
+    shape = [d if isinstance(d, int) else None for d in (arg.shape or [])]
+    dtype = _ORT_DTYPES.get(arg.type, "float32")
+    if dtype not in ("float32", "float64", "int64", "int32", "int8", "uint8", "bool"):
+        dtype = "float32"
+    return TensorSpec(name=arg.name, dtype=dtype, shape=shape)
+
+
+class OnnxEngine(Engine):
+    format = "onnx"
+
+    def __init__(self, path: str | Path, options: EngineOptions | None = None) -> None:
+        options = options or EngineOptions()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(1, options.intra_op_threads)
+        so.inter_op_num_threads = max(1, options.inter_op_threads)
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        available = ort.get_available_providers()
+        providers = [p for p in options.providers if p in available] or ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise EngineError(f"ONNX Runtime cannot load {Path(path).name}: {exc}") from exc
+        self.inputs = [_spec(a) for a in self.session.get_inputs()]
+        self.outputs = [_spec(a) for a in self.session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
+        self.providers = self.session.get_providers()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.session.run(self._output_names, feeds)
+        except Exception as exc:
+            raise EngineError(f"ONNX Runtime run failed: {exc}") from exc
+
+    def describe(self) -> dict:
+        return {"format": self.format, "providers": self.providers, "onnxruntime": ort.__version__}

@@ -1,0 +1,61 @@
+"""Device profiles: threads, memory budget, latency budget, preferred format.
+
+Profiles live as TOML files in ``devices/profiles/``; a path to any TOML file
+with the same keys also works.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edge_runtime.engines.base import EngineOptions
+from edge_runtime.errors import NotFoundError, ValidationError
+
+
+def _profile_dir() -> Path:
+    """Profiles ship as data in the `devices` package of this distribution."""
+    spec = importlib.util.find_spec("devices")
+    if spec and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]) / "profiles"
+    return Path.cwd() / "devices" / "profiles"
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    description: str
+    threads: int
+    memory_budget_mb: int
+    latency_budget_ms: float
+    preferred_format: str
+
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(intra_op_threads=self.threads, inter_op_threads=1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in _profile_dir().glob("*.toml"))
+
+
+def load_profile(name_or_path: str | Path) -> DeviceProfile:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = _profile_dir() / f"{name_or_path}.toml"
+    if not path.exists():
+        raise NotFoundError(f"unknown device profile {name_or_path!r} "
+                            f"(known: {', '.join(list_profiles())})", field="profile")
+    try:
+        data = tomllib.loads(path.read_text())
+        return DeviceProfile(name=str(data["name"]), description=str(data.get("description", "")),
+                             threads=int(data["threads"]),
+                             memory_budget_mb=int(data["memory_budget_mb"]),
+                             latency_budget_ms=float(data["latency_budget_ms"]),
+                             preferred_format=str(data.get("preferred_format", "onnx")))
+    except (KeyError, ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ValidationError(f"profile {path}: {exc}", field="profile") from exc
