@@ -1,0 +1,54 @@
+"""FastAPI app factory: tiny on purpose; routes live in ``cloud_hub/api/``."""
+
+from __future__ import annotations
+
+import importlib
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edge_runtime.errors import EdgeError
+from cloud_hub.hub import Hub
+
+# Router modules, each exposing ``router`` (an APIRouter). Add yours here.
+ROUTERS: list[str] = [
+]
+
+
+def create_app(hub: Hub) -> FastAPI:
+    app = FastAPI(title="edgefleet hub", version="0.1.0",
+                  description="Model registry, online/batch/stream inference, champion/challenger, "
+                              "shadow deployments and canary rollouts to device fleets.")
+    app.state.hub = hub
+    for name in ROUTERS:
+        app.include_router(importlib.import_module(name).router)
+    install_error_handlers(app)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(EdgeError)
+    async def _edge(_: Request, exc: EdgeError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {"loc": [], "msg": "invalid request"}
+        field = ".".join(str(p) for p in first.get("loc", []) if p != "body")
+        return JSONResponse({"error": f"{field or 'body'}: {first.get('msg')}", "code": "invalid_input",
+                             "field": field or "body"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail), "code": "http_error"}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JSONResponse:  # no stack traces to clients
+        import logging
+
+        logging.getLogger("cloud_hub").exception("unhandled error")
+        return JSONResponse({"error": "internal error", "code": "internal_error"}, status_code=500)

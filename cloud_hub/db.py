@@ -1,0 +1,94 @@
+"""Database: one SQLAlchemy Core ``metadata``, and migrations recorded in a table.
+
+SQLite is the embedded default; PostgreSQL by URL. Each area of the hub
+(registry, fleet, rollouts, jobs, …) defines its tables on ``metadata`` in its
+own module and registers a migration with :func:`migration`. ``migrate`` runs
+the ones not yet recorded in ``schema_migrations``, each in its own
+transaction, in id order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Callable
+
+from sqlalchemy import Column, DateTime, MetaData, String, Table, create_engine, event, select
+from sqlalchemy.engine import Connection, Engine
+
+metadata = MetaData()
+
+schema_migrations = Table(
+    "schema_migrations", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+Migration = Callable[[Connection], None]
+_MIGRATIONS: dict[str, Migration] = {}
+
+
+def migration(mid: str) -> Callable[[Migration], Migration]:
+    """Register ``fn(conn)`` as migration ``mid`` (ids sort in apply order, e.g. ``0003_fleet``)."""
+
+    def deco(fn: Migration) -> Migration:
+        if mid in _MIGRATIONS and _MIGRATIONS[mid] is not fn:
+            raise RuntimeError(f"duplicate migration id {mid}")
+        _MIGRATIONS[mid] = fn
+        return fn
+
+    return deco
+
+
+def create_tables(*tables: Table) -> Migration:
+    """A migration body that creates ``tables`` (used by most first migrations)."""
+
+    def run(conn: Connection) -> None:
+        for t in tables:
+            t.create(conn, checkfirst=True)
+
+    return run
+
+
+def connect(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # WAL: readers never block the writer
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Apply pending migrations; return the ids applied now."""
+    _import_table_modules()
+    schema_migrations.create(engine, checkfirst=True)
+    with engine.connect() as conn:
+        done = set(conn.execute(select(schema_migrations.c.id)).scalars())
+    applied = []
+    for mid in sorted(_MIGRATIONS):
+        if mid in done:
+            continue
+        with engine.begin() as conn:
+            _MIGRATIONS[mid](conn)
+            conn.execute(schema_migrations.insert().values(id=mid, applied_at=dt.datetime.now(dt.timezone.utc)))
+        applied.append(mid)
+    return applied
+
+
+# Modules that define tables and register migrations. Add yours here.
+TABLE_MODULES: list[str] = [
+]
+
+
+def _import_table_modules() -> None:
+    import importlib
+
+    for name in TABLE_MODULES:
+        importlib.import_module(name)
