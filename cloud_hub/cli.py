@@ -1,0 +1,43 @@
+"""``cloud-hub`` command line: parses and prints; the library does the work.
+
+Each area adds a module in ``cloud_hub/commands/`` exposing
+``register(subparsers)``; every subcommand sets ``func(args) -> int``.
+Domain errors become one line on stderr and exit code 1 (2 for usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from edge_runtime.errors import EdgeError
+
+# Command modules (cloud_hub/commands/*.py). Add yours here.
+COMMAND_MODULES: list[str] = [
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cloud-hub", description="edgefleet hub: registry, online/"
+                                     "batch/stream inference, fleet telemetry and canary rollouts.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EdgeError as exc:
+        print(f"cloud-hub: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
