@@ -23,6 +23,9 @@ class Hub:
         self.engine = db.connect(self.settings.db_url)
         self.applied_migrations = db.migrate(self.engine)
         self._closers: list = []
+        from cloud_hub.fleet import FleetService
+
+        self.fleet = FleetService(self)  # device registry, MQTT ingest, desired state
 
     @property
     def data_dir(self) -> Path:

@@ -1,0 +1,211 @@
+"""MQTT ingest: device state, events and telemetry windows → the fleet tables, in batches.
+
+* Events and telemetry use an MQTT v5 *shared* subscription (``$share/hub/…``) so that
+  several hub replicas split the load; ``state`` is subscribed non-shared (low volume,
+  and retained messages are never delivered to shared subscriptions, so a fresh hub
+  would otherwise not learn who is online).
+* Messages are acknowledged (manual PUBACK) only after their batch is committed, and
+  the session is persistent (``clean_start=False`` + session expiry), so a hub crash or
+  restart loses nothing: the broker redelivers. Duplicates are absorbed by the
+  (device_id, seq) / event_id unique constraints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import socket
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from edge_runtime.mqtt import MqttConfig, make_client
+from edge_runtime.protocol import DeviceEvent, DeviceState, TelemetryWindow, hub_subscription, parse_topic
+
+log = logging.getLogger("cloud_hub.fleet.ingest")
+
+
+def _hub_config(fleet) -> MqttConfig:
+    s = fleet.settings
+    return MqttConfig(url=fleet.mqtt_url, username=s.mqtt_username, password=s.mqtt_password,
+                      protocol=fleet.mqtt_protocol)
+
+
+def _client_id(fleet, role: str) -> str:
+    base = f"{fleet.settings.db_url}|{fleet.prefix}"
+    return f"hub-{role}-{socket.gethostname()[:20]}-{hashlib.sha256(base.encode()).hexdigest()[:10]}"
+
+
+class IngestSubscriber:
+    def __init__(self, fleet, *, batch_size: int = 500, max_wait_s: float = 0.05,
+                 session_expiry: int = 3600, group: str = "hub") -> None:
+        self.fleet = fleet
+        self.cfg = _hub_config(fleet)
+        self.batch_size = batch_size
+        self.max_wait_s = max_wait_s
+        self.session_expiry = session_expiry
+        self.group = group
+        self.v5 = self.cfg.effective_protocol() != "3.1.1"
+        self._q: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = threading.Event()
+        self.stats = {"received": 0, "written_windows": 0, "written_events": 0, "written_states": 0,
+                      "rejected": 0, "batches": 0, "db_errors": 0}
+        self.client = make_client(self.cfg, _client_id(fleet, "ingest"), manual_ack=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.5, 10)
+
+    def start(self) -> None:
+        kw: dict[str, Any] = {}
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = int(self.session_expiry)
+            kw = {"clean_start": self.session_expiry <= 0, "properties": props}
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, **kw)
+        self.client.loop_start()
+        self._thread = threading.Thread(target=self._writer, name="fleet-ingest-writer", daemon=True)
+        self._thread.start()
+
+    def wait_connected(self, timeout: float = 10.0) -> bool:
+        return self.connected.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    @property
+    def backlog(self) -> int:
+        return self._q.qsize()
+
+    # ---- paho callbacks (network thread) ------------------------------------------------
+    def _on_connect(self, client, _userdata, _flags, reason_code, _props=None) -> None:
+        if reason_code.is_failure:
+            log.error("hub ingest: broker refused the connection: %s", reason_code)
+            return
+        p = self.fleet.prefix
+        group = self.group if self.v5 else None
+        client.subscribe([(hub_subscription(p, "state", None), 1),
+                          (hub_subscription(p, "events", group), 1),
+                          (hub_subscription(p, "telemetry", group), 1)])
+        self.connected.set()
+        log.info("hub ingest connected to %s (%s)", self.cfg.url, "MQTT v5, shared" if self.v5 else "MQTT 3.1.1")
+
+    def _on_disconnect(self, *_a, **_k) -> None:
+        self.connected.clear()
+
+    def _on_message(self, _client, _userdata, msg) -> None:
+        self._q.put((msg.topic, msg.payload, msg.mid, msg.qos, time.time()))
+
+    # ---- writer thread ----------------------------------------------------------------------
+    def _writer(self) -> None:
+        while not self._stop.is_set() or not self._q.empty():
+            try:
+                first = self._q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            deadline = time.monotonic() + self.max_wait_s
+            while len(batch) < self.batch_size:
+                left = deadline - time.monotonic()
+                try:
+                    batch.append(self._q.get(timeout=max(0.0, left)) if left > 0 else self._q.get_nowait())
+                except queue.Empty:
+                    break
+            self._write(batch)
+
+    def _write(self, batch: list[tuple]) -> None:
+        states, events, windows, acks = [], [], [], []
+        for name, payload, mid, qos, at in batch:
+            self.stats["received"] += 1
+            if qos:
+                acks.append((mid, qos))
+            parsed = parse_topic(self.fleet.prefix, name)
+            if parsed is None:
+                self.stats["rejected"] += 1
+                continue
+            dev, kind = parsed
+            try:
+                body = json.loads(payload)
+                if kind == "state":
+                    msg: Any = DeviceState.model_validate(body)
+                elif kind == "events":
+                    msg = DeviceEvent.model_validate(body)
+                elif kind == "telemetry":
+                    msg = TelemetryWindow.model_validate(body)
+                else:
+                    self.stats["rejected"] += 1
+                    continue
+            except Exception as exc:  # malformed payload: dropped and counted, never a crash
+                self.stats["rejected"] += 1
+                log.warning("hub ingest: bad %s message from %s: %s", kind, dev, str(exc)[:200])
+                continue
+            if msg.device_id != dev:  # the topic (ACL-checked) is the identity, not the payload
+                self.stats["rejected"] += 1
+                log.warning("hub ingest: %s message on %s claims device %s; rejected", kind, dev, msg.device_id)
+                continue
+            (states if kind == "state" else events if kind == "events" else windows).append((msg, at))
+        delay = 0.2
+        while True:
+            try:
+                self.fleet.write_batch(states, events, windows)
+                break
+            except Exception:
+                self.stats["db_errors"] += 1
+                log.exception("hub ingest: database write failed; retrying in %.1fs", delay)
+                if self._stop.wait(delay) and delay > 5:
+                    return  # stopping: leave the messages unacknowledged; the broker redelivers
+                delay = min(delay * 2, 10.0)
+        self.stats["batches"] += 1
+        self.stats["written_states"] += len(states)
+        self.stats["written_events"] += len(events)
+        self.stats["written_windows"] += len(windows)
+        for mid, qos in acks:
+            self.client.ack(mid, qos)
+
+
+class DesiredPublisher:
+    """Publishes desired documents retained (QoS 1); republishes all of them on every (re)connect."""
+
+    def __init__(self, fleet) -> None:
+        self.fleet = fleet
+        self.cfg = _hub_config(fleet)
+        self.client = make_client(self.cfg, _client_id(fleet, "desired") + f"-{id(self) % 100000}")
+        self.client.on_connect = self._on_connect
+        self.client.reconnect_delay_set(0.5, 10)
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, _u, _f, reason_code, _p=None) -> None:
+        if reason_code.is_failure:
+            log.error("hub desired publisher: broker refused the connection: %s", reason_code)
+            return
+        self.connected.set()
+        for device_id, doc in self.fleet.all_desired():
+            self.publish(self.fleet_topic(device_id), doc)
+
+    def fleet_topic(self, device_id: str) -> str:
+        from edge_runtime.protocol import topic
+
+        return topic(self.fleet.prefix, device_id, "desired")
+
+    def publish(self, name: str, body: dict[str, Any]) -> None:
+        self.client.publish(name, json.dumps(body), qos=1, retain=True)

@@ -1,0 +1,458 @@
+"""``FleetService`` (``hub.fleet``): the device registry, desired state, ingest writes and stats.
+
+Everything the API, the CLI and the rollout controller need about devices goes
+through this class; MQTT (the ingest subscriber, the desired publisher, the
+embedded broker) is started by :meth:`FleetService.start` (``cloud-hub serve``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from sqlalchemy import and_, select
+from sqlalchemy.engine import Connection
+
+from cloud_hub.fleet import tables as T
+from cloud_hub.fleet.acl import hash_password, new_password, write_acl_files
+from cloud_hub.fleet.aggregate import SlotAggregate
+from edge_runtime.errors import NotFoundError, ValidationError
+from edge_runtime.protocol import DesiredState, DeviceEvent, DeviceState, TelemetryWindow, topic
+
+log = logging.getLogger("cloud_hub.fleet")
+
+_ID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def check_device_id(device_id: str) -> str:
+    if not isinstance(device_id, str) or not device_id or len(device_id) > 128 \
+            or any(c not in _ID_OK for c in device_id):
+        raise ValidationError("device id must be 1-128 characters of letters, digits, '-', '_', '.', ':' "
+                              f"(got {device_id!r})", field="device_id")
+    return device_id
+
+
+@dataclass
+class DeviceRecord:
+    id: str
+    tags: dict[str, str] = field(default_factory=dict)
+    profile: str = ""
+    registered: bool = False
+    online: bool = False
+    last_seen: float | None = None
+    last_window_at: float | None = None
+    bundles: list[dict[str, Any]] = field(default_factory=list)  # what the device says it runs
+    applied_desired_id: str | None = None
+    runtime_version: str = ""
+    desired: dict[str, Any] | None = None
+    dropped_windows: int = 0
+    has_credentials: bool = False
+    password: str | None = None  # only set by register_device when a password was created/given
+
+    def running(self, slot: str = "active") -> dict[str, Any] | None:
+        return next((b for b in self.bundles if b.get("slot") == slot), None)
+
+    @property
+    def converged(self) -> bool:
+        """The device reports it applied the current desired document."""
+        return bool(self.desired) and self.applied_desired_id == self.desired.get("id")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("id", "tags", "profile", "registered", "online", "last_seen",
+                                           "last_window_at", "bundles", "applied_desired_id",
+                                           "runtime_version", "desired", "dropped_windows",
+                                           "has_credentials")}
+        d["converged"] = self.converged
+        return d
+
+
+def parse_selector(selector: Any) -> tuple[dict[str, str] | None, set[str] | None]:
+    """None | {"tag": "value"} | "k=v,k2=v2" | ["dev-1", ...] → (tag filter, id filter)."""
+    if selector is None or selector == "" or selector == {}:
+        return None, None
+    if isinstance(selector, Mapping):
+        return {str(k): str(v) for k, v in selector.items()}, None
+    if isinstance(selector, str):
+        tags: dict[str, str] = {}
+        for part in selector.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" not in part:
+                raise ValidationError(f"selector part {part!r} must be key=value", field="selector")
+            k, v = part.split("=", 1)
+            tags[k.strip()] = v.strip()
+        return tags, None
+    if isinstance(selector, Iterable):
+        return None, {str(x) for x in selector}
+    raise ValidationError("selector must be a tag mapping, 'k=v,…' or a list of device ids", field="selector")
+
+
+def insert_ignore(conn: Connection, table, rows: list[dict[str, Any]]) -> None:
+    """Bulk insert, skipping rows that hit a unique constraint (the dedupe)."""
+    if not rows:
+        return
+    name = conn.dialect.name
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:  # pragma: no cover - other databases: one row at a time
+        for r in rows:
+            try:
+                with conn.begin_nested():
+                    conn.execute(table.insert().values(**r))
+            except Exception:
+                pass
+        return
+    conn.execute(insert(table).on_conflict_do_nothing(), rows)
+
+
+class FleetService:
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+        self.settings = hub.settings
+        self.engine = hub.engine
+        self.prefix = self.settings.mqtt_prefix
+        self.mqtt_url: str | None = self.settings.mqtt_url
+        self.mqtt_protocol = "5"
+        self.broker = None
+        self.ingest = None
+        self._publisher = None
+        self._lock = threading.Lock()
+
+    # ---- registry ---------------------------------------------------------------
+    def register_device(self, device_id: str, tags: Mapping[str, str] | None = None, profile: str = "",
+                        password: str | None = None, generate_password: bool = False) -> DeviceRecord:
+        """Create or update a device; returns it with ``password`` set when one was given/created."""
+        check_device_id(device_id)
+        tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        if generate_password and password is None:
+            password = new_password()
+        values: dict[str, Any] = {"tags": tags, "profile": profile or "", "registered": True}
+        if password is not None:
+            values["credentials_hash"] = hash_password(password)
+        with self.engine.begin() as conn:
+            exists = conn.execute(select(T.devices.c.id).where(T.devices.c.id == device_id)).first()
+            if exists:
+                conn.execute(T.devices.update().where(T.devices.c.id == device_id).values(**values))
+            else:
+                conn.execute(T.devices.insert().values(id=device_id, created_at=time.time(), **values))
+        rec = self.device(device_id)
+        rec.password = password
+        return rec
+
+    def device(self, device_id: str) -> DeviceRecord:
+        recs = self._records(ids={device_id})
+        if not recs:
+            raise NotFoundError(f"device {device_id!r} is not known to the hub (register it, or wait "
+                                "for it to connect)", field="device_id")
+        return recs[0]
+
+    def devices(self, selector: Any = None, *, online: bool | None = None) -> list[DeviceRecord]:
+        tags, ids = parse_selector(selector)
+        recs = self._records(ids=ids)
+        if tags:
+            recs = [r for r in recs if all(r.tags.get(k) == v for k, v in tags.items())]
+        if online is not None:
+            recs = [r for r in recs if r.online == online]
+        return recs
+
+    def _records(self, ids: set[str] | None = None) -> list[DeviceRecord]:
+        d, s, w = T.devices, T.device_state, T.desired
+        with self.engine.connect() as conn:
+            q1 = select(d)
+            q2 = select(s)
+            q3 = select(w)
+            if ids is not None:
+                q1, q2, q3 = q1.where(d.c.id.in_(ids)), q2.where(s.c.device_id.in_(ids)), \
+                    q3.where(w.c.device_id.in_(ids))
+            regs = {r.id: r for r in conn.execute(q1)}
+            states = {r.device_id: r for r in conn.execute(q2)}
+            desired = {r.device_id: r for r in conn.execute(q3)}
+        out = []
+        for dev_id in sorted(set(regs) | set(states)):
+            reg, st, de = regs.get(dev_id), states.get(dev_id), desired.get(dev_id)
+            doc = (st.state if st is not None else None) or {}
+            rec = DeviceRecord(
+                id=dev_id,
+                tags=dict(reg.tags) if reg is not None else dict(doc.get("tags") or {}),
+                profile=(reg.profile if reg is not None and reg.profile else doc.get("profile", "")),
+                registered=bool(reg is not None and reg.registered),
+                has_credentials=bool(reg is not None and reg.credentials_hash),
+                online=bool(st.online) if st is not None else False,
+                last_seen=st.last_seen if st is not None else None,
+                last_window_at=st.last_window_at if st is not None else None,
+                bundles=list(doc.get("bundles") or []),
+                applied_desired_id=st.applied_desired_id if st is not None else None,
+                runtime_version=doc.get("runtime_version", ""),
+                desired=dict(de.doc) if de is not None else None,
+                dropped_windows=int(st.dropped_windows or 0) if st is not None else 0,
+            )
+            out.append(rec)
+        return out
+
+    # ---- desired state ------------------------------------------------------------
+    def bundle_url(self, digest: str) -> str:
+        return f"{self.settings.base_url.rstrip('/')}/v1/bundles/{digest}"
+
+    def set_desired(self, device_id: str, desired: DesiredState | Mapping[str, Any]) -> DesiredState:
+        """Persist the device's desired document and publish it retained (QoS 1).
+
+        When the broker is not reachable now, the document is still stored and is
+        (re)published when the hub's MQTT publisher connects.
+        """
+        check_device_id(device_id)
+        doc = desired if isinstance(desired, DesiredState) else DesiredState.model_validate(dict(desired))
+        for slot in doc.bundles:
+            if slot not in ("active", "shadow"):
+                raise ValidationError(f"desired slot {slot!r} must be 'active' or 'shadow'",
+                                      field=f"bundles.{slot}")
+        body = doc.model_dump(mode="json")
+        with self.engine.begin() as conn:
+            row = {"desired_id": doc.id, "rollout_id": doc.rollout_id, "doc": body, "updated_at": time.time()}
+            if conn.execute(select(T.desired.c.device_id).where(T.desired.c.device_id == device_id)).first():
+                conn.execute(T.desired.update().where(T.desired.c.device_id == device_id).values(**row))
+            else:
+                conn.execute(T.desired.insert().values(device_id=device_id, **row))
+        self._publish_desired(device_id, body)
+        return doc
+
+    def get_desired(self, device_id: str) -> DesiredState | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(T.desired.c.doc).where(T.desired.c.device_id == device_id)).first()
+        return DesiredState.model_validate(r.doc) if r else None
+
+    def _publish_desired(self, device_id: str, body: dict[str, Any]) -> None:
+        pub = self._ensure_publisher()
+        if pub is None:
+            log.info("desired state of %s stored; no broker configured yet, published when the hub starts",
+                     device_id)
+            return
+        pub.publish(topic(self.prefix, device_id, "desired"), body)
+
+    def _ensure_publisher(self):
+        with self._lock:
+            if self._publisher is None and self.mqtt_url:
+                from cloud_hub.fleet.ingest import DesiredPublisher
+
+                self._publisher = DesiredPublisher(self)
+                self._publisher.start()
+            return self._publisher
+
+    def all_desired(self) -> list[tuple[str, dict[str, Any]]]:
+        with self.engine.connect() as conn:
+            return [(r.device_id, r.doc) for r in conn.execute(select(T.desired.c.device_id, T.desired.c.doc))]
+
+    # ---- ingest writes (called by the subscriber's writer thread, in batches) ---------------
+    def write_batch(self, states: Sequence[tuple[DeviceState, float]] = (),
+                    events: Sequence[tuple[DeviceEvent, float]] = (),
+                    windows: Sequence[tuple[TelemetryWindow, float]] = ()) -> None:
+        seen: dict[str, float] = {}
+        with self.engine.begin() as conn:
+            if events:
+                rows = []
+                for ev, at in events:
+                    rows.append({"event_id": ev.event_id, "device_id": ev.device_id, "step": ev.step,
+                                 "slot": ev.slot, "bundle": ev.bundle, "desired_id": ev.desired_id,
+                                 "rollout_id": ev.rollout_id, "reason": ev.reason, "ts": ev.ts,
+                                 "received_at": at})
+                    seen[ev.device_id] = max(seen.get(ev.device_id, 0.0), at)
+                insert_ignore(conn, T.events, rows)
+            last_window: dict[str, tuple[float, int, int]] = {}
+            if windows:
+                wrows, srows = [], []
+                for w, at in windows:
+                    wrows.append({"device_id": w.device_id, "seq": w.seq, "start": w.start, "end": w.end,
+                                  "rss_bytes": int(w.rss_bytes), "cpu_percent": float(w.cpu_percent),
+                                  "dropped_windows": w.dropped_windows, "received_at": at})
+                    for s in w.slots:
+                        srows.append({"device_id": w.device_id, "seq": w.seq, "start": w.start, "end": w.end,
+                                      "slot": s.slot, "name": s.name, "version": s.version, "sha256": s.sha256,
+                                      "requests": s.requests, "errors": s.errors, "latency": s.latency,
+                                      "scores": s.scores, "decisions": s.decisions, "compared": s.compared,
+                                      "decision_changed": s.decision_changed, "divergence": s.divergence,
+                                      "dropped": s.dropped})
+                    prev = last_window.get(w.device_id)
+                    if prev is None or w.seq > prev[1]:
+                        last_window[w.device_id] = (at, w.seq, w.dropped_windows)
+                    seen[w.device_id] = max(seen.get(w.device_id, 0.0), at)
+                insert_ignore(conn, T.windows, wrows)
+                insert_ignore(conn, T.slot_stats, srows)
+            latest_state: dict[str, tuple[DeviceState, float]] = {}
+            for st, at in states:  # in arrival order: the last one wins
+                latest_state[st.device_id] = (st, at)
+                seen[st.device_id] = max(seen.get(st.device_id, 0.0), at)
+            ids = set(seen)
+            if not ids:
+                return
+            existing = {r.device_id: r for r in conn.execute(
+                select(T.device_state).where(T.device_state.c.device_id.in_(ids)))}
+            for dev_id in ids:
+                vals: dict[str, Any] = {"last_seen": seen[dev_id]}
+                if dev_id in latest_state:
+                    st, _ = latest_state[dev_id]
+                    vals.update(online=st.online, state=st.model_dump(mode="json"))
+                    if st.online or st.applied_desired_id:
+                        vals["applied_desired_id"] = st.applied_desired_id
+                if dev_id in last_window:
+                    at, seq, dropped = last_window[dev_id]
+                    vals["last_window_at"] = at
+                    old = existing.get(dev_id)
+                    if old is None or old.last_seq is None or seq >= old.last_seq:
+                        vals["last_seq"] = seq
+                        vals["dropped_windows"] = dropped
+                if dev_id in existing:
+                    conn.execute(T.device_state.update().where(T.device_state.c.device_id == dev_id)
+                                 .values(**vals))
+                else:
+                    vals.setdefault("online", dev_id in latest_state and latest_state[dev_id][0].online)
+                    vals.setdefault("state", {"device_id": dev_id, "online": vals["online"]})
+                    conn.execute(T.device_state.insert().values(device_id=dev_id, **vals))
+
+    # ---- reads for rollouts / API ------------------------------------------------------
+    def window_stats(self, device_ids: Iterable[str] | None = None, *, name: str | None = None,
+                     version: str | None = None, slot: str | None = None, since: float | None = None,
+                     until: float | None = None, sha256: str | None = None) -> SlotAggregate:
+        """Merge the per-slot stats of the matching windows (``since``/``until`` on window end time)."""
+        agg = SlotAggregate()
+        for r in self._slot_rows(device_ids, name=name, version=version, slot=slot, since=since,
+                                 until=until, sha256=sha256):
+            agg.add_row(r)
+        return agg
+
+    def _slot_rows(self, device_ids: Iterable[str] | None = None, **flt: Any) -> list[dict[str, Any]]:
+        s = T.slot_stats
+        conds = []
+        for key in ("name", "version", "slot", "sha256"):
+            if flt.get(key) is not None:
+                conds.append(s.c[key] == flt[key])
+        if flt.get("since") is not None:
+            conds.append(s.c.end >= float(flt["since"]))
+        if flt.get("until") is not None:
+            conds.append(s.c.end < float(flt["until"]))
+        ids = None if device_ids is None else list(device_ids)
+        q = select(s)
+        if conds:
+            q = q.where(and_(*conds))
+        rows: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            if ids is None:
+                rows = [dict(r._mapping) for r in conn.execute(q)]
+            else:
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i:i + 500]
+                    rows += [dict(r._mapping) for r in conn.execute(q.where(s.c.device_id.in_(chunk)))]
+        return rows
+
+    def stats(self, model: str | None = None, *, by: str = "version", tag: str | None = None,
+              slot: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        """Fleet stats of ``model`` grouped ``by`` version | tag | device | slot."""
+        if by not in ("version", "tag", "device", "slot"):
+            raise ValidationError(f"--by must be version, tag, device or slot (got {by!r})", field="by")
+        rows = self._slot_rows(None, name=model, slot=slot, since=since)
+        tags_of = {r.id: r.tags for r in self._records()} if by == "tag" else {}
+        groups: dict[tuple, SlotAggregate] = {}
+        for r in rows:
+            if by == "version":
+                keys = [(("name", r["name"]), ("version", r["version"]), ("slot", r["slot"]))]
+            elif by == "slot":
+                keys = [(("name", r["name"]), ("slot", r["slot"]))]
+            elif by == "device":
+                keys = [(("device_id", r["device_id"]), ("name", r["name"]), ("version", r["version"]),
+                         ("slot", r["slot"]))]
+            else:
+                dtags = tags_of.get(r["device_id"], {})
+                items = [(tag, dtags.get(tag, ""))] if tag else sorted(dtags.items())
+                keys = [(("tag", f"{k}={v}"), ("name", r["name"]), ("version", r["version"]),
+                         ("slot", r["slot"])) for k, v in items]
+            for key in keys:
+                groups.setdefault(key, SlotAggregate()).add_row(r)
+        out = []
+        for key in sorted(groups):
+            out.append({**dict(key), **groups[key].to_dict()})
+        return out
+
+    def events(self, device_id: str | None = None, rollout_id: str | None = None,
+               since: float | None = None, limit: int = 1000, desired_id: str | None = None
+               ) -> list[DeviceEvent]:
+        """Events in arrival order; ``since`` filters on the device's event time."""
+        e = T.events
+        q = select(e)
+        if device_id is not None:
+            q = q.where(e.c.device_id == device_id)
+        if rollout_id is not None:
+            q = q.where(e.c.rollout_id == rollout_id)
+        if desired_id is not None:
+            q = q.where(e.c.desired_id == desired_id)
+        if since is not None:
+            q = q.where(e.c.ts >= float(since))
+        q = q.order_by(e.c.id.desc()).limit(int(limit))
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(q))
+        return [DeviceEvent(device_id=r.device_id, event_id=r.event_id, step=r.step, slot=r.slot,
+                            bundle=r.bundle, desired_id=r.desired_id, rollout_id=r.rollout_id,
+                            reason=r.reason, ts=r.ts) for r in reversed(rows)]
+
+    def window_count(self, device_id: str | None = None) -> int:
+        from sqlalchemy import func
+
+        q = select(func.count()).select_from(T.windows)
+        if device_id is not None:
+            q = q.where(T.windows.c.device_id == device_id)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def window_seqs(self, device_id: str) -> list[int]:
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(select(T.windows.c.seq).where(T.windows.c.device_id == device_id))
+                          .scalars())
+
+    # ---- ACL ----------------------------------------------------------------------------
+    def write_acl(self, out_dir, hub_user: str | None = None, hub_password: str | None = None):
+        """Write mosquitto ``passwd`` + ``acl`` files for the registered devices (and the hub's user)."""
+        with self.engine.connect() as conn:
+            hashes = {r.id: r.credentials_hash for r in conn.execute(select(T.devices))
+                      if r.credentials_hash}
+        user = hub_user or self.settings.mqtt_username or "hub"
+        pw = hub_password if hub_password is not None else self.settings.mqtt_password
+        hub_users = {user: hash_password(pw) if pw else ""}
+        return write_acl_files(out_dir, self.prefix, hashes, hub_users)
+
+    # ---- MQTT lifecycle -------------------------------------------------------------------
+    def start(self, *, ingest: bool = True, embedded_ok: bool = True, session_expiry: int = 3600) -> str:
+        """Start the embedded broker (when no ``HUB_MQTT_URL``), the ingest and the publisher."""
+        if self.mqtt_url is None:
+            if not embedded_ok:
+                raise ValidationError("HUB_MQTT_URL is not set", field="mqtt_url")
+            from cloud_hub.fleet.broker import EmbeddedBroker
+
+            self.broker = EmbeddedBroker()
+            self.broker.start()
+            self.mqtt_url = self.broker.url
+            self.mqtt_protocol = "3.1.1"
+            log.warning("no HUB_MQTT_URL: started an embedded MQTT broker (amqtt, MQTT 3.1.1) on %s; "
+                        "use Mosquitto or another MQTT v5 broker in production", self.broker.url)
+        if ingest and self.ingest is None:
+            from cloud_hub.fleet.ingest import IngestSubscriber
+
+            self.ingest = IngestSubscriber(self, session_expiry=session_expiry)
+            self.ingest.start()
+        self._ensure_publisher()
+        self.hub.on_close(self.stop)
+        return self.mqtt_url
+
+    def stop(self) -> None:
+        if self.ingest is not None:
+            self.ingest.stop()
+            self.ingest = None
+        if self._publisher is not None:
+            self._publisher.stop()
+            self._publisher = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+            self.mqtt_url = self.settings.mqtt_url

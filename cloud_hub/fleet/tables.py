@@ -1,0 +1,107 @@
+"""Fleet tables: device registry, reported state, desired documents, events, telemetry windows.
+
+Dedupe lives in the schema: a telemetry window is unique on (device_id, seq) and its
+per-slot rows on (device_id, seq, slot, sha256), an event on its ``event_id``; the
+ingest inserts with "on conflict do nothing", so a window replayed by a device after
+a reconnect (or delivered twice by the broker) is stored once.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (JSON, Boolean, Column, Float, Index, Integer, String, Table, Text,
+                        UniqueConstraint)
+
+from cloud_hub.db import create_tables, metadata, migration
+
+devices = Table(
+    "fleet_devices", metadata,
+    Column("id", String(128), primary_key=True),
+    Column("tags", JSON, nullable=False, default=dict),
+    Column("profile", String(64), nullable=False, default=""),
+    # mosquitto_passwd format ($7$ PBKDF2-SHA512), so the password file is written from here
+    Column("credentials_hash", Text, nullable=True),
+    Column("registered", Boolean, nullable=False, default=True),
+    Column("created_at", Float, nullable=False),
+)
+
+device_state = Table(
+    "fleet_device_state", metadata,
+    Column("device_id", String(128), primary_key=True),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("state", JSON, nullable=False),  # last DeviceState document
+    Column("applied_desired_id", String(128), nullable=True),
+    Column("last_seen", Float, nullable=True),  # hub clock, any message from the device
+    Column("last_window_at", Float, nullable=True),  # hub clock, last telemetry window
+    Column("last_seq", Integer, nullable=True),
+    Column("dropped_windows", Integer, nullable=False, default=0),
+)
+
+desired = Table(
+    "fleet_desired", metadata,
+    Column("device_id", String(128), primary_key=True),
+    Column("desired_id", String(128), nullable=False),
+    Column("rollout_id", String(128), nullable=True),
+    Column("doc", JSON, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+events = Table(
+    "fleet_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(128), nullable=False, unique=True),
+    Column("device_id", String(128), nullable=False),
+    Column("step", String(32), nullable=False),
+    Column("slot", String(16), nullable=True),
+    Column("bundle", JSON, nullable=True),
+    Column("desired_id", String(128), nullable=True),
+    Column("rollout_id", String(128), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("ts", Float, nullable=False),
+    Column("received_at", Float, nullable=False),
+    Index("ix_fleet_events_device", "device_id", "id"),
+    Index("ix_fleet_events_rollout", "rollout_id", "id"),
+)
+
+windows = Table(
+    "fleet_windows", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(128), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("start", Float, nullable=False),
+    Column("end", Float, nullable=False),
+    Column("rss_bytes", Integer, nullable=False, default=0),
+    Column("cpu_percent", Float, nullable=False, default=0.0),
+    Column("dropped_windows", Integer, nullable=False, default=0),
+    Column("received_at", Float, nullable=False),
+    UniqueConstraint("device_id", "seq", name="uq_fleet_windows_device_seq"),
+    Index("ix_fleet_windows_end", "end"),
+)
+
+slot_stats = Table(
+    "fleet_slot_stats", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(128), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("start", Float, nullable=False),
+    Column("end", Float, nullable=False),
+    Column("slot", String(16), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("version", String(128), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("requests", Integer, nullable=False, default=0),
+    Column("errors", Integer, nullable=False, default=0),
+    Column("latency", JSON, nullable=False),
+    Column("scores", JSON, nullable=False),
+    Column("decisions", JSON, nullable=False),
+    Column("compared", Integer, nullable=False, default=0),
+    Column("decision_changed", Integer, nullable=False, default=0),
+    Column("divergence", JSON, nullable=False),
+    Column("dropped", Integer, nullable=False, default=0),
+    UniqueConstraint("device_id", "seq", "slot", "sha256", name="uq_fleet_slot_stats"),
+    Index("ix_fleet_slot_stats_model", "name", "version", "slot", "end"),
+    Index("ix_fleet_slot_stats_device", "device_id", "end"),
+)
+
+ALL = (devices, device_state, desired, events, windows, slot_stats)
+
+migration("0005_fleet")(create_tables(*ALL))
