@@ -1,0 +1,594 @@
+"""Export a trained model to a signed ONNX bundle (``edge-convert export``).
+
+    export_model(model_or_path, sample, out_dir, ExportConfig(key=...)) -> Path
+
+Supported sources: scikit-learn estimators and pipelines (a Python object or a
+joblib/pickle file), LightGBM and XGBoost scikit-learn wrappers (also inside
+pipelines, through onnxmltools' converters registered with skl2onnx), and
+PyTorch modules when torch is installed (``torch.onnx``; the ``torch`` extra).
+
+From the model and the sample the bundle gets: the input contract (feature
+names from ``feature_names_in_`` or the sample's columns, dtypes, optional
+observed min/max), the task (binary / multiclass / regression), the
+post-processing (classes, positive class, threshold, risk levels high /
+medium / low at 0.7 / 0.4 for binary), golden vectors drawn from the sample,
+and provenance with the parity measured between the ONNX graph and the
+source model on the whole sample. A conversion that does not answer like the
+source (label agreement under ``min_label_agreement``) is refused, and
+nothing is left at ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from converters.sample import Sample, finalize, load_sample
+from edge_runtime.bundle import MANIFEST, read_bundle, write_bundle
+from edge_runtime.errors import BundleError, EdgeError, EngineError, ValidationError
+
+Task = Literal["binary_classification", "multiclass_classification", "regression"]
+TASK_ALIASES = {"binary": "binary_classification", "multiclass": "multiclass_classification",
+                "regression": "regression", "binary_classification": "binary_classification",
+                "multiclass_classification": "multiclass_classification"}
+DEFAULT_RISK_LEVELS = (("high", 0.7), ("medium", 0.4), ("low", 0.0))
+KEY_ENV = "EDGE_CONVERT_KEY"
+TARGET_OPSET = 17
+ML_OPSET = 3
+
+
+@dataclass
+class ExportConfig:
+    """Options of ``edge-convert export``; every field has a CLI flag."""
+
+    key: Any = None  # ed25519 private key (path, PEM or object); default $EDGE_CONVERT_KEY
+    name: str | None = None  # bundle name; default: model file stem or estimator class
+    version: str = "1.0.0"
+    label_column: str | None = None  # sample column holding labels (removed from features)
+    task: str | None = None  # binary | multiclass | regression; inferred when None
+    class_names: Sequence[str | int] | None = None  # rename classes_ (same order)
+    positive_class: str | int | None = None  # binary: default is the second class
+    threshold: float = 0.5
+    risk_levels: Sequence[tuple[str, float]] | None = DEFAULT_RISK_LEVELS  # binary only
+    golden_rows: int = 8
+    record_ranges: bool = False  # put the sample's observed min/max in the contract
+    output_role: Literal["logits", "probabilities"] = "logits"  # torch classifiers
+    min_label_agreement: float = 0.99  # refuse a conversion that agrees less with the source
+    parity_rows: int = 2000  # sample rows used for the parity check
+    target_opset: int = TARGET_OPSET
+    overwrite: bool = False  # replace an existing bundle at out_dir
+    description: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)  # extra provenance fields
+
+
+# ---- keys and output paths (shared with quantize) -----------------------------------
+
+def resolve_key(key: Any):
+    """The signing key from the argument or ``$EDGE_CONVERT_KEY``; clear error if none."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge_runtime.signing import load_private_key
+
+    if key is None:
+        key = os.environ.get(KEY_ENV) or None
+    if key is None:
+        raise ValidationError(f"no signing key: pass --key FILE or set {KEY_ENV} "
+                              "(create one with `edge-convert keygen`)", field="key")
+    if isinstance(key, Ed25519PrivateKey):
+        return key
+    return load_private_key(key)
+
+
+def check_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
+    """Refuse to clobber something that is not ours (checked before any work)."""
+    out = Path(out_dir)
+    if out.exists():
+        if not out.is_dir():
+            raise ValidationError(f"output {out} exists and is not a directory", field="out")
+        if any(out.iterdir()):
+            if not (out / MANIFEST).exists():
+                raise ValidationError(f"output {out} is a non-empty directory that is not a "
+                                      "bundle; choose another --out", field="out")
+            if not overwrite:
+                raise ValidationError(f"output {out} already holds a bundle; pass --force to "
+                                      "replace it", field="out")
+    return out
+
+
+def _check_config(cfg: ExportConfig) -> None:
+    import re
+
+    if cfg.name is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", cfg.name):
+        raise ValidationError(f"name {cfg.name!r} may only use letters, digits, '_', '.', '-'",
+                              field="name")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-+]+", cfg.version or ""):
+        raise ValidationError(f"version {cfg.version!r} may only use letters, digits, '_.-+'",
+                              field="version")
+    if cfg.task is not None and cfg.task not in TASK_ALIASES:
+        raise ValidationError(f"task {cfg.task!r} is not one of binary, multiclass, regression",
+                              field="task")
+    if not 0.0 <= cfg.threshold <= 1.0:
+        raise ValidationError("threshold must be between 0 and 1", field="threshold")
+    if cfg.golden_rows < 1:
+        raise ValidationError("golden_rows must be at least 1", field="golden_rows")
+
+
+# ---- the public entry point -------------------------------------------------------
+
+def export_model(model_or_path: Any, sample: Any, out_dir: str | Path,
+                 config: ExportConfig | None = None) -> Path:
+    """Convert ``model_or_path`` to a signed ONNX bundle at ``out_dir``; return its path."""
+    cfg = config or ExportConfig()
+    _check_config(cfg)
+    key = resolve_key(cfg.key)
+    out = check_out_dir(out_dir, cfg.overwrite)
+    t0 = time.perf_counter()
+    model, source_name = load_model(model_or_path)
+    kind = model_kind(model)
+    names = _model_feature_names(model) if kind == "sklearn" else None
+    smp = load_sample(sample, label_column=cfg.label_column, feature_names=names)
+    smp = finalize(smp)
+    if kind == "torch":
+        conv = _convert_torch(model, smp, cfg)
+    else:
+        conv = _convert_sklearn(model, smp, cfg)
+    conv.seconds = time.perf_counter() - t0
+    name = cfg.name or _default_name(source_name, model)
+    _write(out, name, conv, smp, cfg, key, source_name, model)
+    return out
+
+
+# ---- loading -----------------------------------------------------------------------
+
+def load_model(model_or_path: Any) -> tuple[Any, str]:
+    """A fitted model object and a short source name; corrupt files → ValidationError."""
+    if not isinstance(model_or_path, (str, Path)):
+        return model_or_path, type(model_or_path).__name__
+    path = Path(model_or_path)
+    if not path.is_file():
+        raise ValidationError(f"model file not found: {path}", field="model")
+    if path.suffix.lower() in (".pt", ".pth"):
+        try:
+            import torch
+        except ImportError as exc:
+            raise ValidationError("PyTorch models need torch (pip install 'edgefleet[torch]')",
+                                  field="model") from exc
+        try:
+            return torch.load(path, weights_only=False, map_location="cpu"), path.stem
+        except Exception as exc:
+            raise ValidationError(f"cannot load PyTorch model {path.name}: {exc}",
+                                  field="model") from exc
+    import joblib
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = joblib.load(path)
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, ImportError, ModuleNotFoundError, OSError) as exc:
+        raise ValidationError(f"cannot load model {path.name}: not a valid joblib/pickle file "
+                              f"({type(exc).__name__}: {str(exc)[:120]})", field="model") from exc
+    return model, path.stem
+
+
+def model_kind(model: Any) -> str:
+    try:
+        import torch
+
+        if isinstance(model, torch.nn.Module):
+            return "torch"
+    except ImportError:
+        pass
+    if hasattr(model, "predict") and hasattr(model, "fit"):
+        from sklearn.utils.validation import check_is_fitted
+        from sklearn.exceptions import NotFittedError
+
+        try:
+            check_is_fitted(model)
+        except NotFittedError as exc:
+            raise ValidationError(f"{type(model).__name__} is not fitted: train it before "
+                                  "exporting", field="model") from exc
+        except TypeError:
+            pass
+        return "sklearn"
+    raise ValidationError(f"cannot export a {type(model).__module__}.{type(model).__name__}: "
+                          "expected a scikit-learn / LightGBM / XGBoost estimator or pipeline, "
+                          "or a torch.nn.Module", field="model")
+
+
+def _model_feature_names(model: Any) -> list[str] | None:
+    names = getattr(model, "feature_names_in_", None)
+    if names is None and hasattr(model, "steps"):
+        names = getattr(model.steps[0][1], "feature_names_in_", None)
+    return [str(n) for n in names] if names is not None else None
+
+
+def _default_name(source_name: str, model: Any) -> str:
+    import re
+
+    base = source_name if source_name else type(model).__name__
+    base = re.sub(r"[^A-Za-z0-9_.\-]+", "-", base).strip("-.") or "model"
+    return base
+
+
+# ---- conversions -------------------------------------------------------------------
+
+@dataclass
+class _Converted:
+    onnx_bytes: bytes
+    task: str
+    input_name: str
+    outputs: list[dict[str, str]]
+    classes: list[Any]
+    ref: dict[str, np.ndarray]  # source-model answers on the parity rows
+    converter: str
+    seconds: float = 0.0
+
+
+_REGISTERED = False
+
+
+def _register_boosters() -> None:
+    """Teach skl2onnx LightGBM / XGBoost through onnxmltools (also inside pipelines)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (calculate_linear_classifier_output_shapes,
+                                                  calculate_linear_regressor_output_shapes)
+
+    opts = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+    try:
+        import lightgbm
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+
+        update_registered_converter(lightgbm.LGBMClassifier, "LightGbmLGBMClassifier",
+                                    calculate_linear_classifier_output_shapes, convert_lightgbm,
+                                    options=opts)
+        update_registered_converter(lightgbm.LGBMRegressor, "LightGbmLGBMRegressor",
+                                    calculate_linear_regressor_output_shapes, convert_lightgbm,
+                                    options={"split": None})
+    except ImportError:
+        pass
+    try:
+        import xgboost
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+
+        update_registered_converter(xgboost.XGBClassifier, "XGBoostXGBClassifier",
+                                    calculate_linear_classifier_output_shapes, convert_xgboost,
+                                    options=opts)
+        update_registered_converter(xgboost.XGBRegressor, "XGBoostXGBRegressor",
+                                    calculate_linear_regressor_output_shapes, convert_xgboost)
+    except ImportError:
+        pass
+    _REGISTERED = True
+
+
+def _walk(model: Any):
+    yield model
+    for attr in ("steps",):
+        for _, step in getattr(model, attr, []) or []:
+            yield from _walk(step)
+
+
+def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
+    from sklearn.base import is_classifier, is_regressor
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    if smp.is_tensor:
+        raise ValidationError("scikit-learn models take feature rows: give a CSV/Parquet sample",
+                              field="sample")
+    n_in = getattr(model, "n_features_in_", None)
+    if n_in is not None and n_in != len(smp.names):
+        hint = "" if cfg.label_column else " (is the label still in the sample? pass --label-column)"
+        raise ValidationError(f"the model expects {n_in} features, the sample has "
+                              f"{len(smp.names)} columns{hint}", field="sample")
+    classifier = is_classifier(model)
+    if not classifier and not is_regressor(model):
+        raise ValidationError(f"{type(model).__name__} is neither a classifier nor a regressor",
+                              field="model")
+    _register_boosters()
+    options = {id(m): {"zipmap": False} for m in _walk(model) if is_classifier(m)}
+    x32 = smp.x.astype(np.float32)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onx = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, len(smp.names)]))],
+                                  options=options,
+                                  target_opset={"": cfg.target_opset, "ai.onnx.ml": ML_OPSET})
+    except EdgeError:
+        raise
+    except Exception as exc:  # skl2onnx raises RuntimeError/NotImplementedError/… per converter
+        raise EngineError(f"skl2onnx cannot convert {type(model).__name__}: "
+                          f"{str(exc).splitlines()[0][:300]}", field="model") from exc
+    xr = x32[: cfg.parity_rows].astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        xin = _as_model_input(model, xr, smp.names)
+        if classifier:
+            ref = {"probabilities": np.asarray(model.predict_proba(xin), dtype=np.float64),
+                   "label": np.asarray(model.predict(xin))}
+        else:
+            ref = {"value": np.asarray(model.predict(xin), dtype=np.float64).reshape(len(xr), -1)[:, 0]}
+    out_names = [o.name for o in onx.graph.output]
+    if classifier:
+        classes = [_plain(c) for c in model.classes_]
+        task = "binary_classification" if len(classes) == 2 else "multiclass_classification"
+        outputs = [{"name": out_names[0], "role": "label"},
+                   {"name": out_names[1], "role": "probabilities"}]
+    else:
+        classes, task = [], "regression"
+        outputs = [{"name": out_names[0], "role": "value"}]
+    if cfg.task is not None and TASK_ALIASES[cfg.task] != task:
+        raise ValidationError(f"task {cfg.task!r} does not match the model, which is a "
+                              f"{task.replace('_', ' ')} model", field="task")
+    return _Converted(onx.SerializeToString(), task, "input", outputs, classes, ref,
+                      converter=_converter_name(model))
+
+
+def _as_model_input(model: Any, x: np.ndarray, names: list[str]) -> Any:
+    """Models fitted on a DataFrame get a DataFrame (same names) for the reference run."""
+    if getattr(model, "feature_names_in_", None) is None:
+        return x
+    try:
+        import pandas as pd
+
+        return pd.DataFrame(x, columns=names)
+    except ImportError:
+        return x
+
+
+def _converter_name(model: Any) -> str:
+    import skl2onnx
+
+    mods = {type(m).__module__.split(".")[0] for m in _walk(model)}
+    if mods & {"lightgbm", "xgboost"}:
+        import onnxmltools
+
+        return f"skl2onnx {skl2onnx.__version__} + onnxmltools {onnxmltools.__version__}"
+    return f"skl2onnx {skl2onnx.__version__}"
+
+
+def _convert_torch(module: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
+    import torch
+
+    module = module.eval()
+    x32 = smp.x.astype(np.float32)
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (torch.from_numpy(x32[:2]),), buf, input_names=["input"],
+                              output_names=["output"], opset_version=cfg.target_opset,
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                              dynamo=False)
+    except Exception as exc:
+        raise EngineError(f"torch.onnx cannot export {type(module).__name__}: "
+                          f"{str(exc).splitlines()[0][:300]}", field="model") from exc
+    with torch.no_grad():
+        outs = []
+        for i in range(0, min(len(x32), cfg.parity_rows), 256):
+            outs.append(module(torch.from_numpy(x32[i:i + 256])).numpy())
+        raw = np.concatenate(outs).astype(np.float64)
+    raw2 = raw.reshape(len(raw), -1)
+    task = TASK_ALIASES[cfg.task] if cfg.task else (
+        "regression" if raw2.shape[1] == 1 else
+        "binary_classification" if raw2.shape[1] == 2 else "multiclass_classification")
+    if task == "regression":
+        return _Converted(buf.getvalue(), task, "input", [{"name": "output", "role": "value"}], [],
+                          {"value": raw2[:, 0]}, converter=f"torch.onnx {torch.__version__}")
+    if raw2.shape[1] < 2:
+        raise ValidationError("a torch classifier must output one column per class "
+                              f"(got {raw2.shape[1]})", field="task")
+    if cfg.output_role == "logits":
+        z = raw2 - raw2.max(axis=1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    else:
+        probs = raw2
+    classes = list(range(raw2.shape[1]))
+    return _Converted(buf.getvalue(), task, "input", [{"name": "output", "role": cfg.output_role}],
+                      classes, {"probabilities": probs, "label": probs.argmax(axis=1)},
+                      converter=f"torch.onnx {torch.__version__}")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v if isinstance(v, (int, str)) else str(v)
+
+
+# ---- bundle assembly ---------------------------------------------------------------
+
+def _write(out: Path, name: str, conv: _Converted, smp: Sample, cfg: ExportConfig, key: Any,
+           source_name: str, model: Any) -> None:
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(conv.onnx_bytes, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise EngineError(f"ONNX Runtime cannot load the converted model: {exc}") from exc
+    n_par = min(len(smp), cfg.parity_rows)
+    x32 = smp.x[:n_par].astype(np.float32)
+    feed = {sess.get_inputs()[0].name: x32}
+    out_names = [o["name"] for o in conv.outputs]
+    got = dict(zip(out_names, sess.run(out_names, feed)))
+
+    classes = list(conv.classes)
+    if cfg.class_names is not None:
+        if len(cfg.class_names) != len(classes):
+            raise ValidationError(f"class_names has {len(cfg.class_names)} names, the model has "
+                                  f"{len(classes)} classes", field="class_names")
+        classes = [_plain(c) for c in cfg.class_names]
+    task = conv.task
+    post: dict[str, Any] = {}
+    parity: dict[str, Any] = {"rows": n_par}
+    if task == "regression":
+        value = np.asarray(got[out_names[0]], dtype=np.float64).reshape(n_par, -1)[:, 0]
+        diff = np.abs(value - conv.ref["value"][:n_par])
+        tol = 1e-3 * np.maximum(1.0, np.abs(conv.ref["value"][:n_par]))
+        parity.update(max_abs_diff=float(diff.max()), within_tolerance=float((diff <= tol).mean()))
+        agreement = parity["within_tolerance"]
+    else:
+        role = next(o for o in conv.outputs if o["role"] in ("probabilities", "logits"))
+        probs = np.asarray(got[role["name"]], dtype=np.float64).reshape(n_par, -1)
+        if role["role"] == "logits":
+            z = probs - probs.max(axis=1, keepdims=True)
+            probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        ref_p = conv.ref["probabilities"][:n_par]
+        if ref_p.shape != probs.shape:
+            raise EngineError(f"the converted model gives {probs.shape[1]} probabilities per row, "
+                              f"the source model {ref_p.shape[1]}", field="model")
+        diff = np.abs(probs - ref_p)
+        agreement = float((probs.argmax(axis=1) == ref_p.argmax(axis=1)).mean())
+        parity.update(max_abs_diff=float(diff.max()), label_agreement=agreement)
+        post["classes"] = classes
+        if task == "binary_classification":
+            pos = cfg.positive_class if cfg.positive_class is not None else classes[1]
+            if pos not in classes and str(pos) in [str(c) for c in classes]:
+                pos = classes[[str(c) for c in classes].index(str(pos))]
+            if pos not in classes:
+                raise ValidationError(f"positive_class {pos!r} is not one of the classes {classes}",
+                                      field="positive_class")
+            post.update(positive_class=pos, threshold=cfg.threshold)
+            if cfg.risk_levels:
+                post["risk_levels"] = [{"name": n, "min": float(m)} for n, m in cfg.risk_levels]
+    if agreement < cfg.min_label_agreement:
+        raise EngineError(f"the ONNX model disagrees with the source model on "
+                          f"{(1 - agreement) * 100:.2f}% of {n_par} sample rows (max |diff| "
+                          f"{parity['max_abs_diff']:.3g}); refusing to write a bundle that does "
+                          "not answer like the source", field="model")
+    parity["max_abs_diff"] = round(parity["max_abs_diff"], 9)
+
+    inputs = _inputs(smp, conv, cfg)
+    golden = _golden(smp, conv, got, out_names, task, post, cfg)
+    provenance = {
+        "source": source_name, "source_type": f"{type(model).__module__}.{type(model).__name__}",
+        "converter": conv.converter, "opset": cfg.target_opset, "sample": Path(smp.source).name,
+        "sample_rows": len(smp), "parity": parity, "conversion_seconds": round(conv.seconds, 3),
+    }
+    acc = _sample_accuracy(smp, got, conv, post, task, n_par)
+    if acc is not None:
+        provenance["sample_accuracy"] = acc
+    provenance.update(cfg.provenance)
+    manifest = {
+        "name": name, "version": cfg.version, "format": "onnx", "model_file": "model.onnx",
+        "task": task, "inputs": inputs, "outputs": conv.outputs, "postprocess": post,
+        "golden": golden, "provenance": provenance,
+    }
+    write_bundle(out, manifest, {"model.onnx": conv.onnx_bytes}, key=key)
+    _self_test_or_remove(out)
+
+
+def _inputs(smp: Sample, conv: _Converted, cfg: ExportConfig) -> dict[str, Any]:
+    if smp.is_tensor:
+        return {"kind": "tensors", "tensors": [
+            {"name": conv.input_name, "dtype": "float32", "shape": [None, *smp.x.shape[1:]]}]}
+    feats = []
+    for j, n in enumerate(smp.names):
+        col = smp.x[:, j]
+        f: dict[str, Any] = {"name": n, "dtype": smp.dtypes.get(n, "float32")}
+        if f["dtype"] not in ("float32", "float64", "int64", "int32", "bool"):
+            f["dtype"] = "float32"
+        has_nan = bool(np.isnan(col).any())
+        if has_nan:
+            f["nan"] = "allow"
+        if cfg.record_ranges and not np.isnan(col).all():
+            f["min"], f["max"] = float(np.nanmin(col)), float(np.nanmax(col))
+        feats.append(f)
+    return {"kind": "features", "tensor": conv.input_name, "features": feats}
+
+
+def _golden(smp: Sample, conv: _Converted, got: dict[str, np.ndarray], out_names: list[str],
+            task: str, post: dict[str, Any], cfg: ExportConfig) -> list[dict[str, Any]]:
+    n_par = len(next(iter(got.values())))
+    usable = ~np.isnan(smp.x[:n_par].reshape(n_par, -1)).any(axis=1)
+    if task == "regression":
+        score = np.asarray(got[out_names[0]], dtype=np.float64).reshape(n_par, -1)[:, 0]
+    else:
+        role = next(o for o in conv.outputs if o["role"] in ("probabilities", "logits"))
+        probs = np.asarray(got[role["name"]], dtype=np.float64).reshape(n_par, -1)
+        if role["role"] == "logits":
+            z = probs - probs.max(axis=1, keepdims=True)
+            probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        classes = post["classes"]
+        if task == "binary_classification":
+            pos = classes.index(post["positive_class"])
+            score = probs[:, pos]
+            # rows right at the threshold could flip on another CPU: keep them out
+            usable &= np.abs(score - post["threshold"]) > 1e-3
+            label_idx = np.where(score >= post["threshold"], pos, 1 - pos)
+        else:
+            label_idx = probs.argmax(axis=1)
+            top2 = np.sort(probs, axis=1)[:, -2:]
+            usable &= (top2[:, 1] - top2[:, 0]) > 1e-3
+            score = probs[np.arange(n_par), label_idx]
+    cand = np.flatnonzero(usable)
+    if len(cand) == 0:
+        raise ValidationError("the sample has no row usable as a golden vector (all rows have "
+                              "NaN or sit on the decision threshold)", field="sample")
+    k = min(cfg.golden_rows, len(cand))
+    if task != "regression":  # cover as many predicted classes as possible
+        order = []
+        by_cls = {c: list(cand[label_idx[cand] == c]) for c in np.unique(label_idx[cand])}
+        while len(order) < k:
+            for c in list(by_cls):
+                if by_cls[c] and len(order) < k:
+                    order.append(by_cls[c].pop(0))
+        pick = np.array(sorted(order))
+    else:
+        pick = cand[np.linspace(0, len(cand) - 1, k).astype(int)]
+    g: dict[str, Any] = {"atol": 1e-4}
+    if smp.is_tensor:
+        g["tensors"] = {conv.input_name: smp.x[pick].astype(np.float32).tolist()}
+    else:
+        x32 = smp.x[pick].astype(np.float32).astype(np.float64)
+        g["rows"] = Sample(x32, smp.names, None, smp.dtypes).rows()
+    if task == "regression":
+        g["expected_value"] = [float(v) for v in score[pick]]
+    else:
+        g["expected_probability"] = [float(v) for v in score[pick]]
+        g["expected_label"] = [post["classes"][i] for i in label_idx[pick]]
+    return [g]
+
+
+def _sample_accuracy(smp: Sample, got, conv, post, task, n_par) -> float | None:
+    if smp.y is None or task == "regression":
+        return None
+    role = next(o for o in conv.outputs if o["role"] in ("probabilities", "logits"))
+    probs = np.asarray(got[role["name"]], dtype=np.float64).reshape(n_par, -1)
+    classes = post["classes"]
+    if task == "binary_classification":
+        pos = classes.index(post["positive_class"])
+        idx = np.where(probs[:, pos] >= post["threshold"], pos, 1 - pos)
+    else:
+        idx = probs.argmax(axis=1)
+    src_classes = conv.classes or classes  # labels in the sample use the model's classes
+    pred = [str(src_classes[i]) for i in idx]
+    truth = [str(_plain(v)) for v in smp.y[:n_par]]
+    return round(float(np.mean([a == b for a, b in zip(pred, truth)])), 6)
+
+
+def _self_test_or_remove(out: Path) -> None:
+    import shutil
+
+    from edge_runtime.model import Model
+
+    try:
+        model = Model.load(read_bundle(out), warmup=False)
+        model.self_test()
+        model.close()
+    except (EngineError, BundleError) as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        raise EngineError(f"the new bundle failed its own self-test and was removed: "
+                          f"{exc.message}", field=exc.field) from exc
