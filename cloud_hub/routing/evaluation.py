@@ -1,0 +1,157 @@
+"""Compare champion and challenger: business metric, accuracy and AUC, with significance.
+
+Inputs are plain arrays per group (scores, predicted positives, and — for the
+requests that got feedback — the true outcome), so the verdict can be checked
+against a direct computation. Verdict rules (all thresholds configurable):
+
+* ``NOT_ENOUGH_DATA`` — a group has fewer than ``min_samples`` labelled rows
+  (or, when deciding on AUC, a group lacks one of the two classes);
+* ``PROMOTE`` — the challenger is better on ``decide_on`` (accuracy | auc |
+  business) with p < ``alpha``, and not significantly worse on the business
+  metric (the guardrail);
+* ``KEEP_CHAMPION`` — otherwise, with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field, model_validator
+
+from cloud_hub.routing import stats
+from cloud_hub.routing.split import CHALLENGER, CHAMPION
+
+PROMOTE, KEEP_CHAMPION, NOT_ENOUGH_DATA = "PROMOTE", "KEEP_CHAMPION", "NOT_ENOUGH_DATA"
+
+
+class EvaluationConfig(BaseModel):
+    """How to compare the groups; stored with the split, overridable per call."""
+
+    decide_on: str = Field("accuracy", description="accuracy | auc | business: the metric that must improve.")
+    business_metric: str = Field("positive_rate", description="positive_rate (share of positive decisions), "
+                                 "mean_score, or cost (cost matrix on feedback).")
+    business_goal: str = Field("min", description="min or max: which direction of the business metric is better "
+                               "(cost is always min).")
+    cost_tp: float = 0.0
+    cost_fp: float = Field(1.0, description="Cost of a false positive (cost metric).")
+    cost_fn: float = Field(1.0, description="Cost of a false negative (cost metric).")
+    cost_tn: float = 0.0
+    business_guardrail: bool = Field(False, description="Also refuse promotion when the business metric is "
+                                     "significantly worse for the challenger.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the tests.")
+    min_samples: int = Field(30, ge=1, description="Labelled rows needed per group before any verdict.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvaluationConfig":
+        from edge_runtime.errors import ValidationError
+
+        if self.decide_on not in ("accuracy", "auc", "business"):
+            raise ValidationError("decide_on must be accuracy, auc or business", field="decide_on")
+        if self.business_metric not in ("positive_rate", "mean_score", "cost"):
+            raise ValidationError("business_metric must be positive_rate, mean_score or cost",
+                                  field="business_metric")
+        if self.business_goal not in ("min", "max"):
+            raise ValidationError("business_goal must be min or max", field="business_goal")
+        return self
+
+
+@dataclass
+class GroupData:
+    """One group's rows: all predictions, and the labelled subset."""
+
+    scores: np.ndarray  # every prediction's score
+    positives: np.ndarray  # every prediction's positive decision (bool)
+    versions: list[str] = field(default_factory=list)
+    errors: int = 0
+    labelled_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    labelled_positives: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    outcomes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def summary(self) -> dict[str, Any]:
+        n, nl = len(self.scores), len(self.outcomes)
+        correct = int((self.labelled_positives == self.outcomes).sum()) if nl else 0
+        return {"requests": int(n), "errors": int(self.errors), "versions": sorted(set(self.versions)),
+                "positive_rate": float(self.positives.mean()) if n else None,
+                "mean_score": float(self.scores.mean()) if n else None,
+                "labelled": int(nl), "accuracy": correct / nl if nl else None,
+                "auc": _safe(stats.auc(self.outcomes, self.labelled_scores)) if nl else None}
+
+
+def _safe(x: float | None) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def costs(cfg: EvaluationConfig, pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.where(pred & y, cfg.cost_tp, np.where(pred & ~y, cfg.cost_fp,
+                    np.where(~pred & y, cfg.cost_fn, cfg.cost_tn))).astype(np.float64)
+
+
+def business_test(cfg: EvaluationConfig, a: GroupData, b: GroupData) -> stats.TestResult:
+    m = cfg.business_metric
+    if m == "positive_rate":
+        return stats.two_proportion_ztest(int(a.positives.sum()), len(a.positives),
+                                          int(b.positives.sum()), len(b.positives))
+    if m == "mean_score":
+        return stats.welch_ttest(a.scores, b.scores)
+    return stats.welch_ttest(costs(cfg, a.labelled_positives, a.outcomes),
+                             costs(cfg, b.labelled_positives, b.outcomes))
+
+
+def _better(diff: float | None, goal: str) -> bool:
+    return diff is not None and (diff > 0 if goal == "max" else diff < 0)
+
+
+def evaluate(cfg: EvaluationConfig, champion: GroupData, challenger: GroupData) -> dict[str, Any]:
+    a, b = champion, challenger
+    acc = stats.two_proportion_ztest(int((a.labelled_positives == a.outcomes).sum()), len(a.outcomes),
+                                     int((b.labelled_positives == b.outcomes).sum()), len(b.outcomes))
+    auc = stats.delong_auc_test(a.outcomes, a.labelled_scores, b.outcomes, b.labelled_scores)
+    biz = business_test(cfg, a, b)
+    business_goal = "min" if cfg.business_metric == "cost" else cfg.business_goal
+    out: dict[str, Any] = {
+        "groups": {CHAMPION: a.summary(), CHALLENGER: b.summary()},
+        "tests": {"accuracy": acc.to_dict(), "auc": auc.to_dict(),
+                  "business": {**biz.to_dict(), "metric": cfg.business_metric, "goal": business_goal}},
+        "config": cfg.model_dump(),
+    }
+    reasons: list[str] = []
+    la, lb = len(a.outcomes), len(b.outcomes)
+    if la < cfg.min_samples or lb < cfg.min_samples:
+        reasons.append(f"labelled rows champion={la}, challenger={lb}; need {cfg.min_samples} per group")
+    if cfg.decide_on == "auc" and (auc.champion is None or auc.challenger is None):
+        reasons.append("AUC needs both outcomes (positive and negative) in each group's feedback")
+    if cfg.decide_on == "business" and cfg.business_metric != "cost" and (len(a.scores) < cfg.min_samples
+                                                                           or len(b.scores) < cfg.min_samples):
+        reasons.append(f"requests champion={len(a.scores)}, challenger={len(b.scores)}; "
+                       f"need {cfg.min_samples} per group")
+    if reasons:
+        out.update(verdict=NOT_ENOUGH_DATA, reasons=reasons)
+        return out
+
+    primary = {"accuracy": acc, "auc": auc, "business": biz}[cfg.decide_on]
+    goal = business_goal if cfg.decide_on == "business" else "max"
+    significant = primary.p_value is not None and primary.p_value < cfg.alpha
+    biz_worse = (_better(-(biz.difference or 0.0), business_goal) and biz.p_value is not None
+                 and biz.p_value < cfg.alpha and biz.difference != 0)
+    if _better(primary.difference, goal) and significant and not (cfg.decide_on != "business" and cfg.business_guardrail and biz_worse):
+        out.update(verdict=PROMOTE, reasons=[
+            f"challenger {cfg.decide_on} {primary.challenger:.4f} vs champion {primary.champion:.4f} "
+            f"(p={primary.p_value:.3g} < {cfg.alpha})"])
+        return out
+    if not _better(primary.difference, goal):
+        reasons.append(f"challenger {cfg.decide_on} is not better ({_fmt(primary.challenger)} vs "
+                       f"{_fmt(primary.champion)})")
+    elif not significant:
+        reasons.append(f"challenger {cfg.decide_on} better ({_fmt(primary.challenger)} vs "
+                       f"{_fmt(primary.champion)}) but not significant (p={_fmt(primary.p_value)} >= {cfg.alpha})")
+    else:
+        reasons.append(f"business metric {cfg.business_metric} significantly worse for the challenger "
+                       f"({_fmt(biz.challenger)} vs {_fmt(biz.champion)}, p={_fmt(biz.p_value)})")
+    out.update(verdict=KEEP_CHAMPION, reasons=reasons)
+    return out
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
