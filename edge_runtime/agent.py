@@ -1,0 +1,185 @@
+"""The fleet agent: glues a device's model store to the hub over MQTT.
+
+One object per device, owned by the :class:`~edge_runtime.daemon.Daemon` when a broker is
+configured (and by the fleet simulator, many per process):
+
+    predict path ──► observe() ──► TelemetryRecorder (in-memory window)
+                              └──► ShadowComparator.offer() (bounded queue, off the path)
+    every interval_s: roll the window ──► Outbox (SQLite, seq) ──► DeviceLink ──► broker
+    retained desired ──► DeviceLink ──► Reconciler (download, verify, install) ──► events, state
+
+Local inference never waits for the broker: the link, the window timer, the shadow
+worker and the reconciler each run on their own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from edge_runtime import __version__ as RUNTIME_VERSION
+from edge_runtime.buffer import Outbox
+from edge_runtime.errors import EdgeError, NotFoundError
+from edge_runtime.link import DeviceLink
+from edge_runtime.mqtt import MqttConfig
+from edge_runtime.protocol import DEFAULT_PREFIX, DesiredState, DeviceEvent, DeviceState, RunningBundle
+from edge_runtime.reconcile import Reconciler, new_event_id
+from edge_runtime.shadow_compare import ShadowComparator
+from edge_runtime.telemetry import TelemetryRecorder
+
+log = logging.getLogger("edge_runtime.agent")
+
+
+class FleetAgent:
+    def __init__(self, device_id: str, store: Any, *, mqtt: MqttConfig | None, data_dir: str | Path,
+                 prefix: str = DEFAULT_PREFIX, hub_url: str | None = None, interval_s: float = 10.0,
+                 sample_rate: float = 1.0, shadow_queue: int = 1024, buffer_max_windows: int = 10_000,
+                 profile: str = "", tags: Mapping[str, str] | None = None, own_timer: bool = True,
+                 resources: bool = True, download_headers: dict[str, str] | None = None) -> None:
+        self.device_id = device_id
+        self.store = store
+        self.profile = profile
+        self.tags = dict(tags or {})
+        self.interval_s = float(interval_s)
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(self.data_dir / "outbox.sqlite", max_windows=buffer_max_windows)
+        self.recorder = TelemetryRecorder(device_id, resources=resources)
+        self.shadow = ShadowComparator(lambda: self.store.model("shadow"), self.recorder,
+                                       sample_rate=sample_rate, queue_size=shadow_queue)
+        self.reconciler = Reconciler(device_id, store, self.emit, meta_get=self.outbox.get_meta,
+                                     meta_set=self.outbox.set_meta, on_change=self._state_changed,
+                                     hub_url=hub_url, download_dir=self.data_dir, headers=download_headers)
+        self.link: DeviceLink | None = None
+        if mqtt is not None:
+            self.link = DeviceLink(mqtt, device_id, self.outbox, prefix=prefix,
+                                   on_desired=self.reconciler.submit, state=self.state)
+        self.pre_predict: Callable[[], None] | None = None  # fault-injection hook (simulator)
+        self._own_timer = own_timer
+        self._timer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._next_roll = time.monotonic() + self.interval_s
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        self._next_roll = time.monotonic() + self.interval_s
+        if self.link is not None:
+            self.link.start()
+        if self._own_timer:
+            self._timer = threading.Thread(target=self._timer_loop, name=f"telemetry-{self.device_id}",
+                                           daemon=True)
+            self._timer.start()
+
+    def stop(self, *, graceful: bool = True, flush: bool = True) -> None:
+        """Stop; ``graceful=False`` simulates a crash (no last window, socket dropped → last will)."""
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join(timeout=5)
+            self._timer = None
+        self.shadow.stop()
+        if graceful and flush:
+            self.roll_window()
+            if self.link is not None and self.link.connected.is_set():
+                deadline = time.monotonic() + 2.0
+                while self.outbox.count() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+        self.reconciler.stop()
+        if self.link is not None:
+            self.link.stop(graceful=graceful)
+        self.outbox.close()
+
+    def _timer_loop(self) -> None:
+        while not self._stop.wait(max(0.0, self._next_roll - time.monotonic())):
+            self.tick()
+
+    def tick(self, now: float | None = None) -> bool:
+        """Roll the window when its interval is over (for callers that drive time themselves)."""
+        mono = time.monotonic()
+        if mono < self._next_roll:
+            return False
+        self._next_roll = max(self._next_roll + self.interval_s, mono)
+        self.roll_window(now)
+        return True
+
+    def roll_window(self, now: float | None = None) -> dict[str, Any]:
+        body = self.outbox.add_window(lambda seq, dropped: self.recorder.roll(seq, dropped, now)
+                                      .model_dump(mode="json"))
+        if self.link is not None:
+            self.link.pump()
+        return body
+
+    # ---- state and events -----------------------------------------------------------------------
+    def state(self) -> DeviceState:
+        bundles = []
+        for slot in ("active", "shadow"):
+            info = self.store.slot(slot)
+            if info is not None:
+                bundles.append(RunningBundle(slot=slot, name=info.name, version=info.version,
+                                             sha256=info.sha256, format=info.format))
+        return DeviceState(device_id=self.device_id, online=True, bundles=bundles,
+                           runtime_version=RUNTIME_VERSION, profile=self.profile, tags=self.tags,
+                           applied_desired_id=self.reconciler.applied_id)
+
+    def _state_changed(self) -> None:
+        if self.link is not None:
+            self.link.publish_state()
+
+    def emit(self, step: str, **kw: Any) -> None:
+        ev = DeviceEvent(device_id=self.device_id, event_id=new_event_id(), step=step, **kw)
+        log.info("device %s: %s %s %s", self.device_id, step, kw.get("slot") or "", kw.get("reason") or "")
+        body = ev.model_dump(mode="json")
+        if self.link is not None:
+            self.link.publish_event(body)
+        else:
+            self.outbox.add_event(body)
+
+    def apply_desired(self, doc: DesiredState | Mapping[str, Any]) -> None:
+        """Hand a desired document to the reconciler (what an MQTT delivery does)."""
+        d = doc if isinstance(doc, DesiredState) else DesiredState.model_validate(dict(doc))
+        self.reconciler.submit(d)
+
+    # ---- the request path ------------------------------------------------------------------------
+    def predict(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
+        """Score rows with the active model, recording telemetry; returns (model, results)."""
+        model = self.store.model("active")
+        if model is None:
+            raise NotFoundError("no active model installed on this device", field="model")
+        x = model.codec.encode(rows) if model.codec is not None else None
+        if x is None:
+            raise NotFoundError("the active model takes raw tensors; use run_tensors", field="rows")
+        return model, model.to_rows(self.score(model, x))
+
+    def score(self, model: Any, x: np.ndarray):
+        """Score an encoded batch with ``model`` (the active one), timing and observing it."""
+        t0 = time.perf_counter()
+        try:
+            if self.pre_predict is not None:
+                self.pre_predict()
+            s = model.score_array(x)
+        except EdgeError:
+            self.recorder.record("active", model, len(x), time.perf_counter() - t0, error=True)
+            raise
+        except Exception as exc:
+            self.recorder.record("active", model, len(x), time.perf_counter() - t0, error=True)
+            from edge_runtime.errors import EngineError
+
+            raise EngineError(f"inference failed: {exc}") from exc
+        self.observe(model, x, s, time.perf_counter() - t0)
+        return s
+
+    def observe(self, model: Any, x: np.ndarray, scores: Any, latency_s: float, *, slot: str = "active") -> None:
+        """Record one successful predict call (the Daemon calls this from its own predict path)."""
+        dec = model.decision(scores)
+        sc = scores.score
+        self.recorder.record(slot, model, len(x), latency_s, sc, dec)
+        if slot == "active":
+            self.shadow.offer(x, sc, dec)
+
+    def observe_error(self, model: Any, rows: int, latency_s: float, *, slot: str = "active") -> None:
+        self.recorder.record(slot, model, rows, latency_s, error=True)

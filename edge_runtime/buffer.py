@@ -1,0 +1,150 @@
+"""Store-and-forward outbox for a device (SQLite): telemetry windows and events.
+
+Every window is written here *before* it is sent and deleted only when the broker
+acknowledged it (PUBACK), so a broker restart, a network cut or a daemon crash
+loses nothing that fit in the buffer. The buffer is bounded: past
+``max_windows`` telemetry windows the *oldest* are dropped and the drop is
+counted (the count travels in every later window as ``dropped_windows``).
+The per-device window sequence number lives here too, so it keeps growing
+across daemon restarts (the hub dedupes on (device, seq)).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.errors import StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,           -- 'telemetry' | 'events'
+    seq INTEGER,                  -- window sequence number (telemetry)
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class Outbox:
+    def __init__(self, path: str | Path, max_windows: int = 10_000, max_events: int = 10_000) -> None:
+        self.path = Path(path)
+        self.max_windows = max(1, int(max_windows))
+        self.max_events = max(1, int(max_events))
+        self._lock = threading.Lock()
+        try:
+            if str(path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the telemetry buffer {path}: {exc}", field="telemetry.buffer") from exc
+
+    # ---- meta ---------------------------------------------------------------------------
+    def _get(self, key: str, default: str) -> str:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def _set(self, key: str, value: Any) -> None:
+        self._db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                         (key, str(value)))
+
+    def get_meta(self, key: str, default: str = "") -> str:
+        with self._lock:
+            return self._get(key, default)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._set(key, value)
+
+    @property
+    def dropped(self) -> int:
+        with self._lock:
+            return int(self._get("dropped_windows", "0"))
+
+    @property
+    def dropped_events(self) -> int:
+        with self._lock:
+            return int(self._get("dropped_events", "0"))
+
+    @property
+    def last_seq(self) -> int:
+        with self._lock:
+            return int(self._get("next_seq", "1")) - 1
+
+    # ---- writes ---------------------------------------------------------------------------
+    def add_window(self, build) -> dict[str, Any]:
+        """Allocate the next seq, build the window body with ``build(seq, dropped)``, store it.
+
+        Returns the body. Sequence allocation, insert and overflow drop are one transaction.
+        """
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                seq = int(self._get("next_seq", "1"))
+                dropped = int(self._get("dropped_windows", "0"))
+                n = db.execute("SELECT COUNT(*) FROM outbox WHERE kind='telemetry'").fetchone()[0]
+                over = n + 1 - self.max_windows
+                if over > 0:
+                    db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE kind='telemetry' "
+                               "ORDER BY id LIMIT ?)", (over,))
+                    dropped += over
+                    self._set("dropped_windows", dropped)
+                body = build(seq, dropped)
+                db.execute("INSERT INTO outbox(kind, seq, body) VALUES('telemetry', ?, ?)",
+                           (seq, json.dumps(body, separators=(",", ":"))))
+                self._set("next_seq", seq + 1)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return body
+
+    def add_event(self, body: dict[str, Any]) -> None:
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                n = db.execute("SELECT COUNT(*) FROM outbox WHERE kind='events'").fetchone()[0]
+                over = n + 1 - self.max_events
+                if over > 0:
+                    db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE kind='events' "
+                               "ORDER BY id LIMIT ?)", (over,))
+                    self._set("dropped_events", int(self._get("dropped_events", "0")) + over)
+                db.execute("INSERT INTO outbox(kind, seq, body) VALUES('events', NULL, ?)",
+                           (json.dumps(body, separators=(",", ":")),))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    # ---- reads / acks -------------------------------------------------------------------------
+    def pending(self, after_id: int = 0, limit: int = 100) -> list[tuple[int, str, str]]:
+        """Rows after ``after_id`` in order: (id, kind, body json)."""
+        with self._lock:
+            return self._db.execute("SELECT id, kind, body FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                                    (after_id, limit)).fetchall()
+
+    def ack(self, row_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
+
+    def count(self, kind: str | None = None) -> int:
+        with self._lock:
+            if kind is None:
+                return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            return self._db.execute("SELECT COUNT(*) FROM outbox WHERE kind=?", (kind,)).fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass

@@ -1,0 +1,180 @@
+"""The device's MQTT link to the hub (paho-mqtt v2, MQTT v5 by default).
+
+* ``state`` is published retained (QoS 1) on every (re)connect and change; the last
+  will (also retained) says ``online: false`` when the device vanishes.
+* The device subscribes to its own retained ``desired`` document.
+* Events and telemetry windows go through the :class:`~edge_runtime.buffer.Outbox`:
+  stored first, sent in order, deleted on PUBACK; unacknowledged rows are resent after
+  a reconnect (the hub dedupes), so nothing is lost while the broker is away.
+* paho reconnects with exponential backoff (``reconnect_min_s`` … ``reconnect_max_s``);
+  nothing on the inference path ever waits for the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+
+from edge_runtime.buffer import Outbox
+from edge_runtime.mqtt import MqttConfig, make_client
+from edge_runtime.protocol import DesiredState, DeviceState, topic
+
+log = logging.getLogger("edge_runtime.link")
+
+
+class DeviceLink:
+    def __init__(self, cfg: MqttConfig, device_id: str, outbox: Outbox, *, prefix: str = "edgefleet/v1",
+                 on_desired: Callable[[DesiredState], None] | None = None,
+                 state: Callable[[], DeviceState] | None = None, max_inflight: int = 20,
+                 reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0) -> None:
+        self.cfg = cfg
+        self.device_id = device_id
+        self.prefix = prefix
+        self.outbox = outbox
+        self.on_desired = on_desired
+        self._state_fn = state
+        self.max_inflight = max_inflight
+        self._lock = threading.RLock()
+        self._inflight: dict[int, int] = {}  # paho mid → outbox row id
+        self._last_sent = 0  # highest outbox id handed to paho in this connection
+        self.connected = threading.Event()
+        self.connects = 0
+        self.sent = 0
+        self.refused: str | None = None  # last CONNACK refusal (bad credentials, …)
+        self._started = False
+        self.client = make_client(cfg, client_id=device_id)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self.client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        self.client.max_inflight_messages_set(max(max_inflight, 20))
+        offline = DeviceState(device_id=device_id, online=False)
+        if state is not None:
+            try:
+                offline = state().model_copy(update={"online": False})
+            except Exception:  # the will must be set even if the state callback is not ready
+                pass
+        self.client.will_set(self.topic("state"), offline.model_dump_json(), qos=1, retain=True)
+
+    def topic(self, kind: str) -> str:
+        return topic(self.prefix, self.device_id, kind)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background (retries with backoff until the broker answers)."""
+        if self._started:
+            return
+        self._started = True
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        self.client.loop_start()
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """``graceful``: publish ``online: false`` first; otherwise drop the socket so the broker
+        fires the last will (a crash)."""
+        if not self._started:
+            return
+        self._started = False
+        if graceful and self.connected.is_set():
+            try:
+                info = self.client.publish(self.topic("state"), self._state(False), qos=1, retain=True)
+                info.wait_for_publish(2.0)
+            except Exception:
+                pass
+            self.client.disconnect()
+            self.client.loop_stop()
+        elif graceful:
+            self.client.disconnect()
+            self.client.loop_stop()
+        else:  # stop the network loop first so nothing reconnects, then drop the socket
+            self.client.loop_stop()
+            sock = self.client.socket()
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+        self.connected.clear()
+
+    def wait_connected(self, timeout: float = 10.0) -> bool:
+        return self.connected.wait(timeout)
+
+    # ---- publishing --------------------------------------------------------------------------
+    def _state(self, online: bool) -> str:
+        if self._state_fn is None:
+            st = DeviceState(device_id=self.device_id, online=online)
+        else:
+            st = self._state_fn().model_copy(update={"online": online})
+        return st.model_dump_json()
+
+    def publish_state(self) -> None:
+        if self.connected.is_set():
+            self.client.publish(self.topic("state"), self._state(True), qos=1, retain=True)
+
+    def publish_event(self, body: dict[str, Any]) -> None:
+        self.outbox.add_event(body)
+        self.pump()
+
+    def pump(self) -> None:
+        """Hand the next outbox rows to paho, up to ``max_inflight`` unacknowledged."""
+        if not self.connected.is_set():
+            return
+        with self._lock:
+            room = self.max_inflight - len(self._inflight)
+            if room <= 0:
+                return
+            for row_id, kind, body in self.outbox.pending(self._last_sent, room):
+                info = self.client.publish(self.topic(kind), body, qos=1)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    break  # disconnected meanwhile: resent from the outbox after reconnect
+                self._inflight[info.mid] = row_id
+                self._last_sent = row_id
+
+    # ---- paho callbacks ------------------------------------------------------------------------
+    def _on_connect(self, client, _u, _flags, reason_code, _props=None) -> None:
+        if reason_code.is_failure:
+            self.refused = str(reason_code)
+            log.error("device %s: broker refused the connection: %s", self.device_id, reason_code)
+            return
+        self.refused = None
+        with self._lock:
+            self._inflight.clear()
+            self._last_sent = 0
+        self.connects += 1
+        client.subscribe(self.topic("desired"), qos=1)
+        client.publish(self.topic("state"), self._state(True), qos=1, retain=True)
+        self.connected.set()
+        log.info("device %s connected to %s", self.device_id, self.cfg.url)
+        self.pump()
+
+    def _on_disconnect(self, *_a, **_k) -> None:
+        self.connected.clear()
+        with self._lock:
+            self._inflight.clear()
+            self._last_sent = 0
+
+    def _on_publish(self, _client, _u, mid, _reason_code=None, _props=None) -> None:
+        with self._lock:
+            row_id = self._inflight.pop(mid, None)
+        if row_id is not None:
+            self.outbox.ack(row_id)
+            self.sent += 1
+            self.pump()
+
+    def _on_message(self, _client, _u, msg) -> None:
+        if not msg.payload:  # retained document cleared
+            return
+        try:
+            doc = DesiredState.model_validate(json.loads(msg.payload))
+        except Exception as exc:
+            log.warning("device %s: ignoring a malformed desired document: %s", self.device_id, str(exc)[:200])
+            return
+        if self.on_desired is not None:
+            try:
+                self.on_desired(doc)
+            except Exception:  # never let the network thread die
+                log.exception("device %s: desired handler failed", self.device_id)

@@ -1,0 +1,247 @@
+"""Desired-state reconciliation: make the store run what the hub's ``desired`` document says.
+
+For each slot of a new desired document: download the bundle from the hub URL,
+check that it *is* the bundle asked for (manifest digest = desired sha256), then let
+the model store verify hashes and signature, self-test and budget-check it before the
+atomic switch. Each step is reported as an event; the device state then reports what
+actually runs, by digest. A failure leaves the old model running and says why.
+
+Idempotence: the id of the last desired document applied (or refused for a reason that
+a retry cannot fix) is kept in the outbox's meta table, so a replayed or duplicated
+desired document (retained re-delivery on every reconnect, QoS 1 duplicates) applies once.
+Transient failures (download) are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from edge_runtime.errors import EdgeError
+from edge_runtime.protocol import DesiredBundle, DesiredState
+
+log = logging.getLogger("edge_runtime.reconcile")
+
+_STORE_STEPS = {"verified": "verified", "self_test_passed": "self_test_passed"}
+
+
+class TransientError(EdgeError):
+    code = "transient"
+
+
+class Reconciler:
+    def __init__(self, device_id: str, store: Any, emit: Callable[..., None], *,
+                 meta_get: Callable[[str, str], str], meta_set: Callable[[str, Any], None],
+                 on_change: Callable[[], None] = lambda: None, hub_url: str | None = None,
+                 download_dir: str | Path | None = None, download_timeout_s: float = 60.0,
+                 retry_min_s: float = 1.0, retry_max_s: float = 60.0,
+                 headers: dict[str, str] | None = None) -> None:
+        self.device_id = device_id
+        self.store = store
+        self.emit = emit
+        self._meta_get, self._meta_set = meta_get, meta_set
+        self.on_change = on_change
+        self.hub_url = hub_url.rstrip("/") if hub_url else None
+        self.download_dir = Path(download_dir) if download_dir else None
+        self.download_timeout_s = download_timeout_s
+        self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
+        self.headers = headers or {}
+        self._lock = threading.Lock()
+        self._pending: DesiredState | None = None
+        self._busy = False
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self.applied_count = 0
+        self.last_error: str | None = None
+
+    @property
+    def applied_id(self) -> str | None:
+        return self._meta_get("applied_desired_id", "") or None
+
+    @property
+    def settled_id(self) -> str | None:
+        """Last desired id applied or refused for good (replays of it are ignored)."""
+        return self._meta_get("settled_desired_id", "") or None
+
+    # ---- entry point (MQTT thread): never blocks ---------------------------------------------
+    def submit(self, doc: DesiredState) -> None:
+        with self._lock:
+            if doc.id == self.settled_id or (self._pending is not None and self._pending.id == doc.id):
+                return  # replay / duplicate
+            self._pending = doc
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=f"reconcile-{self.device_id}",
+                                                daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        t = self._thread
+        if t is not None:
+            t.join(timeout=30)
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._pending is None and not self._busy:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    # ---- worker --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        delay = self.retry_min_s
+        while not self._stopped:
+            with self._lock:
+                doc, self._pending = self._pending, None
+                if doc is None:
+                    self._thread = None
+                    return
+                if doc.id == self.settled_id:
+                    continue
+                self._busy = True
+            try:
+                ok = self.apply(doc)
+            except TransientError as exc:
+                ok = None
+                self.last_error = exc.message
+            finally:
+                with self._lock:
+                    self._busy = False
+            if ok is None:  # transient: retry unless a newer document arrived
+                with self._lock:
+                    if self._pending is None:
+                        self._pending = doc
+                self._wake.clear()
+                self._wake.wait(delay)
+                delay = min(delay * 2, self.retry_max_s)
+            else:
+                delay = self.retry_min_s
+
+    def apply(self, doc: DesiredState) -> bool:
+        """Apply one desired document; True when every slot now runs what it asks."""
+        ctx = {"desired_id": doc.id, "rollout_id": doc.rollout_id}
+        self.emit("received", **ctx)
+        ok = True
+        for slot in ("active", "shadow"):
+            if slot not in doc.bundles:
+                continue
+            want = doc.bundles[slot]
+            try:
+                ok = self._apply_slot(slot, want, ctx) and ok
+            except TransientError as exc:
+                self.emit("failed", slot=slot, bundle=_bundle(want), reason=exc.message, **ctx)
+                raise
+        if ok:
+            self._meta_set("applied_desired_id", doc.id)
+            self.applied_count += 1
+        self._meta_set("settled_desired_id", doc.id)
+        self.on_change()
+        return ok
+
+    def _apply_slot(self, slot: str, want: DesiredBundle | None, ctx: dict[str, Any]) -> bool:
+        info = self.store.slot(slot)
+        if want is None:
+            if info is not None and slot == "shadow":
+                self.store.remove("shadow")
+                self.emit("removed", slot=slot, bundle={"name": info.name, "version": info.version,
+                                                         "sha256": info.sha256}, **ctx)
+                self.on_change()
+            return True
+        if info is not None and info.sha256 == want.sha256:
+            return True  # already running it
+        if slot == "active":
+            prev = self.store.slot("previous")
+            if prev is not None and prev.sha256 == want.sha256 and hasattr(self.store, "rollback"):
+                try:  # the hub asks for the previous model back: a local swap, no download
+                    self.store.rollback()
+                    self.emit("rolled_back", slot=slot, bundle=_bundle(want), **ctx)
+                    self.emit("active", slot=slot, bundle=_bundle(want), **ctx)
+                    self.on_change()
+                    return True
+                except EdgeError as exc:
+                    log.warning("local rollback failed (%s); downloading instead", exc.message)
+        self.emit("downloading", slot=slot, bundle=_bundle(want), **ctx)
+        tmp = Path(tempfile.mkdtemp(prefix="edge-dl-", dir=self.download_dir))
+        try:
+            path = self._download(want, tmp)
+            try:
+                from edge_runtime.bundle import read_bundle
+
+                got = read_bundle(path).manifest.digest
+            except EdgeError as exc:
+                self.emit("failed", slot=slot, bundle=_bundle(want), reason=f"bundle unreadable: {exc.message}",
+                          **ctx)
+                return False
+            if got != want.sha256:
+                self.emit("failed", slot=slot, bundle=_bundle(want),
+                          reason=f"downloaded bundle has digest {got[:12]}…, desired {want.sha256[:12]}…", **ctx)
+                return False
+
+            def progress(event: str, _info: dict[str, Any]) -> None:
+                if event in _STORE_STEPS:
+                    self.emit(_STORE_STEPS[event], slot=slot, bundle=_bundle(want), **ctx)
+
+            try:
+                self.store.install(path, slot, progress=progress)
+            except EdgeError as exc:
+                self.emit("failed", slot=slot, bundle=_bundle(want), reason=exc.message, **ctx)
+                self.last_error = exc.message
+                return False
+            except Exception as exc:  # engine crash etc.: still a refusal, never a daemon crash
+                self.emit("failed", slot=slot, bundle=_bundle(want), reason=f"{type(exc).__name__}: {exc}", **ctx)
+                self.last_error = str(exc)
+                return False
+            self.emit("active", slot=slot, bundle=_bundle(want), **ctx)
+            self.on_change()
+            return True
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _download(self, want: DesiredBundle, tmp: Path) -> Path:
+        url = want.url
+        if url.startswith("/") and self.hub_url:
+            url = self.hub_url + url
+        if url.startswith("file://"):
+            src = Path(url[7:])
+            if not src.exists():
+                raise TransientError(f"bundle {src} does not exist")
+            if src.is_dir():
+                return src
+            dst = tmp / "bundle.tar"
+            shutil.copyfile(src, dst)
+            return dst
+        dst = tmp / "bundle.tar"
+        req = urllib.request.Request(url, headers=self.headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.download_timeout_s) as r, open(dst, "wb") as fh:
+                shutil.copyfileobj(r, fh, 1 << 20)
+        except urllib.error.HTTPError as exc:
+            if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                raise TransientError(f"download {url} answered HTTP {exc.code}") from exc
+            raise TransientError(f"download {url} failed: HTTP {exc.code}") from exc
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            raise TransientError(f"download {url} failed: {exc}") from exc
+        return dst
+
+
+def _bundle(b: DesiredBundle | None) -> dict[str, str] | None:
+    if b is None:
+        return None
+    return {"name": b.name, "version": b.version, "sha256": b.sha256}
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
