@@ -6,6 +6,8 @@
     ├── EngineError (500)       engine failed to load or run a model
     ├── NotFoundError (404)     unknown model, version, alias, slot, device, rollout
     ├── ConflictError (409)     state does not allow the action
+    ├── PayloadTooLarge (413)   request body or batch over the configured limit
+    ├── UnavailableError (503)  no model is active yet (device store empty)
     └── StoreError (500)        the device model store could not complete an install
 
 Third-party errors (onnxruntime, sqlite3, paho) are wrapped at the boundary and
@@ -59,6 +61,16 @@ class NotFoundError(EdgeError):
 class ConflictError(EdgeError):
     status_code = 409
     code = "conflict"
+
+
+class PayloadTooLarge(EdgeError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnavailableError(EdgeError):
+    status_code = 503
+    code = "unavailable"
 
 
 class StoreError(EdgeError):

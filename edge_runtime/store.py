@@ -275,6 +275,10 @@ class ModelStore:
                     self._models[slot] = m
         return m
 
+    def loaded_model(self, slot: str) -> Model | None:
+        """The model in ``slot`` if it is in memory (never loads)."""
+        return self._models.get(slot)
+
     def slot(self, slot: str) -> SlotInfo | None:
         _check_slot(slot)
         info = self._slot_row(slot)

@@ -1,0 +1,182 @@
+"""The local HTTP endpoint on a real socket (127.0.0.1, free port) and a Unix socket."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+
+import pytest
+
+from edge_runtime import Model
+from edge_runtime.daemon import Daemon
+from edge_runtime.settings import load_settings
+
+
+@pytest.fixture(scope="module")
+def sock_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("sock")
+
+
+@pytest.fixture(scope="module")
+def daemon(cancer_bundle, keypair, sock_dir):
+    """One server for the module: requests do not change its state."""
+    settings = load_settings(local_api={"port": 0, "unix_socket": str(sock_dir / "edge.sock"),
+                                        "max_body_bytes": 64 * 1024, "max_rows": 20},
+                             store={"public_key": str(keypair[1])})
+    d = Daemon(settings, bundle=cancer_bundle).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def conn(daemon):
+    c = http.client.HTTPConnection(daemon.api.host, daemon.api.port, timeout=10)
+    yield c
+    c.close()
+
+
+def call(conn, method, path, body=None, headers=None):
+    if body is not None and not isinstance(body, (bytes, str)):
+        body = json.dumps(body)
+    conn.request(method, path, body, headers or {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    return r.status, json.loads(r.read())
+
+
+def test_predict_rows_match_the_in_process_model(conn, cancer_bundle, rows):
+    status, body = call(conn, "POST", "/predict", {"rows": rows})
+    assert status == 200
+    model = Model.load(cancer_bundle)
+    assert body["model"] == {"name": "cancer", "version": "1.0.0", "sha256": model.digest}
+    assert body["predictions"] == model.predict(rows)
+    assert set(body["predictions"][0]) == {"probability", "label", "risk_level"}
+
+
+def test_predict_single_object_and_bare_list(conn, rows):
+    s1, one = call(conn, "POST", "/predict", rows[0])
+    s2, many = call(conn, "POST", "/predict", rows[:2])
+    assert s1 == s2 == 200
+    assert len(one["predictions"]) == 1 and len(many["predictions"]) == 2
+    assert one["predictions"][0] == many["predictions"][0]
+
+
+def test_keep_alive_reuses_one_connection(conn, rows):
+    call(conn, "POST", "/predict", {"rows": rows[:1]})
+    sock = conn.sock
+    for _ in range(5):
+        assert call(conn, "POST", "/predict", {"rows": rows[:1]})[0] == 200
+    assert conn.sock is sock
+
+
+def test_health_and_models(conn, cancer_bundle):
+    status, body = call(conn, "GET", "/health")
+    assert status == 200 and body["status"] == "ok" and body["model"]["name"] == "cancer"
+    status, body = call(conn, "GET", "/models")
+    assert status == 200
+    assert body["models"]["active"]["version"] == "1.0.0"
+    assert body["models"]["active"]["features"][0] == "mean_radius"
+
+
+def _bad(rows, key, value):
+    bad = [dict(r) for r in rows]
+    if value is KeyError:
+        del bad[0][key]
+    else:
+        bad[0][key] = value
+    return bad
+
+
+@pytest.mark.parametrize("make,status,code,field", [
+    (lambda r: b"{not json", 400, "invalid_json", "body"),
+    (lambda r: b"\xff\xfe", 400, "invalid_json", "body"),
+    (lambda r: b"", 400, "invalid_json", "body"),
+    (lambda r: {"rows": _bad(r, "mean_radius", KeyError)}, 422, "invalid_input", "rows[0].mean_radius"),
+    (lambda r: {"rows": _bad(r, "colour", 1.0)}, 422, "invalid_input", "rows[0].colour"),
+    (lambda r: {"rows": _bad(r, "mean_area", "big")}, 422, "invalid_input", "rows[0].mean_area"),
+    (lambda r: {"rows": _bad(r, "mean_area", True)}, 422, "invalid_input", "rows[0].mean_area"),
+    (lambda r: {"rows": _bad(r, "mean_area", None)}, 422, "invalid_input", "rows[0].mean_area"),
+    (lambda r: {"rows": _bad(r, "mean_area", [1, 2])}, 422, "invalid_input", "rows[0].mean_area"),
+    (lambda r: json.dumps({"rows": _bad(r, "mean_area", float("nan"))}), 422, "invalid_input",
+     "rows[0].mean_area"),
+    (lambda r: json.dumps({"rows": _bad(r, "mean_area", float("inf"))}), 422, "invalid_input", "body"),
+    (lambda r: {"rows": []}, 422, "invalid_input", "rows"),
+    (lambda r: {"rows": 3}, 422, "invalid_input", "rows"),
+    (lambda r: {"rows": [1, 2]}, 422, "invalid_input", "rows[0]"),
+    (lambda r: {"rows": [r[0], "x"]}, 422, "invalid_input", "rows[1]"),
+    (lambda r: "42", 422, "invalid_input", "body"),
+    (lambda r: {"rows": r, "slot": "x"}, 422, "invalid_input", "slot"),
+    (lambda r: {"rows": r * 5}, 413, "payload_too_large", "rows"),
+    (lambda r: {"tensors": {"x": [[1.0] * 29]}}, 422, "invalid_input", "tensors.x"),
+])
+def test_bad_input_gets_a_clear_4xx(conn, rows, make, status, code, field):
+    body = make(rows)
+    got_status, got = call(conn, "POST", "/predict", body)
+    assert (got_status, got["code"], got.get("field")) == (status, code, field), got
+    assert got["error"]
+    # the server is still fine after every bad request
+    assert call(conn, "POST", "/predict", {"rows": rows[:1]})[0] == 200
+
+
+def test_oversize_body_is_413_without_reading_it(daemon, rows):
+    c = http.client.HTTPConnection(daemon.api.host, daemon.api.port, timeout=10)
+    big = json.dumps({"rows": rows * 200}).encode()
+    assert len(big) > 64 * 1024
+    c.putrequest("POST", "/predict")
+    c.putheader("Content-Type", "application/json")
+    c.putheader("Content-Length", str(len(big)))
+    c.endheaders()
+    r = c.getresponse()
+    body = json.loads(r.read())
+    assert r.status == 413 and body["code"] == "payload_too_large" and body["field"] == "body"
+    assert r.getheader("Connection") == "close"
+    c.close()
+
+
+def test_transport_errors(conn, daemon):
+    assert call(conn, "GET", "/nope")[0] == 404
+    assert call(conn, "GET", "/predict") == (405, {"error": "use POST /predict",
+                                                   "code": "method_not_allowed", "field": "method"})
+    assert call(conn, "DELETE", "/models")[0] == 405
+    status, body = call(conn, "POST", "/predict", b"a=1",
+                        {"Content-Type": "application/x-www-form-urlencoded"})
+    assert (status, body["field"]) == (415, "Content-Type")
+    # no Content-Length (raw socket: http.client always adds one)
+    with socket.create_connection((daemon.api.host, daemon.api.port), timeout=10) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"2\r\n{}\r\n0\r\n\r\n")
+        data = s.recv(4096).decode()
+    assert data.startswith("HTTP/1.1 411") and '"field":"Content-Length"' in data
+
+
+def test_unix_socket(daemon, rows, sock_dir):
+    path = str(sock_dir / "edge.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(path)
+        body = json.dumps({"rows": rows[:2]}).encode()
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+                  + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(json.loads(payload)["predictions"]) == 2
+
+
+def test_store_backed_daemon_without_a_model_answers_503(tmp_path, keypair, cancer_bundle, rows):
+    settings = load_settings(local_api={"port": 0},
+                             store={"dir": str(tmp_path / "store"), "public_key": str(keypair[1]),
+                                    "latency_runs": 20})
+    with Daemon(settings) as d:
+        c = http.client.HTTPConnection(d.api.host, d.api.port, timeout=10)
+        assert call(c, "GET", "/health") [0] == 503
+        status, body = call(c, "POST", "/predict", {"rows": rows})
+        assert (status, body["code"]) == (503, "unavailable")
+        d.store.install(cancer_bundle)
+        status, body = call(c, "POST", "/predict", {"rows": rows})
+        assert status == 200 and body["model"]["version"] == "1.0.0"
+        assert call(c, "GET", "/models")[1]["models"]["previous"] is None
+        c.close()
