@@ -84,6 +84,7 @@ def migrate(engine: Engine) -> list[str]:
 
 # Modules that define tables and register migrations. Add yours here.
 TABLE_MODULES: list[str] = [
+    "cloud_hub.rollouts.tables",
     "cloud_hub.routing.tables",
     "cloud_hub.shadow.tables",
     "cloud_hub.fleet.tables",
