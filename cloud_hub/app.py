@@ -14,6 +14,11 @@ from cloud_hub.hub import Hub
 
 # Router modules, each exposing ``router`` (an APIRouter). Add yours here.
 ROUTERS: list[str] = [
+    "cloud_hub.api.health",
+    "cloud_hub.api.models",
+    "cloud_hub.api.predict",
+    "cloud_hub.api.oip",
+    "cloud_hub.api.metrics",
     "cloud_hub.api.rollouts",
 ]
 
@@ -26,6 +31,9 @@ def create_app(hub: Hub) -> FastAPI:
     for name in ROUTERS:
         app.include_router(importlib.import_module(name).router)
     install_error_handlers(app)
+    from cloud_hub.api.middleware import install_middleware
+
+    install_middleware(app, hub)  # request ids, body limits, access log, HTTP metrics
     return app
 
 

@@ -87,6 +87,7 @@ TABLE_MODULES: list[str] = [
     "cloud_hub.rollouts.tables",
     "cloud_hub.routing.tables",
     "cloud_hub.shadow.tables",
+    "cloud_hub.registry",
     "cloud_hub.fleet.tables",
 ]
 

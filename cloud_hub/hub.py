@@ -23,9 +23,27 @@ class Hub:
         self.engine = db.connect(self.settings.db_url)
         self.applied_migrations = db.migrate(self.engine)
         self._closers: list = []
+        self._attach_registry_and_inference()
         from cloud_hub.fleet import FleetService
 
         self.fleet = FleetService(self)  # device registry, MQTT ingest, desired state
+
+    def _attach_registry_and_inference(self) -> None:
+        # hub-core: registry, loaded-model cache, metrics, online inference.
+        from cloud_hub.inference import PredictService
+        from cloud_hub.metrics import HubMetrics
+        from cloud_hub.models import ModelCache
+        from cloud_hub.registry import Registry
+        from edge_runtime.engines import EngineOptions
+
+        s = self.settings
+        self.metrics = HubMetrics()
+        self.registry = Registry.from_settings(self.engine, s)
+        self.models = ModelCache(self.registry, EngineOptions(intra_op_threads=s.threads,
+                                                              providers=tuple(s.onnx_providers)))
+        self.inference = PredictService(self)
+        self.on_close(self.models.close)
+        self.on_close(self.inference.close)
 
     @property
     def data_dir(self) -> Path:

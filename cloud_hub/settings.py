@@ -47,6 +47,9 @@ class HubSettings(BaseSettings):
     onnx_providers: list[str] = Field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
                                       description="ONNX Runtime providers, best first; unavailable ones are skipped.")
     threads: int = Field(1, description="ONNX Runtime intra-op threads per model.")
+    access_log: bool = Field(True, description="Log one JSON line per HTTP request (with its request id).")
+    log_level: str = Field("info", description="Log level of `cloud-hub serve` (debug, info, warning, error).")
+    log_format: str = Field("json", description="Log format of `cloud-hub serve`: json (structured) or text.")
     rollout_tick_s: float = Field(5.0, description="Rollout controller tick interval.")
     device_silent_after_s: float = Field(120.0, description="A device with no telemetry for this long is 'unknown'.")
 

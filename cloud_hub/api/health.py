@@ -1,0 +1,41 @@
+"""Liveness/readiness of the hub (also the Open Inference Protocol health routes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from cloud_hub.api.deps import HubDep
+
+router = APIRouter(tags=["health"])
+
+
+def _db_ok(hub) -> bool:
+    try:
+        with hub.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
+@router.get("/healthz", summary="Liveness and database check of the hub")
+def healthz(hub: HubDep) -> JSONResponse:
+    ok = _db_ok(hub)
+    body: dict[str, Any] = {"status": "ok" if ok else "degraded", "database": ok,
+                            "models_loaded": len(hub.models.loaded())}
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/v2/health/live", summary="OIP: the server is live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/v2/health/ready", summary="OIP: the server is ready (database reachable)")
+def ready(hub: HubDep) -> JSONResponse:
+    ok = _db_ok(hub)
+    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)

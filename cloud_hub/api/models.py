@@ -1,0 +1,192 @@
+"""Registry routes: push bundles, list/get versions, aliases, bundle downloads, hub key."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from cloud_hub.api.deps import Admin, HubDep, Viewer
+from edge_runtime.errors import ValidationError
+
+router = APIRouter(tags=["registry"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Invalid bundle (manifest, hash, signature, golden vectors)"},
+    401: {"description": "Missing or invalid API key"},
+    403: {"description": "The key's role does not allow this"},
+    404: {"description": "Unknown model, version or alias"},
+    409: {"description": "Conflict (version exists with other content, alias in use)"},
+    413: {"description": "Body larger than the configured limit"},
+    422: {"description": "Invalid request field"},
+}
+
+
+class AliasBody(BaseModel):
+    version: str = Field(description="Version the alias should point at.")
+
+
+class AliasesBody(BaseModel):
+    aliases: dict[str, str | None] = Field(description="alias → version (null removes the alias); "
+                                           "applied in one transaction.")
+    reason: str | None = Field(None, description="Free text kept in the alias history.")
+
+
+async def _receive_upload(request: Request, dest: Path) -> None:
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=10)
+        try:
+            upload = form.get("bundle")
+            if upload is None:
+                upload = next((v for v in form.values() if hasattr(v, "read")), None)
+            if upload is None or not hasattr(upload, "read"):
+                raise ValidationError("multipart upload needs a file part named 'bundle'", field="bundle")
+            with open(dest, "wb") as fh:
+                while chunk := await upload.read(1024 * 1024):
+                    fh.write(chunk)
+        finally:
+            await form.close()
+        return
+    with open(dest, "wb") as fh:
+        async for chunk in request.stream():
+            fh.write(chunk)
+    if dest.stat().st_size == 0:
+        raise ValidationError("empty upload: send the bundle tar as the body or as multipart "
+                              "part 'bundle'", field="bundle")
+
+
+@router.post("/v1/models", status_code=201, responses=ERRORS,
+             summary="Push a bundle (tar body or multipart part 'bundle')",
+             openapi_extra={"requestBody": {"content": {
+                 "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+                 "multipart/form-data": {"schema": {"type": "object", "properties": {
+                     "bundle": {"type": "string", "format": "binary"}}}}}}})
+async def push_model(request: Request, hub: HubDep, role: Admin,
+                     alias: Annotated[list[str] | None, Query(description="Alias(es) to point at the "
+                                                              "pushed version.")] = None) -> JSONResponse:
+    """Verify (hashes, trusted signature, golden vectors), re-sign with the hub key and register.
+
+    Pushing the same bundle again answers 200 with the existing version; the
+    same name:version with different content is 409.
+    """
+    tmp_dir = hub.data_dir / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".tar", dir=tmp_dir)
+    os.close(fd)
+    path = Path(name)
+    try:
+        await _receive_upload(request, path)
+        mv, created = await asyncio.to_thread(hub.registry.push_ex, path, created_by=role,
+                                              aliases=alias or [])
+    finally:
+        path.unlink(missing_ok=True)
+    return JSONResponse(mv.to_dict(), status_code=201 if created else 200)
+
+
+@router.get("/v1/models", responses=ERRORS, summary="List models with their aliases and versions")
+def list_models(hub: HubDep, _: Viewer) -> dict[str, Any]:
+    models: dict[str, dict[str, Any]] = {}
+    for mv in hub.registry.list():
+        m = models.setdefault(mv.name, {"name": mv.name, "aliases": {}, "versions": [],
+                                        "latest_version": None})
+        m["versions"].append(mv.version)
+        m["latest_version"] = mv.version
+        for a in mv.aliases:
+            m["aliases"][a] = mv.version
+    return {"models": list(models.values())}
+
+
+@router.get("/v1/models/{ref}", responses=ERRORS, summary="Resolve a reference (name, name@alias, "
+            "name:version) to a version, with its manifest")
+def get_model(ref: str, hub: HubDep, _: Viewer) -> dict[str, Any]:
+    mv = hub.registry.resolve(ref)
+    out = mv.to_dict(manifest=True)
+    out["download_url"] = f"{hub.settings.base_url}/v1/bundles/{mv.digest}"
+    return out
+
+
+@router.get("/v1/models/{name}/versions", responses=ERRORS, summary="All versions of a model, oldest first")
+def list_versions(name: str, hub: HubDep, _: Viewer) -> dict[str, Any]:
+    return {"name": name, "versions": [mv.to_dict() for mv in hub.registry.versions(name)]}
+
+
+@router.delete("/v1/models/{name}/versions/{version}", status_code=204, responses=ERRORS,
+               summary="Delete a version no alias points at")
+def delete_version(name: str, version: str, hub: HubDep, _: Admin) -> Response:
+    hub.registry.delete_version(name, version)
+    return Response(status_code=204)
+
+
+@router.get("/v1/models/{name}/aliases", responses=ERRORS, summary="Aliases of a model (alias → version)")
+def get_aliases(name: str, hub: HubDep, _: Viewer) -> dict[str, Any]:
+    return {"name": name, "aliases": hub.registry.aliases(name)}
+
+
+@router.put("/v1/models/{name}/aliases/{alias}", responses=ERRORS, summary="Point an alias at a version")
+def put_alias(name: str, alias: str, body: AliasBody, hub: HubDep, _: Admin) -> dict[str, Any]:
+    aliases = hub.registry.set_aliases(name, {alias: body.version}, reason="api")
+    return {"name": name, "aliases": aliases}
+
+
+@router.delete("/v1/models/{name}/aliases/{alias}", responses=ERRORS, summary="Remove an alias")
+def delete_alias(name: str, alias: str, hub: HubDep, _: Admin) -> dict[str, Any]:
+    if alias not in hub.registry.aliases(name):
+        from edge_runtime.errors import NotFoundError
+
+        raise NotFoundError(f"model {name} has no alias {alias}", field="alias")
+    return {"name": name, "aliases": hub.registry.set_aliases(name, {alias: None}, reason="api")}
+
+
+@router.post("/v1/models/{name}/aliases", responses=ERRORS,
+             summary="Move several aliases atomically (e.g. promote the challenger)")
+def post_aliases(name: str, body: AliasesBody, hub: HubDep, _: Admin) -> dict[str, Any]:
+    return {"name": name, "aliases": hub.registry.set_aliases(name, body.aliases,
+                                                              reason=body.reason or "api")}
+
+
+@router.get("/v1/models/{name}/aliases/history", responses=ERRORS, summary="Alias changes, newest first")
+def alias_history(name: str, hub: HubDep, _: Viewer,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    hub.registry.versions(name)  # 404 for an unknown model
+    return {"name": name, "history": hub.registry.alias_history(name, limit)}
+
+
+@router.get("/v1/models/{ref}/bundle", responses=ERRORS, response_class=FileResponse,
+            summary="Download the hub-signed bundle tar of a reference")
+def download_model(ref: str, hub: HubDep, _: Viewer) -> FileResponse:
+    mv = hub.registry.resolve(ref)
+    return _tar_response(hub, mv)
+
+
+@router.get("/v1/bundles/{digest}", responses=ERRORS, response_class=FileResponse,
+            summary="Download a bundle tar by its sha256 (what devices fetch)")
+def download_bundle(digest: str, hub: HubDep) -> FileResponse:
+    """The bundle is addressed by its manifest sha256 and signed by the hub key;
+    devices verify both before activating it, so this route needs no API key."""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValidationError("digest must be 64 lowercase hex digits (the bundle sha256)", field="digest")
+    return _tar_response(hub, hub.registry.by_digest(digest))
+
+
+def _tar_response(hub, mv) -> FileResponse:
+    path = hub.registry.artifact_path(mv)
+    return FileResponse(path, media_type="application/x-tar",
+                        filename=f"{mv.name}-{mv.version}.tar",
+                        headers={"ETag": f'"{mv.digest}"', "X-Bundle-Sha256": mv.digest,
+                                 "X-Artifact-Sha256": mv.artifact_sha256,
+                                 "Cache-Control": "public, max-age=31536000, immutable"})
+
+
+@router.get("/v1/keys/hub.pub", response_class=Response, summary="The hub's public key (PEM) devices trust",
+            responses={200: {"content": {"application/x-pem-file": {}}}})
+def hub_public_key(hub: HubDep) -> Response:
+    return Response(hub.registry.hub_key.public_pem, media_type="application/x-pem-file",
+                    headers={"X-Key-Id": hub.registry.hub_key.key_id})
+

@@ -1,0 +1,373 @@
+"""Online inference data plane: resolve a reference, run the Model, tell observers.
+
+Transport-neutral (REST ``/predict``, Open Inference Protocol and anything
+else call :class:`PredictService`), with two hooks for champion/challenger and
+shadow deployments (``cloud_hub/routing``, ``cloud_hub/shadow``):
+
+* a **router** (``set_router``): ``route(request) -> list[Target] | None``
+  decides which reference (and group name) answers which rows, e.g. by a
+  stable hash of the entity key. ``None`` means "the reference as given".
+* **observers** (``add_observer``): ``fn(result)`` is called after the answer
+  is computed, on the event loop, with the encoded inputs and vectorised
+  scores; it must not block (the shadow mirror puts the result on a bounded
+  queue and returns). An observer that raises is logged and counted, never
+  seen by the client.
+
+Small models run inline on the event loop (a thread hop costs more than the
+model); a model whose recent calls average above ``inline_max_ms`` runs in a
+worker thread so it cannot stall other requests. With ``microbatch`` on,
+concurrent requests for the same bundle are merged into one engine call
+(adaptive: a lone request never waits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+import numpy as np
+
+from edge_runtime.errors import EdgeError, ValidationError
+from edge_runtime.model import Model, Scores
+
+if TYPE_CHECKING:
+    from cloud_hub.hub import Hub
+    from cloud_hub.registry import ModelVersion
+
+log = logging.getLogger("cloud_hub.inference")
+
+
+@dataclass
+class Target:
+    """Who answers: a model reference, the group name reported to clients, which rows."""
+
+    ref: str
+    group: str | None = None
+    rows: list[int] | None = None  # indices into the request's rows; None = all
+
+
+@dataclass
+class PredictRequest:
+    ref: str                       # the reference the client asked for
+    name: str                      # model name part of ref
+    rows: list[dict[str, Any]]     # feature rows (entity key removed)
+    keys: list[Any] | None         # entity key value per row (None when no key field)
+    key_field: str | None
+    request_id: str
+    endpoint: str = "predict"      # predict | oip
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class PartResult:
+    """The answer of one target for its rows."""
+
+    target: Target
+    version: "ModelVersion"
+    model: Model
+    x: np.ndarray          # encoded inputs, contract order (reusable by a shadow)
+    scores: Scores
+    predictions: list[dict[str, Any]]
+    latency_s: float
+
+
+@dataclass
+class PredictResult:
+    request: PredictRequest
+    parts: list[PartResult]
+    predictions: list[dict[str, Any]]
+    timestamp: str
+
+    @property
+    def primary(self) -> PartResult:
+        return self.parts[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.parts[0]
+        mv = p.version
+        return {"request_id": self.request.request_id, "timestamp": self.timestamp,
+                "model": {"name": mv.name, "version": mv.version, "sha256": mv.digest},
+                "group": p.target.group, "predictions": self.predictions}
+
+
+class Router(Protocol):
+    def route(self, request: PredictRequest) -> list[Target] | None: ...
+
+
+Observer = Callable[[PredictResult], None]
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class PredictService:
+    def __init__(self, hub: "Hub", *, inline_max_ms: float = 2.0) -> None:
+        self.hub = hub
+        self.models = hub.models
+        self.metrics = hub.metrics
+        self.router: Router | None = None
+        self.observers: list[Observer] = []
+        self.inline_max_s = inline_max_ms / 1000.0
+        self._cost: dict[str, float] = {}  # digest -> EWMA seconds per engine call
+        s = hub.settings
+        self.microbatch = bool(s.microbatch)
+        self._batchers: dict[str, MicroBatcher] = {}
+        self._mb_size = max(1, int(s.microbatch_max_size))
+        self._mb_wait = max(0.0, float(s.microbatch_max_wait_ms)) / 1000.0
+
+    # ---- hooks ---------------------------------------------------------------------------
+    def set_router(self, router: Router | None) -> None:
+        self.router = router
+
+    def add_observer(self, fn: Observer) -> None:
+        self.observers.append(fn)
+
+    def remove_observer(self, fn: Observer) -> None:
+        if fn in self.observers:
+            self.observers.remove(fn)
+
+    # ---- request parsing -----------------------------------------------------------------
+    def parse(self, ref: str, body: Any, *, key_field: str | None = None,
+              request_id: str | None = None) -> PredictRequest:
+        """A JSON body ({"rows": [...]} or one row object) → PredictRequest."""
+        from cloud_hub.registry import parse_ref
+
+        name = parse_ref(ref).name
+        if isinstance(body, dict) and "rows" in body:
+            rows = body["rows"]
+            for k in body:
+                if k not in ("rows", "entity_key"):
+                    raise ValidationError(f"unknown field {k!r}: send {{\"rows\": [...], "
+                                          f"\"entity_key\": \"field\"}} or one row object", field=k)
+            if "entity_key" in body:
+                key_field = body["entity_key"]
+            if isinstance(rows, dict):
+                rows = [rows]
+            elif not isinstance(rows, list):
+                raise ValidationError("rows must be a list of objects", field="rows")
+        elif isinstance(body, dict):
+            rows = [body]
+        else:
+            raise ValidationError("body must be a JSON object: {\"rows\": [...]} or one row", field="body")
+        if not rows:
+            raise ValidationError("rows is empty: send at least one row", field="rows")
+        if key_field is None and self.router is not None:
+            key_field = getattr(self.router, "key_field", lambda _n: None)(name)
+        keys = None
+        if key_field is not None:
+            if not isinstance(key_field, str) or not key_field:
+                raise ValidationError("entity_key must name a field of the rows", field="entity_key")
+            keys = []
+            stripped = []
+            for i, row in enumerate(rows):
+                if not isinstance(row, dict):
+                    raise ValidationError(f"rows[{i}] must be an object of feature values",
+                                          field=f"rows[{i}]")
+                if key_field in row:
+                    row = dict(row)
+                    keys.append(row.pop(key_field))
+                else:
+                    keys.append(None)
+                stripped.append(row)
+            rows = stripped
+        return PredictRequest(ref=ref, name=name, rows=rows, keys=keys, key_field=key_field,
+                              request_id=request_id or new_request_id())
+
+    # ---- the data plane -------------------------------------------------------------------
+    async def pair(self, ref: str) -> tuple["ModelVersion", Model]:
+        hit = self.models.peek(ref)
+        if hit is not None:
+            return hit
+        loaded = len(self.models.loaded())
+        pair = await asyncio.to_thread(self.models.get, ref)
+        if len(self.models.loaded()) != loaded:
+            self.metrics.models_loaded.set(len(self.models.loaded()))
+            self.metrics.model_loads.labels(pair[0].name, pair[0].version).inc()
+        return pair
+
+    async def score(self, mv: "ModelVersion", model: Model, x: np.ndarray) -> Scores:
+        """Encoded rows → Scores: inline, in a worker thread, or micro-batched."""
+        if self.microbatch:
+            b = self._batchers.get(mv.digest)
+            if b is None:
+                b = self._batchers[mv.digest] = MicroBatcher(model, self._mb_size, self._mb_wait,
+                                                             self.metrics.microbatch_size.labels(mv.name, mv.version))
+            return await b.submit(x)
+        cost = self._cost.get(mv.digest, 0.0)
+        t0 = time.perf_counter()
+        if cost <= self.inline_max_s:
+            s = model.score_array(x)
+        else:
+            s = await asyncio.to_thread(model.score_array, x)
+        dt_s = time.perf_counter() - t0
+        self._cost[mv.digest] = dt_s if cost == 0.0 else 0.9 * cost + 0.1 * dt_s
+        return s
+
+    async def predict(self, req: PredictRequest) -> PredictResult:
+        """Run a parsed request through the router, the model(s) and the observers."""
+        targets = None
+        if self.router is not None:
+            targets = self.router.route(req)
+        if not targets:
+            targets = [Target(req.ref)]
+        parts: list[PartResult] = []
+        try:
+            for t in targets:
+                mv, model = await self.pair(t.ref)
+                if model.codec is None:
+                    raise ValidationError(f"{mv.name}:{mv.version} takes raw tensors; call "
+                                          f"/v2/models/{mv.name}/infer instead", field="rows")
+                rows = req.rows if t.rows is None else [req.rows[i] for i in t.rows]
+                t0 = time.perf_counter()
+                x = model.codec.encode(rows)
+                s = await self.score(mv, model, x)
+                preds = model.to_rows(s)
+                parts.append(PartResult(t, mv, model, x, s, preds, time.perf_counter() - t0))
+        except EdgeError as exc:
+            self.metrics.observe_error(req.name, req.endpoint, exc.code)
+            raise
+        if len(parts) == 1 and parts[0].target.rows is None:
+            predictions = parts[0].predictions
+        else:
+            predictions = [None] * len(req.rows)  # type: ignore[list-item]
+            for p in parts:
+                idx = range(len(req.rows)) if p.target.rows is None else p.target.rows
+                for i, pred in zip(idx, p.predictions):
+                    pred["group"] = p.target.group
+                    pred["model_version"] = p.version.version
+                    predictions[i] = pred
+        if req.keys is not None:
+            kf = req.key_field
+            for pred, k in zip(predictions, req.keys):
+                if k is not None:
+                    pred[kf] = k
+        total = time.perf_counter() - req.started
+        for p in parts:
+            self.metrics.observe_predict(p.version.name, p.version.version, p.target.group or "",
+                                         req.endpoint, len(p.predictions), total)
+        result = PredictResult(req, parts, predictions, _utc_now())
+        self.notify(result)
+        return result
+
+    def notify(self, result: PredictResult) -> None:
+        for fn in self.observers:
+            try:
+                fn(result)
+            except Exception:  # observers never break the primary answer
+                log.exception("predict observer failed")
+
+    async def predict_body(self, ref: str, body: Any, *, key_field: str | None = None,
+                           request_id: str | None = None) -> PredictResult:
+        try:
+            req = self.parse(ref, body, key_field=key_field, request_id=request_id)
+        except EdgeError as exc:
+            self.metrics.observe_error(ref.split("@")[0].split(":")[0], "predict", exc.code)
+            raise
+        return await self.predict(req)
+
+    def predict_sync(self, ref: str, rows: Any, *, key_field: str | None = None) -> PredictResult:
+        """Blocking convenience for scripts and tests (runs its own event loop)."""
+        return asyncio.run(self.predict_body(ref, rows if isinstance(rows, dict) else {"rows": rows},
+                                             key_field=key_field))
+
+    def close(self) -> None:
+        for b in self._batchers.values():
+            b.close()
+        self._batchers.clear()
+
+
+def slice_scores(s: Scores, a: int, b: int) -> Scores:
+    return Scores(
+        probability=None if s.probability is None else s.probability[a:b],
+        label_index=None if s.label_index is None else s.label_index[a:b],
+        probabilities=None if s.probabilities is None else s.probabilities[a:b],
+        value=None if s.value is None else s.value[a:b],
+        raw=[r[a:b] for r in s.raw])
+
+
+class MicroBatcher:
+    """Merge concurrent ``submit(x)`` calls for one model into one engine call.
+
+    Adaptive: the worker takes whatever is queued when it wakes; it waits up
+    to ``max_wait`` for more only while the previous batch held more than one
+    request (i.e. there is concurrency to gain from). The engine runs in a
+    worker thread so the next batch fills while this one runs.
+    """
+
+    def __init__(self, model: Model, max_size: int, max_wait: float, size_metric=None) -> None:
+        self.model = model
+        self.max_size = max_size
+        self.max_wait = max_wait
+        self.size_metric = size_metric
+        self.queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_n = 1
+
+    async def submit(self, x: np.ndarray) -> Scores:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._loop is not loop:
+            self.queue = asyncio.Queue()
+            self._loop = loop
+            self._task = loop.create_task(self._run())
+        fut = loop.create_future()
+        self.queue.put_nowait((x, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        q = self.queue
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await q.get()]
+            rows = len(items[0][0])
+            deadline = loop.time() + self.max_wait
+            while rows < self.max_size:
+                if not q.empty():
+                    it = q.get_nowait()
+                elif self._last_n > 1 and self.max_wait > 0:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        it = await asyncio.wait_for(q.get(), left)
+                    except asyncio.TimeoutError:
+                        break
+                else:
+                    break
+                items.append(it)
+                rows += len(it[0])
+            self._last_n = len(items)
+            xs = [it[0] for it in items]
+            try:
+                x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
+                s = await asyncio.to_thread(self.model.score_array, x)
+            except BaseException as exc:  # hand the error to every waiter
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            if self.size_metric is not None:
+                self.size_metric.observe(rows)
+            a = 0
+            for xi, fut in items:
+                b = a + len(xi)
+                if not fut.done():
+                    fut.set_result(s if len(items) == 1 else slice_scores(s, a, b))
+                a = b
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+

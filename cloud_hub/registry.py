@@ -1,0 +1,520 @@
+"""The model registry: versions of signed bundles, aliases, and the hub's signing key.
+
+Push = read the bundle (dir or tar) → check every file hash and the signature
+against the trusted keys (unsigned only when ``allow_unsigned``) → load it and
+run its golden vectors → re-sign the manifest with the hub key (devices trust
+one key, the hub's; the uploader's key id is kept as provenance) → pack a tar
+into the content-addressed artifact store → one row in ``model_versions``.
+Nothing is written to the database before the artifact is safely stored, and a
+failed push leaves the registry as it was.
+
+A bundle's identity is ``Manifest.digest`` (sha256 of the canonical unsigned
+manifest); re-signing does not change it, so the same digest names the bundle
+on the uploader's disk, in the registry and on every device.
+
+Aliases (``champion``, ``challenger`` or any name) point at one version of a
+model; :meth:`Registry.set_aliases` moves several in one transaction so a
+promotion is atomic. Every change is journalled in ``model_alias_events``.
+
+References: ``name`` (the ``champion`` alias if set, else the newest version),
+``name@alias``, ``name:version``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import (Column, DateTime, Integer, String, Table, Text, UniqueConstraint, and_,
+                        delete, insert, select, update)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from cloud_hub import db
+from cloud_hub.artifacts import ArtifactStore, LocalArtifactStore
+from edge_runtime import signing
+from edge_runtime.bundle import MANIFEST, Bundle, pack_bundle, read_bundle, sign_bundle, verify_bundle
+from edge_runtime.errors import BundleError, ConflictError, EdgeError, NotFoundError, ValidationError
+
+log = logging.getLogger("cloud_hub.registry")
+
+DEFAULT_ALIAS = "champion"
+NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9_.\-+]+$")
+ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+
+model_versions = Table(
+    "model_versions", db.metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, index=True),
+    Column("version", String(200), nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("format", String(16), nullable=False),
+    Column("task", String(40), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("artifact_sha256", String(64), nullable=False),
+    Column("manifest", Text, nullable=False),
+    Column("signer_key_id", String(32)),
+    Column("hub_key_id", String(32), nullable=False),
+    Column("self_test", String(40), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(64)),
+    UniqueConstraint("name", "version", name="uq_model_versions_name_version"),
+)
+
+model_aliases = Table(
+    "model_aliases", db.metadata,
+    Column("name", String(200), primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("version", String(200), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+model_alias_events = Table(
+    "model_alias_events", db.metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, index=True),
+    Column("alias", String(64), nullable=False),
+    Column("old_version", String(200)),
+    Column("new_version", String(200)),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("reason", String(200)),
+)
+
+db.migration("0100_registry")(db.create_tables(model_versions, model_aliases, model_alias_events))
+
+
+@dataclass
+class ModelVersion:
+    """One registered bundle (what ``resolve`` returns)."""
+
+    name: str
+    version: str
+    digest: str
+    format: str
+    size: int
+    aliases: list[str]
+    created_at: dt.datetime
+    provenance: dict[str, Any]
+    task: str = ""
+    artifact_sha256: str = ""
+    signer_key_id: str | None = None
+    hub_key_id: str = ""
+    self_test: str = ""
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def to_dict(self, *, manifest: bool = False) -> dict[str, Any]:
+        out = {"name": self.name, "version": self.version, "sha256": self.digest,
+               "format": self.format, "task": self.task, "size": self.size,
+               "aliases": list(self.aliases), "created_at": self.created_at.isoformat(),
+               "provenance": self.provenance, "artifact_sha256": self.artifact_sha256,
+               "signer_key_id": self.signer_key_id, "hub_key_id": self.hub_key_id,
+               "self_test": self.self_test}
+        if manifest:
+            out["manifest"] = self.manifest
+        return out
+
+
+@dataclass(frozen=True)
+class Ref:
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+    def __str__(self) -> str:
+        if self.version:
+            return f"{self.name}:{self.version}"
+        if self.alias:
+            return f"{self.name}@{self.alias}"
+        return self.name
+
+
+def parse_ref(ref: str) -> Ref:
+    """``name`` | ``name@alias`` | ``name:version`` → :class:`Ref` (ValidationError if malformed)."""
+    if not isinstance(ref, str) or not ref:
+        raise ValidationError("model reference is empty", field="model")
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        if not NAME_RE.match(name) or not ALIAS_RE.match(alias):
+            raise ValidationError(f"bad model reference {ref[:200]!r}: expected name@alias",
+                                  field="model")
+        return Ref(name, alias=alias)
+    if ":" in ref:
+        name, _, version = ref.partition(":")
+        if not NAME_RE.match(name) or not VERSION_RE.match(version):
+            raise ValidationError(f"bad model reference {ref[:200]!r}: expected name:version",
+                                  field="model")
+        return Ref(name, version=version)
+    if not NAME_RE.match(ref):
+        raise ValidationError(f"bad model name {ref[:200]!r}: letters, digits, '_', '.', '-'",
+                              field="model")
+    return Ref(ref)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _aware(t: dt.datetime) -> dt.datetime:
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+class HubKey:
+    """The hub's ed25519 signing key (private PEM at ``path``, public next to it)."""
+
+    def __init__(self, path: Path, *, create: bool) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create:
+                raise BundleError(f"hub signing key {self.path} does not exist", field="signing_key")
+            signing.generate_keypair(self.path, self.path.with_suffix(".pub"))
+            log.warning("generated a new hub signing key at %s; devices must trust %s",
+                        self.path, self.path.with_suffix(".pub"))
+        self.private: Ed25519PrivateKey = signing.load_private_key(self.path)
+        self.public: Ed25519PublicKey = self.private.public_key()
+        self.key_id = signing.key_id(self.public)
+        self.public_pem = signing.public_pem(self.public)
+        pub_path = self.path.with_suffix(".pub")
+        if not pub_path.exists():
+            pub_path.write_bytes(self.public_pem)
+
+
+class Registry:
+    """Registry of model versions backed by the hub database and an artifact store."""
+
+    def __init__(self, engine: Engine, store: ArtifactStore, hub_key: HubKey, *,
+                 trusted_keys: list[Ed25519PublicKey] | None = None, allow_unsigned: bool = False,
+                 self_test: bool = True, work_dir: Path | None = None) -> None:
+        self.engine = engine
+        self.store = store
+        self.hub_key = hub_key
+        self.trusted_keys = list(trusted_keys or [])
+        self.allow_unsigned = allow_unsigned
+        self.self_test = self_test
+        self.work_dir = Path(work_dir) if work_dir else None
+        if self.work_dir:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._listeners: list[Callable[[str], None]] = []
+        self._push_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, engine: Engine, settings) -> "Registry":
+        data_dir = Path(settings.data_dir)
+        key_path = settings.signing_key or data_dir / "keys" / "hub.key"
+        hub_key = HubKey(key_path, create=settings.signing_key is None or settings.dev)
+        trusted = [signing.load_public_key(p) for p in settings.trusted_keys]
+        trusted_dir = data_dir / "keys" / "trusted"
+        if trusted_dir.is_dir():
+            trusted += [signing.load_public_key(p) for p in sorted(trusted_dir.glob("*.pub"))]
+        return cls(engine, LocalArtifactStore(data_dir / "artifacts"), hub_key,
+                   trusted_keys=trusted, allow_unsigned=settings.allow_unsigned,
+                   work_dir=data_dir / "tmp")
+
+    # ---- listeners (the loaded-model cache drops resolutions on alias changes) -----
+    def on_change(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(model_name)`` after a version or alias of that model changes."""
+        self._listeners.append(fn)
+
+    def _changed(self, name: str) -> None:
+        for fn in self._listeners:
+            try:
+                fn(name)
+            except Exception:  # a listener must not break a registry write
+                log.exception("registry listener failed")
+
+    # ---- push ------------------------------------------------------------------------
+    def push(self, path: str | Path, *, created_by: str | None = None,
+             aliases: list[str] | None = None) -> ModelVersion:
+        """Verify, re-sign and store a bundle (dir or tar); return its ModelVersion.
+
+        Pushing the same bundle again returns the existing version (idempotent);
+        the same name:version with different content is a 409 conflict.
+        """
+        return self.push_ex(path, created_by=created_by, aliases=aliases)[0]
+
+    def push_ex(self, path: str | Path, *, created_by: str | None = None,
+                aliases: list[str] | None = None) -> tuple[ModelVersion, bool]:
+        """Like :meth:`push`; also says whether a new version was created."""
+        for a in aliases or []:
+            _check_alias(a)
+        bundle = read_bundle(path)
+        try:
+            m = bundle.manifest
+            signer = self._verify(bundle)
+            existing = self._by_digest(m.digest)
+            if existing is not None:
+                for a in aliases or []:
+                    self.set_alias(existing.name, a, existing.version, reason="push")
+                return self.get(existing.name, existing.version), False
+            self_test = self._self_test(bundle)
+            with self._push_lock:
+                other = self._row(m.name, m.version)
+                if other is not None:
+                    raise ConflictError(f"{m.name}:{m.version} is already registered with different "
+                                        f"content (sha256 {other['digest'][:12]}…); bump the version",
+                                        field="version")
+                art_sha, size = self._store_signed(bundle)
+                row = {"name": m.name, "version": m.version, "digest": m.digest, "format": m.format,
+                       "task": m.task, "size": size, "artifact_sha256": art_sha,
+                       "manifest": json.dumps(m.model_dump(mode="json", exclude_none=True)),
+                       "signer_key_id": signer, "hub_key_id": self.hub_key.key_id,
+                       "self_test": self_test, "created_at": _now(), "created_by": created_by}
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(insert(model_versions).values(**row))
+                except IntegrityError as exc:  # a concurrent push from another replica
+                    raise ConflictError(f"{m.name}:{m.version} was registered concurrently",
+                                        field="version") from exc
+        finally:
+            if bundle._tmp is not None:
+                bundle._tmp.cleanup()
+        log.info("registered %s:%s sha256=%s", m.name, m.version, m.digest)
+        for a in aliases or []:
+            self.set_alias(m.name, a, m.version, reason="push")
+        self._changed(m.name)
+        return self.get(m.name, m.version), True
+
+    def _verify(self, bundle: Bundle) -> str | None:
+        m = bundle.manifest
+        keys = self.trusted_keys + [self.hub_key.public]
+        if m.signature is None:
+            if not self.allow_unsigned:
+                raise BundleError("bundle is not signed; sign it with a trusted key (edge-runtime "
+                                  "bundle sign) or start the hub with HUB_ALLOW_UNSIGNED=1",
+                                  field="signature")
+            verify_bundle(bundle, None, require_signature=False)
+            return None
+        report = verify_bundle(bundle, keys, require_signature=True)
+        return report.key_id
+
+    def _self_test(self, bundle: Bundle) -> str:
+        if not self.self_test:
+            return "skipped"
+        from edge_runtime.model import Model
+
+        try:
+            model = Model.load(bundle, warmup=False)
+        except BundleError as exc:
+            if exc.field == "format":  # e.g. Core ML cannot run here; devices still verify it
+                return "skipped: no engine on the hub"
+            raise
+        except EdgeError as exc:
+            raise BundleError(f"the model does not load: {exc.message}", field="model_file") from exc
+        try:
+            n = model.self_test()
+        except EdgeError as exc:
+            raise BundleError(f"golden vectors failed: {exc.message}", field=exc.field or "golden") from exc
+        finally:
+            model.close()
+        return f"passed ({n} golden)" if n else "loaded (no golden vectors)"
+
+    def _store_signed(self, bundle: Bundle) -> tuple[str, int]:
+        tmp = Path(tempfile.mkdtemp(prefix="push-", dir=self.work_dir))
+        try:
+            d = tmp / "bundle"
+            shutil.copytree(bundle.root, d)
+            sign_bundle(d, self.hub_key.private)
+            tar = pack_bundle(d, tmp / "bundle.tar")
+            return self.store.put_file(tar)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # ---- reads -------------------------------------------------------------------------
+    def _row(self, name: str, version: str):
+        with self.engine.connect() as conn:
+            return conn.execute(select(model_versions).where(
+                and_(model_versions.c.name == name, model_versions.c.version == version))).mappings().first()
+
+    def _by_digest(self, digest: str) -> ModelVersion | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(model_versions).where(model_versions.c.digest == digest)).mappings().first()
+            if row is None:
+                return None
+            return self._mv(row, self._aliases_of(conn, row["name"]).get(row["version"], []))
+
+    def _aliases_of(self, conn, name: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for r in conn.execute(select(model_aliases.c.alias, model_aliases.c.version)
+                              .where(model_aliases.c.name == name).order_by(model_aliases.c.alias)):
+            out.setdefault(r.version, []).append(r.alias)
+        return out
+
+    @staticmethod
+    def _mv(row, aliases: list[str]) -> ModelVersion:
+        manifest = json.loads(row["manifest"])
+        return ModelVersion(name=row["name"], version=row["version"], digest=row["digest"],
+                            format=row["format"], size=row["size"], aliases=aliases,
+                            created_at=_aware(row["created_at"]),
+                            provenance=manifest.get("provenance", {}), task=row["task"],
+                            artifact_sha256=row["artifact_sha256"], signer_key_id=row["signer_key_id"],
+                            hub_key_id=row["hub_key_id"], self_test=row["self_test"], manifest=manifest)
+
+    def get(self, name: str, version: str) -> ModelVersion:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(model_versions).where(
+                and_(model_versions.c.name == name, model_versions.c.version == version))).mappings().first()
+            if row is None:
+                self._raise_unknown(conn, name, f"model {name} has no version {version}", "version")
+            return self._mv(row, self._aliases_of(conn, name).get(version, []))
+
+    def by_digest(self, digest: str) -> ModelVersion:
+        mv = self._by_digest(digest)
+        if mv is None:
+            raise NotFoundError(f"no bundle with sha256 {digest[:80]}", field="digest")
+        return mv
+
+    def _raise_unknown(self, conn, name: str, msg: str, fld: str) -> None:
+        known = conn.execute(select(model_versions.c.id).where(model_versions.c.name == name).limit(1)).first()
+        if known is None:
+            raise NotFoundError(f"unknown model {name}", field="model")
+        raise NotFoundError(msg, field=fld)
+
+    def resolve(self, ref: str | Ref) -> ModelVersion:
+        """``name`` | ``name@alias`` | ``name:version`` → ModelVersion (NotFoundError naming what)."""
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        if r.version:
+            return self.get(r.name, r.version)
+        with self.engine.connect() as conn:
+            alias = r.alias or DEFAULT_ALIAS
+            version = conn.execute(select(model_aliases.c.version).where(
+                and_(model_aliases.c.name == r.name, model_aliases.c.alias == alias))).scalar()
+            if version is None:
+                if r.alias:
+                    self._raise_unknown(conn, r.name, f"model {r.name} has no alias {r.alias}", "alias")
+                version = conn.execute(select(model_versions.c.version).where(
+                    model_versions.c.name == r.name).order_by(model_versions.c.id.desc()).limit(1)).scalar()
+                if version is None:
+                    raise NotFoundError(f"unknown model {r.name}", field="model")
+        return self.get(r.name, version)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(model_versions).where(model_versions.c.name == name)
+                                .order_by(model_versions.c.id)).mappings().all()
+            if not rows:
+                raise NotFoundError(f"unknown model {name}", field="model")
+            al = self._aliases_of(conn, name)
+            return [self._mv(r, al.get(r["version"], [])) for r in rows]
+
+    def list(self, name: str | None = None) -> list[ModelVersion]:
+        """All versions (of one model when ``name`` is given), oldest first."""
+        if name is not None:
+            return self.versions(name)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(model_versions).order_by(model_versions.c.name,
+                                                                 model_versions.c.id)).mappings().all()
+            al: dict[str, dict[str, list[str]]] = {}
+            for r in conn.execute(select(model_aliases).order_by(model_aliases.c.alias)):
+                al.setdefault(r.name, {}).setdefault(r.version, []).append(r.alias)
+        return [self._mv(r, al.get(r["name"], {}).get(r["version"], [])) for r in rows]
+
+    def names(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(model_versions.c.name).distinct()
+                                     .order_by(model_versions.c.name)).scalars())
+
+    # ---- aliases -----------------------------------------------------------------------
+    def aliases(self, name: str) -> dict[str, str]:
+        """alias → version for one model."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(model_aliases.c.alias, model_aliases.c.version)
+                                .where(model_aliases.c.name == name).order_by(model_aliases.c.alias)).all()
+            if not rows:
+                known = conn.execute(select(model_versions.c.id)
+                                     .where(model_versions.c.name == name).limit(1)).first()
+                if known is None:
+                    raise NotFoundError(f"unknown model {name}", field="model")
+        return {r.alias: r.version for r in rows}
+
+    def set_alias(self, name: str, alias: str, version: str | None, *, reason: str | None = None) -> None:
+        """Point ``alias`` at ``version`` (None removes it)."""
+        self.set_aliases(name, {alias: version}, reason=reason)
+
+    def set_aliases(self, name: str, changes: dict[str, str | None], *, reason: str | None = None) -> dict[str, str]:
+        """Move several aliases of one model in ONE transaction (atomic promotion).
+
+        ``changes`` maps alias → version, or None to remove the alias. Returns
+        the model's aliases after the change.
+        """
+        for a in changes:
+            _check_alias(a)
+        now = _now()
+        with self.engine.begin() as conn:
+            for alias, version in changes.items():
+                if version is not None:
+                    ok = conn.execute(select(model_versions.c.id).where(
+                        and_(model_versions.c.name == name, model_versions.c.version == version))).first()
+                    if ok is None:
+                        self._raise_unknown(conn, name, f"model {name} has no version {version}", "version")
+                old = conn.execute(select(model_aliases.c.version).where(
+                    and_(model_aliases.c.name == name, model_aliases.c.alias == alias))).scalar()
+                if old == version:
+                    continue
+                if version is None:
+                    conn.execute(delete(model_aliases).where(
+                        and_(model_aliases.c.name == name, model_aliases.c.alias == alias)))
+                elif old is None:
+                    conn.execute(insert(model_aliases).values(name=name, alias=alias, version=version,
+                                                              updated_at=now))
+                else:
+                    conn.execute(update(model_aliases).where(
+                        and_(model_aliases.c.name == name, model_aliases.c.alias == alias))
+                        .values(version=version, updated_at=now))
+                conn.execute(insert(model_alias_events).values(name=name, alias=alias, old_version=old,
+                                                               new_version=version, at=now,
+                                                               reason=(reason or "")[:200] or None))
+            result = {r.alias: r.version for r in conn.execute(
+                select(model_aliases.c.alias, model_aliases.c.version).where(model_aliases.c.name == name))}
+        self._changed(name)
+        return result
+
+    def alias_history(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(model_alias_events).where(model_alias_events.c.name == name)
+                                .order_by(model_alias_events.c.id.desc()).limit(limit)).mappings().all()
+        return [{"alias": r["alias"], "old_version": r["old_version"], "new_version": r["new_version"],
+                 "at": _aware(r["at"]).isoformat(), "reason": r["reason"]} for r in rows]
+
+    # ---- artifacts ---------------------------------------------------------------------
+    def artifact_path(self, mv: ModelVersion) -> Path:
+        """Local path of the version's (hub-signed) bundle tar."""
+        p = self.store.local_path(mv.artifact_sha256)
+        if p is None:  # remote store: cache a copy locally
+            raise NotFoundError("artifact store has no local path", field="digest")
+        return p
+
+    def delete_version(self, name: str, version: str) -> None:
+        """Remove a version that no alias points at (409 otherwise). The blob stays if shared."""
+        mv = self.get(name, version)
+        if mv.aliases:
+            raise ConflictError(f"{name}:{version} is aliased as {', '.join(mv.aliases)}; move the "
+                                "alias first", field="version")
+        with self.engine.begin() as conn:
+            conn.execute(delete(model_versions).where(model_versions.c.digest == mv.digest))
+            still = conn.execute(select(model_versions.c.id).where(
+                model_versions.c.artifact_sha256 == mv.artifact_sha256).limit(1)).first()
+        if still is None:
+            self.store.delete(mv.artifact_sha256)
+        self._changed(name)
+
+
+def _check_alias(alias: str) -> None:
+    if not isinstance(alias, str) or not ALIAS_RE.match(alias):
+        raise ValidationError(f"bad alias {str(alias)[:80]!r}: a letter then letters, digits, '_' "
+                              "or '-' (max 64)", field="alias")
+
+
+__all__ = ["ModelVersion", "Registry", "HubKey", "Ref", "parse_ref", "MANIFEST"]

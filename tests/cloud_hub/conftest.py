@@ -1,0 +1,128 @@
+"""Fixtures for hub tests: a Hub on a temp data dir, a real uvicorn server on a free
+port, and a fresh PostgreSQL database per test (dropped afterwards)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+
+@pytest.fixture
+def hub_settings(tmp_path, keypair):
+    from cloud_hub.settings import HubSettings
+
+    def make(**kw):
+        kw.setdefault("data_dir", tmp_path / "hub")
+        kw.setdefault("trusted_keys", [keypair[1]])
+        return HubSettings(**kw)
+
+    return make
+
+
+@pytest.fixture
+def make_hub(hub_settings):
+    from cloud_hub.hub import Hub
+
+    hubs = []
+
+    def make(settings=None, **kw):
+        hub = Hub(settings or hub_settings(**kw))
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for h in hubs:
+        h.close()
+
+
+@pytest.fixture
+def hub(make_hub):
+    return make_hub()
+
+
+@contextmanager
+def live_server(app, port: int | None = None, timeout: float = 15.0) -> Iterator[str]:
+    import socket
+
+    import uvicorn
+
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
+                            lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+
+
+@pytest.fixture
+def server(hub):
+    """A real HTTP server for ``hub``: yields (base_url, hub)."""
+    from cloud_hub.app import create_app
+
+    with live_server(create_app(hub)) as url:
+        yield url, hub
+
+
+@pytest.fixture
+def http(server):
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def pg_url(postgres_url) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test (other engineers share db 'test')."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = make_url(postgres_url)
+    name = f"edgefleet_hubcore_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def cancer_bundle_v2(tmp_path_factory, cancer_data, keypair) -> Path:
+    """A second version (different model, same contract) of the cancer bundle."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from tests.conftest import build_sklearn_bundle
+
+    x, y, names = cancer_data
+    rf = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0).fit(x, y)
+    out = tmp_path_factory.mktemp("bundles") / "cancer-2.0.0"
+    return build_sklearn_bundle(out, rf, x, names, key=keypair[0], version="2.0.0")
+
+
+def row_of(cancer_data, i: int = 0) -> dict:
+    x, _, names = cancer_data
+    return dict(zip(names, map(float, x[i])))
