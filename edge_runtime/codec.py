@@ -33,9 +33,15 @@ class RowCodec:
         self.reject_nan = np.array([f.nan == "reject" for f in inputs.features])
         self.any_reject_nan = bool(self.reject_nan.any())
         self._name_set = frozenset(self.names)
+        self._min_list = self.mins.tolist()
+        self._max_list = self.maxs.tolist()
 
     def encode(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Rows (a dict or a list of dicts) → (n_rows, n_features) array."""
+        if type(rows) is dict:
+            x = self._encode_one(rows)
+            if x is not None:
+                return x
         if isinstance(rows, Mapping):
             rows = (rows,)
         elif not isinstance(rows, (list, tuple)):
@@ -77,6 +83,32 @@ class RowCodec:
                     f"rows[{r}].{names[c]}: {arr[r, c]:g} is outside the allowed range "
                     f"[{self.mins[c]:g}, {self.maxs[c]:g}]", field=f"rows[{r}].{names[c]}")
         return arr.astype(self.dtype, copy=False)
+
+    def _encode_one(self, row: dict) -> np.ndarray | None:
+        """Single-row fast path (plain Python checks, one small array).
+
+        Returns None whenever anything is unusual (missing/extra key, non-number,
+        NaN, out of range) so the vectorised path produces the exact same result
+        or the exact same error.
+        """
+        if len(row) != self.n:
+            return None
+        try:
+            vals = [row[k] for k in self.names]
+        except (KeyError, TypeError):
+            return None
+        for v in vals:
+            t = type(v)
+            if t is float:
+                if v != v:
+                    return None
+            elif t is not int:
+                return None
+        if self.has_range:
+            for v, lo, hi in zip(vals, self._min_list, self._max_list):
+                if v < lo or v > hi:
+                    return None
+        return np.array((vals,), dtype=self.dtype)
 
     def _raise_row_problem(self, rows: Sequence[Any]) -> None:
         for i, row in enumerate(rows):

@@ -80,6 +80,7 @@ class Model:
                 raise BundleError("postprocess.positive_class is not one of postprocess.classes",
                                   field="manifest.postprocess.positive_class")
             self._pos_idx = self.classes.index(pp.positive_class)
+        self._one = self._single_row_post() if self.codec is not None else None
         self.loaded_at = time.time()
 
     # ---- construction ---------------------------------------------------------
@@ -106,7 +107,42 @@ class Model:
         if self.codec is None:
             raise ValidationError("this model takes raw tensors, not feature rows", field="rows")
         x = self.codec.encode(rows)
+        if self._one is not None and x.shape[0] == 1:
+            return [self._one(self.engine.run({self._feed_name: x}))]
         return self.to_rows(self.score_array(x))
+
+    def _single_row_post(self):
+        """A plain-Python post-processor for one row, identical to ``to_rows(_scores(...))``.
+
+        Single-row calls are the common on-device case; for a small model the numpy
+        calls of the vectorised path cost as much as the model itself. Only binary
+        classification (probabilities output) and regression get one; other tasks
+        use the vectorised path.
+        """
+        idx = self._idx
+        classes, pos, thr = self.classes, self._pos_idx, self.threshold
+        risk = self.risk_levels
+        if self.task == "binary_classification" and "probabilities" in idx:
+            pi = idx["probabilities"]
+
+            def one(outs: list[np.ndarray]) -> dict[str, Any]:
+                probs = outs[pi]
+                if probs.ndim == 2 and probs.shape[1] > 1:
+                    p = float(probs[0, pos])
+                else:
+                    p1 = float(probs.reshape(-1)[0])
+                    p = p1 if pos == 1 else 1.0 - p1
+                li = pos if p >= thr else 1 - pos
+                out = {"probability": p, "label": classes[li] if classes else li}
+                if risk:
+                    out["risk_level"] = next((name for name, lo in risk if p >= lo), None)
+                return out
+
+            return one
+        if self.task == "regression" and "value" in idx and not ({"probabilities", "logits"} & set(idx)):
+            vi = idx["value"]
+            return lambda outs: {"value": float(outs[vi].reshape(-1)[0])}
+        return None
 
     def predict_one(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return self.predict(row)[0]

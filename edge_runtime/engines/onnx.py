@@ -47,10 +47,18 @@ class OnnxEngine(Engine):
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
         self.providers = self.session.get_providers()
+        # Hot path: on CPU, call the C++ session directly. InferenceSession.run only
+        # adds Python-side checks of the feed names (ours come from the model) and a
+        # GPU-EP fallback, about 1 µs per call — a sixth of a small model's run.
+        inner = getattr(self.session, "_sess", None)
+        if self.providers == ["CPUExecutionProvider"] and hasattr(inner, "run"):
+            self._run = lambda feeds: inner.run(self._output_names, feeds, None)
+        else:
+            self._run = lambda feeds: self.session.run(self._output_names, feeds)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            return self.session.run(self._output_names, feeds)
+            return self._run(feeds)
         except Exception as exc:
             raise EngineError(f"ONNX Runtime run failed: {exc}") from exc
 
