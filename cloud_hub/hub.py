@@ -27,6 +27,9 @@ class Hub:
         from cloud_hub.fleet import FleetService
 
         self.fleet = FleetService(self)  # device registry, MQTT ingest, desired state
+        from cloud_hub.routing.attach import attach as attach_routing
+
+        attach_routing(self)  # hub-routing: hub.routing (champion/challenger), hub.shadow (mirror)
 
     def _attach_registry_and_inference(self) -> None:
         # hub-core: registry, loaded-model cache, metrics, online inference.

@@ -109,6 +109,10 @@ class RoutingService:
             raise ValidationError("challenger_fraction must be between 0 and 1", field="challenger_fraction")
         if evaluation is not None:
             evaluation = EvaluationConfig(**evaluation).model_dump()
+        if entity_key is not None and (not isinstance(entity_key, str) or not entity_key.strip()):
+            raise ValidationError("entity_key must name a field of the request rows", field="entity_key")
+        if enabled:
+            self._check_aliases(name)
         now = _now()
         with self.hub.engine.begin() as conn:
             cur = conn.execute(select(routing_splits).where(routing_splits.c.name == name)
@@ -133,6 +137,17 @@ class RoutingService:
         self._cache.pop(name, None)
         return self.get_split(name)
 
+    def _check_aliases(self, name: str) -> None:
+        """A split needs both aliases, else its requests would fail: refuse it up front."""
+        reg = getattr(self.hub, "registry", None)
+        if reg is None:
+            return
+        aliases = reg.aliases(name)  # NotFoundError for an unknown model
+        missing = [g for g in GROUPS if g not in aliases]
+        if missing:
+            raise ConflictError(f"model {name} has no {' / '.join(missing)} alias; set them first "
+                                f"(cloud-hub models alias {name} {missing[0]} VERSION)", field=missing[0])
+
     def disable(self, name: str) -> SplitConfig:
         cfg = self.get_split(name)
         return self.set_split(name, cfg.challenger_fraction, enabled=False)
@@ -146,8 +161,8 @@ class RoutingService:
     # ---- hot path: the PredictService router ----------------------------------------------
     def key_field(self, name: str) -> str | None:
         """Field of the rows holding the entity key (stripped before the model sees the rows)."""
-        cfg = self.cached_split(name)
-        return cfg.entity_key if cfg is not None and cfg.enabled else None
+        cfg = self.cached_split(name)  # also when disabled: clients keep sending the key field
+        return cfg.entity_key if cfg is not None else None
 
     def route(self, req: Any) -> list[Any] | None:
         """Router hook of :class:`cloud_hub.inference.PredictService`.

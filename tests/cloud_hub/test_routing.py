@@ -18,8 +18,8 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture
 def hub(tmp_path, keypair, cancer_bundle, weak_bundle):
     h = make_hub(tmp_path / "hub", keypair)
-    h.registry.push(cancer_bundle)
-    h.registry.push(weak_bundle)
+    h.registry.push(cancer_bundle, aliases=["champion"])
+    h.registry.push(weak_bundle, aliases=["challenger"])
     yield h
     h.close()
 
@@ -180,6 +180,21 @@ def test_business_metric_cost(hub, cancer_data):
     ev = hub.routing.evaluate("cancer", {"business_metric": "positive_rate"})
     pr = ev["tests"]["business"]
     assert pr["champion"] == pytest.approx(ev["groups"]["champion"]["positive_rate"])
+
+
+def test_split_needs_both_aliases(tmp_path, keypair, cancer_bundle):
+    from edge_runtime.errors import ConflictError, NotFoundError
+
+    h = make_hub(tmp_path / "h2", keypair)
+    try:
+        with pytest.raises(NotFoundError):
+            h.routing.set_split("cancer", 0.1)
+        h.registry.push(cancer_bundle, aliases=["champion"])
+        with pytest.raises(ConflictError) as e:
+            h.routing.set_split("cancer", 0.1)
+        assert e.value.field == "challenger"
+    finally:
+        h.close()
 
 
 def test_feedback_validation(hub):

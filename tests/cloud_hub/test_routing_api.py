@@ -1,0 +1,208 @@
+"""HTTP surface of champion/challenger and shadow: roles, bad input, and a hub restart (SQLite + PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.cloud_hub.routing_support import make_hub, pg_db, rows_of, weak_bundle  # noqa: F401
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.timeout(180)
+
+ADMIN, CLIENT, VIEWER = "admin-key-0123456789", "client-key-0123456789", "viewer-key-0123456789"
+H_ADMIN, H_CLIENT, H_VIEWER = ({"Authorization": f"Bearer {k}"} for k in (ADMIN, CLIENT, VIEWER))
+
+
+@pytest.fixture
+def api(tmp_path, keypair, cancer_bundle, weak_bundle):
+    from cloud_hub.app import create_app
+
+    hub = make_hub(tmp_path / "hub", keypair, admin_keys=[ADMIN], client_keys=[CLIENT], viewer_keys=[VIEWER])
+    hub.registry.push(cancer_bundle, aliases=["challenger"])
+    hub.registry.push(weak_bundle, aliases=["champion"])
+    with TestClient(create_app(hub)) as c:
+        yield c, hub
+    hub.close()
+
+
+def test_split_feedback_evaluate_promote_over_http(api, cancer_data):
+    c, hub = api
+    x, y, names = cancer_data
+    assert c.put("/v1/models/cancer/split", json={"challenger_fraction": 0.5}, headers=H_CLIENT).status_code == 403
+    assert c.put("/v1/models/cancer/split", json={"challenger_fraction": 0.5}).status_code == 401
+    r = c.put("/v1/models/cancer/split", json={"challenger_fraction": 2}, headers=H_ADMIN)
+    assert r.status_code == 422 and r.json()["field"] == "challenger_fraction"
+    r = c.put("/v1/models/nope/split", json={"challenger_fraction": 0.5}, headers=H_ADMIN)
+    assert r.status_code == 404 and "error" in r.json()
+    r = c.put("/v1/models/cancer/split", json={"challenger_fraction": 0.5}, headers=H_ADMIN)
+    assert r.status_code == 200, r.text
+    split = r.json()
+    assert split["entity_key"] == "customer_id" and split["salt"] == f"cancer:{split['split_id']}"
+    groups = {}
+    fb = []
+    for i in range(len(x)):
+        r = c.post("/v1/models/cancer/predict", json={"rows": rows_of(x[i:i + 1], names, [f"k{i}"])},
+                   headers=H_CLIENT)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["group"] in ("champion", "challenger")
+        assert body["model"]["version"] == {"champion": "0.9.0", "challenger": "1.0.0"}[body["group"]]
+        groups[f"k{i}"] = body["group"]
+        fb.append({"request_id": body["request_id"], "outcome": int(y[i])})
+    assert 0.4 < list(groups.values()).count("challenger") / len(groups) < 0.6
+    r = c.post("/v1/models/cancer/feedback", json={"feedback": fb}, headers=H_VIEWER)
+    assert r.status_code == 403
+    r = c.post("/v1/models/cancer/feedback", json={"feedback": [{"outcome": 1}]}, headers=H_CLIENT)
+    assert r.status_code == 422 and r.json()["field"] == "feedback[0].request_id"
+    r = c.post("/v1/models/cancer/feedback", json={"feedback": fb}, headers=H_CLIENT)
+    assert r.json() == {"stored": len(fb), "matched": len(fb), "unmatched": 0}
+    st = c.get("/v1/models/cancer/split/stats", headers=H_VIEWER).json()
+    assert st["groups"]["challenger"]["requests"] == list(groups.values()).count("challenger")
+    r = c.post("/v1/models/cancer/evaluate", json={"decide_on": "nope"}, headers=H_VIEWER)
+    assert r.status_code == 422 and r.json()["field"] == "decide_on"
+    ev = c.post("/v1/models/cancer/evaluate", json={"decide_on": "auc"}, headers=H_VIEWER).json()
+    assert ev["verdict"] == "PROMOTE", ev["reasons"]
+    assert ev["tests"]["auc"]["test"] == "delong" and ev["tests"]["auc"]["p_value"] < 0.05
+    assert c.post("/v1/models/cancer/promote", headers=H_CLIENT).status_code == 403
+    r = c.post("/v1/models/cancer/promote", headers=H_ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["champion"] == "1.0.0" and r.json()["previous"] == "0.9.0"
+    assert c.get("/v1/models/cancer/aliases", headers=H_VIEWER).json()["aliases"]["champion"] == "1.0.0"
+    body = c.post("/v1/models/cancer/predict", json={"rows": rows_of(x[:1], names, ["k0"])},
+                  headers=H_CLIENT).json()
+    assert body["model"]["version"] == "1.0.0"  # split disabled after promotion: all to the champion
+    text = c.get("/metrics", headers=H_ADMIN).text
+    assert 'group="challenger"' in text
+
+
+def test_shadow_over_http(api, cancer_data):
+    c, hub = api
+    x, _, names = cancer_data
+    r = c.post("/v1/models/cancer/shadows", json={"version": "1.0.0", "segments": ["mean_radius:15"]},
+               headers=H_CLIENT)
+    assert r.status_code == 403
+    r = c.post("/v1/models/cancer/shadows", json={"version": "1.0.0", "sample_rate": 0}, headers=H_ADMIN)
+    assert r.status_code == 422 and r.json()["field"] == "sample_rate"
+    r = c.post("/v1/models/cancer/shadows", json={"version": "7.7.7"}, headers=H_ADMIN)
+    assert r.status_code == 404
+    r = c.post("/v1/models/cancer/shadows", json={"version": "1.0.0", "segments": ["mean_radius:15"]},
+               headers=H_ADMIN)
+    assert r.status_code == 201, r.text
+    for i in range(0, 200, 2):
+        assert c.post("/v1/models/cancer@champion/predict", json={"rows": rows_of(x[i:i + 2], names)},
+                      headers=H_CLIENT).status_code == 200
+    rep = c.get("/v1/models/cancer/shadow/report", params={"sla_ms": 1000, "max_decision_change": 0.5},
+                headers=H_VIEWER).json()
+    s = rep["shadows"][0]
+    assert s["compared"] == 200 and s["shadow_version"] == "1.0.0" and s["primary_versions"] == ["0.9.0"]
+    assert rep["verdict"] == s["verdict"] and s["ks_pvalue"] is not None
+    assert {g["segment"] for g in s["segments"]} == {"mean_radius:15"}
+    r = c.get("/v1/models/cancer/shadow/report", params={"max_decision_change": 3}, headers=H_VIEWER)
+    assert r.status_code == 422
+    st = c.get("/v1/shadow/status", headers=H_VIEWER).json()
+    assert st["mirrored"] == 100 and st["dropped"] == 0
+    assert "hub_shadow_queue_depth" in c.get("/metrics", headers=H_ADMIN).text
+    assert c.delete("/v1/models/cancer/shadows/1.0.0", headers=H_ADMIN).status_code == 204
+    assert c.get("/v1/models/cancer/shadows", headers=H_VIEWER).json()["shadows"] == []
+
+
+# ---- restart: a real server process, stopped and started again on the same database ------------------
+
+SERVER = """
+import sys, uvicorn
+from cloud_hub.app import create_app
+from cloud_hub.hub import Hub
+from cloud_hub.settings import HubSettings
+hub = Hub(HubSettings())
+uvicorn.run(create_app(hub), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+hub.close()
+"""
+
+
+def _start(env, port):
+    p = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise AssertionError(p.stdout.read().decode()[-3000:])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/splits", timeout=1).status_code == 200:
+                return p
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    p.kill()
+    raise AssertionError("hub did not start")
+
+
+def _stop(p):
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(timeout=10)
+
+
+def _restart_roundtrip(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, db_url):
+    x, _, names = cancer_data
+    env = {**os.environ, "HUB_DATA_DIR": str(tmp_path / "hub"), "HUB_DEV": "1",
+           "HUB_TRUSTED_KEYS": f'["{keypair[1]}"]'}
+    if db_url:
+        env["HUB_DATABASE_URL"] = db_url
+    port = free_port()
+    p = _start(env, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for b, alias in ((cancer_bundle, "challenger"), (weak_bundle, "champion")):
+                from edge_runtime.bundle import pack_bundle
+
+                tar = tmp_path / f"{alias}.tar"
+                pack_bundle(b, tar)
+                r = c.post("/v1/models", content=tar.read_bytes(), params={"alias": alias},
+                           headers={"content-type": "application/x-tar"})
+                assert r.status_code in (200, 201), r.text
+            split = c.put("/v1/models/cancer/split", json={"challenger_fraction": 0.3}).json()
+            assert c.post("/v1/models/cancer/shadows", json={"version": "1.0.0"}).status_code == 201
+            before = {}
+            for i in range(40):
+                body = c.post("/v1/models/cancer/predict",
+                              json={"rows": rows_of(x[i:i + 1], names, [f"id{i}"])}).json()
+                before[f"id{i}"] = body["group"]
+            rep1 = c.get("/v1/models/cancer/shadow/report", params={"sla_ms": 1000, "min_samples": 1}).json()
+        _stop(p)
+        p = _start(env, port)
+        with httpx.Client(base_url=url, timeout=30) as c:
+            after_split = c.get("/v1/models/cancer/split").json()
+            assert after_split["split_id"] == split["split_id"]
+            assert after_split["challenger_fraction"] == 0.3
+            for i in range(40):
+                body = c.post("/v1/models/cancer/predict",
+                              json={"rows": rows_of(x[i:i + 1], names, [f"id{i}"])}).json()
+                assert body["group"] == before[f"id{i}"]
+            rep2 = c.get("/v1/models/cancer/shadow/report", params={"sla_ms": 1000, "min_samples": 1}).json()
+            st = c.get("/v1/models/cancer/split/stats").json()
+        shadowed_before = rep1["shadows"][0]["compared"]
+        assert shadowed_before > 0
+        # records from before the restart are still there, plus the new ones
+        assert rep2["shadows"][0]["compared"] >= shadowed_before
+        assert st["rows"] == 80
+    finally:
+        _stop(p)
+
+
+def test_restart_sqlite(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data):
+    _restart_roundtrip(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, None)
+
+
+def test_restart_postgres(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, pg_db):
+    _restart_roundtrip(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, pg_db)

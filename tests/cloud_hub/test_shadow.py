@@ -1,0 +1,134 @@
+"""Shadow deployments: mirrored off the critical path, comparison records, report numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from edge_runtime.model import Model
+from tests.cloud_hub.routing_support import make_hub, rows_of, slow_bundle, weak_bundle  # noqa: F401
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def hub(tmp_path, keypair, cancer_bundle, weak_bundle):
+    h = make_hub(tmp_path / "hub", keypair)
+    h.registry.push(cancer_bundle, aliases=["champion"])
+    h.registry.push(weak_bundle)
+    yield h
+    h.close()
+
+
+def test_report_matches_direct_computation(hub, cancer_data, weak_bundle):
+    x, _, names = cancer_data
+    t = hub.shadow.attach("cancer", "0.9.0", segments=["mean_radius:12,15,18", "tag:group"])
+    assert t.version == "0.9.0" and t.segments == ["mean_radius:12,15,18", "tag:group"]
+    primary = []
+    for i in range(0, len(x), 3):  # requests of 3 rows, like a backend would send
+        res = hub.inference.predict_sync("cancer", rows_of(x[i:i + 3], names))
+        primary += res.predictions
+    assert hub.shadow.drain(60)
+    recs = hub.shadow.records("cancer")
+    assert len(recs) == len(x)
+    shadow = Model.load(weak_bundle).predict(rows_of(x, names))
+    ps = np.array([p["probability"] for p in primary])
+    ss = np.array([s["probability"] for s in shadow])
+    changed = np.array([p["label"] != s["label"] for p, s in zip(primary, shadow)])
+    same_bucket = np.array([p["risk_level"] == s["risk_level"] for p, s in zip(primary, shadow)])
+    rep = hub.shadow.report("cancer", criteria={"sla_ms": 1000})
+    s = rep["shadows"][0]
+    assert s["shadow_version"] == "0.9.0" and s["primary_versions"] == ["1.0.0"]
+    assert s["compared"] == len(x) and s["requests"] == (len(x) + 2) // 3
+    assert s["decision_change_rate"] == pytest.approx(changed.mean())
+    assert s["identical_bucket_rate"] == pytest.approx(same_bucket.mean())
+    assert s["mean_primary_score"] == pytest.approx(ps.mean(), abs=1e-6)
+    assert s["mean_shadow_score"] == pytest.approx(ss.mean(), abs=1e-6)
+    assert s["mean_divergence"] == pytest.approx(np.abs(ps - ss).mean(), abs=1e-6)
+    ks = stats.ks_2samp(ps, ss)
+    assert s["ks_statistic"] == pytest.approx(ks.statistic, abs=1e-6)
+    assert s["ks_pvalue"] == pytest.approx(ks.pvalue, rel=1e-3)
+    # segments: recompute the worst mean_radius bin directly
+    radius = x[:, names.index("mean_radius")]
+    bins = np.digitize(radius, [12, 15, 18])
+    labels = ["<12", "12-15", "15-18", ">=18"]
+    direct = {labels[b]: changed[bins == b].mean() for b in range(4) if (bins == b).sum() >= 10}
+    seg = {r["value"]: r for r in s["segments"] if r["segment"] == "mean_radius:12,15,18"}
+    for k, v in direct.items():
+        assert seg[k]["decision_change_rate"] == pytest.approx(v)
+    assert s["segments"][0]["decision_change_rate"] == max(r["decision_change_rate"] for r in s["segments"])
+    assert any(r["segment"] == "tag:group" and r["value"] == "none" for r in s["segments"])
+    # verdict against the default criterion (decision change < 5 %)
+    want = "PASS" if changed.mean() < 0.05 else "FAIL"
+    assert s["verdict"] == want and rep["verdict"] == want
+    strict = hub.shadow.report("cancer", criteria={"max_decision_change": 0.0, "sla_ms": 1000})
+    assert strict["verdict"] == "FAIL"
+    assert "decision_change_rate" in strict["shadows"][0]["reasons"][0]
+    loose = hub.shadow.report("cancer", criteria={"max_decision_change": 1.0, "sla_ms": 1000})
+    assert loose["verdict"] == "PASS"
+    few = hub.shadow.report("cancer", criteria={"min_samples": 10_000})
+    assert few["verdict"] == "NOT_ENOUGH_DATA"
+    text = hub.metrics.render()[0].decode()
+    assert "hub_shadow_queue_depth" in text and 'hub_shadow_requests_total{model="cancer",version="0.9.0"}' in text
+
+
+def test_slow_shadow_never_blocks_primary_and_overflow_is_counted(tmp_path, keypair, cancer_bundle,
+                                                                   slow_bundle, cancer_data):
+    x, _, names = cancer_data
+    hub = make_hub(tmp_path / "hub", keypair, shadow_queue_size=4)
+    try:
+        hub.registry.push(cancer_bundle, aliases=["champion"])
+        hub.registry.push(slow_bundle)
+        hub.shadow.attach("cancer", "3.0.0-slow")
+        n = 60
+        answered = 0
+        depths = []
+        for i in range(n):
+            res = hub.inference.predict_sync("cancer", rows_of(x[i:i + 1], names))
+            assert res.to_dict()["model"]["version"] == "1.0.0"
+            answered += 1
+            depths.append(hub.shadow.status()["queue_depth"])
+        st = hub.shadow.status()
+        assert answered == n
+        assert st["dropped"] > 0, st  # the slow shadow could not keep up: requests dropped, counted
+        assert st["mirrored"] + st["dropped"] == n
+        assert max(depths) <= 4  # bounded
+        text = hub.metrics.render()[0].decode()
+        dropped_line = [ln for ln in text.splitlines() if ln.startswith('hub_shadow_dropped_total{model="cancer"}')]
+        assert dropped_line and float(dropped_line[0].split()[-1]) == st["dropped"]
+        assert hub.shadow.drain(120)
+        recs = hub.shadow.records("cancer")
+        assert len(recs) == st["mirrored"]  # every queued request was compared and stored
+        assert all(r["shadow_version"] == "3.0.0-slow" and r["shadow_error"] is None for r in recs)
+    finally:
+        hub.close()
+
+
+def test_attach_validation_and_detach(hub):
+    from edge_runtime.errors import NotFoundError, ValidationError
+
+    with pytest.raises(NotFoundError):
+        hub.shadow.attach("cancer", "9.9.9")
+    with pytest.raises(ValidationError) as e:
+        hub.shadow.attach("cancer", "0.9.0", sample_rate=0)
+    assert e.value.field == "sample_rate"
+    with pytest.raises(ValidationError) as e:
+        hub.shadow.attach("cancer", "0.9.0", segments=["mean_radius:3,2"])
+    assert e.value.field == "segments"
+    hub.shadow.attach("cancer", "0.9.0")
+    assert [t.version for t in hub.shadow.targets("cancer")] == ["0.9.0"]
+    hub.shadow.detach("cancer", "0.9.0")
+    assert hub.shadow.targets("cancer") == []
+    with pytest.raises(NotFoundError):
+        hub.shadow.detach("cancer", "0.9.0")
+
+
+def test_shadow_sampling_is_deterministic(hub, cancer_data):
+    x, _, names = cancer_data
+    hub.shadow.attach("cancer", "0.9.0", sample_rate=0.3)
+    for i in range(200):
+        hub.inference.predict_sync("cancer", rows_of(x[i:i + 1], names))
+    assert hub.shadow.drain(60)
+    n = len({r["request_id"] for r in hub.shadow.records("cancer")})
+    assert 30 <= n <= 90
