@@ -183,3 +183,32 @@ class FleetAgent:
 
     def observe_error(self, model: Any, rows: int, latency_s: float, *, slot: str = "active") -> None:
         self.recorder.record(slot, model, rows, latency_s, error=True)
+
+    # ---- daemon integration ------------------------------------------------------------------------
+    def on_prediction(self, record: Any) -> None:
+        """Daemon observer: one :class:`~edge_runtime.daemon.PredictionRecord` per predict call."""
+        if record.error is not None or record.scores is None:
+            if record.rows:
+                self.recorder.record(record.slot, record.model, record.rows, record.latency_s, error=True)
+            return
+        self.observe(record.model, record.x, record.scores, record.latency_s, slot=record.slot)
+
+    @classmethod
+    def for_daemon(cls, daemon: Any, **overrides: Any) -> "FleetAgent":
+        """Build the agent from the daemon's settings and hook it in (service + observer)."""
+        s = daemon.settings
+        m = s.mqtt
+        cfg = MqttConfig(url=m.url, username=m.username,
+                         password=m.password.get_secret_value() if m.password is not None else None,
+                         ca_file=str(m.ca_file) if m.ca_file else None,
+                         cert_file=str(m.certfile) if m.certfile else None,
+                         key_file=str(m.keyfile) if m.keyfile else None, keepalive=m.keepalive_s)
+        kw: dict[str, Any] = dict(
+            mqtt=cfg, data_dir=Path(s.store.dir) / "fleet", prefix=m.prefix, hub_url=s.hub.url,
+            interval_s=s.telemetry.interval_s, buffer_max_windows=s.telemetry.buffer_max_windows,
+            sample_rate=s.shadow.sample_rate, profile=daemon.profile.name, tags=s.device.tags)
+        kw.update(overrides)
+        agent = cls(daemon.device_id, daemon.store, **kw)
+        daemon.services.append(agent)
+        daemon.observers.append(agent.on_prediction)
+        return agent

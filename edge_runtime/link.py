@@ -100,6 +100,14 @@ class DeviceLink:
                     pass
         self.connected.clear()
 
+    def cut(self) -> None:
+        """Simulate a network cut: the socket drops (the broker fires the will), no reconnect
+        until :meth:`resume`; windows and events keep accumulating in the outbox."""
+        self.stop(graceful=False)
+
+    def resume(self) -> None:
+        self.start()
+
     def wait_connected(self, timeout: float = 10.0) -> bool:
         return self.connected.wait(timeout)
 
@@ -166,7 +174,7 @@ class DeviceLink:
             self.pump()
 
     def _on_message(self, _client, _u, msg) -> None:
-        if not msg.payload:  # retained document cleared
+        if msg.topic != self.topic("desired") or not msg.payload:  # stray message / document cleared
             return
         try:
             doc = DesiredState.model_validate(json.loads(msg.payload))

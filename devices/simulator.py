@@ -1,0 +1,472 @@
+"""Fleet simulator: N devices running the real daemon code in one process.
+
+Each simulated device is a real :class:`~edge_runtime.daemon.Daemon` (its own model
+store, SQLite journal and outbox, its own MQTT connection, last will, desired-state
+reconciler, telemetry windows and on-device shadow comparison). To fit 1,000 devices
+on a laptop, the simulator
+
+* drives the telemetry windows and the request load from a few shared threads
+  instead of one timer thread per device, and
+* (``share_models=True``) shares the loaded :class:`~edge_runtime.model.Model` of a
+  bundle between devices: every device still stages, hashes, verifies the signature
+  of and self-tests its own copy; only the ONNX Runtime session is shared.
+
+Faults on demand (:meth:`Fleet.inject`): ``disconnect`` (network cut for T seconds;
+the device keeps serving and buffering), ``slow`` (added inference latency),
+``errors`` (a fraction of predict calls fail), ``crash`` (no goodbye: the broker
+fires the last will; ``restart`` or ``duration`` brings it back on the same disk).
+
+    fleet = Fleet(50, hub_url=hub.settings.base_url, mqtt_url=hub.fleet.mqtt_url,
+                  bundle=path, public_keys=[pub], interval_s=0.5)
+    fleet.start(); fleet.inject("slow", devices=["sim-0003"], latency_ms=80, duration=30)
+    ...; fleet.stop()
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+
+from edge_runtime.errors import EdgeError, EngineError, ValidationError
+
+log = logging.getLogger("devices.simulator")
+
+FAULTS = ("disconnect", "slow", "errors", "crash", "restart", "clear")
+
+
+# ---- shared models ---------------------------------------------------------------------------
+class _SharedModels:
+    """Per-process cache of loaded models keyed by bundle digest (close() becomes a no-op)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str], Any] = {}
+        self._orig = None
+
+    def install(self) -> None:
+        import edge_runtime.store as store_mod
+
+        if self._orig is not None:
+            return
+        self._orig = store_mod.Model
+        cache = self
+
+        class SharedModel(self._orig):  # type: ignore[misc, valid-type]
+            @classmethod
+            def load(cls, path, options=None, *, warmup: bool = True):
+                from edge_runtime.bundle import Bundle, read_bundle
+
+                b = path if isinstance(path, Bundle) else read_bundle(path)
+                key = (b.manifest.digest, repr(options))
+                with cache._lock:
+                    m = cache._cache.get(key)
+                    if m is None:
+                        m = cache._orig.load(b, options, warmup=warmup)
+                        m.close = lambda: None  # shared: closed when the fleet stops
+                        cache._cache[key] = m
+                return m
+
+        store_mod.Model = SharedModel
+
+    def uninstall(self) -> None:
+        import edge_runtime.store as store_mod
+
+        if self._orig is not None:
+            store_mod.Model = self._orig
+            self._orig = None
+        with self._lock:
+            for m in self._cache.values():
+                try:
+                    type(m).close(m)
+                except Exception:
+                    pass
+            self._cache.clear()
+
+
+# ---- faults ------------------------------------------------------------------------------------
+@dataclass
+class Faults:
+    extra_latency_s: float = 0.0
+    error_rate: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.extra_latency_s > 0 or self.error_rate > 0
+
+
+class _FaultyModel:
+    """Wraps a Model: slower and/or failing ``score_array``; everything else passes through."""
+
+    def __init__(self, model: Any, faults: Faults, rnd: random.Random) -> None:
+        self._m, self._f, self._rnd = model, faults, rnd
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._m, name)
+
+    def score_array(self, x):
+        if self._f.extra_latency_s > 0:
+            time.sleep(self._f.extra_latency_s)
+        if self._f.error_rate > 0 and self._rnd.random() < self._f.error_rate:
+            raise EngineError("injected inference error (simulator fault)")
+        return self._m.score_array(x)
+
+
+def _daemon_class():
+    from edge_runtime.daemon import Daemon
+
+    class SimDaemon(Daemon):
+        faults: Faults
+
+        def active_model(self):
+            m = super().active_model()
+            f = getattr(self, "faults", None)
+            return _FaultyModel(m, f, self._rnd) if f is not None and f.active else m
+
+    return SimDaemon
+
+
+# ---- devices -------------------------------------------------------------------------------------
+class SimDevice:
+    def __init__(self, fleet: "Fleet", index: int, device_id: str, tags: dict[str, str], profile: str,
+                 password: str | None) -> None:
+        self.fleet = fleet
+        self.index = index
+        self.id = device_id
+        self.tags = tags
+        self.profile = profile
+        self.password = password
+        self.dir = fleet.workdir / device_id
+        self.faults = Faults()
+        self.daemon = None
+        self.crashed = False
+        self.disconnected = False
+        self.requests = 0
+        self.errors = 0
+        self._timers: list[threading.Timer] = []
+
+    # settings of the real daemon
+    def settings(self):
+        from edge_runtime.settings import EdgeSettings
+
+        f = self.fleet
+        mqtt: dict[str, Any] = {"url": f.mqtt_url, "prefix": f.prefix, "keepalive_s": f.keepalive_s}
+        if self.password is not None:
+            mqtt.update(username=self.id, password=self.password)
+        return EdgeSettings(
+            device={"id": self.id, "profile": self.profile, "tags": self.tags},
+            mqtt=mqtt, hub={"url": f.hub_url},
+            store={"dir": str(self.dir / "store"), "public_keys": [str(k) for k in f.public_keys],
+                   "allow_unsigned": f.allow_unsigned, "latency_runs": 10},
+            telemetry={"interval_s": f.interval_s, "buffer_max_windows": f.buffer_max_windows},
+            shadow={"sample_rate": f.sample_rate},
+            local_api={"enabled": False}, dev=True)
+
+    @property
+    def agent(self):
+        return self.daemon.fleet if self.daemon is not None else None
+
+    def boot(self) -> None:
+        d = _daemon_class()(self.settings())
+        d.faults = self.faults
+        d._rnd = random.Random(self.fleet.seed * 7919 + self.index)
+        if d.store.slot("active") is None and self.fleet.bundle is not None:
+            d.store.install(self.fleet.bundle, "active")
+        if d.fleet is not None:
+            d.fleet._own_timer = False  # the fleet's scheduler rolls windows
+        d.start()
+        self.daemon = d
+        self.crashed = False
+        self.disconnected = False
+
+    def crash(self) -> None:
+        """Die without a goodbye: no last window, socket dropped (the broker publishes the will)."""
+        d = self.daemon
+        if d is None:
+            return
+        self.daemon = None
+        self.crashed = True
+        if d.fleet is not None:
+            d.services.remove(d.fleet)
+            d.fleet.stop(graceful=False, flush=False)
+        d.stop()
+
+    def restart(self) -> None:
+        if self.daemon is not None:
+            self.crash()
+        self.boot()
+
+    def disconnect(self) -> None:
+        if self.agent is not None and self.agent.link is not None:
+            self.agent.link.cut()
+            self.disconnected = True
+
+    def reconnect(self) -> None:
+        if self.agent is not None and self.agent.link is not None and self.disconnected:
+            self.agent.link.resume()
+            self.disconnected = False
+
+    def predict(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+        d = self.daemon
+        if d is None:
+            return None
+        self.requests += 1
+        try:
+            return d.predict(rows)
+        except EdgeError:
+            self.errors += 1
+            return None
+
+    def stop(self) -> None:
+        for t in self._timers:
+            t.cancel()
+        if self.daemon is not None:
+            self.daemon.stop()
+            self.daemon = None
+
+    def state(self) -> dict[str, Any]:
+        a = self.agent
+        return {"id": self.id, "tags": self.tags, "profile": self.profile, "crashed": self.crashed,
+                "disconnected": self.disconnected, "connected": bool(a and a.link and a.link.connected.is_set()),
+                "requests": self.requests, "errors": self.errors,
+                "buffered": a.outbox.count("telemetry") if a else None,
+                "running": [b.model_dump() for b in a.state().bundles] if a else []}
+
+
+def default_rows(n: int = 569) -> list[dict[str, float]]:
+    """Rows from scikit-learn's breast-cancer data set (feature names with underscores)."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    names = [c.replace(" ", "_") for c in data.feature_names]
+    return [dict(zip(names, map(float, r))) for r in data.data[:n]]
+
+
+class Fleet:
+    """N simulated devices running the real daemon; see the module docstring."""
+
+    def __init__(self, n: int, hub_url: str | None = None, mqtt_url: str = "mqtt://127.0.0.1:1883", *,
+                 prefix: str = "edgefleet/v1", bundle: str | Path | None = None,
+                 public_keys: Iterable[str | Path] = (), allow_unsigned: bool = False,
+                 tags: Callable[[int], dict[str, str]] | Sequence[dict[str, str]] | None = None,
+                 profiles: Sequence[str] = ("rpi4", "jetson-nano", "x86-gateway"),
+                 interval_s: float = 10.0, request_rate: float = 1.0, batch: int = 1,
+                 rows: Sequence[Mapping[str, Any]] | None = None, sample_rate: float = 1.0,
+                 share_models: bool = True, id_prefix: str = "sim", passwords: Mapping[str, str] | None = None,
+                 buffer_max_windows: int = 10_000, workdir: str | Path | None = None, seed: int = 0,
+                 load_threads: int = 1, keepalive_s: int = 10, start_concurrency: int = 8) -> None:
+        if n < 1:
+            raise ValidationError("a fleet needs at least one device", field="n")
+        self.n = n
+        self.hub_url = hub_url
+        self.mqtt_url = mqtt_url
+        self.prefix = prefix
+        self.bundle = Path(bundle) if bundle else None
+        self.public_keys = [Path(k) for k in public_keys]
+        self.allow_unsigned = allow_unsigned
+        self.interval_s = interval_s
+        self.request_rate = request_rate
+        self.batch = max(1, batch)
+        self.sample_rate = sample_rate
+        self.buffer_max_windows = buffer_max_windows
+        self.keepalive_s = keepalive_s
+        self.seed = seed
+        self.load_threads = max(1, load_threads)
+        self.start_concurrency = start_concurrency
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="edgefleet-sim-"))
+        self.rows = list(rows) if rows is not None else default_rows()
+        self._shared = _SharedModels() if share_models else None
+        rnd = random.Random(seed)
+        regions = ("eu", "us", "apac")
+        self.devices: list[SimDevice] = []
+        for i in range(n):
+            dev_id = f"{id_prefix}-{i:04d}"
+            if callable(tags):
+                t = dict(tags(i))
+            elif tags is not None:
+                t = dict(tags[i % len(tags)])
+            else:
+                t = {"region": regions[i % 3], "ring": "canary" if rnd.random() < 0.1 else "main"}
+            self.devices.append(SimDevice(self, i, dev_id, t, profiles[i % len(profiles)],
+                                          (passwords or {}).get(dev_id)))
+        self._by_id = {d.id: d for d in self.devices}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.started = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def start(self, *, wait: bool = True, timeout: float = 60.0) -> "Fleet":
+        if self._shared is not None:
+            self._shared.install()
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.start_concurrency) as pool:
+            list(pool.map(lambda d: d.boot(), self.devices))
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._scheduler, name="sim-telemetry", daemon=True)]
+        if self.request_rate > 0:
+            for k in range(self.load_threads):
+                self._threads.append(threading.Thread(target=self._load, args=(k,), name=f"sim-load-{k}",
+                                                      daemon=True))
+        for t in self._threads:
+            t.start()
+        self.started = True
+        if wait:
+            self.wait_connected(timeout)
+        return self
+
+    def wait_connected(self, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        for d in self.devices:
+            a = d.agent
+            if a is None or a.link is None or d.disconnected:
+                continue
+            if not a.link.wait_connected(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+        self._threads = []
+        for d in self.devices:
+            try:
+                d.stop()
+            except Exception:
+                log.exception("stopping %s", d.id)
+        if self._shared is not None:
+            self._shared.uninstall()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.started = False
+
+    def __enter__(self) -> "Fleet":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def device(self, device_id: str) -> SimDevice:
+        return self._by_id[device_id]
+
+    # ---- faults ------------------------------------------------------------------------------------
+    def inject(self, fault: str, devices: Iterable[str] | int | float | None = None, *,
+               duration: float | None = None, latency_ms: float = 0.0, rate: float = 0.0) -> list[str]:
+        """Apply ``fault`` to ``devices`` (ids, a count, a fraction, or all); returns the ids.
+
+        ``duration`` undoes it after that many seconds (disconnect → reconnect, crash → restart,
+        slow/errors → cleared).
+        """
+        if fault not in FAULTS:
+            raise ValidationError(f"fault must be one of {', '.join(FAULTS)} (got {fault!r})", field="fault")
+        targets = self._select(devices)
+        for d in targets:
+            if fault == "disconnect":
+                d.disconnect()
+                undo = d.reconnect
+            elif fault == "slow":
+                d.faults.extra_latency_s = latency_ms / 1000.0
+                undo = lambda d=d: setattr(d.faults, "extra_latency_s", 0.0)  # noqa: E731
+            elif fault == "errors":
+                d.faults.error_rate = rate
+                undo = lambda d=d: setattr(d.faults, "error_rate", 0.0)  # noqa: E731
+            elif fault == "crash":
+                d.crash()
+                undo = d.boot
+            elif fault == "restart":
+                d.restart()
+                undo = None
+            else:
+                d.faults.extra_latency_s, d.faults.error_rate = 0.0, 0.0
+                if d.disconnected:
+                    d.reconnect()
+                if d.crashed:
+                    d.boot()
+                undo = None
+            if duration and undo is not None:
+                t = threading.Timer(duration, self._guarded(undo))
+                t.daemon = True
+                d._timers.append(t)
+                t.start()
+        return [d.id for d in targets]
+
+    def _guarded(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            if not self._stop.is_set():
+                try:
+                    fn()
+                except Exception:
+                    log.exception("undoing a fault failed")
+        return run
+
+    def _select(self, devices: Iterable[str] | int | float | None) -> list[SimDevice]:
+        if devices is None:
+            return list(self.devices)
+        if isinstance(devices, float) and 0 < devices <= 1:
+            return self.devices[:max(1, round(devices * self.n))]
+        if isinstance(devices, int):
+            return self.devices[:devices]
+        if isinstance(devices, str):
+            devices = [devices]
+        out = []
+        for x in devices:
+            if x not in self._by_id:
+                raise ValidationError(f"no simulated device {x!r}", field="devices")
+            out.append(self._by_id[x])
+        return out
+
+    # ---- background threads -----------------------------------------------------------------------
+    def _scheduler(self) -> None:
+        step = min(0.05, self.interval_s / 10)
+        while not self._stop.wait(step):
+            for d in self.devices:
+                a = d.agent
+                if a is not None:
+                    try:
+                        a.tick()
+                    except Exception:
+                        log.exception("telemetry tick of %s failed", d.id)
+
+    def _load(self, k: int) -> None:
+        mine = [d for d in self.devices if d.index % self.load_threads == k]
+        if not mine:
+            return
+        rnd = random.Random(self.seed * 31 + k)
+        period = 1.0 / self.request_rate
+        now = time.monotonic()
+        heap = [(now + rnd.random() * period, d.index) for d in mine]
+        heapq.heapify(heap)
+        rows = self.rows
+        while not self._stop.is_set():
+            due, idx = heap[0]
+            wait = due - time.monotonic()
+            if wait > 0:
+                if self._stop.wait(min(wait, 0.1)):
+                    return
+                continue
+            heapq.heapreplace(heap, (max(due + period, time.monotonic() - period), idx))
+            start = rnd.randrange(len(rows))
+            batch = [rows[(start + j) % len(rows)] for j in range(self.batch)]
+            self.devices[idx].predict(batch)
+
+    # ---- reporting ----------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {"devices": self.n,
+                "connected": sum(1 for d in self.devices if d.agent and d.agent.link
+                                 and d.agent.link.connected.is_set()),
+                "crashed": sum(d.crashed for d in self.devices),
+                "disconnected": sum(d.disconnected for d in self.devices),
+                "requests": sum(d.requests for d in self.devices),
+                "errors": sum(d.errors for d in self.devices),
+                "buffered_windows": sum(d.agent.outbox.count("telemetry") for d in self.devices if d.agent)}
