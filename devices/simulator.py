@@ -97,6 +97,7 @@ class _SharedModels:
 class Faults:
     extra_latency_s: float = 0.0
     error_rate: float = 0.0
+    sha256: str | None = None  # only while the device's active bundle is this one (a "bad model")
 
     @property
     def active(self) -> bool:
@@ -129,7 +130,9 @@ def _daemon_class():
         def active_model(self):
             m = super().active_model()
             f = getattr(self, "faults", None)
-            return _FaultyModel(m, f, self._rnd) if f is not None and f.active else m
+            if f is None or not f.active or (f.sha256 is not None and m.digest != f.sha256):
+                return m
+            return _FaultyModel(m, f, self._rnd)
 
     return SimDaemon
 
@@ -362,8 +365,12 @@ class Fleet:
 
     # ---- faults ------------------------------------------------------------------------------------
     def inject(self, fault: str, devices: Iterable[str] | int | float | None = None, *,
-               duration: float | None = None, latency_ms: float = 0.0, rate: float = 0.0) -> list[str]:
+               duration: float | None = None, latency_ms: float = 0.0, rate: float = 0.0,
+               sha256: str | None = None) -> list[str]:
         """Apply ``fault`` to ``devices`` (ids, a count, a fraction, or all); returns the ids.
+
+        ``sha256`` scopes ``slow``/``errors`` to one bundle: the fault shows only while a device
+        runs that bundle in its active slot (how a rollout test makes a model "bad").
 
         ``duration`` undoes it after that many seconds (disconnect → reconnect, crash → restart,
         slow/errors → cleared).
@@ -376,9 +383,11 @@ class Fleet:
                 d.disconnect()
                 undo = d.reconnect
             elif fault == "slow":
+                d.faults.sha256 = sha256
                 d.faults.extra_latency_s = latency_ms / 1000.0
                 undo = lambda d=d: setattr(d.faults, "extra_latency_s", 0.0)  # noqa: E731
             elif fault == "errors":
+                d.faults.sha256 = sha256
                 d.faults.error_rate = rate
                 undo = lambda d=d: setattr(d.faults, "error_rate", 0.0)  # noqa: E731
             elif fault == "crash":
