@@ -18,6 +18,9 @@ COMMAND_MODULES: list[str] = [
     "cloud_hub.commands.rollout",
     "cloud_hub.commands.serve",
     "cloud_hub.commands.models",
+    "cloud_hub.commands.split",
+    "cloud_hub.commands.evaluate",
+    "cloud_hub.commands.shadow",
 ]
 
 
