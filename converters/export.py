@@ -53,6 +53,7 @@ class ExportConfig:
     name: str | None = None  # bundle name; default: model file stem or estimator class
     version: str = "1.0.0"
     label_column: str | None = None  # sample column holding labels (removed from features)
+    feature_names: Sequence[str] | None = None  # names for an unnamed (array) sample / selection
     task: str | None = None  # binary | multiclass | regression; inferred when None
     class_names: Sequence[str | int] | None = None  # rename classes_ (same order)
     positive_class: str | int | None = None  # binary: default is the second class
@@ -133,7 +134,7 @@ def export_model(model_or_path: Any, sample: Any, out_dir: str | Path,
     t0 = time.perf_counter()
     model, source_name = load_model(model_or_path)
     kind = model_kind(model)
-    names = _model_feature_names(model) if kind == "sklearn" else None
+    names = (_model_feature_names(model) if kind == "sklearn" else None) or cfg.feature_names
     smp = load_sample(sample, label_column=cfg.label_column, feature_names=names)
     smp = finalize(smp)
     if kind == "torch":
@@ -504,7 +505,10 @@ def _inputs(smp: Sample, conv: _Converted, cfg: ExportConfig) -> dict[str, Any]:
         if has_nan:
             f["nan"] = "allow"
         if cfg.record_ranges and not np.isnan(col).all():
-            f["min"], f["max"] = float(np.nanmin(col)), float(np.nanmax(col))
+            lo, hi = float(np.nanmin(col)), float(np.nanmax(col))
+            # golden rows carry float32-rounded values: keep both roundings inside the range
+            f["min"] = min(lo, float(np.float32(lo)))
+            f["max"] = max(hi, float(np.float32(hi)))
         feats.append(f)
     return {"kind": "features", "tensor": conv.input_name, "features": feats}
 

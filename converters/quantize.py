@@ -154,15 +154,49 @@ def _pre_process(src: Path, tmpd: Path, info: dict) -> Path:
         # ai.onnx.ml ops defeat symbolic shape inference; the ONNX one still runs
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         info["pre_process"] = "skip_symbolic_shape"
+        _annotate_types(pre)
     return pre
+
+
+# ai.onnx.ml ops whose (float) outputs ONNX shape inference leaves untyped
+_ML_FLOAT_OUT = {"Scaler", "Normalizer", "Imputer", "FeatureVectorizer", "LinearRegressor",
+                 "Binarizer"}
+
+
+def _annotate_types(path: Path) -> None:
+    """Give the quantizer a type for every float tensor (it skips untyped ones)."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    g = model.graph
+    known = {v.name for v in list(g.value_info) + list(g.input) + list(g.output)}
+    known |= {t.name for t in g.initializer}
+    added = True
+    while added:  # propagate through ops the ONNX inference could not type
+        added = False
+        for n in g.node:
+            if n.domain == "ai.onnx.ml" and n.op_type in _ML_FLOAT_OUT:
+                for o in n.output:
+                    if o and o not in known:
+                        g.value_info.append(helper.make_tensor_value_info(o, TensorProto.FLOAT,
+                                                                          None))
+                        known.add(o)
+                        added = True
+        if added:
+            model = onnx.shape_inference.infer_shapes(model)
+            g = model.graph
+            known = {v.name for v in list(g.value_info) + list(g.input) + list(g.output)}
+            known |= {t.name for t in g.initializer}
+            added = False
+    onnx.save(model, str(path))
 
 
 def _dynamic(src: Path, dst: Path, cfg: QuantizeConfig, tmpd: Path, info: dict) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     pre = _pre_process(src, tmpd, info)
+    # DefaultTensorType: ai.onnx.ml ops (Scaler, …) leave some types unknown to the quantizer
     quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8,
-                     per_channel=cfg.per_channel, reduce_range=cfg.reduce_range)
+                     per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                     extra_options={"DefaultTensorType": TensorProto.FLOAT})
     info.update(weight_type="int8", per_channel=cfg.per_channel, reduce_range=cfg.reduce_range)
 
 
@@ -181,6 +215,12 @@ def _reader(name: str, x: np.ndarray, batch: int = 16):
     return Reader()
 
 
+# Softmax/Sigmoid heads stay float: 8-bit probabilities would cost 1/256 of resolution.
+STATIC_OPS = ["Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool",
+              "GlobalAveragePool", "Reshape", "Flatten", "Concat", "Transpose", "Squeeze",
+              "Unsqueeze"]
+
+
 def _static(src: Path, dst: Path, cfg: QuantizeConfig, smp: Sample, m, tmpd: Path,
             info: dict) -> None:
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
@@ -193,10 +233,12 @@ def _static(src: Path, dst: Path, cfg: QuantizeConfig, smp: Sample, m, tmpd: Pat
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibrate_method]
     quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=STATIC_OPS,
                     per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=method,
-                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                                   "DefaultTensorType": TensorProto.FLOAT})
     info.update(format="QDQ", activation_type="uint8", weight_type="int8",
                 per_channel=cfg.per_channel, calibration_rows=int(len(x)),
                 calibrate_method=cfg.calibrate_method)

@@ -81,7 +81,10 @@ def load_sample(source: Any, *, label_column: str | None = None,
         sample = _load_path(Path(source), label_column)
         label_column = None
     elif isinstance(source, tuple) and len(source) == 2:
-        sample = _from_array(source[0], feature_names)
+        if isinstance(source[0], np.ndarray) or isinstance(source[0], list):
+            sample = _from_array(source[0], feature_names)
+        else:  # a DataFrame / Arrow table keeps its column names
+            sample = _from_table(_to_arrow(source[0]), "DataFrame", None)
         sample.y = np.asarray(source[1])
         if len(sample.y) != len(sample):
             raise ValidationError(f"sample labels have {len(sample.y)} rows, features "

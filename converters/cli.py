@@ -1,0 +1,308 @@
+"""``edge-convert``: trained model → verified, optimised, signed bundles.
+
+    edge-convert keygen --out fleet.key
+    edge-convert export MODEL --sample DATA --out DIR [--name N] [--version V] [--key KEY]
+    edge-convert quantize BUNDLE --out DIR [--mode dynamic|static|fp16] [--sample DATA]
+    edge-convert tflite BUNDLE --out DIR [--int8]
+    edge-convert coreml BUNDLE --out DIR
+    edge-convert check BUNDLE... --sample DATA [--json] [--pick --profile P --max-accuracy-drop X]
+
+The CLI only parses and prints (library first: ``converters.export``,
+``quantize``, ``check``, ``tflite``, ``coreml``). Errors are one line on
+stderr and a non-zero exit: 1 for a refused input or a failed conversion, 2
+for bad usage, 3 when ``--pick`` finds no variant within tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from edge_runtime.errors import EdgeError
+
+PROG = "edge-convert"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Turn trained models into signed, verified edge bundles "
+        "(ONNX, INT8, FP16, TFLite, Core ML) and measure which variant to ship.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    key_help = "ed25519 private key file (default: $EDGE_CONVERT_KEY)"
+
+    k = sub.add_parser("keygen", help="create an ed25519 key pair to sign bundles",
+                       description="Create an ed25519 key pair: the private key signs bundles "
+                       "(keep it secret), the .pub file goes to devices and the hub.")
+    k.add_argument("--out", required=True, help="private key path (the public key gets .pub)")
+    k.add_argument("--public", help="public key path (default: OUT with suffix .pub)")
+    k.add_argument("--force", action="store_true", help="overwrite existing key files")
+    k.set_defaults(func=cmd_keygen)
+
+    e = sub.add_parser("export", help="export a trained model to a signed ONNX bundle",
+                       description="Export a scikit-learn / LightGBM / XGBoost model (joblib or "
+                       "pickle file) or a PyTorch module (.pt, needs torch) to a signed ONNX "
+                       "bundle. The sample fills in the input contract and the golden vectors; "
+                       "the conversion is refused if it does not answer like the model.")
+    e.add_argument("model", help="model file (.joblib, .pkl, .pt)")
+    e.add_argument("--sample", required=True, help="sample data: .csv, .parquet or .npy/.npz")
+    e.add_argument("--out", required=True, help="bundle directory to create")
+    e.add_argument("--name", help="bundle name (default: the model file name)")
+    e.add_argument("--version", default="1.0.0", help="bundle version (default 1.0.0)")
+    e.add_argument("--key", help=key_help)
+    e.add_argument("--label-column", help="sample column holding the labels (not a feature)")
+    e.add_argument("--task", choices=["binary", "multiclass", "regression"],
+                   help="check the task (inferred from the model; required for torch regressors)")
+    e.add_argument("--class-names", help="comma-separated names for the model's classes, in order")
+    e.add_argument("--positive-class", help="binary: the positive class (default: the second)")
+    e.add_argument("--threshold", type=float, default=0.5, help="binary decision threshold")
+    e.add_argument("--no-risk-levels", action="store_true",
+                   help="binary: do not add risk levels (high ≥ 0.7, medium ≥ 0.4, low)")
+    e.add_argument("--golden-rows", type=int, default=8, help="golden vectors to draw (default 8)")
+    e.add_argument("--ranges", action="store_true",
+                   help="record the sample's min/max per feature; devices then reject rows "
+                   "outside them")
+    e.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    e.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("quantize", help="INT8 (dynamic or static QDQ) or FP16 copy of a bundle",
+                       description="Quantize an ONNX bundle with onnxruntime.quantization: "
+                       "dynamic INT8, static INT8 (QDQ, calibrated on --sample after "
+                       "quant_pre_process) or fp16. Writes a new signed bundle; run "
+                       "`edge-convert check` to measure whether it is worth it.")
+    q.add_argument("bundle", help="source ONNX bundle (directory or .tar)")
+    q.add_argument("--out", required=True, help="bundle directory to create")
+    q.add_argument("--mode", choices=["dynamic", "static", "fp16"], default="dynamic")
+    q.add_argument("--sample", help="calibration data (required for --mode static)")
+    q.add_argument("--label-column", help="sample column to ignore (labels)")
+    q.add_argument("--key", help=key_help)
+    q.add_argument("--version", help="version of the new bundle (default: SOURCE+MODE)")
+    q.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
+    q.add_argument("--reduce-range", action="store_true",
+                   help="7-bit weights (for x86 CPUs without VNNI)")
+    q.add_argument("--calibration-rows", type=int, default=256)
+    q.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    q.set_defaults(func=cmd_quantize)
+
+    t = sub.add_parser("tflite", help="convert an ONNX bundle to TFLite (no TensorFlow needed)",
+                       description="Convert an ONNX bundle to a .tflite bundle written with "
+                       "LiteRT's schema. Unsupported ops are listed in the error.")
+    t.add_argument("bundle", help="source ONNX bundle")
+    t.add_argument("--out", required=True, help="bundle directory to create")
+    t.add_argument("--int8", action="store_true", help="INT8 weights")
+    t.add_argument("--key", help=key_help)
+    t.set_defaults(func=cmd_tflite)
+
+    c = sub.add_parser("coreml", help="convert an ONNX bundle to Core ML (.mlpackage)",
+                       description="Convert an ONNX bundle to a Core ML mlprogram. Core ML "
+                       "cannot run on Linux: the spec is validated here, numerical checks "
+                       "need macOS.")
+    c.add_argument("bundle", help="source ONNX bundle")
+    c.add_argument("--out", required=True, help="bundle directory to create")
+    c.add_argument("--key", help=key_help)
+    c.set_defaults(func=cmd_coreml)
+
+    ch = sub.add_parser("check", help="measure parity, accuracy, size and latency of variants",
+                        description="For each bundle: max |diff| and label agreement vs the "
+                        "reference (the first bundle, or --model), accuracy on the labelled "
+                        "sample, size, p50/p99 latency for 1 row and a batch. --pick chooses "
+                        "the fastest variant within --max-accuracy-drop points.")
+    ch.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundles; the first is the reference")
+    ch.add_argument("--sample", required=True, help="sample data: .csv, .parquet or .npy/.npz")
+    ch.add_argument("--label-column", help="sample column with labels (enables accuracy)")
+    ch.add_argument("--model", help="original model file to use as the reference")
+    ch.add_argument("--json", action="store_true", help="print the report as JSON")
+    ch.add_argument("--pick", action="store_true", help="choose the variant to ship")
+    ch.add_argument("--profile", help="device profile (threads, budgets, preferred format)")
+    ch.add_argument("--max-accuracy-drop", type=float, default=0.5,
+                    help="tolerated accuracy drop in points for --pick (default 0.5)")
+    ch.add_argument("--pick-by", choices=["single", "batch"], default="single",
+                    help="which latency decides 'fastest' (default: single-row p50)")
+    ch.add_argument("--threads", type=int, help="engine threads (default: the profile's, else 1)")
+    ch.add_argument("--runs", type=int, default=200, help="single-row timed runs (default 200)")
+    ch.add_argument("--batch-size", type=int, default=64)
+    ch.add_argument("--batch-runs", type=int, default=50)
+    ch.add_argument("--public-key", help="verify signatures with this public key")
+    ch.set_defaults(func=cmd_check)
+    return p
+
+
+# ---- commands -----------------------------------------------------------------------
+
+def cmd_keygen(args) -> int:
+    from edge_runtime.signing import generate_keypair, key_id, load_private_key
+
+    priv = Path(args.out)
+    pub = Path(args.public) if args.public else priv.with_suffix(".pub")
+    for path in (priv, pub):
+        if path.exists() and not args.force:
+            raise _usage(f"{path} exists; pass --force to overwrite it", "out")
+    priv, pub = generate_keypair(priv, pub)
+    print(f"private key: {priv} (keep secret)\npublic key:  {pub}\n"
+          f"key id:      {key_id(load_private_key(priv))}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from converters.export import DEFAULT_RISK_LEVELS, ExportConfig, export_model
+
+    classes = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
+    cfg = ExportConfig(key=args.key, name=args.name, version=args.version,
+                       label_column=args.label_column, task=args.task, class_names=classes,
+                       positive_class=_maybe_int(args.positive_class), threshold=args.threshold,
+                       risk_levels=None if args.no_risk_levels else DEFAULT_RISK_LEVELS,
+                       golden_rows=args.golden_rows, record_ranges=args.ranges,
+                       overwrite=args.force)
+    out = export_model(args.model, args.sample, args.out, cfg)
+    _print_bundle(out)
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from converters.quantize import QuantizeConfig, quantize_bundle
+
+    cfg = QuantizeConfig(mode=args.mode, sample=args.sample, key=args.key, version=args.version,
+                         per_channel=args.per_channel, reduce_range=args.reduce_range,
+                         calibration_rows=args.calibration_rows, label_column=args.label_column,
+                         overwrite=args.force)
+    out = quantize_bundle(args.bundle, args.out, cfg)
+    _print_bundle(out)
+    return 0
+
+
+def cmd_tflite(args) -> int:
+    fn = _lazy("converters.tflite", "onnx_to_tflite", "TFLite")
+    out = fn(args.bundle, args.out, _config_for(fn, key=args.key, int8=args.int8))
+    _print_bundle(out)
+    return 0
+
+
+def cmd_coreml(args) -> int:
+    fn = _lazy("converters.coreml", "onnx_to_coreml", "Core ML")
+    out = fn(args.bundle, args.out, _config_for(fn, key=args.key))
+    _print_bundle(out)
+    print("note: Core ML cannot run on Linux; the spec was validated here, numerical checks "
+          "need macOS")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from converters.check import CheckConfig, check_bundles
+
+    cfg = CheckConfig(label_column=args.label_column, source_model=args.model,
+                      profile=args.profile, threads=args.threads, single_runs=args.runs,
+                      batch_size=args.batch_size, batch_runs=args.batch_runs,
+                      public_key=args.public_key, pick=args.pick,
+                      max_accuracy_drop=args.max_accuracy_drop, pick_by=args.pick_by)
+    report = check_bundles(args.bundles, args.sample, cfg)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print(report.to_table())
+    if args.pick and report.pick is not None and report.pick.chosen is None:
+        print(f"{PROG}: no variant picked: {report.pick.reason}", file=sys.stderr)
+        return 3
+    return 0
+
+
+# ---- helpers --------------------------------------------------------------------------
+
+class _UsageError(EdgeError):
+    status_code = 400
+    code = "usage"
+
+
+def _usage(msg: str, field: str) -> _UsageError:
+    return _UsageError(msg, field=field)
+
+
+def _lazy(module: str, func: str, what: str):
+    """Import the format converter only when its command runs (optional dependencies)."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise _usage(f"the {what} converter is not available: {exc}", "format") from exc
+    fn = getattr(mod, func, None)
+    if fn is None:
+        raise _usage(f"the {what} converter is not available ({module}.{func} is missing)",
+                     "format")
+    return fn
+
+
+def _config_for(fn, **values: Any) -> Any:
+    """Build the converter's typed config from the options it declares."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    cls = hints.get("config")
+    args = typing.get_args(cls)
+    if args:  # Optional[Config]
+        cls = next((a for a in args if a is not type(None)), None)
+    if cls is None:
+        return None
+    if dataclasses.is_dataclass(cls):
+        names = {f.name for f in dataclasses.fields(cls)}
+    else:
+        names = set(getattr(cls, "model_fields", {}) or {})
+    return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+
+def _maybe_int(v: str | None) -> Any:
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        return v
+
+
+def _print_bundle(path: Path) -> None:
+    from edge_runtime.bundle import read_bundle
+
+    m = read_bundle(path).manifest
+    size = sum(e.size for e in m.files.values())
+    print(f"wrote {path}: {m.name}:{m.version} format={m.format} task={m.task} "
+          f"size={size} bytes sha256={m.digest}")
+    par = m.provenance.get("parity")
+    if par:
+        extra = (f", label agreement {par['label_agreement'] * 100:.2f}%"
+                 if "label_agreement" in par else "")
+        print(f"parity vs source on {par['rows']} sample rows: max |diff| "
+              f"{par['max_abs_diff']:.3g}{extra}")
+    q = m.provenance.get("quantization")
+    if isinstance(q, dict):
+        print(f"quantization: {q.get('mode')} ops={q.get('quantized_ops')}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EdgeError as exc:
+        field = f" [{exc.field}]" if exc.field else ""
+        print(f"{PROG} {args.command}: error{field}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback for users; EDGE_CONVERT_DEBUG=1 shows it
+        if os.environ.get("EDGE_CONVERT_DEBUG") == "1":
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"{PROG} {args.command}: internal error: {type(exc).__name__}: {msg}",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

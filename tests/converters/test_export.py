@@ -1,0 +1,291 @@
+"""export_model: real models → signed ONNX bundles that answer like the source model."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+
+from converters.export import ExportConfig, export_model
+from edge_runtime.bundle import read_bundle, verify_bundle
+from edge_runtime.errors import ValidationError
+from edge_runtime.model import Model
+
+from export_fixtures import (cancer_frame, digits_xy, keys, public_key, trained,  # noqa: F401
+                             write_csv)
+
+CLASSIFIERS = ["logreg", "gboost", "mlp", "lightgbm", "xgboost"]
+
+
+def _source_proba(model, x, names):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if getattr(model, "feature_names_in_", None) is not None:
+            import pandas as pd
+
+            x = pd.DataFrame(x, columns=names)
+        return model.predict_proba(x)
+
+
+@pytest.mark.parametrize("kind", CLASSIFIERS)
+def test_classifier_bundle_verifies_and_answers_like_the_model(kind, tmp_path, keys, public_key):
+    model, x, y, names = trained(kind)
+    sample = write_csv(tmp_path / "sample.csv", x, names, y, label="target")
+    out = export_model(model, sample, tmp_path / "bundle",
+                       ExportConfig(key=keys[0], name=f"{kind}-model", label_column="target"))
+
+    report = verify_bundle(out, public_key)
+    assert report.signed and report.ok
+    m = read_bundle(out).manifest
+    assert m.format == "onnx" and m.name == f"{kind}-model" and m.version == "1.0.0"
+    assert m.feature_names == names
+    n_classes = len(np.unique(y))
+    assert m.task == ("binary_classification" if n_classes == 2 else "multiclass_classification")
+    assert m.postprocess.classes == sorted(np.unique(y).tolist())
+    assert {o.role for o in m.outputs} == {"label", "probabilities"}
+    if n_classes == 2:
+        assert m.postprocess.positive_class == 1
+        assert [(r.name, r.min) for r in m.postprocess.risk_levels] == [
+            ("high", 0.7), ("medium", 0.4), ("low", 0.0)]
+    assert len(m.golden[0].rows) == 8 and m.golden[0].expected_label
+    par = m.provenance["parity"]
+    assert par["rows"] == len(x) and par["label_agreement"] >= 0.99
+    assert m.provenance["sample_accuracy"] > 0.9
+
+    loaded = Model.load(out)
+    assert loaded.self_test() == 1
+    rows = [dict(zip(names, map(float, r))) for r in x[:100].astype(np.float32)]
+    got = loaded.predict(rows)
+    want = _source_proba(model, x[:100].astype(np.float32).astype(np.float64), names)
+    if n_classes == 2:
+        np.testing.assert_allclose([g["probability"] for g in got], want[:, 1], atol=1e-4)
+        assert all(g["risk_level"] in {"high", "medium", "low"} for g in got)
+    else:
+        np.testing.assert_allclose([g["probabilities"] for g in got], want, atol=1e-4)
+    agree = np.mean([g["label"] == c for g, c in zip(got, model.classes_[want.argmax(axis=1)])])
+    assert agree >= 0.99
+
+
+def test_regressor_bundle(tmp_path, keys, public_key):
+    model, x, y, names = trained("ridge")
+    out = export_model(model, (x, y), tmp_path / "reg",
+                       ExportConfig(key=keys[0], name="radius", feature_names=names))
+    verify_bundle(out, public_key)
+    m = read_bundle(out).manifest
+    assert m.task == "regression" and [o.role for o in m.outputs] == ["value"]
+    assert m.postprocess.classes == [] and m.golden[0].expected_value
+    loaded = Model.load(out)
+    loaded.self_test()
+    got = [r["value"] for r in loaded.predict([dict(zip(names, map(float, r))) for r in x[:50]])]
+    np.testing.assert_allclose(got, model.predict(x[:50].astype(np.float32)), rtol=1e-4, atol=1e-3)
+
+
+def test_export_from_joblib_file_with_parquet_sample(tmp_path, keys, public_key):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model, x, y, names = trained("gboost")
+    path = tmp_path / "churn-model.joblib"
+    joblib.dump(model, path)
+    table = pa.table({**{n: x[:, i] for i, n in enumerate(names)}, "target": y})
+    pq.write_table(table, tmp_path / "sample.parquet")
+    out = export_model(path, tmp_path / "sample.parquet", tmp_path / "out",
+                       ExportConfig(key=keys[0], label_column="target", version="2.1.0"))
+    m = read_bundle(out).manifest
+    assert m.name == "churn-model" and m.version == "2.1.0"  # name from the file
+    assert m.provenance["source"] == "churn-model"
+    assert m.provenance["sample"] == "sample.parquet"
+    verify_bundle(out, public_key)
+
+
+def test_pickle_file_and_feature_names_from_model(tmp_path, keys):
+    """A model fitted on a DataFrame: the contract follows feature_names_in_, whatever
+    the order of the sample's columns, and extra columns are ignored."""
+    model, x, y, names = trained("logreg")
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(model))
+    shuffled = list(reversed(names)) + ["customer_id"]
+    cols = np.column_stack([x[:, ::-1], np.arange(len(x))])
+    sample = write_csv(tmp_path / "s.csv", cols, shuffled, y, label="churned")
+    out = export_model(path, sample, tmp_path / "b",
+                       ExportConfig(key=keys[0], label_column="churned", record_ranges=True))
+    m = read_bundle(out).manifest
+    assert m.feature_names == names
+    f0 = m.inputs.features[0]
+    assert f0.min == pytest.approx(x[:, 0].min()) and f0.max == pytest.approx(x[:, 0].max())
+    Model.load(out).self_test()
+
+
+def test_class_names_positive_class_threshold(tmp_path, keys):
+    model, x, y, names = trained("gboost")
+    out = export_model(model, (x, y), tmp_path / "b", ExportConfig(
+        key=keys[0], name="cancer", feature_names=names, class_names=["malignant", "benign"],
+        positive_class="malignant", threshold=0.3, risk_levels=None))
+    m = read_bundle(out).manifest
+    assert m.postprocess.classes == ["malignant", "benign"]
+    assert m.postprocess.positive_class == "malignant" and m.postprocess.threshold == 0.3
+    assert m.postprocess.risk_levels == []
+    loaded = Model.load(out)
+    loaded.self_test()
+    p0 = model.predict_proba(x[:20].astype(np.float32))[:, 0]
+    got = loaded.predict([dict(zip(names, map(float, r))) for r in x[:20]])
+    np.testing.assert_allclose([g["probability"] for g in got], p0, atol=1e-4)
+    assert [g["label"] for g in got] == ["malignant" if p >= 0.3 else "benign" for p in p0]
+
+
+def test_integer_feature_dtype_recorded(tmp_path, keys):
+    model, x, y, names = trained("xgboost")  # digits pixels are integers
+    sample = write_csv(tmp_path / "d.csv", x.astype(np.int64), names, y)
+    out = export_model(model, sample, tmp_path / "b",
+                       ExportConfig(key=keys[0], label_column="label", feature_names=names))
+    m = read_bundle(out).manifest
+    assert {f.dtype for f in m.inputs.features} == {"int64"}
+    assert all(isinstance(v, int) for v in m.golden[0].rows[0].values())
+    Model.load(out).self_test()
+
+
+def test_torch_module(tmp_path, keys, public_key):
+    torch = pytest.importorskip("torch")
+    x, y = digits_xy()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    xt, yt = torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(xt), yt).backward()
+        opt.step()
+    out = export_model(net, (x / 16.0, y), tmp_path / "torch", ExportConfig(key=keys[0],
+                       name="digits-torch"))
+    verify_bundle(out, public_key)
+    m = read_bundle(out).manifest
+    assert m.task == "multiclass_classification" and m.outputs[0].role == "logits"
+    loaded = Model.load(out)
+    loaded.self_test()
+    with torch.no_grad():
+        want = torch.softmax(net(xt[:50]), dim=1).numpy()
+    got = loaded.score_array((x[:50] / 16.0).astype(np.float32)).probabilities
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert m.provenance["sample_accuracy"] > 0.9
+
+
+# ---- bad input: clear errors, nothing left behind ------------------------------------
+
+def test_corrupt_model_file(tmp_path, keys):
+    bad = tmp_path / "model.joblib"
+    bad.write_bytes(b"\x80\x04this is not a pickle at all")
+    x, y = digits_xy()
+    with pytest.raises(ValidationError) as exc:
+        export_model(bad, (x, y), tmp_path / "out", ExportConfig(key=keys[0]))
+    assert exc.value.field == "model" and "model.joblib" in exc.value.message
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == [bad]  # no temp directories either
+
+
+def test_truncated_model_file(tmp_path, keys):
+    model, x, y, names = trained("gboost")
+    path = tmp_path / "m.joblib"
+    joblib.dump(model, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValidationError, match="not a valid joblib/pickle file"):
+        export_model(path, (x, y), tmp_path / "out", ExportConfig(key=keys[0]))
+    assert not (tmp_path / "out").exists()
+
+
+def test_sample_missing_columns(tmp_path, keys):
+    model, x, y, names = trained("logreg")
+    sample = write_csv(tmp_path / "s.csv", x[:, :-2], names[:-2], y)
+    with pytest.raises(ValidationError) as exc:
+        export_model(model, sample, tmp_path / "out", ExportConfig(key=keys[0],
+                                                                   label_column="label"))
+    assert names[-1] in exc.value.message and names[-2] in exc.value.message
+    assert exc.value.field == f"sample.{names[-2]}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_sample_wrong_dtype(tmp_path, keys):
+    model, x, y, names = trained("logreg")
+    path = tmp_path / "s.csv"
+    write_csv(path, x, names, y)
+    text = path.read_text().splitlines()
+    header = text[0].split(",")
+    col = header.index(f'"{names[3]}"') if f'"{names[3]}"' in header else header.index(names[3])
+    lines = [text[0]]
+    for i, line in enumerate(text[1:]):
+        cells = line.split(",")
+        cells[col] = "high" if i % 2 else "low"
+        lines.append(",".join(cells))
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValidationError) as exc:
+        export_model(model, path, tmp_path / "out", ExportConfig(key=keys[0],
+                                                                 label_column="label"))
+    assert exc.value.field == f"sample.{names[3]}" and "numeric" in exc.value.message
+    assert not (tmp_path / "out").exists()
+
+
+def test_label_left_in_sample_is_explained(tmp_path, keys):
+    model, x, y, names = trained("gboost")
+    sample = write_csv(tmp_path / "s.csv", x, names, y)
+    with pytest.raises(ValidationError, match="--label-column"):
+        export_model(model, sample, tmp_path / "out", ExportConfig(key=keys[0]))
+
+
+def test_unreadable_sample_and_unknown_label(tmp_path, keys):
+    model, x, y, names = trained("gboost")
+    (tmp_path / "s.csv").write_text("")
+    with pytest.raises(ValidationError) as exc:
+        export_model(model, tmp_path / "s.csv", tmp_path / "out", ExportConfig(key=keys[0]))
+    assert exc.value.field == "sample"
+    sample = write_csv(tmp_path / "ok.csv", x, names, y)
+    with pytest.raises(ValidationError) as exc:
+        export_model(model, sample, tmp_path / "out", ExportConfig(key=keys[0],
+                                                                   label_column="nope"))
+    assert exc.value.field == "label_column"
+    assert not (tmp_path / "out").exists()
+
+
+def test_refusals_before_any_work(tmp_path, keys, monkeypatch):
+    model, x, y, names = trained("gboost")
+    monkeypatch.delenv("EDGE_CONVERT_KEY", raising=False)
+    with pytest.raises(ValidationError, match="no signing key"):
+        export_model(model, (x, y), tmp_path / "out")
+    with pytest.raises(ValidationError, match="version"):
+        export_model(model, (x, y), tmp_path / "out", ExportConfig(key=keys[0], version="1 0"))
+    with pytest.raises(ValidationError, match="task"):
+        export_model(model, (x, y), tmp_path / "out", ExportConfig(key=keys[0], task="ranking"))
+    with pytest.raises(ValidationError, match="does not match"):
+        export_model(model, (x, y), tmp_path / "out", ExportConfig(key=keys[0],
+                                                                   task="regression"))
+    assert not (tmp_path / "out").exists()
+    # an existing non-bundle directory is never clobbered
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    with pytest.raises(ValidationError, match="not a bundle"):
+        export_model(model, (x, y), tmp_path / "home", ExportConfig(key=keys[0]))
+    assert (tmp_path / "home" / "notes.txt").read_text() == "mine"
+
+
+def test_existing_bundle_needs_overwrite(tmp_path, keys, monkeypatch):
+    model, x, y, names = trained("gboost")
+    monkeypatch.setenv("EDGE_CONVERT_KEY", str(keys[0]))  # key from the environment
+    out = export_model(model, (x, y), tmp_path / "b", ExportConfig(feature_names=names))
+    with pytest.raises(ValidationError, match="--force"):
+        export_model(model, (x, y), out, ExportConfig(feature_names=names))
+    again = export_model(model, (x, y), out, ExportConfig(feature_names=names, version="1.0.1",
+                                                          overwrite=True))
+    assert read_bundle(again).manifest.version == "1.0.1"
+
+
+def test_unfitted_and_unsupported_models(tmp_path, keys):
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = digits_xy()
+    with pytest.raises(ValidationError, match="not fitted"):
+        export_model(LogisticRegression(), (x, y), tmp_path / "o", ExportConfig(key=keys[0]))
+    with pytest.raises(ValidationError, match="cannot export"):
+        export_model({"not": "a model"}, (x, y), tmp_path / "o", ExportConfig(key=keys[0]))
+    assert not (tmp_path / "o").exists()
+
