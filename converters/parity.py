@@ -28,10 +28,13 @@ def _main_output(s: Scores) -> np.ndarray:
 def _stats(a: list[np.ndarray], b: list[np.ndarray], da: list[np.ndarray],
            db: list[np.ndarray]) -> dict[str, Any]:
     if not a:
-        return {"rows": 0, "max_abs_diff": 0.0, "label_agreement": 1.0}
+        return {"rows": 0, "max_abs_diff": 0.0, "max_rel_diff": 0.0, "label_agreement": 1.0}
     x, y = np.concatenate(a), np.concatenate(b)
     agree = float(np.mean(np.concatenate(da) == np.concatenate(db))) if da else 1.0
-    return {"rows": int(len(x)), "max_abs_diff": float(np.max(np.abs(x - y))) if x.size else 0.0,
+    diff = np.abs(x - y)
+    return {"rows": int(len(x)), "max_abs_diff": float(diff.max()) if x.size else 0.0,
+            # |Δ| / max(1, |source|): the check for values of any magnitude (regression)
+            "max_rel_diff": float((diff / np.maximum(1.0, np.abs(x))).max()) if x.size else 0.0,
             "label_agreement": round(agree, 6)}
 
 

@@ -339,8 +339,10 @@ def _check_conv(ctx, node):
     if len(node.input) > 2 and node.input[2] and not ctx.is_const_at_scan(node.input[2]):
         return "bias must be a constant"
     ks = attrs(node).get("kernel_shape")
-    if ks is not None and len(ks) != 2:
-        return f"{len(ks)}-D convolution (only 2-D)"
+    w = ctx.const(node.input[1])
+    dims = len(ks) if ks is not None else (w.ndim - 2 if w is not None else 2)
+    if dims != 2:
+        return f"{dims}-D convolution (only 2-D)"
     return None
 
 
@@ -832,3 +834,40 @@ def linear_classifier(ctx: GraphConverter, node) -> None:
     out = ctx.new_value(label_name, (n,), np.int64)
     ctx.emit("GATHER", [ctx.const_tensor(np.asarray(classes, np.int64), "classes"), idx.index],
              [out.index], ctx.options("Gather", axis=0))
+
+
+def _check_slice(ctx, node):
+    if not all(ctx.is_const_at_scan(n) for n in node.input[1:] if n):
+        return "starts/ends/axes/steps must be constants"
+    return None
+
+
+@register("Slice", check=_check_slice, doc="STRIDED_SLICE (constant bounds)")
+def slice_(ctx: GraphConverter, node) -> None:
+    x = ctx.value(node.input[0], "plain")
+    ins = list(node.input) + [""] * (5 - len(node.input))
+    starts = [int(v) for v in ctx.const(ins[1]).reshape(-1)]
+    ends = [int(v) for v in ctx.const(ins[2]).reshape(-1)]
+    axes = [int(v) for v in ctx.const(ins[3]).reshape(-1)] if ins[3] else list(range(len(starts)))
+    steps = [int(v) for v in ctx.const(ins[4]).reshape(-1)] if ins[4] else [1] * len(starts)
+    begin, end, stride = [0] * x.rank, [0] * x.rank, [1] * x.rank
+    full = set(range(x.rank))
+    shape = list(x.shape)
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        ax = _axis(ax, x.rank)
+        n = x.shape[ax]
+        if n == -1:
+            raise OpError("slicing the batch dimension")
+        if st != 1:
+            raise OpError("steps other than 1")
+        s = min(max(s + n if s < 0 else s, 0), n)
+        e = min(max(e + n if e < 0 else e, 0), n)
+        begin[ax], end[ax] = s, e
+        shape[ax] = max(e - s, 0)
+        full.discard(ax)
+    mask = sum(1 << d for d in full)
+    out = ctx.new_value(node.output[0], tuple(shape), x.dtype)
+    ctx.emit("STRIDED_SLICE", [x.index, ctx.const_tensor(np.array(begin, np.int32), "begin"),
+                               ctx.const_tensor(np.array(end, np.int32), "end"),
+                               ctx.const_tensor(np.array(stride, np.int32), "strides")],
+             [out.index], ctx.options("StridedSlice", beginMask=mask, endMask=mask))
