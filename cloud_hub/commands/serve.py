@@ -60,6 +60,8 @@ def app_factory():
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
     hub = Hub(settings)
+    if settings.mqtt_url:  # several workers share a real broker (v5 shared subscription splits ingest)
+        hub.fleet.start(embedded_ok=False)
     app = create_app(hub)
     app.router.on_shutdown.append(hub.close)
     return app
@@ -95,7 +97,12 @@ def run(args: argparse.Namespace) -> int:
 
     hub = Hub(settings)
     try:
+        mqtt_url = hub.fleet.start()  # embedded amqtt broker when HUB_MQTT_URL is unset
+        print("cloud-hub: fleet MQTT " + (f"embedded broker (amqtt, MQTT 3.1.1) started on {mqtt_url}; set "
+              "HUB_MQTT_URL for Mosquitto in production" if hub.fleet.broker else f"broker {mqtt_url}"),
+              file=sys.stderr, flush=True)
         app = create_app(hub)
+        app.router.on_shutdown.append(hub.close)  # uvicorn re-raises SIGTERM after shutdown
         print(f"cloud-hub: serving on http://{settings.host}:{settings.port} (data {settings.data_dir}, "
               f"hub key {hub.registry.hub_key.key_id})", file=sys.stderr, flush=True)
         uvicorn.run(app, **kw)

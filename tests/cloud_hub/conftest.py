@@ -3,15 +3,14 @@ port, and a fresh PostgreSQL database per test (dropped afterwards)."""
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
+
+from tests.cloud_hub.hub_support import live_server
 
 
 @pytest.fixture
@@ -45,34 +44,6 @@ def make_hub(hub_settings):
 @pytest.fixture
 def hub(make_hub):
     return make_hub()
-
-
-@contextmanager
-def live_server(app, port: int | None = None, timeout: float = 15.0) -> Iterator[str]:
-    import socket
-
-    import uvicorn
-
-    if port is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
-                            lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout)
 
 
 @pytest.fixture
@@ -122,7 +93,3 @@ def cancer_bundle_v2(tmp_path_factory, cancer_data, keypair) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "cancer-2.0.0"
     return build_sklearn_bundle(out, rf, x, names, key=keypair[0], version="2.0.0")
 
-
-def row_of(cancer_data, i: int = 0) -> dict:
-    x, _, names = cancer_data
-    return dict(zip(names, map(float, x[i])))
