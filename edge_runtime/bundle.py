@@ -101,7 +101,8 @@ def parse_manifest(raw: Any) -> Manifest:
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or MANIFEST
-        raise BundleError(f"invalid manifest: {loc}: {err['msg']}", field=f"manifest.{loc}",
+        field = f"manifest.{loc}" if err["loc"] else "manifest"
+        raise BundleError(f"invalid manifest: {loc}: {err['msg']}", field=field,
                           errors=len(exc.errors())) from exc
 
 
