@@ -320,8 +320,10 @@ def _quantization(m) -> str:
     q = m.provenance.get("quantization")
     if isinstance(q, dict):
         return str(q.get("mode", "quantized"))
-    if isinstance(q, str):
-        return q
+    if isinstance(q, str):  # the TFLite converter: "none" or "int8 weights (…)"
+        if q in ("", "none"):
+            return "fp32"
+        return "int8-weights" if "int8" in q else q
     for key in ("int8", "weights_int8"):
         if m.provenance.get(key):
             return "int8-weights"
@@ -409,17 +411,17 @@ def _machine() -> dict[str, Any]:
 def format_table(r: Report) -> str:
     ref_size = next((v.size_bytes for v in r.variants), 0) or 1
     ref_batch = next((v.batch.p50_ms for v in r.variants if v.batch), None)
-    head = ["variant", "format", "quant", "size KB", "size ×", "max|Δ|", "agree %", "acc %",
+    head = ["bundle", "variant", "format", "quant", "size KB", "size ×", "max|Δ|", "agree %", "acc %",
             "drop pt", "1-row p50/p99 ms", f"b{r.batch_size} p50/p99 ms", "speed ×"]
     rows = []
     for v in r.variants:
         if not v.runnable:
-            rows.append([f"{v.name}:{v.version}", v.format, v.quantization,
+            rows.append([Path(v.path).name, f"{v.name}:{v.version}", v.format, v.quantization,
                          f"{v.size_bytes / 1024:.1f}", f"{ref_size / max(v.size_bytes, 1):.2f}",
                          "-", "-", "-", "-", "-", "-", "-"])
             continue
         rows.append([
-            f"{v.name}:{v.version}", v.format, v.quantization, f"{v.size_bytes / 1024:.1f}",
+            Path(v.path).name, f"{v.name}:{v.version}", v.format, v.quantization, f"{v.size_bytes / 1024:.1f}",
             f"{ref_size / max(v.size_bytes, 1):.2f}",
             "-" if v.max_abs_diff is None else f"{v.max_abs_diff:.2g}",
             "-" if v.label_agreement is None else f"{v.label_agreement * 100:.2f}",

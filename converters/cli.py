@@ -95,8 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "LiteRT's schema. Unsupported ops are listed in the error.")
     t.add_argument("bundle", help="source ONNX bundle")
     t.add_argument("--out", required=True, help="bundle directory to create")
-    t.add_argument("--int8", action="store_true", help="INT8 weights")
+    t.add_argument("--int8", action="store_true",
+                   help="INT8 weights (dynamic range, per-channel scales)")
     t.add_argument("--key", help=key_help)
+    t.add_argument("--public-key", help="verify the source bundle's signature with this key")
     t.set_defaults(func=cmd_tflite)
 
     c = sub.add_parser("coreml", help="convert an ONNX bundle to Core ML (.mlpackage)",
@@ -106,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("bundle", help="source ONNX bundle")
     c.add_argument("--out", required=True, help="bundle directory to create")
     c.add_argument("--key", help=key_help)
+    c.add_argument("--public-key", help="verify the source bundle's signature with this key")
     c.set_defaults(func=cmd_coreml)
 
     ch = sub.add_parser("check", help="measure parity, accuracy, size and latency of variants",
@@ -178,14 +181,15 @@ def cmd_quantize(args) -> int:
 
 def cmd_tflite(args) -> int:
     fn = _lazy("converters.tflite", "onnx_to_tflite", "TFLite")
-    out = fn(args.bundle, args.out, _config_for(fn, key=args.key, int8=args.int8))
+    out = fn(args.bundle, args.out, _config_for(fn, key=args.key, int8_weights=args.int8,
+                                                public_key=args.public_key))
     _print_bundle(out)
     return 0
 
 
 def cmd_coreml(args) -> int:
     fn = _lazy("converters.coreml", "onnx_to_coreml", "Core ML")
-    out = fn(args.bundle, args.out, _config_for(fn, key=args.key))
+    out = fn(args.bundle, args.out, _config_for(fn, key=args.key, public_key=args.public_key))
     _print_bundle(out)
     print("note: Core ML cannot run on Linux; the spec was validated here, numerical checks "
           "need macOS")
@@ -273,7 +277,9 @@ def _print_bundle(path: Path) -> None:
     print(f"wrote {path}: {m.name}:{m.version} format={m.format} task={m.task} "
           f"size={size} bytes sha256={m.digest}")
     par = m.provenance.get("parity")
-    if par:
+    if isinstance(par, dict) and isinstance(par.get("all"), dict):  # the format converters
+        par = par["all"]
+    if isinstance(par, dict) and {"rows", "max_abs_diff"} <= set(par):
         extra = (f", label agreement {par['label_agreement'] * 100:.2f}%"
                  if "label_agreement" in par else "")
         print(f"parity vs source on {par['rows']} sample rows: max |diff| "
@@ -281,6 +287,8 @@ def _print_bundle(path: Path) -> None:
     q = m.provenance.get("quantization")
     if isinstance(q, dict):
         print(f"quantization: {q.get('mode')} ops={q.get('quantized_ops')}")
+    elif isinstance(q, str) and q != "none":
+        print(f"quantization: {q}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

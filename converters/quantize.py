@@ -101,6 +101,7 @@ def quantize_bundle(src: str | Path | Bundle, out: str | Path,
     if Path(out).resolve() == bundle.root.resolve():
         raise ValidationError("--out must differ from the source bundle", field="out")
     version = cfg.version or f"{m.version}+{mode.value}"
+    _check_quantizable(bundle, mode)
     smp = None
     if cfg.sample is not None:
         smp = _calibration_sample(cfg.sample, m, cfg.label_column)
@@ -138,6 +139,26 @@ def quantize_bundle(src: str | Path | Bundle, out: str | Path,
         write_bundle(out, manifest, {m.model_file: dst}, key=key)
     _self_test_or_remove(Path(out))
     return Path(out)
+
+
+WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LSTM", "GRU", "Attention"}
+
+
+def _check_quantizable(bundle: Bundle, mode: QuantMode) -> None:
+    """Refuse early when onnxruntime has nothing it could quantize in this graph."""
+    try:
+        model = onnx.load(str(bundle.model_path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise BundleError(f"{bundle.manifest.model_file} is not a valid ONNX model: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}",
+                          field="model_file") from exc
+    ops = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
+    want = FP16_OPS if mode == QuantMode.FP16 else WEIGHT_OPS
+    if not ops & want:
+        raise ValidationError(
+            f"nothing to quantize in {bundle.manifest.name}: it has no MatMul/Gemm/Conv in the "
+            "standard ONNX domain (tree ensembles and ai.onnx.ml linear models cannot be "
+            "quantized by onnxruntime)", field="bundle")
 
 
 # ---- modes ------------------------------------------------------------------------------
