@@ -8,6 +8,8 @@ refuses the same bad input with the same message.
 from __future__ import annotations
 
 import math
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -16,6 +18,7 @@ from edge_runtime.errors import ValidationError
 from edge_runtime.manifest import Inputs
 
 _NUMERIC = (int, float)
+_NUM_TYPES = frozenset({int, float, type(None)})
 
 
 class RowCodec:
@@ -33,6 +36,7 @@ class RowCodec:
         self.reject_nan = np.array([f.nan == "reject" for f in inputs.features])
         self.any_reject_nan = bool(self.reject_nan.any())
         self._name_set = frozenset(self.names)
+        self._getter = itemgetter(*self.names)
         self._min_list = self.mins.tolist()
         self._max_list = self.maxs.tolist()
 
@@ -49,24 +53,32 @@ class RowCodec:
         if not rows:
             raise ValidationError("rows is empty: send at least one row", field="rows")
         names = self.names
+        getter = self._getter  # operator.itemgetter: the per-row lookups run in C
         try:
-            values = [[row[n] for n in names] for row in rows]
+            values = [getter(row) for row in rows]
         except KeyError as exc:
             self._raise_row_problem(rows)
             raise  # pragma: no cover
         except TypeError:
             self._raise_row_problem(rows)
             raise  # pragma: no cover
-        for row in rows:
-            if len(row) != self.n:
-                self._raise_row_problem(rows)
+        if self.n == 1:
+            values = [(v,) for v in values]
+        if set(map(len, rows)) != {self.n}:
+            self._raise_row_problem(rows)
+        # float64 conversion accepts "1.5" and True; the contract does not.
+        types = set(map(type, chain.from_iterable(values)))
+        if not types <= _NUM_TYPES:
+            self._raise_type_problem(values)
         try:
-            arr = np.array(values, dtype=np.float64)
-        except (TypeError, ValueError):
+            if type(None) in types:  # null → NaN (refused below where the policy says so)
+                arr = np.array(values, dtype=np.float64)
+            else:
+                arr = np.fromiter(chain.from_iterable(values), np.float64,
+                                  len(values) * self.n).reshape(len(values), self.n)
+        except (TypeError, ValueError, OverflowError):
             self._raise_type_problem(values)
-            raise  # pragma: no cover
-        if not _all_numeric(values):
-            self._raise_type_problem(values)
+            raise ValidationError("rows hold values that are not numbers", field="rows")
         nan_mask = np.isnan(arr)
         if self.any_reject_nan and nan_mask.any():
             bad = np.argwhere(nan_mask & self.reject_nan)
@@ -136,18 +148,6 @@ class RowCodec:
                     raise ValidationError(
                         f"rows[{i}].{name}: expected a number, got {type(v).__name__}",
                         field=f"rows[{i}].{name}")
-
-
-def _all_numeric(values: list[list[Any]]) -> bool:
-    # float64 conversion accepts "1.5" and True; the contract does not.
-    for vals in values:
-        for v in vals:
-            t = type(v)
-            if t is not float and t is not int:
-                if v is None:
-                    continue
-                return False
-    return True
 
 
 def encode_tensors(specs, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
