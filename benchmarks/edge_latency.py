@@ -88,7 +88,8 @@ def start_daemon(cfg: Path) -> tuple[subprocess.Popen, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20000, help="single-row calls per in-process path")
-    ap.add_argument("--http-runs", type=int, default=5000, help="single-row HTTP calls")
+    ap.add_argument("--http-runs", type=int, default=5000, help="single-row HTTP calls per trial")
+    ap.add_argument("--trials", type=int, default=3, help="HTTP trials (the median p99 is kept)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--profile", default="x86-gateway")
     ap.add_argument("--json", help="also write the results here")
@@ -122,8 +123,11 @@ def main() -> None:
     try:
         p = psutil.Process(proc.pid)
         rss_idle = p.memory_info().rss
-        http_res = bench_model(model, runs=min(args.runs, 2000), batch=args.batch,
-                               http_url=f"http://127.0.0.1:{port}")
+        # several trials: on a shared machine one trial's p99 is mostly the neighbours
+        trials = [bench_model(model, runs=args.http_runs, batch=args.batch,
+                              http_url=f"http://127.0.0.1:{port}") for _ in range(args.trials)]
+        p99s = [t["single_row"]["http_predict"]["p99_us"] for t in trials]
+        http_res = trials[int(np.argsort(p99s)[len(p99s) // 2])]  # the median trial
         # HTTP single row vs raw run again, same run
         http_single = {k: v for k, v in http_res["single_row"].items()
                        if k in ("http_predict", "raw_session_run")}
@@ -149,6 +153,7 @@ def main() -> None:
         "profile": profile.name, "threads": profile.threads,
         "in_process": in_process,
         "http": {"single_row": http_single, "batch": http_batch, "batch_size": args.batch,
+                 "single_row_p99_us_per_trial": p99s,
                  "concurrency": 1, "keep_alive": True},
         "daemon_rss_mb": {"idle_after_start": round(rss_idle / 2**20, 1),
                           "after_http_run": round(rss_after / 2**20, 1),

@@ -91,7 +91,7 @@ def bench_model(model: Model, *, runs: int = 5000, batch: int = 64,
         batched["raw_session_run"] = lambda: sess.run(None, {name: xb})
     single["in_process_predict"] = lambda: model.predict(row)
     batched["in_process_predict"] = lambda: model.predict(rows[:batch])
-    http_runs = min(runs, 2000)
+    http_runs = runs
     conn = None
     if http_url:
         host, port = http_url.replace("http://", "").rsplit(":", 1)
