@@ -9,6 +9,13 @@ both alike; the verdict uses the median of the per-round p99s.
     /work/venv/bin/python benchmarks/hub_shadow.py --requests 3000 --concurrency 16 --rounds 3
 
 Target (issue 4): primary p99 with a shadow ≤ 1.1 × without.
+
+``--mode inprocess`` measures the critical path without HTTP or a load
+generator competing for the CPU: ``PredictService.predict`` called in a loop in
+one process (the hub's own data plane, observers included), alternating blocks
+with and without the shadow attached; the shadow worker thread runs meanwhile.
+
+    /work/venv/bin/python benchmarks/hub_shadow.py --mode inprocess --requests 5000 --rounds 5
 """
 
 from __future__ import annotations
@@ -38,13 +45,14 @@ def free_port() -> int:
 
 
 def build_bundles(out: Path) -> tuple[Path, Path, list[dict]]:
-    from converters.export import ExportConfig, export_model
-    from edge_runtime.signing import generate_keypair
+    import pandas as pd
     from sklearn.datasets import load_breast_cancer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    import pandas as pd
+
+    from converters.export import ExportConfig, export_model
+    from edge_runtime.signing import generate_keypair
 
     data = load_breast_cancer()
     names = [n.replace(" ", "_") for n in data.feature_names]
@@ -84,16 +92,75 @@ async def load(url: str, rows: list[dict], n: int, concurrency: int) -> dict:
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
 
 
+def run_inprocess(args, tmp: Path, b1: Path, b2: Path, rows: list[dict], pub: Path) -> dict:
+    from cloud_hub.hub import Hub
+    from cloud_hub.settings import HubSettings
+
+    hub = Hub(HubSettings(data_dir=tmp / "hub-inproc", dev=True, trusted_keys=[pub]))
+    try:
+        hub.registry.push(b1, aliases=["champion"])
+        hub.registry.push(b2)
+
+        async def block(n: int) -> list[float]:
+            lat = []
+            for i in range(n):
+                body = {"rows": [rows[i % len(rows)]]}
+                t0 = time.perf_counter()
+                await hub.inference.predict_body("cancer", body)
+                lat.append(time.perf_counter() - t0)
+            return lat
+
+        asyncio.run(block(500))
+        phases = []
+        for rnd in range(args.rounds):
+            for mode in ("off", "on"):
+                if mode == "on":
+                    hub.shadow.attach("cancer", "1.1.0")
+                else:
+                    for t in hub.shadow.targets("cancer"):
+                        hub.shadow.detach("cancer", t.version)
+                hub.shadow.drain(60)
+                a = np.array(asyncio.run(block(args.requests))) * 1e6
+                res = {"mode": mode, "round": rnd, "requests": args.requests, "p50_us": float(np.percentile(a, 50)),
+                       "p99_us": float(np.percentile(a, 99)), "mean_us": float(a.mean()),
+                       "shadow_status": hub.shadow.status()}
+                phases.append(res)
+                print(json.dumps(res))
+        hub.shadow.drain(60)
+        compared = len(hub.shadow.records("cancer"))
+    finally:
+        hub.close()
+    off = [p["p99_us"] for p in phases if p["mode"] == "off"]
+    on = [p["p99_us"] for p in phases if p["mode"] == "on"]
+    return {"mode": "inprocess", "requests_per_phase": args.requests, "rounds": args.rounds,
+            "p99_off_us": off, "p99_on_us": on,
+            "median_p99_off_us": statistics.median(off), "median_p99_on_us": statistics.median(on),
+            "median_p50_off_us": statistics.median(p["p50_us"] for p in phases if p["mode"] == "off"),
+            "median_p50_on_us": statistics.median(p["p50_us"] for p in phases if p["mode"] == "on"),
+            "ratio": statistics.median(on) / statistics.median(off), "target": 1.1,
+            "met": statistics.median(on) / statistics.median(off) <= 1.1,
+            "shadow_dropped_total": phases[-1]["shadow_status"]["dropped"], "shadow_compared": compared}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=3000, help="requests per phase")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3, help="off/on phase pairs")
+    ap.add_argument("--mode", choices=["http", "inprocess"], default="http")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="hub-shadow-bench-"))
     b1, b2, rows, pub = build_bundles(tmp)
+    machine = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu",
+               "python": platform.python_version()}
+    if args.mode == "inprocess":
+        summary = {**machine, **run_inprocess(args, tmp, b1, b2, rows, pub)}
+        print(json.dumps(summary, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2))
+        return 0
     port = free_port()
     env = {**os.environ, "HUB_DATA_DIR": str(tmp / "hub"), "HUB_DEV": "1", "HUB_TRUSTED_KEYS": json.dumps([str(pub)]),
            "HUB_PORT": str(port)}

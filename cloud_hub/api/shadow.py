@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
@@ -50,8 +50,9 @@ def shadow_status(hub: HubDep, _: Viewer) -> dict[str, Any]:
 @router.get("/v1/models/{name}/shadow/report", responses=ERRORS,
             summary="Shadow vs primary: identical buckets, decision changes, KS test, segments, latency, verdict")
 def shadow_report(name: str, hub: HubDep, _: Viewer,
-                  shadow: str | None = Query(None, description="Only this shadow version."),
-                  since: dt.datetime | None = Query(None, description="Only records from this time (ISO 8601)."),
+                  shadow: Annotated[str | None, Query(description="Only this shadow version.")] = None,
+                  since: Annotated[dt.datetime | None,
+                                   Query(description="Only records from this time (ISO 8601).")] = None,
                   max_decision_change: float = Query(0.05, ge=0, le=1),
                   sla_ms: float | None = Query(50.0, gt=0, description="Shadow p99 must be at most this."),
                   min_samples: int = Query(100, ge=1),
@@ -60,9 +61,9 @@ def shadow_report(name: str, hub: HubDep, _: Viewer,
                   min_ks_pvalue: float | None = Query(None, ge=0, le=1),
                   max_error_rate: float = Query(0.01, ge=0, le=1)) -> dict[str, Any]:
     if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=dt.timezone.utc)
-    crit = dict(max_decision_change=max_decision_change, sla_ms=sla_ms, min_samples=min_samples,
-                min_identical_bucket=min_identical_bucket, max_mean_divergence=max_mean_divergence,
-                min_ks_pvalue=min_ks_pvalue, max_error_rate=max_error_rate)
+        since = since.replace(tzinfo=dt.UTC)
+    crit = {"max_decision_change": max_decision_change, "sla_ms": sla_ms, "min_samples": min_samples,
+                "min_identical_bucket": min_identical_bucket, "max_mean_divergence": max_mean_divergence,
+                "min_ks_pvalue": min_ks_pvalue, "max_error_rate": max_error_rate}
     hub.shadow.drain(timeout=5.0)
     return hub.shadow.report(name, shadow_version=shadow, since=since, criteria=crit)

@@ -84,16 +84,17 @@ def cmd_report(args) -> int:
     lines = [f"{args.name}: {d['verdict']}"]
     for s in d["shadows"]:
         lat = s["latency_ms"]
-        lines += [f"  shadow {s['shadow_version']} vs primary {','.join(s['primary_versions']) or '-'}: "
-                  f"{s['verdict']} ({'; '.join(s['reasons'])})",
-                  f"    compared={s['compared']} requests={s['requests']} shadow_errors={s['shadow_errors']}",
-                  f"    identical_bucket_rate={_n(s['identical_bucket_rate'])} "
-                  f"decision_change_rate={_n(s['decision_change_rate'])}",
-                  f"    mean_score primary={_n(s['mean_primary_score'])} shadow={_n(s['mean_shadow_score'])} "
-                  f"mean_divergence={_n(s['mean_divergence'])}",
-                  f"    KS statistic={_n(s['ks_statistic'])} p={_n(s['ks_pvalue'], '.3g')}",
-                  f"    shadow latency p50={_n(lat['shadow_p50'], '.2f')} ms p99={_n(lat['shadow_p99'], '.2f')} ms "
-                  f"(SLA {_n(lat['sla_ms'], 'g')} ms)"]
+        lines += [
+            (f"  shadow {s['shadow_version']} vs primary {','.join(s['primary_versions']) or '-'}: "
+             f"{s['verdict']} ({'; '.join(s['reasons'])})"),
+            f"    compared={s['compared']} requests={s['requests']} shadow_errors={s['shadow_errors']}",
+            (f"    identical_bucket_rate={_n(s['identical_bucket_rate'])} "
+             f"decision_change_rate={_n(s['decision_change_rate'])}"),
+            (f"    mean_score primary={_n(s['mean_primary_score'])} shadow={_n(s['mean_shadow_score'])} "
+             f"mean_divergence={_n(s['mean_divergence'])}"),
+            f"    KS statistic={_n(s['ks_statistic'])} p={_n(s['ks_pvalue'], '.3g')}",
+            (f"    shadow latency p50={_n(lat['shadow_p50'], '.2f')} ms p99={_n(lat['shadow_p99'], '.2f')} ms "
+             f"(SLA {_n(lat['sla_ms'], 'g')} ms)")]
         for seg in s["segments"][:5]:
             lines.append(f"    segment {seg['segment']}={seg['value']}: n={seg['count']} "
                          f"decision_change={seg['decision_change_rate']:.3f} "

@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from cloud_hub.hub import Hub
 
 
-def attach(hub: "Hub") -> None:
+def attach(hub: Hub) -> None:
     """Create ``hub.routing`` / ``hub.shadow`` and hook them into ``hub.inference`` (idempotent)."""
     from cloud_hub.routing.service import RoutingService
     from cloud_hub.shadow.service import ShadowService

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ValidationError as PydanticValidationError
 
 from cloud_hub.routing import stats
 from cloud_hub.routing.split import CHALLENGER, CHAMPION
@@ -28,6 +29,8 @@ PROMOTE, KEEP_CHAMPION, NOT_ENOUGH_DATA = "PROMOTE", "KEEP_CHAMPION", "NOT_ENOUG
 
 class EvaluationConfig(BaseModel):
     """How to compare the groups; stored with the split, overridable per call."""
+
+    model_config = ConfigDict(extra="forbid")
 
     decide_on: str = Field("accuracy", description="accuracy | auc | business: the metric that must improve.")
     business_metric: str = Field("positive_rate", description="positive_rate (share of positive decisions), "
@@ -44,7 +47,7 @@ class EvaluationConfig(BaseModel):
     min_samples: int = Field(30, ge=1, description="Labelled rows needed per group before any verdict.")
 
     @model_validator(mode="after")
-    def _check(self) -> "EvaluationConfig":
+    def _check(self) -> EvaluationConfig:
         from edge_runtime.errors import ValidationError
 
         if self.decide_on not in ("accuracy", "auc", "business"):
@@ -55,6 +58,20 @@ class EvaluationConfig(BaseModel):
         if self.business_goal not in ("min", "max"):
             raise ValidationError("business_goal must be min or max", field="business_goal")
         return self
+
+
+def make_config(values: dict[str, Any] | None, prefix: str = "") -> EvaluationConfig:
+    """EvaluationConfig from user input; pydantic errors become a 422 naming the field."""
+    from edge_runtime.errors import ValidationError
+
+    if values is not None and not isinstance(values, dict):
+        raise ValidationError("evaluation config must be a JSON object", field=prefix or "body")
+    try:
+        return EvaluationConfig(**(values or {}))
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        raise ValidationError(f"{field}: {err.get('msg')}", field=prefix + field) from exc
 
 
 @dataclass
@@ -135,10 +152,11 @@ def evaluate(cfg: EvaluationConfig, champion: GroupData, challenger: GroupData) 
     significant = primary.p_value is not None and primary.p_value < cfg.alpha
     biz_worse = (_better(-(biz.difference or 0.0), business_goal) and biz.p_value is not None
                  and biz.p_value < cfg.alpha and biz.difference != 0)
-    if _better(primary.difference, goal) and significant and not (cfg.decide_on != "business" and cfg.business_guardrail and biz_worse):
+    guarded = cfg.decide_on != "business" and cfg.business_guardrail and biz_worse
+    if _better(primary.difference, goal) and significant and not guarded:
         out.update(verdict=PROMOTE, reasons=[
-            f"challenger {cfg.decide_on} {primary.challenger:.4f} vs champion {primary.champion:.4f} "
-            f"(p={primary.p_value:.3g} < {cfg.alpha})"])
+            (f"challenger {cfg.decide_on} {primary.challenger:.4f} vs champion {primary.champion:.4f} "
+             f"(p={primary.p_value:.3g} < {cfg.alpha})")])
         return out
     if not _better(primary.difference, goal):
         reasons.append(f"challenger {cfg.decide_on} is not better ({_fmt(primary.challenger)} vs "

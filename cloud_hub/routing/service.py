@@ -14,16 +14,17 @@ import logging
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import Integer, and_, delete, func, select, update
 
-from cloud_hub.routing.evaluation import PROMOTE, EvaluationConfig, GroupData, evaluate
+from cloud_hub.routing.evaluation import PROMOTE, EvaluationConfig, GroupData, evaluate, make_config
 from cloud_hub.routing.split import CHALLENGER, CHAMPION, GROUPS, RoutePart, SplitConfig
 from cloud_hub.routing.tables import routing_feedback, routing_predictions, routing_splits
 from cloud_hub.routing.writer import BatchWriter
-from edge_runtime.errors import ConflictError, NotFoundError, ValidationError
+from edge_runtime.errors import ConflictError, EdgeError, NotFoundError, ValidationError
 
 if TYPE_CHECKING:
     from cloud_hub.hub import Hub
@@ -32,7 +33,7 @@ log = logging.getLogger("cloud_hub.routing")
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _outcome_str(value: Any, field: str) -> str:
@@ -67,7 +68,7 @@ def score_of(output: dict[str, Any]) -> float | None:
 
 
 class RoutingService:
-    def __init__(self, hub: "Hub") -> None:
+    def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.log_writer = BatchWriter(hub.engine, routing_predictions, name="routing-log")
         self._cache: dict[str, tuple[float, SplitConfig | None]] = {}
@@ -108,7 +109,7 @@ class RoutingService:
         if not 0.0 <= challenger_fraction <= 1.0:
             raise ValidationError("challenger_fraction must be between 0 and 1", field="challenger_fraction")
         if evaluation is not None:
-            evaluation = EvaluationConfig(**evaluation).model_dump()
+            evaluation = make_config(evaluation, "evaluation.").model_dump()
         if entity_key is not None and (not isinstance(entity_key, str) or not entity_key.strip()):
             raise ValidationError("entity_key must name a field of the request rows", field="entity_key")
         if enabled:
@@ -118,11 +119,11 @@ class RoutingService:
             cur = conn.execute(select(routing_splits).where(routing_splits.c.name == name)
                                .with_for_update()).first()
             if cur is None:
-                row = dict(name=name, split_id=uuid.uuid4().hex[:12], challenger_fraction=challenger_fraction,
-                           entity_key=entity_key or "customer_id", enabled=enabled,
-                           evaluation=evaluation or EvaluationConfig().model_dump(),
-                           created_at=now, updated_at=now,
-                           history=[{"at": now.isoformat(), "action": "create", "fraction": challenger_fraction}])
+                row = {"name": name, "split_id": uuid.uuid4().hex[:12], "challenger_fraction": challenger_fraction,
+                           "entity_key": entity_key or "customer_id", "enabled": enabled,
+                           "evaluation": evaluation or EvaluationConfig().model_dump(),
+                           "created_at": now, "updated_at": now,
+                           "history": [{"at": now.isoformat(), "action": "create", "fraction": challenger_fraction}]}
                 conn.execute(routing_splits.insert().values(**row))
             else:
                 history = list(cur.history or [])
@@ -219,11 +220,11 @@ class RoutingService:
         for j, (i, key) in enumerate(zip(part.indices, part.entity_keys)):
             out = outputs[j] if outputs is not None and j < len(outputs) else {}
             label = out.get("label")
-            self.log_writer.put(dict(
-                request_id=request_id, row=i, name=name, split_id=split_id, grp=part.group, version=version,
-                entity_key=key, score=score_of(out), decision=None if label is None else str(label),
-                positive=positive_of(model, out) if out else None, latency_ms=latency_ms,
-                error=error, created_at=now))
+            self.log_writer.put({
+                "request_id": request_id, "row": i, "name": name, "split_id": split_id, "grp": part.group, "version": version,
+                "entity_key": key, "score": score_of(out), "decision": None if label is None else str(label),
+                "positive": positive_of(model, out) if out else None, "latency_ms": latency_ms,
+                "error": error, "created_at": now})
 
     # ---- stored counters -----------------------------------------------------------------
     def group_stats(self, name: str, all_splits: bool = False) -> dict[str, Any]:
@@ -256,6 +257,9 @@ class RoutingService:
         """Store true outcomes; each item has ``outcome`` and ``request_id`` (+ ``row``) or ``entity_key``."""
         if not items:
             raise ValidationError("feedback is empty", field="feedback")
+        reg = getattr(self.hub, "registry", None)
+        if reg is not None:
+            reg.versions(name)  # 404 for an unknown model
         rows = []
         now = _now()
         for i, it in enumerate(items):
@@ -268,9 +272,9 @@ class RoutingService:
             row = it.get("row")
             if row is not None and (not isinstance(row, int) or isinstance(row, bool) or row < 0):
                 raise ValidationError("row must be a non-negative integer", field=f"feedback[{i}].row")
-            rows.append(dict(name=name, request_id=str(rid) if rid else None, row=row,
-                             entity_key=None if key is None else str(key),
-                             outcome=_outcome_str(it["outcome"], f"feedback[{i}].outcome"), created_at=now))
+            rows.append({"name": name, "request_id": str(rid) if rid else None, "row": row,
+                             "entity_key": None if key is None else str(key),
+                             "outcome": _outcome_str(it["outcome"], f"feedback[{i}].outcome"), "created_at": now})
         self.log_writer.flush()
         matched = self._count_matches(name, rows)
         with self.hub.engine.begin() as conn:
@@ -343,7 +347,10 @@ class RoutingService:
 
     def evaluate(self, name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         cfg = self.get_split(name)
-        ecfg = EvaluationConfig(**{**(cfg.evaluation or {}), **(overrides or {})})
+        if overrides is not None and not isinstance(overrides, dict):
+            raise ValidationError("evaluation overrides must be a JSON object", field="body")
+        make_config(overrides)  # name the caller's bad field before merging with the stored config
+        ecfg = make_config({**(cfg.evaluation or {}), **(overrides or {})})
         data = self.group_data(name)
         res = evaluate(ecfg, data[CHAMPION], data[CHALLENGER])
         res.update(name=name, split_id=cfg.split_id, challenger_fraction=cfg.challenger_fraction,
@@ -357,7 +364,7 @@ class RoutingService:
             return {}
         try:
             return {k: str(v) for k, v in dict(reg.aliases(name)).items()}
-        except Exception:  # unknown model: no aliases to show
+        except EdgeError:  # unknown model: no aliases to show
             return {}
 
     def promote(self, name: str, *, require_verdict: bool = True,
@@ -401,7 +408,7 @@ class RoutingService:
 
 
 def _aware(t: dt.datetime) -> dt.datetime:
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def _chunks(xs: list, n: int):

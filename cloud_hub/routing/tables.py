@@ -8,7 +8,7 @@ joined to; ``routing_feedback`` holds true outcomes that arrive later.
 
 from __future__ import annotations
 
-from sqlalchemy import (JSON, Boolean, Column, DateTime, Float, Index, Integer, String, Table)
+from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Index, Integer, String, Table
 
 from cloud_hub.db import create_tables, metadata, migration
 

@@ -76,7 +76,7 @@ class BatchWriter:
                 with self.engine.begin() as conn:
                     conn.execute(self.table.insert(), batch)
                 ok = len(batch)
-            except Exception:  # a failed batch must not kill the writer
+            except Exception:
                 log.exception("could not store %d %s rows", len(batch), self.table.name)
                 ok = 0
             with self._lock:

@@ -10,14 +10,17 @@ SLA, and PASS / FAIL against :class:`ReportCriteria` (NOT_ENOUGH_DATA below
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
 
 class ReportCriteria(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     max_decision_change: float = Field(0.05, ge=0, le=1, description="Decision-change rate must stay below this.")
     sla_ms: float | None = Field(50.0, gt=0, description="Shadow p99 latency must be at most this (ms); "
                                  "null disables the check.")

@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from edge_runtime.errors import ValidationError
 
@@ -58,7 +60,7 @@ def parse_segment(spec: str, field: str = "segments") -> SegmentSpec:
         edges = tuple(float(e) for e in rest.split(","))
     except ValueError as exc:
         raise ValidationError(f"segment {spec!r}: edges must be numbers separated by commas", field=field) from exc
-    if not edges or any(b <= a for a, b in zip(edges, edges[1:])):
+    if not edges or any(b <= a for a, b in itertools.pairwise(edges)):
         raise ValidationError(f"segment {spec!r}: edges must be strictly ascending", field=field)
     return SegmentSpec(spec, name, edges=edges)
 

@@ -14,8 +14,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
 
@@ -32,7 +33,7 @@ log = logging.getLogger("cloud_hub.shadow")
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass
@@ -90,7 +91,7 @@ def score_of(output: Mapping[str, Any]) -> float | None:
 
 
 class ShadowService:
-    def __init__(self, hub: "Hub", *, queue_size: int | None = None, workers: int = 1) -> None:
+    def __init__(self, hub: Hub, *, queue_size: int | None = None, workers: int = 1) -> None:
         self.hub = hub
         self.capacity = int(queue_size or getattr(hub.settings, "shadow_queue_size", 10_000))
         self._q: queue.Queue[MirrorItem | None] = queue.Queue(maxsize=self.capacity)
@@ -135,8 +136,8 @@ class ShadowService:
         mv = self.hub.registry.resolve(ref)
         if mv.name != name:
             raise ValidationError(f"shadow {ref} is not a version of model {name}", field="ref")
-        row = dict(name=name, version=mv.version, digest=mv.digest, sample_rate=sample_rate,
-                   segments=segs, created_at=_now())
+        row = {"name": name, "version": mv.version, "digest": mv.digest, "sample_rate": sample_rate,
+                   "segments": segs, "created_at": _now()}
         with self.hub.engine.begin() as conn:
             conn.execute(delete(shadow_targets).where(shadow_targets.c.name == name,
                                                       shadow_targets.c.version == mv.version))
@@ -237,7 +238,7 @@ class ShadowService:
             try:
                 for target, specs in item.targets:
                     self._compare(item, target, specs)
-            except Exception:  # a shadow must never take the worker down
+            except Exception:
                 log.exception("shadow comparison failed for %s", item.name)
             finally:
                 with self._lock:
@@ -258,7 +259,7 @@ class ShadowService:
             else:
                 keep = set(names)
                 shadow_out = model.predict([{k: v for k, v in r.items() if k in keep} for r in item.rows])
-        except Exception as exc:  # recorded, never raised to the primary
+        except Exception as exc:  # noqa: BLE001  (recorded, never raised to the primary)
             err = f"{type(exc).__name__}: {getattr(exc, 'message', str(exc))}"[:300]
         latency_ms = (time.perf_counter() - t0) * 1000.0
         labels = (item.name, target.version)
@@ -279,14 +280,14 @@ class ShadowService:
             pd_, sd = decision_of(p_out), decision_of(s_out)
             changed = err is None and pd_ is not None and sd is not None and pd_ != sd
             changed_n += changed
-            self.writer.put(dict(
-                request_id=item.request_id, row=item.row_ids[i] if item.row_ids else i, name=item.name, primary_version=item.primary_version,
-                shadow_version=target.version, primary_score=ps, shadow_score=ss,
-                divergence=abs(ps - ss) if ps is not None and ss is not None else None,
-                primary_decision=pd_, shadow_decision=sd, decision_changed=bool(changed),
-                primary_bucket=bucket_of(p_out), shadow_bucket=bucket_of(s_out) if s_out else None,
-                primary_latency_ms=item.primary_latency_ms, shadow_latency_ms=latency_ms,
-                shadow_error=err, segment=segment_values(specs, row, item.tags), created_at=now))
+            self.writer.put({
+                "request_id": item.request_id, "row": item.row_ids[i] if item.row_ids else i, "name": item.name, "primary_version": item.primary_version,
+                "shadow_version": target.version, "primary_score": ps, "shadow_score": ss,
+                "divergence": abs(ps - ss) if ps is not None and ss is not None else None,
+                "primary_decision": pd_, "shadow_decision": sd, "decision_changed": bool(changed),
+                "primary_bucket": bucket_of(p_out), "shadow_bucket": bucket_of(s_out) if s_out else None,
+                "primary_latency_ms": item.primary_latency_ms, "shadow_latency_ms": latency_ms,
+                "shadow_error": err, "segment": segment_values(specs, row, item.tags), "created_at": now})
         if not err and self._compared is not None:
             self._compared.labels(*labels).inc(len(item.rows))
             if changed_n:
@@ -326,9 +327,16 @@ class ShadowService:
 
     def report(self, name: str, *, shadow_version: str | None = None, since: dt.datetime | None = None,
                criteria: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        from pydantic import ValidationError as PydanticValidationError
+
         from cloud_hub.shadow.report import ReportCriteria, build_report
 
-        crit = ReportCriteria(**(criteria or {}))
+        try:
+            crit = ReportCriteria(**(criteria or {}))
+        except PydanticValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err.get("loc", ())) or "criteria"
+            raise ValidationError(f"{field}: {err.get('msg')}", field=field) from exc
         recs = self.records(name, shadow_version, since)
         versions = sorted({r["shadow_version"] for r in recs})
         if shadow_version is None and not versions:

@@ -30,7 +30,6 @@ def weak_bundle(tmp_path_factory, cancer_data, keypair) -> Path:
 @pytest.fixture(scope="session")
 def slow_bundle(tmp_path_factory, cancer_data, keypair) -> Path:
     """A real, deliberately slow model of the same contract: 30 → 1024, then 40 × (1024×1024 + tanh)."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

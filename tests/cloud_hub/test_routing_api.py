@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from routing_support)
 """HTTP surface of champion/challenger and shadow: roles, bad input, and a hub restart (SQLite + PostgreSQL)."""
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def api(tmp_path, keypair, cancer_bundle, weak_bundle):
 
 
 def test_split_feedback_evaluate_promote_over_http(api, cancer_data):
-    c, hub = api
+    c, _hub = api
     x, y, names = cancer_data
     assert c.put("/v1/models/cancer/split", json={"challenger_fraction": 0.5}, headers=H_CLIENT).status_code == 403
     assert c.put("/v1/models/cancer/split", json={"challenger_fraction": 0.5}).status_code == 401
@@ -66,8 +67,13 @@ def test_split_feedback_evaluate_promote_over_http(api, cancer_data):
     assert r.json() == {"stored": len(fb), "matched": len(fb), "unmatched": 0}
     st = c.get("/v1/models/cancer/split/stats", headers=H_VIEWER).json()
     assert st["groups"]["challenger"]["requests"] == list(groups.values()).count("challenger")
-    r = c.post("/v1/models/cancer/evaluate", json={"decide_on": "nope"}, headers=H_VIEWER)
-    assert r.status_code == 422 and r.json()["field"] == "decide_on"
+    for bad, field in [({"decide_on": "nope"}, "decide_on"), ({"alpha": 2}, "alpha"),
+                       ({"min_samples": 0}, "min_samples"), ({"bogus": 1}, "bogus")]:
+        r = c.post("/v1/models/cancer/evaluate", json=bad, headers=H_VIEWER)
+        assert r.status_code == 422 and r.json()["field"] == field, r.text
+    r = c.put("/v1/models/cancer/split", json={"challenger_fraction": 0.5, "evaluation": {"alpha": -1}},
+              headers=H_ADMIN)
+    assert r.status_code == 422 and r.json()["field"] == "evaluation.alpha"
     ev = c.post("/v1/models/cancer/evaluate", json={"decide_on": "auc"}, headers=H_VIEWER).json()
     assert ev["verdict"] == "PROMOTE", ev["reasons"]
     assert ev["tests"]["auc"]["test"] == "delong" and ev["tests"]["auc"]["p_value"] < 0.05
@@ -84,7 +90,7 @@ def test_split_feedback_evaluate_promote_over_http(api, cancer_data):
 
 
 def test_shadow_over_http(api, cancer_data):
-    c, hub = api
+    c, _hub = api
     x, _, names = cancer_data
     r = c.post("/v1/models/cancer/shadows", json={"version": "1.0.0", "segments": ["mean_radius:15"]},
                headers=H_CLIENT)

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from routing_support)
 """``cloud-hub split|evaluate|shadow`` against a real hub server process."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from routing_support)
 """Shadow deployments: mirrored off the critical path, comparison records, report numbers."""
 
 from __future__ import annotations
