@@ -1,0 +1,173 @@
+"""ONNX → Core ML mlprogram. Core ML cannot run on Linux: these tests check the package
+spec structurally (program type, inputs, flexible batch, outputs, op graph), the MIL
+translation numerically through coremltools' own value inference, and the bundle contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("coremltools")
+
+import format_fixtures as ff  # noqa: E402
+
+from converters.coreml import (MODEL_FILE, NUMERICAL_NOTE, CoreMLConfig, import_coremltools,  # noqa: E402
+                               onnx_to_coreml, supported_ops)
+from converters.onnx_source import ConversionError, UnsupportedOpsError  # noqa: E402
+from edge_runtime.bundle import read_bundle, verify_bundle  # noqa: E402
+from edge_runtime.errors import BundleError  # noqa: E402
+from edge_runtime.model import Model  # noqa: E402
+from edge_runtime.signing import load_public_key  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory, keypair):
+    root = tmp_path_factory.mktemp("cm-src")
+    cache: dict[str, object] = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            if kind == "cnn":
+                x, y, names = ff.digits()
+                onx = ff.train_cnn_head(ff.cnn_model(), x, y)
+                cache[kind] = ff.write_onnx_bundle(
+                    root / kind, onx, name="cnn", task="multiclass_classification", names=names,
+                    x_golden=x[:8], key=keypair[0],
+                    outputs=[{"name": "probabilities", "role": "probabilities"}])
+            else:
+                cache[kind] = ff.sklearn_bundle(root / kind, kind, keypair[0])
+        return cache[kind]
+    return get
+
+
+def _spec(bundle_dir):
+    ct = import_coremltools()
+    return ct.utils.load_spec(str(bundle_dir / "model.mlpackage"))
+
+
+def _ops(spec) -> list[str]:
+    fn = spec.mlProgram.functions["main"]
+    return [op.type for op in fn.block_specializations[fn.opset].operations]
+
+
+@pytest.mark.parametrize("kind,features,n_out,must_have", [
+    ("logreg", 30, 2, {"linear", "sigmoid", "sub", "mul"}),
+    ("mlp", 30, 2, {"linear", "relu", "sigmoid", "concat"}),
+    ("logreg_digits", 64, 10, {"linear", "softmax", "reduce_l1_norm"}),
+    ("mlp_digits", 64, 10, {"linear", "relu", "softmax"}),
+])
+def test_sklearn_models_spec_and_bundle(kind, features, n_out, must_have, src, tmp_path, keypair):
+    source = src(kind)
+    out = onnx_to_coreml(source, tmp_path / "cm", CoreMLConfig(key=keypair[0], max_batch=512))
+    report = verify_bundle(out, load_public_key(keypair[1]))
+    assert report.signed
+    b = read_bundle(out)
+    m, sm = b.manifest, read_bundle(source).manifest
+    assert m.format == "coreml" and m.model_file == MODEL_FILE
+    assert {"model.mlpackage/Data/com.apple.CoreML/model.mlmodel",
+            "model.mlpackage/Data/com.apple.CoreML/weights/weight.bin"} <= set(m.files)
+    assert m.inputs == sm.inputs and m.postprocess == sm.postprocess
+    assert m.golden == sm.golden  # numbers cannot be recomputed here: the source's stay
+    assert [o.name for o in m.outputs] == ["probabilities"]  # label output left out
+    prov = m.provenance
+    assert prov["source"]["sha256"] == sm.digest
+    assert prov["numerical_check"]["status"] == "not run"
+    assert "macOS" in prov["numerical_check"]["reason"] and "macOS" in NUMERICAL_NOTE
+    mil = prov["mil_value_check"]
+    assert mil["status"] == "passed" and mil["rows"] == 16 and mil["max_abs_diff"] < 1e-5
+
+    spec = _spec(out)
+    assert spec.WhichOneof("Type") == "mlProgram"
+    (inp,) = spec.description.input
+    assert inp.name == "X"
+    arr = inp.type.multiArrayType
+    assert list(arr.shape)[1:] == [features] and arr.dataType == arr.FLOAT32
+    assert arr.shapeRange.sizeRanges[0].lowerBound == 1
+    assert arr.shapeRange.sizeRanges[0].upperBound == 512
+    assert [o.name for o in spec.description.output] == ["probabilities"]
+    assert must_have <= set(_ops(spec))
+    # the engine refuses Core ML on Linux with a clear error, not a crash
+    with pytest.raises(BundleError, match="macOS"):
+        Model.load(out)
+
+
+def test_mil_numbers_match_onnx_beyond_golden(src, tmp_path, keypair):
+    """The same value-inference check on 200 real rows, outside the converter."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import Function, types
+
+    import onnx
+
+    from converters.coreml import MilGraph
+
+    source = read_bundle(src("mlp_digits"))
+    model = onnx.load(str(source.model_path))
+    x = ff.digits()[0][:200]
+    want = Model.load(source).engine.run({"X": x})[1]
+    g = MilGraph(model, ["probabilities"], mb, types)
+    with Function({}, import_coremltools().target.iOS15):
+        (out,) = g.build({"X": mb.const(val=x)})
+        np.testing.assert_allclose(out.val, want, atol=1e-5)
+
+
+def test_cnn_spec_keeps_nchw_and_conv_graph(src, tmp_path, keypair):
+    out = onnx_to_coreml(src("cnn"), tmp_path / "cm", CoreMLConfig(key=keypair[0]))
+    spec = _spec(out)
+    ops = _ops(spec)
+    assert ops.count("conv") == 3 and "max_pool" in ops and "avg_pool" in ops
+    assert "reduce_mean" in ops and "softmax" in ops and "linear" in ops
+    prov = read_bundle(out).manifest.provenance
+    assert prov["coreml_ops"]["conv"] == 3
+    assert prov["mil_value_check"]["status"] == "not computable"
+    assert "conv" in prov["mil_value_check"]["reason"]
+
+
+def test_float16_precision_loosens_golden_atol(src, tmp_path, keypair):
+    out = onnx_to_coreml(src("logreg"), tmp_path / "cm16",
+                         CoreMLConfig(key=keypair[0], compute_precision="float16"))
+    m = read_bundle(out).manifest
+    assert m.provenance["compute_precision"] == "float16"
+    assert all(g.atol >= 1e-2 for g in m.golden)
+
+
+def test_bad_config_and_inputs(src, tmp_path, keypair, monkeypatch):
+    with pytest.raises(ConversionError, match="compute_precision"):
+        onnx_to_coreml(src("logreg"), tmp_path / "a", CoreMLConfig(key=keypair[0],
+                                                                   compute_precision="int4"))
+    with pytest.raises(ConversionError, match="minimum_deployment_target"):
+        onnx_to_coreml(src("logreg"), tmp_path / "a", CoreMLConfig(
+            key=keypair[0], minimum_deployment_target="iOS11"))
+    monkeypatch.delenv("EDGE_CONVERT_KEY", raising=False)
+    with pytest.raises(ConversionError, match="no signing key"):
+        onnx_to_coreml(src("logreg"), tmp_path / "a", CoreMLConfig())
+    assert not (tmp_path / "a").exists()
+
+
+def test_unsupported_ops_listed_and_nothing_written(src, tmp_path, keypair):
+    gb = ff.sklearn_bundle(tmp_path / "gb-src", "gboost", keypair[0])
+    with pytest.raises(UnsupportedOpsError, match="TreeEnsembleClassifier") as err:
+        onnx_to_coreml(gb, tmp_path / "gb", CoreMLConfig(key=keypair[0]))
+    assert err.value.to_dict()["code"] == "unsupported_ops"
+    assert not (tmp_path / "gb").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gb-src"]
+
+
+def test_corrupt_onnx(tmp_path, keypair):
+    from edge_runtime.bundle import write_bundle
+
+    bad = write_bundle(tmp_path / "corrupt", {
+        "name": "corrupt", "version": "1", "format": "onnx", "model_file": "model.onnx",
+        "task": "raw", "inputs": {"kind": "features", "tensor": "X",
+                                  "features": [{"name": "a"}]}},
+        {"model.onnx": b"garbage, not protobuf"}, key=keypair[0]).root
+    with pytest.raises(ConversionError, match="not a valid ONNX model"):
+        onnx_to_coreml(bad, tmp_path / "out", CoreMLConfig(key=keypair[0]))
+    assert not (tmp_path / "out").exists()
+
+
+def test_registry_covers_the_issue_op_set():
+    ops = supported_ops()
+    for op in ("Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid", "Tanh", "Softmax",
+               "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
+               "Concat", "Identity", "Cast", "LinearClassifier", "Normalizer", "Scaler"):
+        assert op in ops, op
