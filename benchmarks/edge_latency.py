@@ -36,9 +36,9 @@ import numpy as np
 def build_bundle(out: Path, key: Path) -> Path:
     import onnxruntime
     import sklearn
+    from skl2onnx import to_onnx
     from sklearn.datasets import load_breast_cancer
     from sklearn.neural_network import MLPClassifier
-    from skl2onnx import to_onnx
 
     from edge_runtime.bundle import write_bundle
 

@@ -18,8 +18,9 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from edge_runtime import __version__
 from edge_runtime.errors import EdgeError, ValidationError

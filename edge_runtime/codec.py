@@ -8,9 +8,10 @@ refuses the same bad input with the same message.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from itertools import chain
 from operator import itemgetter
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ class RowCodec:
         getter = self._getter  # operator.itemgetter: the per-row lookups run in C
         try:
             values = [getter(row) for row in rows]
-        except KeyError as exc:
+        except KeyError:
             self._raise_row_problem(rows)
             raise  # pragma: no cover
         except TypeError:
@@ -112,7 +113,7 @@ class RowCodec:
         for v in vals:
             t = type(v)
             if t is float:
-                if v != v:
+                if v != v:  # noqa: PLR0124  (NaN test, faster than math.isnan here)
                     return None
             elif t is not int:
                 return None

@@ -23,9 +23,10 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -179,7 +180,7 @@ class Daemon:
                 log.exception("prediction observer %r failed", obs)
 
     # ---- life cycle -------------------------------------------------------------------
-    def start(self) -> "Daemon":
+    def start(self) -> Daemon:
         """Start the local API (if enabled) and the services; returns at once."""
         from edge_runtime.local_api import LocalApi
 
@@ -233,10 +234,10 @@ class Daemon:
         finally:
             self.stop()
 
-    def __enter__(self) -> "Daemon":
+    def __enter__(self) -> Daemon:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 

@@ -56,14 +56,14 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "edge-runtime"
     timeout = 120  # idle keep-alive connections are closed after this
-    api: "LocalApi"
+    api: LocalApi
 
     def setup(self) -> None:
         super().setup()
         if self.connection.family in (socket.AF_INET, socket.AF_INET6):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("local api: " + format, *args)
 
     # ---- routing ---------------------------------------------------------------------
@@ -244,7 +244,7 @@ class _UnixServer(_Tracking, socketserver.ThreadingMixIn, socketserver.UnixStrea
 class LocalApi:
     """The local endpoint of one :class:`Daemon`; ``start()`` runs it in threads."""
 
-    def __init__(self, daemon: "Daemon", host: str = "127.0.0.1", port: int = 8700, *,
+    def __init__(self, daemon: Daemon, host: str = "127.0.0.1", port: int = 8700, *,
                  unix_socket: str | Path | None = None, max_body_bytes: int = 1 << 20,
                  max_rows: int = 10_000) -> None:
         self.daemon = daemon
@@ -294,7 +294,7 @@ class LocalApi:
             out.append(f"unix:{self.unix_socket}")
         return out
 
-    def start(self) -> "LocalApi":
+    def start(self) -> LocalApi:
         for srv in self._servers:
             t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2},
                                  name=f"local-api-{type(srv).__name__}", daemon=True)

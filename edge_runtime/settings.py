@@ -123,7 +123,7 @@ class EdgeSettings(BaseSettings):
         return v
 
     @model_validator(mode="after")
-    def _no_placeholder_secrets(self) -> "EdgeSettings":
+    def _no_placeholder_secrets(self) -> EdgeSettings:
         pw = self.mqtt.password
         if not self.dev and pw is not None and pw.get_secret_value().lower() in PLACEHOLDER_SECRETS:
             raise ValueError("mqtt.password is a placeholder; set a real secret (or dev = true)")
@@ -179,5 +179,5 @@ def _resolve_paths(s: EdgeSettings, base: Path) -> None:
     s.mqtt.certfile = fix(s.mqtt.certfile)
     s.mqtt.keyfile = fix(s.mqtt.keyfile)
     s.local_api.unix_socket = fix(s.local_api.unix_socket)
-    if not Path(s.device.profile).suffix == "":
+    if Path(s.device.profile).suffix:
         s.device.profile = str(fix(Path(s.device.profile)))

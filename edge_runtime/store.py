@@ -45,13 +45,14 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
-from edge_runtime.bundle import Bundle, _extract_tar, read_bundle, verify_bundle
+from edge_runtime.bundle import _extract_tar, read_bundle, verify_bundle
 from edge_runtime.engines import EngineOptions
 from edge_runtime.errors import BundleError, ConflictError, EdgeError, NotFoundError, StoreError
 from edge_runtime.model import Model
@@ -256,10 +257,10 @@ class ModelStore:
             self._lockfile.close()
             self._lockfile = None
 
-    def __enter__(self) -> "ModelStore":
+    def __enter__(self) -> ModelStore:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ---- reading ------------------------------------------------------------------

@@ -123,7 +123,7 @@ def test_tflite_engine_matches_onnx_on_the_whole_dataset(cancer_bundle, cancer_t
 
 
 def test_tflite_mlp_parity_and_threads(mlp_bundles):
-    onnx_b, tfl_b, x, names, est = mlp_bundles
+    onnx_b, tfl_b, x, _names, est = mlp_bundles
     onnx_m = Model.load(onnx_b)
     tfl_m = Model.load(tfl_b, EngineOptions(intra_op_threads=2))
     s_onnx, s_tfl = onnx_m.score_array(x), tfl_m.score_array(x)

@@ -36,7 +36,7 @@ def _kill_at(point: str, store_dir: Path, bundle: Path, pub: Path, tmp: Path) ->
         deadline = time.monotonic() + 60
         while not marker.exists():
             if proc.poll() is not None:
-                out, err = proc.communicate()
+                _out, err = proc.communicate()
                 pytest.fail(f"install child exited ({proc.returncode}) before {point}: {err.decode()}")
             if time.monotonic() > deadline:
                 pytest.fail(f"install child never reached {point}")
