@@ -253,10 +253,10 @@ def _check_one(src, b: Bundle, smp: Sample, cfg: CheckConfig, threads: int, pub)
         x = _input_for(model, smp)
         scores = _score_all(model, x)
         rep.runnable = True
-        rep.single = _time(lambda i: model.score_array(x[i % len(x): i % len(x) + 1]),
+        rep.single = _time(lambda i: _score(model, x[i % len(x): i % len(x) + 1]),
                            cfg.single_runs)
         bx = _batch(x, cfg.batch_size)
-        rep.batch = _time(lambda i: model.score_array(bx), cfg.batch_runs)
+        rep.batch = _time(lambda i: _score(model, bx), cfg.batch_runs)
         labels = None
         if scores.label_index is not None:
             cl = model.classes
@@ -280,10 +280,17 @@ def _input_for(model, smp: Sample) -> np.ndarray:
     return smp.x.astype(np.float32 if spec.dtype == "float32" else spec.dtype)
 
 
+def _score(model, x: np.ndarray):
+    """Vectorised scores for feature rows or for a raw-tensor model (e.g. a CNN)."""
+    if model.codec is not None:
+        return model.score_array(x)
+    return model._scores(model.run_tensors({model.engine.inputs[0].name: x}))
+
+
 def _score_all(model, x: np.ndarray):
     from edge_runtime.model import Scores
 
-    parts = [model.score_array(x[i:i + 256]) for i in range(0, len(x), 256)]
+    parts = [_score(model, x[i:i + 256]) for i in range(0, len(x), 256)]
     if len(parts) == 1:
         return parts[0]
 
@@ -390,10 +397,21 @@ def _source_reference(source: Any, smp: Sample, m):
     return p, [str(classes[i]) for i in idx], None, name
 
 
+def cpu_model() -> str:
+    """The CPU model name (``/proc/cpuinfo`` on Linux), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _machine() -> dict[str, Any]:
     import onnxruntime
 
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    info = {"platform": platform.platform(), "processor": cpu_model(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__}
     try:
