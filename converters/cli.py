@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="bundle directory to create")
     t.add_argument("--int8", action="store_true",
                    help="INT8 weights (dynamic range, per-channel scales)")
+    t.add_argument("--int8-min-elements", type=int,
+                   help="weights smaller than this stay float32 (default 1024, as TensorFlow)")
+    t.add_argument("--atol", type=float,
+                   help="max |diff| vs the source accepted (default 1e-4; 0.1 with --int8)")
+    t.add_argument("--version", help="version of the new bundle (default: the source's)")
     t.add_argument("--key", help=key_help)
     t.add_argument("--public-key", help="verify the source bundle's signature with this key")
     t.set_defaults(func=cmd_tflite)
@@ -107,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "need macOS.")
     c.add_argument("bundle", help="source ONNX bundle")
     c.add_argument("--out", required=True, help="bundle directory to create")
+    c.add_argument("--precision", choices=["float32", "float16"],
+                   help="compute precision of the program (default float32)")
+    c.add_argument("--max-batch", type=int, help="upper bound of the flexible batch (4096)")
+    c.add_argument("--version", help="version of the new bundle (default: the source's)")
     c.add_argument("--key", help=key_help)
     c.add_argument("--public-key", help="verify the source bundle's signature with this key")
     c.set_defaults(func=cmd_coreml)
@@ -182,14 +191,18 @@ def cmd_quantize(args) -> int:
 def cmd_tflite(args) -> int:
     fn = _lazy("converters.tflite", "onnx_to_tflite", "TFLite")
     out = fn(args.bundle, args.out, _config_for(fn, key=args.key, int8_weights=args.int8,
-                                                public_key=args.public_key))
+                                                public_key=args.public_key, atol=args.atol,
+                                                int8_min_elements=args.int8_min_elements,
+                                                version=args.version))
     _print_bundle(out)
     return 0
 
 
 def cmd_coreml(args) -> int:
     fn = _lazy("converters.coreml", "onnx_to_coreml", "Core ML")
-    out = fn(args.bundle, args.out, _config_for(fn, key=args.key, public_key=args.public_key))
+    out = fn(args.bundle, args.out, _config_for(fn, key=args.key, public_key=args.public_key,
+                                                compute_precision=args.precision,
+                                                max_batch=args.max_batch, version=args.version))
     _print_bundle(out)
     print("note: Core ML cannot run on Linux; the spec was validated here, numerical checks "
           "need macOS")
