@@ -92,6 +92,8 @@ class FleetAgent:
         self.reconciler.stop()
         if self.link is not None:
             self.link.stop(graceful=graceful)
+        self.last_seq = self.outbox.last_seq
+        self.unsent = self.outbox.count()
         self.outbox.close()
 
     def _timer_loop(self) -> None:

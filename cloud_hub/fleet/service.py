@@ -174,7 +174,7 @@ class FleetService:
             states = {r.device_id: r for r in conn.execute(q2)}
             desired = {r.device_id: r for r in conn.execute(q3)}
         out = []
-        for dev_id in sorted(set(regs) | set(states)):
+        for dev_id in sorted(set(regs) | set(states) | set(desired)):
             reg, st, de = regs.get(dev_id), states.get(dev_id), desired.get(dev_id)
             doc = (st.state if st is not None else None) or {}
             rec = DeviceRecord(

@@ -42,15 +42,25 @@ def make_hub(tmp_path):
 class MosquittoProcess:
     """A private mosquitto on a free port (killed by its PID), for restart and ACL tests."""
 
-    def __init__(self, workdir: Path, passwd: Path | None = None, acl: Path | None = None) -> None:
+    def __init__(self, workdir: Path, passwd: Path | None = None, acl: Path | None = None,
+                 persist: bool = False) -> None:
         self.workdir = workdir
+        self.persist = persist
         self.port = free_port()
         self.passwd, self.acl = passwd, acl
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "MosquittoProcess":
         conf = self.workdir / f"mosquitto-{self.port}.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "persistence false"]
+        lines = [f"listener {self.port} 127.0.0.1"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:  # as root, mosquitto would drop to a user that
+            lines += ["user root"]                        # cannot read the test's private temp dir
+        if self.persist:  # production setting: queued QoS 1 messages survive a broker restart
+            store = self.workdir / f"mosq-{self.port}"
+            store.mkdir(exist_ok=True)
+            lines += ["persistence true", f"persistence_location {store}/", "autosave_interval 1"]
+        else:
+            lines += ["persistence false"]
         if self.passwd:
             lines += ["allow_anonymous false", f"password_file {self.passwd}"]
         else:
@@ -98,9 +108,9 @@ def own_mosquitto(tmp_path):
     """Factory: start a private mosquitto (optionally with passwd/acl files); all stopped at the end."""
     procs: list[MosquittoProcess] = []
 
-    def start(passwd: Path | None = None, acl: Path | None = None) -> MosquittoProcess:
+    def start(passwd: Path | None = None, acl: Path | None = None, persist: bool = False) -> MosquittoProcess:
         _mosquitto_bin()
-        m = MosquittoProcess(tmp_path, passwd, acl).start()
+        m = MosquittoProcess(tmp_path, passwd, acl, persist).start()
         procs.append(m)
         return m
 
@@ -117,3 +127,75 @@ def wait_for(cond, timeout: float = 15.0, interval: float = 0.05, what: str = "c
             return v
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def cancer_bundle_v2(tmp_path_factory, cancer_data, keypair) -> Path:
+    """A second, different model (stronger regularisation) as version 2.0.0."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tests.conftest import build_sklearn_bundle
+
+    x, y, names = cancer_data
+    est = make_pipeline(StandardScaler(), LogisticRegression(C=0.005, max_iter=500)).fit(x, y)
+    out = tmp_path_factory.mktemp("bundles") / "cancer-2.0.0"
+    return build_sklearn_bundle(out, est, x, names, key=keypair[0], version="2.0.0")
+
+
+@pytest.fixture
+def bundle_server(tmp_path):
+    """A real HTTP server (thread, free port) serving bundle tars: ``serve(path) -> url``."""
+    import http.server
+    import threading
+    from functools import partial
+
+    from edge_runtime.bundle import pack_bundle
+
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+
+    def serve(bundle_dir: Path, name: str | None = None) -> str:
+        name = name or bundle_dir.name + ".tar"
+        pack_bundle(bundle_dir, root / name)
+        return f"http://127.0.0.1:{server.server_address[1]}/{name}"
+
+    serve.root = root
+    yield serve
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def make_agent(tmp_path, keypair):
+    """Factory for a device: a real ModelStore + FleetAgent; everything stopped at the end."""
+    from edge_runtime.agent import FleetAgent
+    from edge_runtime.mqtt import MqttConfig
+    from edge_runtime.store import ModelStore
+
+    made = []
+
+    def make(device_id: str, *, url: str | None, prefix: str, bundle: Path | None = None,
+             interval_s: float = 0.25, username: str | None = None, password: str | None = None, **kw):
+        store = ModelStore(tmp_path / device_id / "store", "x86-gateway", [keypair[1]], latency_runs=10)
+        if bundle is not None:
+            store.install(bundle)
+        mqtt = MqttConfig(url=url, username=username, password=password) if url else None
+        agent = FleetAgent(device_id, store, mqtt=mqtt, data_dir=tmp_path / device_id / "fleet", prefix=prefix,
+                           interval_s=interval_s, profile="x86-gateway", tags={"region": "eu"}, **kw)
+        made.append((agent, store))
+        return agent
+
+    yield make
+    for agent, store in made:
+        try:
+            agent.stop(graceful=False, flush=False)
+        except Exception:
+            pass
+        store.close()

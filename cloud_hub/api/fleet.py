@@ -1,0 +1,91 @@
+"""Fleet routes: the device registry, what each device runs, its events, fleet stats."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from cloud_hub.api.deps import Admin, HubDep, Viewer
+
+router = APIRouter(tags=["fleet"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid API key"},
+    403: {"description": "The key's role does not allow this"},
+    404: {"description": "Unknown device"},
+    422: {"description": "Invalid request field"},
+}
+
+
+class RegisterBody(BaseModel):
+    id: str = Field(description="Device id (MQTT user name and topic segment).")
+    tags: dict[str, str] = Field(default_factory=dict, description="Cohort labels, e.g. region=eu.")
+    profile: str = Field("", description="Device profile name, e.g. rpi4.")
+    password: str | None = Field(None, min_length=8, description="MQTT password; stored hashed only.")
+    generate_password: bool = Field(False, description="Create a random MQTT password (returned once).")
+
+
+class DesiredBody(BaseModel):
+    id: str = Field(description="Document id; a device applies each id once.")
+    bundles: dict[str, Any] = Field(default_factory=dict, description="slot → {name, version, url, sha256} or null.")
+    rollout_id: str | None = None
+
+
+@router.get("/v1/devices", responses=ERRORS)
+def list_devices(hub: HubDep, _: Viewer,
+                 selector: Annotated[str | None, Query(description="tags, e.g. region=eu,ring=canary")] = None,
+                 online: bool | None = None) -> dict[str, Any]:
+    recs = hub.fleet.devices(selector, online=online)
+    return {"devices": [r.to_dict() for r in recs], "count": len(recs)}
+
+
+@router.post("/v1/devices", responses=ERRORS, status_code=201)
+def register_device(body: RegisterBody, hub: HubDep, _: Admin) -> dict[str, Any]:
+    rec = hub.fleet.register_device(body.id, body.tags, body.profile, password=body.password,
+                                    generate_password=body.generate_password)
+    out = rec.to_dict()
+    if body.generate_password and rec.password:
+        out["password"] = rec.password  # shown once; only the hash is stored
+    return out
+
+
+@router.get("/v1/devices/{device_id}", responses=ERRORS)
+def show_device(device_id: str, hub: HubDep, _: Viewer,
+                events: Annotated[int, Query(ge=0, le=1000)] = 20) -> dict[str, Any]:
+    rec = hub.fleet.device(device_id)
+    out = rec.to_dict()
+    out["events"] = [e.model_dump(mode="json") for e in hub.fleet.events(device_id=device_id, limit=events)]
+    out["windows"] = hub.fleet.window_count(device_id)
+    return out
+
+
+@router.get("/v1/devices/{device_id}/events", responses=ERRORS)
+def device_events(device_id: str, hub: HubDep, _: Viewer, since: float | None = None,
+                  limit: Annotated[int, Query(ge=1, le=10000)] = 200) -> dict[str, Any]:
+    hub.fleet.device(device_id)
+    return {"events": [e.model_dump(mode="json") for e in hub.fleet.events(device_id=device_id, since=since,
+                                                                           limit=limit)]}
+
+
+@router.put("/v1/devices/{device_id}/desired", responses=ERRORS)
+def put_desired(device_id: str, body: DesiredBody, hub: HubDep, _: Admin) -> dict[str, Any]:
+    doc = hub.fleet.set_desired(device_id, body.model_dump())
+    return doc.model_dump(mode="json")
+
+
+@router.get("/v1/fleet/stats", responses=ERRORS)
+def fleet_stats(hub: HubDep, _: Viewer, model: str | None = None,
+                by: Annotated[str, Query(description="version | tag | device | slot")] = "version",
+                tag: Annotated[str | None, Query(description="tag key for by=tag")] = None,
+                slot: str | None = None, since: float | None = None) -> dict[str, Any]:
+    return {"model": model, "by": by, "groups": hub.fleet.stats(model, by=by, tag=tag, slot=slot, since=since)}
+
+
+@router.get("/v1/fleet/ingest", responses=ERRORS)
+def ingest_status(hub: HubDep, _: Viewer) -> dict[str, Any]:
+    ing = hub.fleet.ingest
+    return {"mqtt_url": hub.fleet.mqtt_url, "embedded_broker": hub.fleet.broker is not None,
+            "connected": bool(ing and ing.connected.is_set()), "backlog": ing.backlog if ing else 0,
+            "stats": dict(ing.stats) if ing else {}}
