@@ -37,7 +37,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("edge_runtime.local_api")
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+_MAX_LINE = 65536
+_MAX_HEADERS = 100
+
+_REASONS = {200: "OK", 400: "Bad Request", 431: "Request Header Fields Too Large", 404: "Not Found", 405: "Method Not Allowed",
             411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
             422: "Unprocessable Content", 500: "Internal Server Error", 503: "Service Unavailable"}
 
@@ -62,6 +65,45 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         if self.connection.family in (socket.AF_INET, socket.AF_INET6):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def parse_request(self) -> bool:
+        """A lean HTTP/1.x request parser (the stdlib one builds an email.Message per request).
+
+        Header names are lower-cased into a dict; HTTP/1.1 keeps the connection open
+        unless the client says ``Connection: close`` (HTTP/1.0 only with keep-alive).
+        """
+        self.command = None
+        self.request_version = self.default_request_version
+        self.close_connection = True
+        line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        self.requestline = line
+        words = line.split()
+        if len(words) != 3 or not words[2].startswith("HTTP/1."):
+            self._error(400, "bad_request", f"bad request line {line[:80]!r}", None)
+            return False
+        self.command, self.path, self.request_version = words
+        headers: dict[str, str] = {}
+        while True:
+            raw = self.rfile.readline(_MAX_LINE + 1)
+            if len(raw) > _MAX_LINE or len(headers) >= _MAX_HEADERS:
+                self._error(431, "headers_too_large", "request headers are too large", "headers")
+                return False
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, sep, value = raw.decode("iso-8859-1").partition(":")
+            if not sep:
+                self._error(400, "bad_request", f"malformed header line {raw[:80]!r}", "headers")
+                return False
+            headers[name.strip().lower()] = value.strip()
+        self.headers = headers  # type: ignore[assignment]
+        conn = headers.get("connection", "").lower()
+        if self.request_version == "HTTP/1.0":
+            self.close_connection = conn != "keep-alive"
+        else:
+            self.close_connection = conn == "close"
+        if headers.get("expect", "").lower() == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("local api: " + format, *args)
@@ -107,12 +149,12 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- /predict ----------------------------------------------------------------------
     def _read_json(self) -> Any:
         h = self.headers
-        ctype = h.get("Content-Type")
+        ctype = h.get("content-type")
         if ctype and ctype.split(";", 1)[0].strip().lower() not in ("application/json", "text/json"):
             self._drain()
             raise _HttpError(415, "unsupported_media_type",
                              f"Content-Type must be application/json, not {ctype}", "Content-Type")
-        length = h.get("Content-Length")
+        length = h.get("content-length")
         if length is None:
             raise _HttpError(411, "length_required",
                              "send a Content-Length header (chunked bodies are not accepted)",
@@ -167,7 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- responses --------------------------------------------------------------------------
     def _drain(self) -> None:
-        n = self.headers.get("Content-Length")
+        n = self.headers.get("content-length")
         if n and n.isdigit() and int(n) <= self.api.max_body_bytes:
             self.rfile.read(int(n))
         else:

@@ -180,3 +180,33 @@ def test_store_backed_daemon_without_a_model_answers_503(tmp_path, keypair, canc
         assert status == 200 and body["model"]["version"] == "1.0.0"
         assert call(c, "GET", "/models")[1]["models"]["previous"] is None
         c.close()
+
+
+def _raw(daemon, data: bytes) -> bytes:
+    with socket.create_connection((daemon.api.host, daemon.api.port), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+@pytest.mark.parametrize("request_bytes,status", [
+    (b"GARBAGE\r\n\r\n", b"400"),
+    (b"GET /health HTTP/2.0\r\n\r\n", b"400"),
+    (b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n", b"400"),
+    (b"GET /health HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n", b"431"),
+])
+def test_malformed_requests_get_a_json_error_and_close(daemon, request_bytes, status):
+    out = _raw(daemon, request_bytes)  # returns once the server closes the connection
+    assert out.startswith(b"HTTP/1.1 " + status)
+    assert b'"code"' in out
+
+
+def test_http10_and_connection_close_end_the_connection(daemon, rows):
+    out = _raw(daemon, b"GET /health HTTP/1.0\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and b"Connection: close" in out
+    body = json.dumps(rows[0]).encode()
+    out = _raw(daemon, b"POST /predict HTTP/1.1\r\nExpect: 100-continue\r\nConnection: close\r\n"
+               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200")
