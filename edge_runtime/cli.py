@@ -105,8 +105,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for key in ("host", "port", "unix_socket"):
         if getattr(args, key) is not None:
             api[key] = getattr(args, key)
-    store: dict[str, Any] = {"public_keys": args.public_key or []}
-    overrides: dict[str, Any] = {"local_api": api, "store": store}
+    overrides: dict[str, Any] = {"local_api": api}
+    if args.public_key:
+        overrides["store"] = {"public_keys": args.public_key}
     if args.profile:
         overrides["device"] = {"profile": args.profile}
     settings = _settings(args, **overrides)
