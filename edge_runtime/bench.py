@@ -4,7 +4,8 @@ Used by ``edge-runtime bench`` and ``benchmarks/edge_latency.py``. Paths
 measured on the same model in the same process, interleaved in blocks so a
 noisy neighbour hurts every path alike:
 
-- ``raw``: ``onnxruntime.InferenceSession.run`` on a pre-encoded array (ONNX only);
+- ``raw``: ``onnxruntime.InferenceSession.run`` on a pre-encoded array (ONNX), or a plain
+  LiteRT interpreter's set_tensor/invoke/get_tensor (TFLite);
 - ``in_process``: ``Model.predict(rows)`` — named-feature mapping, validation,
   engine, post-processing to result dicts;
 - ``http``: ``POST /predict`` to a local API on 127.0.0.1 over one keep-alive
@@ -74,6 +75,26 @@ def raw_session(model: Model):
     return ort.InferenceSession(str(model.bundle.model_path), so, providers=["CPUExecutionProvider"])
 
 
+def raw_tflite_call(model: Model, x) -> Call:
+    """A plain LiteRT interpreter sized for ``x``: set_tensor, invoke, get_tensor(s)."""
+    from edge_runtime.engines.tflite import load_interpreter_class
+
+    threads = getattr(model.engine, "threads", 1)
+    interp = load_interpreter_class()(model_path=str(model.bundle.model_path), num_threads=threads)
+    inp = interp.get_input_details()[0]
+    interp.resize_tensor_input(inp["index"], list(x.shape))
+    interp.allocate_tensors()
+    idx = inp["index"]
+    outs = [d["index"] for d in interp.get_output_details()]
+
+    def call():
+        interp.set_tensor(idx, x)
+        interp.invoke()
+        return [interp.get_tensor(o) for o in outs]
+
+    return call
+
+
 def bench_model(model: Model, *, runs: int = 5000, batch: int = 64,
                 http_url: str | None = None) -> dict[str, Any]:
     """Single-row and batch latency of the in-process path (and raw ORT / HTTP when given)."""
@@ -90,6 +111,9 @@ def bench_model(model: Model, *, runs: int = 5000, batch: int = 64,
         name = model.engine.inputs[0].name if len(model.engine.inputs) == 1 else model._feed_name
         single["raw_session_run"] = lambda: sess.run(None, {name: x1})
         batched["raw_session_run"] = lambda: sess.run(None, {name: xb})
+    elif model.manifest.format == "tflite":
+        single["raw_interpreter_invoke"] = raw_tflite_call(model, x1)
+        batched["raw_interpreter_invoke"] = raw_tflite_call(model, xb)
     single["in_process_predict"] = lambda: model.predict(row)
     batched["in_process_predict"] = lambda: model.predict(rows[:batch])
     http_runs = runs
@@ -125,12 +149,13 @@ def bench_model(model: Model, *, runs: int = 5000, batch: int = 64,
         out["single_row"].update(h1)
         out["batch"].update(hb)
         conn.close()
-    raw = out["single_row"].get("raw_session_run")
-    if raw:
+    raw_name = next((k for k in ("raw_session_run", "raw_interpreter_invoke")
+                     if k in out["single_row"]), None)
+    if raw_name:
         ip = out["single_row"]["in_process_predict"]
-        out["ratio_single_p50"] = round(ip["p50_us"] / raw["p50_us"], 3)
+        out["ratio_single_p50"] = round(ip["p50_us"] / out["single_row"][raw_name]["p50_us"], 3)
         out["ratio_batch_p50"] = round(out["batch"]["in_process_predict"]["p50_us"]
-                                       / out["batch"]["raw_session_run"]["p50_us"], 3)
+                                       / out["batch"][raw_name]["p50_us"], 3)
     return out
 
 
@@ -141,6 +166,6 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(f"{name:<22}{n:>6}{s['p50_us']:>11.2f}{s['p99_us']:>11.2f}"
                          f"{s['mean_us']:>11.2f}")
     if "ratio_single_p50" in result:
-        lines.append(f"in-process / raw session.run (p50): single {result['ratio_single_p50']}×, "
+        lines.append(f"in-process / raw engine call (p50): single {result['ratio_single_p50']}×, "
                      f"batch {result['ratio_batch_p50']}×")
     return "\n".join(lines)

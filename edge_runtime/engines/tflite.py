@@ -52,7 +52,8 @@ class TFLiteEngine(Engine):
         options = options or EngineOptions()
         cls = load_interpreter_class()
         try:
-            self._interp = cls(model_path=str(path), num_threads=max(1, options.intra_op_threads))
+            self.threads = max(1, options.intra_op_threads)
+            self._interp = cls(model_path=str(path), num_threads=self.threads)
             self._interp.allocate_tensors()
         except Exception as exc:
             raise EngineError(f"TFLite cannot load {Path(path).name}: {exc}") from exc
@@ -70,25 +71,36 @@ class TFLiteEngine(Engine):
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._lock:
             try:
-                first = feeds[self._in[0]["name"]] if self._in[0]["name"] in feeds else next(iter(feeds.values()))
+                interp = self._interp
+                first = feeds.get(self._in[0]["name"])
+                if first is None:
+                    first = next(iter(feeds.values()))
                 n = first.shape[0] if first.ndim else 1
                 if n != self._batch:
                     for d in self._in:
                         shape = list(d["shape"])
                         shape[0] = n
-                        self._interp.resize_tensor_input(d["index"], shape)
-                    self._interp.allocate_tensors()
-                    self._in = self._interp.get_input_details()
-                    self._out = self._interp.get_output_details()
+                        interp.resize_tensor_input(d["index"], shape)
+                    interp.allocate_tensors()
+                    self._in = interp.get_input_details()
+                    self._out = interp.get_output_details()
                     self._batch = n
-                values = list(feeds.values())
-                for i, d in enumerate(self._in):
-                    arr = feeds.get(d["name"])
-                    if arr is None:
-                        arr = values[i]
-                    self._interp.set_tensor(d["index"], np.ascontiguousarray(arr, dtype=d["dtype"]))
-                self._interp.invoke()
-                return [self._interp.get_tensor(d["index"]).copy() for d in self._out]
+                if len(self._in) == 1:  # the common case: no dict walking
+                    d = self._in[0]
+                    arr = first
+                    if arr.dtype != d["dtype"] or not arr.flags.c_contiguous:
+                        arr = np.ascontiguousarray(arr, dtype=d["dtype"])
+                    interp.set_tensor(d["index"], arr)
+                else:
+                    values = list(feeds.values())
+                    for i, d in enumerate(self._in):
+                        arr = feeds.get(d["name"])
+                        if arr is None:
+                            arr = values[i]
+                        interp.set_tensor(d["index"], np.ascontiguousarray(arr, dtype=d["dtype"]))
+                interp.invoke()
+                # get_tensor already returns a copy (tensor() would be the view)
+                return [interp.get_tensor(d["index"]) for d in self._out]
             except EngineError:
                 raise
             except Exception as exc:
