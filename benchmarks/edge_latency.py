@@ -10,7 +10,9 @@ breast-cancer features, exported with skl2onnx) as a signed bundle, then in one 
    process serving the model store's active bundle) answering ``POST /predict`` on
    127.0.0.1 over one keep-alive connection (concurrency 1), with raw
    ``session.run`` timed again in the same run;
-3. RSS of that daemon process with the one model loaded (after the HTTP run).
+3. RSS of that daemon process with the one model loaded (after the HTTP run);
+4. the same MLP converted to TFLite (``converters.tflite``): ``Model.predict`` vs a raw
+   LiteRT interpreter (set_tensor / invoke / get_tensor).
 
     python benchmarks/edge_latency.py [--runs 20000] [--batch 64] [--json out.json]
 """
@@ -112,6 +114,19 @@ def main() -> None:
 
     in_process = bench_model(model, runs=args.runs, batch=args.batch)
 
+    # the same MLP as a TFLite bundle (the project's ONNX → TFLite converter), vs a raw
+    # LiteRT interpreter
+    tflite = None
+    try:
+        from converters.tflite import onnx_to_tflite
+        from converters.tflite.convert import TFLiteConfig
+
+        tfl_bundle = onnx_to_tflite(bundle, tmp / "mlp-tflite", TFLiteConfig(key=key))
+        tflite = bench_model(Model.load(tfl_bundle, profile.engine_options()),
+                             runs=args.runs, batch=args.batch)
+    except ImportError as exc:  # converters or ai-edge-litert not installed
+        print(f"TFLite part skipped: {exc}", file=sys.stderr)
+
     # the real daemon, serving the store's active model
     with ModelStore(tmp / "store", profile, pub) as store:
         install = store.install(bundle).to_dict()
@@ -152,6 +167,7 @@ def main() -> None:
                      "numpy": np.__version__},
         "profile": profile.name, "threads": profile.threads,
         "in_process": in_process,
+        "tflite_in_process": tflite,
         "http": {"single_row": http_single, "batch": http_batch, "batch_size": args.batch,
                  "single_row_p99_us_per_trial": p99s,
                  "concurrency": 1, "keep_alive": True},

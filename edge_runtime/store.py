@@ -199,7 +199,7 @@ class ModelStore:
         except sqlite3.Error as exc:
             raise StoreError(f"open: the journal {self.dir / 'journal.db'} is unusable: {exc}",
                              field="store.dir") from exc
-        self._db = db
+        self._db = _Db(db)
         self._recover()
 
     def _recover(self) -> None:
@@ -588,13 +588,14 @@ class ModelStore:
     @contextlib.contextmanager
     def _txn(self):
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with db.lock:  # readers in other threads wait for the commit, never see half of it
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def _slot_row(self, slot: str) -> SlotInfo | None:
         row = self._db.execute("SELECT slot, name, version, digest, format, installed_at "
@@ -662,6 +663,40 @@ class ModelStore:
                 os.replace(tmp, link)
             except OSError:
                 pass  # the links are a convenience; the journal is the truth
+
+
+class _Rows:
+    __slots__ = ("rows", "lastrowid")
+
+    def __init__(self, rows: list[tuple], lastrowid: int | None) -> None:
+        self.rows, self.lastrowid = rows, lastrowid
+
+    def fetchall(self) -> list[tuple]:
+        return self.rows
+
+    def fetchone(self) -> tuple | None:
+        return self.rows[0] if self.rows else None
+
+    def __iter__(self):
+        return iter(self.rows)
+
+
+class _Db:
+    """One SQLite connection shared by the daemon's threads: each statement (and each
+    transaction, via ``lock``) runs alone, and results are fetched before the lock drops."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.RLock()
+
+    def execute(self, sql: str, params: tuple = ()) -> _Rows:
+        with self.lock:
+            cur = self.conn.execute(sql, params)
+            return _Rows(cur.fetchall(), cur.lastrowid)
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
 
 
 def _check_slot(slot: str) -> None:

@@ -128,3 +128,34 @@ def test_bad_settings_name_the_field(tmp_path, text, field):
     with pytest.raises(ValidationError) as ei:
         load_settings(cfg)
     assert ei.value.field == field
+
+
+def test_predictions_never_fail_while_models_switch(store_daemon, cancer_bundle_v2, rows):
+    """Installs and rollbacks in one thread, predictions and /models reads in others."""
+    import threading
+
+    errors, versions = [], set()
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                versions.add(store_daemon.predict(rows[:2])["model"]["version"])
+                assert store_daemon.models()["active"] is not None
+            except Exception as exc:  # noqa: BLE001 - the test collects any failure
+                errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        store_daemon.store.install(cancer_bundle_v2)
+        for _ in range(4):
+            store_daemon.store.rollback()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert errors == []
+    assert versions <= {"1.0.0", "2.0.0"} and versions
+    assert store_daemon.model().version == "2.0.0"
