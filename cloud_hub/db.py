@@ -84,6 +84,8 @@ def migrate(engine: Engine) -> list[str]:
 
 # Modules that define tables and register migrations. Add yours here.
 TABLE_MODULES: list[str] = [
+    "cloud_hub.batch.tables",
+    "cloud_hub.stream.tables",
     "cloud_hub.rollouts.tables",
     "cloud_hub.routing.tables",
     "cloud_hub.shadow.tables",

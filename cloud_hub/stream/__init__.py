@@ -1,0 +1,1 @@
+"""Stream inference (see cloud_hub/stream/worker.py)."""
