@@ -718,7 +718,8 @@ def build_program(model, outputs: list[str], config: CoreMLConfig):
         prog.add_function("main", func)
     precision = ct.precision.FLOAT32 if config.compute_precision == "float32" else \
         ct.precision.FLOAT16
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):  # progress bars, macOS-library notices
         warnings.simplefilter("ignore")
         try:
             mlmodel = ct.convert(prog, convert_to="mlprogram", inputs=ct_inputs,
@@ -844,7 +845,7 @@ def onnx_to_coreml(src_bundle: str | Path | Bundle, out_dir: str | Path,
     mil = mil_value_check(src.onnx_model, outputs, src.bundle)
     with staging_dir(out) as stage:
         pkg = stage / PACKAGE
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             mlmodel.save(str(pkg))
         files = {f"{PACKAGE}/{p.relative_to(pkg).as_posix()}": p
