@@ -62,7 +62,10 @@ class IngestSubscriber:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.5, 10)
+        # reconnect faster than devices do (0.5 s … 30 s): Mosquitto 2.0.x does not restore *shared*
+        # subscriptions from its persistence file, so after a broker restart the hub must be
+        # subscribed again before the devices replay their buffered windows.
+        self.client.reconnect_delay_set(0.1, 1)
 
     def start(self) -> None:
         kw: dict[str, Any] = {}

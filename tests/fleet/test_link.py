@@ -163,7 +163,10 @@ def test_broker_restart_mid_run_loses_no_window(own_mosquitto, prefix, make_hub,
     agent.stop()  # graceful: the last window goes out too
     last = agent.last_seq
     assert agent.unsent == 0
-    wait_for(lambda: hub.fleet.window_count("dev-1") == last, timeout=20, what="every window")
+    try:
+        wait_for(lambda: hub.fleet.window_count("dev-1") == last, timeout=20, what="every window")
+    except AssertionError:
+        raise AssertionError(f"last={last} got {hub.fleet.window_seqs('dev-1')} {hub.fleet.ingest.stats}")
     assert hub.fleet.window_seqs("dev-1") == list(range(1, last + 1))
     agg = hub.fleet.window_stats(["dev-1"])
     assert agg.requests >= 100
