@@ -24,6 +24,7 @@ ROUTERS: list[str] = [
     "cloud_hub.api.oip",
     "cloud_hub.api.metrics",
     "cloud_hub.api.rollouts",
+    "cloud_hub.ui.routes",
 ]
 
 
@@ -38,6 +39,9 @@ def create_app(hub: Hub) -> FastAPI:
     from cloud_hub.api.middleware import install_middleware
 
     install_middleware(app, hub)  # request ids, body limits, access log, HTTP metrics
+    from cloud_hub.ui.csrf import CSRFMiddleware
+
+    app.add_middleware(CSRFMiddleware)  # cookie sessions of the dashboard
     return app
 
 

@@ -1,0 +1,135 @@
+"""Server-side data for the dashboard's charts and overview.
+
+Fleet quantiles are computed from merged latency sketches per time bucket and
+version (``SlotAggregate``), never from averaged per-device p99s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import select
+
+from cloud_hub.fleet import tables as T
+from cloud_hub.fleet.aggregate import SlotAggregate
+from cloud_hub.rollouts.service import rollout_service
+
+
+def overview(hub: Any) -> dict[str, Any]:
+    devices = hub.fleet.devices()
+    online = sum(1 for d in devices if d.online)
+    by_profile = Counter(d.profile or "unknown" for d in devices)
+    by_tag: Counter[str] = Counter()
+    for d in devices:
+        for k, v in (d.tags or {}).items():
+            by_tag[f"{k}={v}"] += 1
+    versions: Counter[str] = Counter()
+    for d in devices:
+        b = d.running("active")
+        if b:
+            versions[f"{b.get('name')}:{b.get('version')}"] += 1
+    rollouts = rollout_service(hub).list()
+    models = {mv.name for mv in hub.registry.list()}
+    return {
+        "devices": {"total": len(devices), "online": online, "offline": len(devices) - online},
+        "by_profile": dict(by_profile), "by_tag": dict(by_tag), "running_versions": dict(versions),
+        "models": len(models),
+        "rollouts": {"total": len(rollouts),
+                     "active": sum(1 for r in rollouts if r["status"] in ("running", "paused",
+                                                                          "rolling_back", "aborting")),
+                     "recent": rollouts[:5]},
+        "ts": time.time(),
+    }
+
+
+def timeseries(hub: Any, model: str, *, since: float | None = None, buckets: int = 40,
+               slot: str = "active") -> dict[str, Any]:
+    """Fleet p99 / p50 latency, error rate and requests per version per time bucket."""
+    s = T.slot_stats
+    q = select(s.c.version, s.c.end, s.c.requests, s.c.errors, s.c.latency, s.c.device_id) \
+        .where(s.c.name == model, s.c.slot == slot)
+    if since is not None:
+        q = q.where(s.c.end >= since)
+    with hub.engine.connect() as conn:
+        rows = conn.execute(q.order_by(s.c.end)).all()
+    if not rows:
+        return {"model": model, "slot": slot, "bucket_s": None, "series": {}}
+    t0, t1 = rows[0].end, rows[-1].end
+    width = max((t1 - t0) / buckets, 1.0)
+    acc: dict[str, dict[int, SlotAggregate]] = {}
+    for r in rows:
+        b = int((r.end - t0) // width)
+        agg = acc.setdefault(r.version, {}).setdefault(b, SlotAggregate())
+        agg.add_row({"requests": r.requests, "errors": r.errors, "latency": r.latency,
+                     "device_id": r.device_id})
+    series = {}
+    for version, points in acc.items():
+        out = []
+        for b in sorted(points):
+            a = points[b]
+            p99, p50 = a.p99, a.p50
+            out.append({"t": t0 + (b + 1) * width, "requests": a.requests, "errors": a.errors,
+                        "error_rate": a.error_rate,
+                        "p99_ms": None if p99 is None else p99 * 1000.0,
+                        "p50_ms": None if p50 is None else p50 * 1000.0,
+                        "devices": a.devices_reporting})
+        series[version] = out
+    return {"model": model, "slot": slot, "bucket_s": width, "series": series}
+
+
+def distributions(hub: Any, model: str, *, since: float | None = None) -> dict[str, Any]:
+    """Score histograms per version (active slot) and the shadow divergence histogram."""
+    s = T.slot_stats
+    q = select(s.c.version, s.c.slot, s.c.scores, s.c.divergence, s.c.compared, s.c.decision_changed,
+               s.c.requests, s.c.errors, s.c.latency, s.c.device_id, s.c.decisions, s.c.dropped) \
+        .where(s.c.name == model)
+    if since is not None:
+        q = q.where(s.c.end >= since)
+    with hub.engine.connect() as conn:
+        rows = conn.execute(q).all()
+    per: dict[tuple[str, str], SlotAggregate] = {}
+    for r in rows:
+        per.setdefault((r.version, r.slot), SlotAggregate()).add_row(dict(r._mapping))
+    scores = {}
+    shadow = {}
+    for (version, slot), a in per.items():
+        if slot == "active" and a.scores is not None:
+            scores[version] = a.scores.to_dict()
+        if slot == "shadow":
+            shadow[version] = {"compared": a.compared, "decision_changed": a.decision_changed,
+                               "decision_change_rate": a.decision_change_rate,
+                               "divergence": a.divergence.to_dict() if a.divergence else None,
+                               "scores": a.scores.to_dict() if a.scores else None}
+    return {"model": model, "scores": scores, "shadow": shadow}
+
+
+def device_series(hub: Any, device_id: str, *, limit: int = 120) -> dict[str, Any]:
+    """Recent windows of one device: latency, errors, requests, shadow change rate, RSS."""
+    s, w = T.slot_stats, T.windows
+    with hub.engine.connect() as conn:
+        wins = conn.execute(select(w.c.seq, w.c.end, w.c.rss_bytes, w.c.cpu_percent)
+                            .where(w.c.device_id == device_id).order_by(w.c.end.desc()).limit(limit)).all()
+        seqs = [x.seq for x in wins]
+        stats = conn.execute(select(s).where(s.c.device_id == device_id, s.c.seq.in_(seqs))).all() \
+            if seqs else []
+    by_seq: dict[int, list[Any]] = {}
+    for r in stats:
+        by_seq.setdefault(r.seq, []).append(r)
+    points = []
+    for win in reversed(wins):
+        p: dict[str, Any] = {"t": win.end, "seq": win.seq, "rss_mb": win.rss_bytes / 1e6,
+                             "cpu_percent": win.cpu_percent}
+        for r in by_seq.get(win.seq, []):
+            a = SlotAggregate()
+            a.add_row(dict(r._mapping))
+            key = r.slot
+            p[f"{key}_requests"] = a.requests
+            p[f"{key}_errors"] = a.errors
+            p[f"{key}_p50_ms"] = None if a.p50 is None else a.p50 * 1000.0
+            p[f"{key}_p99_ms"] = None if a.p99 is None else a.p99 * 1000.0
+            if key == "shadow":
+                p["shadow_change_rate"] = a.decision_change_rate
+        points.append(p)
+    return {"device_id": device_id, "points": points}

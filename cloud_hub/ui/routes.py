@@ -1,0 +1,109 @@
+"""Dashboard routes: the page shell, login/logout, static assets, chart data."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from cloud_hub.api.deps import AuthError, HubDep, Viewer, caller_role
+from cloud_hub.ui import data
+from edge_runtime.errors import NotFoundError
+
+STATIC = Path(__file__).parent / "static"
+ASSETS = {"app.js": "text/javascript", "charts.js": "text/javascript", "app.css": "text/css"}
+KEY_COOKIE, CSRF_COOKIE = "edgefleet_key", "edgefleet_csrf"
+
+router = APIRouter(tags=["dashboard"])
+
+
+@router.get("/ui", response_class=HTMLResponse, include_in_schema=False)
+@router.get("/ui/", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> HTMLResponse:
+    html = (STATIC / "index.html").read_text()
+    return HTMLResponse(html, headers={"Cache-Control": "no-store",
+                                       "Content-Security-Policy": "default-src 'self'; "
+                                       "style-src 'self'; img-src 'self' data:; frame-ancestors 'none'"})
+
+
+@router.get("/ui/static/{name}", include_in_schema=False)
+async def asset(name: str) -> FileResponse:
+    if name not in ASSETS:
+        raise NotFoundError(f"no dashboard asset {name}", field="name")
+    return FileResponse(STATIC / name, media_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
+
+
+class Login(BaseModel):
+    api_key: str = Field(min_length=1, max_length=512, description="An API key of any role.")
+
+
+@router.post("/ui/login", summary="Dashboard login: exchange an API key for a session cookie")
+async def login(body: Login, request: Request, hub: HubDep) -> JSONResponse:
+    # Reuse the API's key check so the dashboard has exactly the API's roles.
+    scope = dict(request.scope)
+    scope["headers"] = [(b"x-api-key", body.api_key.encode())]
+    role = await caller_role(Request(scope), hub)
+    if not _keys_configured(hub):
+        role = "admin"
+    resp = JSONResponse({"role": role})
+    secure = request.url.scheme == "https"
+    resp.set_cookie(KEY_COOKIE, body.api_key, httponly=True, samesite="strict", secure=secure, path="/")
+    resp.set_cookie(CSRF_COOKIE, secrets.token_urlsafe(24), httponly=False, samesite="strict",
+                    secure=secure, path="/")
+    return resp
+
+
+@router.post("/ui/logout", summary="Dashboard logout")
+async def logout() -> JSONResponse:
+    resp = JSONResponse({"ok": True})
+    resp.delete_cookie(KEY_COOKIE, path="/")
+    resp.delete_cookie(CSRF_COOKIE, path="/")
+    return resp
+
+
+@router.get("/ui/data/whoami", summary="The caller's role (401 when not logged in)")
+async def whoami(request: Request, hub: HubDep) -> JSONResponse:
+    try:
+        role = await caller_role(request, hub)
+    except AuthError as exc:
+        return JSONResponse(exc.to_dict() | {"auth_required": True}, status_code=401)
+    resp = JSONResponse({"role": role, "auth_required": _keys_configured(hub)})
+    if CSRF_COOKIE not in request.cookies:  # open hubs: still give the page a CSRF token
+        resp.set_cookie(CSRF_COOKIE, secrets.token_urlsafe(24), httponly=False, samesite="strict", path="/")
+    return resp
+
+
+@router.get("/ui/data/overview", summary="Dashboard overview: device counts, cohorts, rollouts")
+async def overview(hub: HubDep, _: Viewer) -> dict[str, Any]:
+    return await asyncio.to_thread(data.overview, hub)
+
+
+@router.get("/ui/data/timeseries", summary="Fleet p99 latency and error rate per version over time "
+            "(merged sketches)")
+async def timeseries(hub: HubDep, _: Viewer, model: str,
+                     since: float | None = None,
+                     buckets: Annotated[int, Query(ge=2, le=500)] = 40,
+                     slot: str = "active") -> dict[str, Any]:
+    return await asyncio.to_thread(data.timeseries, hub, model, since=since, buckets=buckets, slot=slot)
+
+
+@router.get("/ui/data/distributions", summary="Score distributions per version and shadow divergence")
+async def distributions(hub: HubDep, _: Viewer, model: str, since: float | None = None) -> dict[str, Any]:
+    return await asyncio.to_thread(data.distributions, hub, model, since=since)
+
+
+@router.get("/ui/data/devices/{device_id}", summary="A device's recent telemetry windows")
+async def device_series(device_id: str, hub: HubDep, _: Viewer,
+                        limit: Annotated[int, Query(ge=1, le=2000)] = 120) -> dict[str, Any]:
+    hub.fleet.device(device_id)
+    return await asyncio.to_thread(data.device_series, hub, device_id, limit=limit)
+
+
+def _keys_configured(hub: Any) -> bool:
+    s = hub.settings
+    return bool(s.admin_keys or s.client_keys or s.viewer_keys)

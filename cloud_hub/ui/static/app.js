@@ -1,0 +1,379 @@
+/* edgefleet dashboard: hash-routed pages over the hub's JSON API, refreshed by polling. */
+(function () {
+  "use strict";
+  var main = document.getElementById("main");
+  var state = {role: null, timer: null, route: null, busy: false};
+  var REFRESH_MS = 2000;
+
+  // ---- helpers ---------------------------------------------------------------------
+  function h(tag, attrs) {
+    var e = document.createElement(tag);
+    attrs = attrs || {};
+    for (var k in attrs) {
+      var v = attrs[k];
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "text") e.textContent = v;
+      else if (k === "onclick" || k === "oninput" || k === "onchange" || k === "onsubmit") e[k] = v;
+      else e.setAttribute(k, v === true ? "" : v);
+    }
+    for (var i = 2; i < arguments.length; i++) add(e, arguments[i]);
+    return e;
+  }
+  function add(e, c) {
+    if (c === null || c === undefined || c === false) return;
+    if (Array.isArray(c)) { c.forEach(function (x) { add(e, x); }); return; }
+    e.appendChild(typeof c === "object" ? c : document.createTextNode(String(c)));
+  }
+  function cookie(name) {
+    var m = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
+    return m ? decodeURIComponent(m[1]) : null;
+  }
+  function api(method, path, body) {
+    var opts = {method: method, credentials: "same-origin", headers: {"Accept": "application/json"}};
+    if (method !== "GET") {
+      opts.headers["X-CSRF-Token"] = cookie("edgefleet_csrf") || "";
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body || {});
+    }
+    return fetch(path, opts).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (j) {
+        if (!r.ok) { var err = new Error(j.error || ("HTTP " + r.status)); err.status = r.status; throw err; }
+        return j;
+      });
+    });
+  }
+  function badge(text, cls) { return h("span", {"class": "badge " + (cls || String(text).toLowerCase())}, text); }
+  function ago(ts) {
+    if (!ts) return "never";
+    var s = Math.max(0, Date.now() / 1000 - ts);
+    if (s < 60) return s.toFixed(0) + " s ago";
+    if (s < 3600) return (s / 60).toFixed(0) + " min ago";
+    return (s / 3600).toFixed(1) + " h ago";
+  }
+  function short(sha) { return sha ? String(sha).slice(0, 12) : "–"; }
+  function fmt(v, digits) {
+    if (v === null || v === undefined || (typeof v === "number" && isNaN(v))) return "–";
+    if (typeof v === "number") return digits === undefined ? Charts.fmt(v) : v.toFixed(digits);
+    return String(v);
+  }
+  function pct(v) { return v === null || v === undefined ? "–" : (v * 100).toFixed(2) + " %"; }
+  function table(headers, rows, label) {
+    return h("div", {"class": "scroll"},
+      h("table", {"aria-label": label},
+        h("thead", {}, h("tr", {}, headers.map(function (x) { return h("th", {scope: "col"}, x); }))),
+        h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", {colspan: headers.length, "class": "muted"}, "none")))));
+  }
+  function toast(msg) {
+    var t = document.getElementById("toast");
+    t.textContent = msg; t.hidden = false;
+    clearTimeout(t._h); t._h = setTimeout(function () { t.hidden = true; }, 4000);
+  }
+  function render(nodes) {
+    while (main.firstChild) main.removeChild(main.firstChild);
+    add(main, nodes);
+  }
+  function card(n, label, id) { return h("div", {"class": "card", id: id}, h("div", {"class": "n"}, n), h("div", {"class": "l"}, label)); }
+
+  // ---- auth ------------------------------------------------------------------------
+  function whoami() {
+    return fetch("/ui/data/whoami", {credentials: "same-origin"}).then(function (r) {
+      return r.json().then(function (j) { return {status: r.status, body: j}; });
+    });
+  }
+  function showLogin(message) {
+    stopTimer();
+    var input = h("input", {id: "api-key", name: "api_key", type: "password", autocomplete: "current-password", required: true});
+    var err = h("p", {"class": "err", role: "alert"}, message || "");
+    var form = h("form", {"class": "card login", "aria-label": "Log in"},
+      h("h1", {}, "Log in"),
+      h("p", {"class": "muted"}, "Use an API key of the hub (read-only keys see everything; admin keys can act on rollouts)."),
+      h("label", {"for": "api-key"}, "API key"), input, err,
+      h("p", {}, h("button", {type: "submit", id: "login-button"}, "Log in")));
+    form.onsubmit = function (ev) {
+      ev.preventDefault();
+      api("POST", "/ui/login", {api_key: input.value}).then(function (j) {
+        state.role = j.role; state.authRequired = true; setWho(); route();
+      }).catch(function (e) { err.textContent = e.message; });
+    };
+    render(form);
+    input.focus();
+  }
+  function setWho() {
+    document.getElementById("whoami").textContent = state.role ? "role: " + state.role : "";
+    document.getElementById("logout").hidden = !state.authRequired;
+  }
+  document.getElementById("logout").onclick = function () {
+    api("POST", "/ui/logout").then(function () { state.role = null; setWho(); showLogin(); });
+  };
+
+  // ---- pages -----------------------------------------------------------------------
+  var filters = {q: "", online: ""};
+
+  function fleetPage() {
+    return Promise.all([api("GET", "/ui/data/overview"), api("GET", "/v1/devices")]).then(function (r) {
+      var ov = r[0], devs = r[1].devices;
+      var q = filters.q.toLowerCase();
+      var shown = devs.filter(function (d) {
+        if (filters.online === "online" && !d.online) return false;
+        if (filters.online === "offline" && d.online) return false;
+        if (!q) return true;
+        var act = (d.bundles || []).map(function (b) { return b.name + ":" + b.version; }).join(" ");
+        var tags = Object.keys(d.tags || {}).map(function (k) { return k + "=" + d.tags[k]; }).join(" ");
+        return (d.id + " " + d.profile + " " + tags + " " + act).toLowerCase().indexOf(q) >= 0;
+      });
+      var search = h("input", {type: "search", id: "device-filter", "aria-label": "Filter devices by id, tag, profile or version",
+                               placeholder: "filter: id, tag, profile, version", value: filters.q});
+      search.oninput = function () { filters.q = search.value; refresh(true); };
+      var sel = h("select", {id: "online-filter", "aria-label": "Show online or offline devices"},
+        ["", "online", "offline"].map(function (v) { return h("option", {value: v, selected: filters.online === v}, v || "all devices"); }));
+      sel.onchange = function () { filters.online = sel.value; refresh(true); };
+      var rows = shown.slice(0, 500).map(function (d) {
+        var a = (d.bundles || []).filter(function (b) { return b.slot === "active"; })[0];
+        var s = (d.bundles || []).filter(function (b) { return b.slot === "shadow"; })[0];
+        var des = d.desired && d.desired.bundles ? d.desired.bundles.active : null;
+        return h("tr", {},
+          h("td", {}, h("a", {href: "#/device/" + encodeURIComponent(d.id)}, d.id)),
+          h("td", {}, badge(d.online ? "online" : "offline")),
+          h("td", {}, d.profile || "–"),
+          h("td", {"class": "wrap"}, Object.keys(d.tags || {}).map(function (k) { return k + "=" + d.tags[k]; }).join(", ")),
+          h("td", {}, a ? a.name + ":" + a.version : "–", a ? h("div", {"class": "mono muted"}, short(a.sha256)) : null),
+          h("td", {}, s ? s.name + ":" + s.version : "–"),
+          h("td", {}, des ? des.name + ":" + des.version : "–"),
+          h("td", {}, d.desired ? (d.converged ? badge("converged", "ok") : badge("pending", "warn")) : "–"),
+          h("td", {}, ago(d.last_seen)));
+      });
+      var tags = Object.keys(ov.by_tag).sort().map(function (k) { return h("tr", {}, h("td", {}, k), h("td", {}, ov.by_tag[k])); });
+      var profiles = Object.keys(ov.by_profile).sort().map(function (k) { return h("tr", {}, h("td", {}, k), h("td", {}, ov.by_profile[k])); });
+      var versions = Object.keys(ov.running_versions).sort().map(function (k) { return h("tr", {}, h("td", {}, k), h("td", {}, ov.running_versions[k])); });
+      return [
+        h("h1", {}, "Fleet"),
+        h("div", {"class": "cards"},
+          card(ov.devices.total, "devices", "count-devices"), card(ov.devices.online, "online", "count-online"),
+          card(ov.devices.offline, "offline", "count-offline"), card(ov.models, "models", "count-models"),
+          card(ov.rollouts.active, "active rollouts", "count-rollouts")),
+        h("div", {"class": "grid2"},
+          h("div", {}, h("h2", {}, "By cohort tag"), table(["tag", "devices"], tags, "Devices by tag")),
+          h("div", {}, h("h2", {}, "By profile"), table(["profile", "devices"], profiles, "Devices by profile")),
+          h("div", {}, h("h2", {}, "Running (active slot)"), table(["model:version", "devices"], versions, "Versions running"))),
+        h("h2", {}, "Devices (" + shown.length + " of " + devs.length + ")"),
+        h("div", {"class": "toolbar"}, search, sel),
+        table(["device", "status", "profile", "tags", "active", "shadow", "desired active", "desired", "last seen"], rows, "Devices")
+      ];
+    });
+  }
+
+  function devicePage(id) {
+    return Promise.all([api("GET", "/v1/devices/" + encodeURIComponent(id) + "?events=50"),
+                        api("GET", "/ui/data/devices/" + encodeURIComponent(id))]).then(function (r) {
+      var d = r[0], pts = r[1].points;
+      function ser(key) { return pts.map(function (p) { return {x: p.t, y: p[key]}; }); }
+      var running = (d.bundles || []).map(function (b) {
+        var want = d.desired && d.desired.bundles ? d.desired.bundles[b.slot] : null;
+        return h("tr", {}, h("td", {}, b.slot), h("td", {}, b.name + ":" + b.version), h("td", {"class": "mono"}, short(b.sha256)),
+                 h("td", {}, want ? want.name + ":" + want.version : "–"),
+                 h("td", {}, want ? (want.sha256 === b.sha256 ? badge("match", "ok") : badge("differs", "warn")) : "–"));
+      });
+      var events = (d.events || []).map(function (e) {
+        return h("tr", {}, h("td", {}, new Date(e.ts * 1000).toLocaleTimeString()), h("td", {}, badge(e.step, e.step === "failed" ? "bad" : "")),
+                 h("td", {}, e.slot || "–"), h("td", {}, e.bundle ? e.bundle.name + ":" + e.bundle.version : "–"),
+                 h("td", {"class": "wrap"}, e.reason || ""));
+      });
+      return [
+        h("p", {}, h("a", {href: "#/fleet"}, "← Fleet")),
+        h("h1", {}, "Device " + d.id + " ", badge(d.online ? "online" : "offline")),
+        h("p", {"class": "muted"}, "profile " + (d.profile || "–") + " · tags " +
+          (Object.keys(d.tags || {}).map(function (k) { return k + "=" + d.tags[k]; }).join(", ") || "–") +
+          " · runtime " + (d.runtime_version || "–") + " · last seen " + ago(d.last_seen) +
+          " · windows " + fmt(d.windows) + " · dropped windows " + fmt(d.dropped_windows)),
+        h("h2", {}, "Running vs desired"),
+        table(["slot", "running", "sha256", "desired", ""], running, "Running bundles"),
+        h("h2", {}, "Telemetry"),
+        h("div", {"class": "grid2"},
+          Charts.line({"active p50": ser("active_p50_ms"), "active p99": ser("active_p99_ms"), "shadow p99": ser("shadow_p99_ms")},
+                      {title: "Latency (ms)", xTime: true}),
+          Charts.line({"requests": ser("active_requests"), "errors": ser("active_errors")}, {title: "Requests and errors per window", xTime: true}),
+          Charts.line({"decision change rate": ser("shadow_change_rate")}, {title: "Shadow decision-change rate", xTime: true}),
+          Charts.line({"RSS MB": ser("rss_mb")}, {title: "Resident memory (MB)", xTime: true})),
+        h("h2", {}, "Recent events"),
+        table(["time", "step", "slot", "bundle", "reason"], events, "Device events")
+      ];
+    });
+  }
+
+  function modelsPage() {
+    return api("GET", "/v1/models").then(function (j) {
+      var models = j.models;
+      return Promise.all(models.map(function (m) {
+        return Promise.all([api("GET", "/v1/models/" + encodeURIComponent(m.name) + "/versions"),
+                            api("GET", "/ui/data/timeseries?model=" + encodeURIComponent(m.name)),
+                            api("GET", "/ui/data/distributions?model=" + encodeURIComponent(m.name))]);
+      })).then(function (all) {
+        var out = [h("h1", {}, "Models (" + models.length + ")")];
+        models.forEach(function (m, i) {
+          var versions = all[i][0].versions, ts = all[i][1], dist = all[i][2];
+          var rows = versions.map(function (v) {
+            var prov = v.provenance || {};
+            var check = prov.check ? " · check: " + JSON.stringify(prov.check).slice(0, 160) : "";
+            return h("tr", {}, h("td", {}, v.version), h("td", {}, (v.aliases || []).map(function (a) { return badge(a, "ok"); })),
+                     h("td", {}, v.format), h("td", {}, (v.size / 1024).toFixed(1) + " KiB"),
+                     h("td", {}, v.signer_key_id ? badge("signed " + v.signer_key_id.slice(0, 8), "ok") : badge("hub-signed", "warn")),
+                     h("td", {"class": "mono"}, short(v.sha256)),
+                     h("td", {"class": "wrap"}, Object.keys(prov).filter(function (k) { return k !== "check"; })
+                       .map(function (k) { return k + ": " + (typeof prov[k] === "object" ? JSON.stringify(prov[k]) : prov[k]); }).join(" · ") + check));
+          });
+          function s(key) {
+            var o = {};
+            Object.keys(ts.series).forEach(function (v) { o[v] = ts.series[v].map(function (p) { return {x: p.t, y: p[key]}; }); });
+            return o;
+          }
+          var shadowDiv = {};
+          Object.keys(dist.shadow).forEach(function (v) { if (dist.shadow[v].divergence) shadowDiv[v + " vs active"] = dist.shadow[v].divergence; });
+          out.push(h("section", {"aria-label": "Model " + m.name},
+            h("h2", {}, m.name + " "),
+            h("p", {}, "aliases: ", Object.keys(m.aliases).map(function (a) { return [badge(a + " → " + m.aliases[a], "ok"), " "]; })),
+            table(["version", "aliases", "format", "size", "signature", "sha256", "provenance"], rows, "Versions of " + m.name),
+            h("div", {"class": "grid2"},
+              Charts.line(s("p99_ms"), {title: "Fleet p99 latency (ms) per version, from merged sketches", xTime: true}),
+              Charts.line(s("error_rate"), {title: "Fleet error rate per version", xTime: true}),
+              Charts.histogram(dist.scores, {title: "Score distribution per version (champion vs challenger)"}),
+              Charts.histogram(shadowDiv, {title: "Shadow |divergence| histogram"}))));
+        });
+        return out;
+      });
+    });
+  }
+
+  function rolloutsPage() {
+    return api("GET", "/v1/rollouts").then(function (j) {
+      var rows = j.rollouts.map(function (r) {
+        return h("tr", {}, h("td", {}, h("a", {href: "#/rollout/" + encodeURIComponent(r.id)}, r.id)),
+                 h("td", {}, r.model + ":" + r.candidate.version), h("td", {}, r.champion ? r.champion.version : "–"),
+                 h("td", {}, badge(r.status)), h("td", {}, r.stage.name), h("td", {}, JSON.stringify(r.cohort || {})),
+                 h("td", {"class": "wrap"}, r.reason || ""), h("td", {}, ago(r.created_at)));
+      });
+      return [h("h1", {}, "Rollouts (" + j.rollouts.length + ")"),
+              table(["id", "candidate", "champion", "status", "stage", "cohort", "reason", "started"], rows, "Rollouts")];
+    });
+  }
+
+  function actionButton(label, cls, rid, action, enabled) {
+    var b = h("button", {type: "button", "class": cls, id: "rollout-" + action,
+                         "aria-label": label + " rollout " + rid, disabled: !enabled}, label);
+    b.onclick = function () {
+      if (!window.confirm(label + " rollout " + rid + "?")) return;
+      b.disabled = true;
+      api("POST", "/v1/rollouts/" + encodeURIComponent(rid) + "/" + action, {reason: "from the dashboard"})
+        .then(function (r) { toast(label + ": rollout is now " + r.status); refresh(true); })
+        .catch(function (e) { toast(label + " failed: " + e.message); b.disabled = false; });
+    };
+    return b;
+  }
+
+  function rolloutPage(id) {
+    var rid = encodeURIComponent(id);
+    return Promise.all([api("GET", "/v1/rollouts/" + rid), api("GET", "/v1/rollouts/" + rid + "/events")]).then(function (r) {
+      var ro = r[0], events = r[1].events;
+      var since = ro.created_at - 60;
+      return Promise.all([api("GET", "/ui/data/timeseries?model=" + encodeURIComponent(ro.model) + "&since=" + since),
+                          api("GET", "/ui/data/distributions?model=" + encodeURIComponent(ro.model) + "&since=" + since)])
+        .then(function (c) {
+          var ts = c[0], dist = c[1];
+          var admin = state.role === "admin";
+          var cur = ro.stage.index;
+          var failed = ro.status === "rolled_back" || ro.status === "rolling_back";
+          var tl = h("ol", {"class": "timeline", "aria-label": "Stage timeline"}, ro.stages.map(function (name, i) {
+            var when = events.filter(function (e) { return e.stage === name && (e.kind === "stage_started" || e.kind === "advanced" || e.kind === "started"); })[0];
+            var cls = ro.status === "completed" || i < cur ? "done" : (i === cur ? (failed ? "failed" : "current") : "");
+            return h("li", {"class": cls, "aria-current": i === cur ? "step" : null},
+                     name, when ? h("div", {"class": "muted"}, new Date(when.ts * 1000).toLocaleTimeString()) : null);
+          }));
+          var counts = ro.devices || {};
+          var countRows = Object.keys(counts).map(function (k) { return h("tr", {}, h("td", {}, k), h("td", {}, counts[k])); });
+          var gates = (ro.gates || []).map(function (g) {
+            return h("tr", {}, h("td", {}, g.name), h("td", {}, badge(g.status)), h("td", {}, fmt(g.value)),
+                     h("td", {}, fmt(g.threshold)), h("td", {"class": "wrap"}, g.message));
+          });
+          var evRows = events.slice(-60).reverse().map(function (e) {
+            return h("tr", {}, h("td", {}, new Date(e.ts * 1000).toLocaleTimeString()), h("td", {}, badge(e.kind, e.kind)),
+                     h("td", {}, e.stage || "–"), h("td", {"class": "wrap"}, e.message));
+          });
+          function s(key) {
+            var o = {};
+            Object.keys(ts.series).forEach(function (v) { o[v] = ts.series[v].map(function (p) { return {x: p.t, y: p[key]}; }); });
+            return o;
+          }
+          var shadowDiv = {};
+          Object.keys(dist.shadow).forEach(function (v) { if (dist.shadow[v].divergence) shadowDiv[v] = dist.shadow[v].divergence; });
+          var nd = ro.next_decision || {};
+          return [
+            h("p", {}, h("a", {href: "#/rollouts"}, "← Rollouts")),
+            h("h1", {}, "Rollout " + ro.id + " ", h("span", {id: "rollout-status"}, badge(ro.status))),
+            h("p", {}, ro.model + ": candidate " + ro.candidate.version + (ro.champion ? " vs champion " + ro.champion.version : "") +
+              " · cohort " + JSON.stringify(ro.cohort || {}) + " · stage ", h("strong", {}, ro.stage.name)),
+            ro.reason ? h("p", {"class": "reason", role: "note"}, "Reason: " + ro.reason) : null,
+            h("div", {"class": "toolbar", role: "group", "aria-label": "Rollout actions"},
+              admin ? [actionButton("Pause", "secondary", ro.id, "pause", ro.status === "running"),
+                       actionButton("Resume", "", ro.id, "resume", ro.status === "paused"),
+                       actionButton("Abort", "danger", ro.id, "abort", ro.status === "running" || ro.status === "paused")]
+                    : h("span", {"class": "muted"}, "Read-only: an admin key is needed to pause, resume or abort.")),
+            h("h2", {}, "Stage timeline"), tl,
+            h("p", {}, "Next decision: ", badge(nd.decision || "none"), " ", nd.reason || ""),
+            h("div", {"class": "grid2"},
+              h("div", {}, h("h2", {}, "Devices per state"), table(["state", "devices"], countRows, "Devices per state")),
+              h("div", {}, h("h2", {}, "Gates (value vs threshold)"), table(["gate", "status", "value", "threshold", "numbers"], gates, "Gates"))),
+            h("div", {"class": "grid2"},
+              Charts.line(s("p99_ms"), {title: "Fleet p99 latency (ms) per version", xTime: true}),
+              Charts.line(s("error_rate"), {title: "Fleet error rate per version", xTime: true}),
+              Charts.histogram(dist.scores, {title: "Scores: champion vs candidate"}),
+              Charts.histogram(shadowDiv, {title: "Shadow |divergence| histogram"})),
+            h("h2", {}, "Decision log"),
+            table(["time", "kind", "stage", "message"], evRows, "Rollout decision log")
+          ];
+        });
+    });
+  }
+
+  // ---- routing ---------------------------------------------------------------------
+  function parse() {
+    var hsh = (location.hash || "#/fleet").slice(2).split("/");
+    return {page: hsh[0] || "fleet", arg: hsh[1] ? decodeURIComponent(hsh.slice(1).join("/")) : null};
+  }
+  function stopTimer() { if (state.timer) { clearInterval(state.timer); state.timer = null; } }
+  function refresh(force) {
+    if (state.busy && !force) return;
+    var r = parse();
+    var fn = {fleet: fleetPage, device: function () { return devicePage(r.arg); }, models: modelsPage,
+              rollouts: rolloutsPage, rollout: function () { return rolloutPage(r.arg); }}[r.page] || fleetPage;
+    state.busy = true;
+    var focused = document.activeElement && document.activeElement.id;
+    var caret = focused && document.activeElement.selectionStart;
+    return fn().then(function (nodes) {
+      render(nodes);
+      if (focused) {
+        var e = document.getElementById(focused);
+        if (e) { e.focus(); if (caret !== undefined && caret !== null && e.setSelectionRange) { try { e.setSelectionRange(caret, caret); } catch (x) {} } }
+      }
+    }).catch(function (e) {
+      if (e.status === 401) return showLogin("Your session has ended; log in again.");
+      render(h("p", {"class": "err", role: "alert"}, "Error: " + e.message));
+    }).then(function () { state.busy = false; });
+  }
+  function route() {
+    var r = parse();
+    document.querySelectorAll("[data-nav]").forEach(function (a) {
+      var on = a.getAttribute("data-nav") === r.page || (r.page === "device" && a.getAttribute("data-nav") === "fleet") ||
+               (r.page === "rollout" && a.getAttribute("data-nav") === "rollouts");
+      a.classList.toggle("active", on);
+      if (on) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+    });
+    stopTimer();
+    refresh(true);
+    state.timer = setInterval(function () { if (!document.hidden) refresh(false); }, REFRESH_MS);
+  }
+  window.addEventListener("hashchange", function () { if (state.role) route(); });
+
+  whoami().then(function (w) {
+    if (w.status === 401) { state.authRequired = true; setWho(); return showLogin(); }
+    state.role = w.body.role; state.authRequired = w.body.auth_required; setWho(); route();
+  }).catch(function () { render(h("p", {"class": "err"}, "Cannot reach the hub.")); });
+})();
