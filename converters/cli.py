@@ -304,9 +304,21 @@ def _print_bundle(path: Path) -> None:
         print(f"quantization: {q}")
 
 
+def _quiet_onnxruntime() -> None:
+    """onnxruntime's C++ warnings (e.g. unused initializers after quantization) are noise
+    on a CLI's stderr, where errors must stay one line."""
+    try:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_onnxruntime()
     try:
         return int(args.func(args) or 0)
     except EdgeError as exc:

@@ -119,3 +119,59 @@ def digits_csv(tmp_path_factory) -> Path:
     x, y = digits_xy()
     return write_csv(tmp_path_factory.mktemp("data") / "digits.csv", x,
                      [f"px{i}" for i in range(64)], y)
+
+
+@pytest.fixture(scope="session")
+def cnn_bundle(tmp_path_factory, keys) -> Path:
+    """A digits CNN on 1×8×8 tensors built with onnx.helper (no torch needed): fixed random
+    3×3 conv filters + ReLU + 2×2 max-pool, and a softmax head over a ridge classifier trained
+    on those features with scikit-learn (closed form: fast on a busy CI machine). A raw-tensor bundle, for the tensor paths of quantize and check."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from sklearn.linear_model import RidgeClassifier
+
+    from edge_runtime.bundle import write_bundle
+
+    x, y = digits_xy()
+    imgs = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 1, 3, 3)).astype(np.float32)
+    b = np.zeros(8, np.float32)
+    conv = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("Reshape", ["p", "shape"], ["features"])],
+        "features", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 1, 8, 8])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 128])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
+         numpy_helper.from_array(np.array([-1, 128], np.int64), "shape")])
+    feat_model = helper.make_model(conv, opset_imports=[helper.make_opsetid("", 17)])
+    feats = ort.InferenceSession(feat_model.SerializeToString()).run(None, {"image": imgs})[0]
+    head = RidgeClassifier(alpha=1.0).fit(feats, y)
+    temperature = 10.0  # ridge scores live in about [-1, 1]: sharpen the softmax
+    g = conv
+    g.output.pop()
+    g.node.extend([helper.make_node("MatMul", ["features", "fc_w"], ["z0"]),
+                   helper.make_node("Add", ["z0", "fc_b"], ["logits"]),
+                   helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)])
+    g.initializer.extend([
+        numpy_helper.from_array((head.coef_.T * temperature).astype(np.float32), "fc_w"),
+        numpy_helper.from_array((head.intercept_ * temperature).astype(np.float32), "fc_b")])
+    g.output.append(helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 10]))
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    probs = ort.InferenceSession(model.SerializeToString()).run(None, {"image": imgs[:6]})[0]
+    manifest = {
+        "name": "digits-cnn", "version": "1.0.0", "format": "onnx", "model_file": "model.onnx",
+        "task": "multiclass_classification",
+        "inputs": {"kind": "tensors", "tensors": [{"name": "image", "dtype": "float32",
+                                                   "shape": [None, 1, 8, 8]}]},
+        "outputs": [{"name": "probabilities", "role": "probabilities"}],
+        "postprocess": {"classes": list(range(10))},
+        "golden": [{"tensors": {"image": imgs[:6].tolist()},
+                    "expected_probability": probs.max(axis=1).tolist(),
+                    "expected_label": probs.argmax(axis=1).tolist()}],
+    }
+    out = tmp_path_factory.mktemp("cnn") / "digits-cnn"
+    write_bundle(out, manifest, {"model.onnx": model.SerializeToString()}, key=keys[0])
+    return out

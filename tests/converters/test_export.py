@@ -289,3 +289,18 @@ def test_unfitted_and_unsupported_models(tmp_path, keys):
         export_model({"not": "a model"}, (x, y), tmp_path / "o", ExportConfig(key=keys[0]))
     assert not (tmp_path / "o").exists()
 
+
+
+def test_dataframe_sample_for_the_demo_path(tmp_path, keys, public_key):
+    """Train → bundle in two lines: a DataFrame with its label column, or (DataFrame, y)."""
+    model, x, y, names = trained("logreg")
+    frame = cancer_frame()
+    out = export_model(model, frame, tmp_path / "a",
+                       ExportConfig(key=keys[0], name="cancer", label_column="target"))
+    verify_bundle(out, public_key)
+    m = read_bundle(out).manifest
+    assert m.feature_names == names and m.provenance["sample_accuracy"] > 0.95
+    out2 = export_model(model, (frame.drop(columns="target"), frame["target"]), tmp_path / "b",
+                        ExportConfig(key=keys[0], name="cancer"))
+    assert read_bundle(out2).manifest.feature_names == names
+    Model.load(out2).self_test()

@@ -12,8 +12,8 @@ from edge_runtime.bundle import read_bundle, verify_bundle, write_bundle
 from edge_runtime.errors import ValidationError
 from edge_runtime.model import Model
 
-from export_fixtures import (digits_csv, digits_xy, keys, mlp_bundle, public_key,  # noqa: F401
-                             trained)
+from export_fixtures import (cnn_bundle, digits_csv, digits_xy, keys, mlp_bundle,  # noqa: F401
+                             public_key, trained)
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +167,26 @@ def test_fp16_converter_on_a_conv_graph():
     got = ort.InferenceSession(half.SerializeToString()).run(None, {"x": x})[0]
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, ref, atol=5e-3)
+
+
+def test_static_int8_on_a_tensor_cnn(tmp_path, cnn_bundle, keys, public_key):
+    """Raw-tensor bundles: calibration on image arrays, then check measures both."""
+    from converters.check import CheckConfig, check_bundles
+
+    x, y = digits_xy()
+    imgs = (x / 16.0).reshape(-1, 1, 8, 8)
+    np.save(tmp_path / "images.npy", imgs[:300])
+    q = quantize_bundle(cnn_bundle, tmp_path / "int8", QuantizeConfig(
+        mode="static", sample=tmp_path / "images.npy", key=keys[0], per_channel=True))
+    verify_bundle(q, public_key)
+    assert read_bundle(q).manifest.inputs.kind == "tensors"
+    assert Model.load(q).self_test() == 1
+    r = check_bundles([cnn_bundle, q], (imgs, y), CheckConfig(single_runs=10, batch_runs=3))
+    ref, int8 = r.variants
+    assert ref.accuracy > 0.85 and int8.runnable
+    assert int8.label_agreement >= 0.97 and int8.accuracy_drop <= 2
+    assert int8.size_bytes < ref.size_bytes
+    with pytest.raises(ValidationError, match="shape"):
+        quantize_bundle(cnn_bundle, tmp_path / "bad", QuantizeConfig(
+            mode="static", sample=x[:50], key=keys[0]))
+    assert not (tmp_path / "bad").exists()
