@@ -282,3 +282,28 @@ def test_registry_covers_the_issue_op_set():
                "ArrayFeatureExtractor", "ArgMax"):
         assert op in ops, op
     assert os.path.basename(__file__).startswith("test_tflite")
+
+
+def test_cli_tflite_and_coreml_options(bundles, src_dir, tmp_path, keypair, capsys, monkeypatch):
+    from converters.cli import main
+
+    monkeypatch.setenv("EDGE_CONVERT_KEY", str(keypair[0]))
+    src = bundles("mlp_digits")
+    assert main(["tflite", str(src), "--out", str(tmp_path / "q"), "--int8",
+                 "--int8-min-elements", "0", "--atol", "0.5", "--version", "1.0.0-int8"]) == 0
+    m = read_bundle(tmp_path / "q").manifest
+    assert m.version == "1.0.0-int8" and m.provenance["quantized_weights"] == 3
+    # unsupported ops: one line on stderr naming the op, exit 1, nothing written
+    gb = ff.sklearn_bundle(src_dir / "gboost-cli", "gboost", keypair[0])
+    capsys.readouterr()
+    assert main(["tflite", str(gb), "--out", str(tmp_path / "gb")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TreeEnsembleClassifier" in err and "[model]" in err
+    assert not (tmp_path / "gb").exists()
+    pytest.importorskip("coremltools")
+    assert main(["coreml", str(src), "--out", str(tmp_path / "cm"), "--precision", "float16",
+                 "--max-batch", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "macOS" in out
+    prov = read_bundle(tmp_path / "cm").manifest.provenance
+    assert prov["compute_precision"] == "float16" and prov["max_batch"] == 64
