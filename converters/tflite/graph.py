@@ -147,6 +147,7 @@ class GraphConverter:
         self.graph_outputs = [o.name for o in self.graph.output]
         self.skip: set[int] = set()
         self.dropped_outputs: dict[str, str] = {}
+        self.dropped: dict[str, str] = {}  # values that cannot exist in TFLite → why
         self._layout_cache: dict[tuple[str, str], Value] = {}
         self._const_cache: dict[tuple[str, str], int] = {}
         self._n = 0
@@ -215,6 +216,11 @@ class GraphConverter:
             if id(node) in self.skip:
                 continue
             inputs = [x for x in node.input if x]
+            if any(x in self.dropped for x in inputs):
+                # downstream of a value TFLite cannot carry (string class labels): drop too
+                reason = next(self.dropped[x] for x in inputs if x in self.dropped)
+                self.dropped.update({o: reason for o in node.output if o})
+                continue
             if node.op_type == "Constant":
                 self.consts[node.output[0]] = self._constant_node(node)
                 continue
@@ -229,6 +235,13 @@ class GraphConverter:
 
                 raise UnsupportedOpsError("TFLite", [f"{op_label(node)} node "
                                                      f"{node.name or node.output[0]!r}: {exc}"]) from exc
+        self.dropped_outputs.update({n: self.dropped[n] for n in self.graph_outputs
+                                     if n in self.dropped})
+        if all(n in self.dropped_outputs for n in self.graph_outputs):
+            from converters.onnx_source import UnsupportedOpsError
+
+            raise UnsupportedOpsError("TFLite", [f"no output can be produced: "
+                                                 f"{self.dropped_outputs}"])
         used: set[int] = set(self.b.inputs)
         for name in self.graph_outputs:
             if name in self.dropped_outputs:

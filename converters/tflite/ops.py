@@ -16,6 +16,8 @@ from converters.tflite.graph import (GraphConverter, OpError, Value, attrs, broa
                                      clip_bounds, register)
 
 NONE, RELU, RELU_N1_TO_1, RELU6, TANH = 0, 1, 2, 3, 4
+STRING_LABELS = ("string class labels have no TFLite tensor here; the bundle's "
+                 "postprocess.classes names the label from the probabilities")
 SAME, VALID = 0, 1
 INT64 = 4
 
@@ -676,8 +678,9 @@ def array_feature_extractor(ctx: GraphConverter, node) -> None:
         # label lookup: classes[argmax]; the output is one value per row
         if cdata.ndim != 1:
             raise OpError("constant data must be 1-D")
-        if cdata.dtype.kind not in "iuf":
-            raise OpError(f"{cdata.dtype} labels (strings have no TFLite output here)")
+        if cdata.dtype.kind not in "iuf":  # string class labels: left to postprocess.classes
+            ctx.dropped[node.output[0]] = STRING_LABELS
+            return
         iv = ctx.value(idx_name, "plain")
         flat = ctx.new_value(ctx.tmp(node.output[0]), (-1,), iv.dtype)
         ctx.reshape_op(iv, flat, (-1,))
@@ -753,9 +756,6 @@ def _check_linear(ctx, node):
         return f"post_transform={pt}"
     if node.op_type == "LinearRegressor" and pt != "NONE":
         return f"post_transform={pt}"
-    if node.op_type == "LinearClassifier" and "classlabels_strings" in a and ctx.used(node.output[0]) \
-            and node.output[0] not in ctx.graph_outputs:
-        return "string class labels feeding other nodes"
     return None
 
 
@@ -815,8 +815,7 @@ def linear_classifier(ctx: GraphConverter, node) -> None:
     if not ctx.used(label_name):
         return
     if "classlabels_strings" in a:
-        ctx.dropped_outputs[label_name] = "string labels have no TFLite output; " \
-                                          "postprocess.classes maps the probabilities"
+        ctx.dropped[label_name] = STRING_LABELS
         return
     if binary_one_row:
         pos = ctx.new_value(ctx.tmp(label_name), (n, 1), np.bool_)

@@ -307,3 +307,28 @@ def test_cli_tflite_and_coreml_options(bundles, src_dir, tmp_path, keypair, caps
     assert "macOS" in out
     prov = read_bundle(tmp_path / "cm").manifest.provenance
     assert prov["compute_precision"] == "float16" and prov["max_batch"] == 64
+
+
+def test_string_class_labels_leave_the_label_to_postprocess(src_dir, tmp_path, keypair):
+    import warnings
+
+    from skl2onnx import to_onnx
+    from sklearn.neural_network import MLPClassifier
+
+    x, y, names = ff.cancer()
+    ys = np.array(["benign", "malignant"])[y]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = MLPClassifier((8,), max_iter=300, random_state=0).fit(x, ys)
+        onx = to_onnx(est, x[:1], options={id(est): {"zipmap": False}}, target_opset=17)
+    src = ff.write_onnx_bundle(src_dir / "strings", onx, name="strings",
+                               task="binary_classification", names=names, x_golden=x[:16],
+                               key=keypair[0], classes=["benign", "malignant"])
+    out = onnx_to_tflite(src, tmp_path / "tfl", TFLiteConfig(key=keypair[0]))
+    m = Model.load(out)
+    assert [o.name for o in m.manifest.outputs] == ["probabilities"]
+    assert "label" in m.manifest.provenance["dropped_outputs"]
+    s_model = Model.load(src)
+    rows = [dict(zip(names, map(float, r))) for r in x[:20]]
+    assert [r["label"] for r in m.predict(rows)] == [r["label"] for r in s_model.predict(rows)]
+    assert set(r["label"] for r in m.predict(rows)) <= {"benign", "malignant"}
