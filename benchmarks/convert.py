@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from converters.check import CheckConfig, check_bundles  # noqa: E402
-from converters.export import ExportConfig, export_model  # noqa: E402
-from converters.quantize import QuantizeConfig, quantize_bundle  # noqa: E402
-from edge_runtime.signing import generate_keypair  # noqa: E402
+from converters.check import CheckConfig, check_bundles
+from converters.export import ExportConfig, export_model
+from converters.quantize import QuantizeConfig, quantize_bundle
+from edge_runtime.signing import generate_keypair
 
 
 def _torch():

@@ -22,9 +22,10 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -415,8 +416,9 @@ def _machine() -> dict[str, Any]:
             "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__}
     try:
-        import ai_edge_litert  # noqa: F401
         from importlib.metadata import version
+
+        import ai_edge_litert  # noqa: F401
 
         info["ai_edge_litert"] = version("ai-edge-litert")
     except Exception:
@@ -449,7 +451,7 @@ def format_table(r: Report) -> str:
             f"{v.batch.p50_ms:.3f}/{v.batch.p99_ms:.3f}",
             "-" if not ref_batch else f"{ref_batch / v.batch.p50_ms:.2f}"])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
     out = [f"reference: {r.reference}   sample: {r.sample} ({r.rows} rows"
            f"{', labelled' if r.labelled else ''})   threads: {r.threads}   "
            f"machine: {r.machine.get('processor')} ×{r.machine.get('cpu_count')}",

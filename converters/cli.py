@@ -21,8 +21,9 @@ import json
 import os
 import sys
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from edge_runtime.errors import EdgeError
 

@@ -25,9 +25,10 @@ import os
 import pickle
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -189,8 +190,8 @@ def model_kind(model: Any) -> str:
     except ImportError:
         pass
     if hasattr(model, "predict") and hasattr(model, "fit"):
-        from sklearn.utils.validation import check_is_fitted
         from sklearn.exceptions import NotFittedError
+        from sklearn.utils.validation import check_is_fitted
 
         try:
             check_is_fitted(model)
@@ -243,8 +244,10 @@ def _register_boosters() -> None:
     if _REGISTERED:
         return
     from skl2onnx import update_registered_converter
-    from skl2onnx.common.shape_calculator import (calculate_linear_classifier_output_shapes,
-                                                  calculate_linear_regressor_output_shapes)
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
 
     opts = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
     try:
@@ -281,9 +284,9 @@ def _walk(model: Any):
 
 
 def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
-    from sklearn.base import is_classifier, is_regressor
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.base import is_classifier, is_regressor
 
     if smp.is_tensor:
         raise ValidationError("scikit-learn models take feature rows: give a CSV/Parquet sample",

@@ -24,9 +24,10 @@ import enum
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import onnx
@@ -244,8 +245,12 @@ STATIC_OPS = ["Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "Clip", "MaxPool",
 
 def _static(src: Path, dst: Path, cfg: QuantizeConfig, smp: Sample, m, tmpd: Path,
             info: dict) -> None:
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quant_pre_process, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     pre = _pre_process(src, tmpd, info)
     name = m.inputs.tensor if m.inputs.kind == "features" else m.inputs.tensors[0].name
@@ -261,7 +266,7 @@ def _static(src: Path, dst: Path, cfg: QuantizeConfig, smp: Sample, m, tmpd: Pat
                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
                                    "DefaultTensorType": TensorProto.FLOAT})
     info.update(format="QDQ", activation_type="uint8", weight_type="int8",
-                per_channel=cfg.per_channel, calibration_rows=int(len(x)),
+                per_channel=cfg.per_channel, calibration_rows=len(x),
                 calibrate_method=cfg.calibrate_method)
 
 
@@ -321,7 +326,7 @@ def fp16_convert(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     inits = {t.name: t for t in g.initializer}
     for t in g.initializer:
         types[t.name] = t.data_type
-    is_f32 = lambda name: types.get(name) == TensorProto.FLOAT  # noqa: E731
+    is_f32 = lambda name: types.get(name) == TensorProto.FLOAT
 
     def fp16_node(node) -> bool:
         if node.domain not in ("", "ai.onnx") or node.op_type not in FP16_OPS:

@@ -10,9 +10,10 @@ empty file, a file we cannot parse.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class Sample:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def select(self, names: Sequence[str]) -> "Sample":
+    def select(self, names: Sequence[str]) -> Sample:
         """The same rows with columns re-ordered to ``names`` (missing → clear error)."""
         if list(names) == self.names:
             return self
@@ -52,7 +53,7 @@ class Sample:
         return Sample(self.x[:, idx], list(names), self.y,
                       {n: self.dtypes.get(n, "float32") for n in names}, self.source)
 
-    def head(self, n: int) -> "Sample":
+    def head(self, n: int) -> Sample:
         return Sample(self.x[:n], self.names, None if self.y is None else self.y[:n],
                       self.dtypes, self.source)
 

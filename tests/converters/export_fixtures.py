@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cancer_frame():
     from sklearn.datasets import load_breast_cancer
 
@@ -23,7 +23,7 @@ def cancer_frame():
     return df
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_xy():
     from sklearn.datasets import load_digits
 
@@ -31,7 +31,7 @@ def digits_xy():
     return x.astype(np.float64), y
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trained(kind: str):
     """A fitted model by name: (model, X, y, feature names)."""
     from sklearn.ensemble import GradientBoostingClassifier

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from export_fixtures are parameters)
 """check_bundles: measured parity, accuracy, size and latency per variant; the pick."""
 
 from __future__ import annotations
@@ -6,15 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from export_fixtures import digits_csv, digits_xy, keys, mlp_bundle, public_key, trained  # noqa: F401
 
 from converters.check import CheckConfig, check_bundles
 from converters.export import ExportConfig, export_model
 from converters.quantize import QuantizeConfig, quantize_bundle
 from edge_runtime.bundle import read_bundle, write_bundle
 from edge_runtime.errors import NotFoundError, ValidationError
-
-from export_fixtures import (digits_csv, digits_xy, keys, mlp_bundle, public_key,  # noqa: F401
-                             trained)
 
 FAST = dict(single_runs=20, batch_runs=5)
 

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from export_fixtures are parameters)
 """edge-convert CLI: every command's --help, the full tour, one-line errors, no partial output."""
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ from pathlib import Path
 
 import joblib
 import pytest
+from export_fixtures import digits_csv, keys, public_key, trained, write_csv  # noqa: F401
 
 from converters.cli import build_parser, main
 from edge_runtime.bundle import read_bundle, verify_bundle
-
-from export_fixtures import digits_csv, keys, public_key, trained, write_csv  # noqa: F401
 
 COMMANDS = ["keygen", "export", "quantize", "tflite", "coreml", "check"]
 
@@ -34,7 +34,7 @@ def test_top_level_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for c in COMMANDS:
         assert c in out
-    sub = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    sub = build_parser()._subparsers._group_actions[0].choices
     assert sorted(sub) == sorted(COMMANDS)
 
 

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from export_fixtures are parameters)
 """export_model: real models → signed ONNX bundles that answer like the source model."""
 
 from __future__ import annotations
@@ -8,14 +9,12 @@ import warnings
 import joblib
 import numpy as np
 import pytest
+from export_fixtures import cancer_frame, digits_xy, keys, public_key, trained, write_csv  # noqa: F401
 
 from converters.export import ExportConfig, export_model
 from edge_runtime.bundle import read_bundle, verify_bundle
 from edge_runtime.errors import ValidationError
 from edge_runtime.model import Model
-
-from export_fixtures import (cancer_frame, digits_xy, keys, public_key, trained,  # noqa: F401
-                             write_csv)
 
 CLASSIFIERS = ["logreg", "gboost", "mlp", "lightgbm", "xgboost"]
 

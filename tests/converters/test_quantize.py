@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from export_fixtures are parameters)
 """quantize_bundle: dynamic / static INT8 and FP16 copies that stay signed and answer alike."""
 
 from __future__ import annotations
@@ -5,15 +6,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from export_fixtures import cnn_bundle, digits_csv, digits_xy, keys, mlp_bundle, public_key, trained  # noqa: F401
 
 from converters.export import ExportConfig, export_model
 from converters.quantize import QuantizeConfig, fp16_convert, quantize_bundle
 from edge_runtime.bundle import read_bundle, verify_bundle, write_bundle
 from edge_runtime.errors import ValidationError
 from edge_runtime.model import Model
-
-from export_fixtures import (cnn_bundle, digits_csv, digits_xy, keys, mlp_bundle,  # noqa: F401
-                             public_key, trained)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,7 @@ def test_quantized_bundle_is_signed_and_agrees(mode, tmp_path, mlp_bundle, digit
         assert onnx.TensorProto.FLOAT16 in {t.data_type for t in graph.initializer}
         assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     # smaller, and it answers like the FP32 bundle on the whole digits set
-    size = lambda p: (p / "model.onnx").stat().st_size  # noqa: E731
+    size = lambda p: (p / "model.onnx").stat().st_size
     assert size(out) < size(mlp_bundle)
     model = Model.load(out)
     assert model.self_test() == 1
