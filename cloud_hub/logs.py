@@ -8,10 +8,15 @@ all lines of one request. ``setup_logging`` is called by ``cloud-hub serve``.
 from __future__ import annotations
 
 import contextvars
-import datetime as dt
 import json
 import logging
 import sys
+import time
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson is in the hub extra
+    orjson = None
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -19,17 +24,23 @@ _STD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message",
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, request_id, and the ``extra`` fields."""
+
     def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+        t = time.gmtime(record.created)
+        out = {"ts": "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour,
+                                                           t.tm_min, t.tm_sec, int(record.msecs)),
                "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
         rid = request_id_var.get()
         if rid is not None:
             out["request_id"] = rid
         for k, v in record.__dict__.items():
-            if k not in _STD and not k.startswith("_"):
+            if k not in _STD and k[0] != "_":
                 out[k] = v
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        if orjson is not None:
+            return orjson.dumps(out, default=str).decode()
         return json.dumps(out, default=str)
 
 

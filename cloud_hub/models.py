@@ -29,20 +29,20 @@ log = logging.getLogger("cloud_hub.models")
 
 
 class ModelCache:
-    def __init__(self, registry: "Registry", options: EngineOptions | None = None, *,
+    def __init__(self, registry: Registry, options: EngineOptions | None = None, *,
                  max_models: int = 16, resolve_ttl_s: float = 1.0) -> None:
         self.registry = registry
         self.options = options or EngineOptions()
         self.max_models = max_models
         self.resolve_ttl_s = resolve_ttl_s
         self._models: OrderedDict[str, Model] = OrderedDict()
-        self._refs: dict[str, tuple[float, "ModelVersion"]] = {}
+        self._refs: dict[str, tuple[float, ModelVersion]] = {}
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
         registry.on_change(self.invalidate)
 
     # ---- resolution ---------------------------------------------------------------------
-    def resolve(self, ref: str) -> "ModelVersion":
+    def resolve(self, ref: str) -> ModelVersion:
         hit = self._refs.get(ref)
         now = time.monotonic()
         if hit is not None and now - hit[0] < self.resolve_ttl_s:
@@ -60,7 +60,7 @@ class ModelCache:
             self._refs.pop(ref, None)
 
     # ---- models -------------------------------------------------------------------------
-    def peek(self, ref: str) -> tuple["ModelVersion", Model] | None:
+    def peek(self, ref: str) -> tuple[ModelVersion, Model] | None:
         """Non-blocking fast path: the pair if the ref is resolved and its model loaded."""
         hit = self._refs.get(ref)
         if hit is None or time.monotonic() - hit[0] >= self.resolve_ttl_s:
@@ -70,12 +70,12 @@ class ModelCache:
             return None
         return hit[1], model
 
-    def get(self, ref: str) -> tuple["ModelVersion", Model]:
+    def get(self, ref: str) -> tuple[ModelVersion, Model]:
         """Resolve ``ref`` and return its loaded model (loading it if needed)."""
         mv = self.resolve(ref)
         return mv, self.model(mv)
 
-    def model(self, mv: "ModelVersion") -> Model:
+    def model(self, mv: ModelVersion) -> Model:
         model = self._models.get(mv.digest)
         if model is not None:
             if len(self._models) > 1:

@@ -29,21 +29,47 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import (Column, DateTime, Integer, String, Table, Text, UniqueConstraint, and_,
-                        delete, insert, select, update)
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from cloud_hub import db
 from cloud_hub.artifacts import ArtifactStore, LocalArtifactStore
 from edge_runtime import signing
-from edge_runtime.bundle import MANIFEST, Bundle, pack_bundle, read_bundle, sign_bundle, verify_bundle
-from edge_runtime.errors import BundleError, ConflictError, EdgeError, NotFoundError, ValidationError
+from edge_runtime.bundle import (
+    MANIFEST,
+    Bundle,
+    pack_bundle,
+    read_bundle,
+    sign_bundle,
+    verify_bundle,
+)
+from edge_runtime.errors import (
+    BundleError,
+    ConflictError,
+    EdgeError,
+    NotFoundError,
+    ValidationError,
+)
 
 log = logging.getLogger("cloud_hub.registry")
 
@@ -165,11 +191,11 @@ def parse_ref(ref: str) -> Ref:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _aware(t: dt.datetime) -> dt.datetime:
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 class HubKey:
@@ -211,7 +237,7 @@ class Registry:
         self._push_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, engine: Engine, settings) -> "Registry":
+    def from_settings(cls, engine: Engine, settings) -> Registry:
         data_dir = Path(settings.data_dir)
         key_path = settings.signing_key or data_dir / "keys" / "hub.key"
         hub_key = HubKey(key_path, create=settings.signing_key is None or settings.dev)
@@ -517,4 +543,4 @@ def _check_alias(alias: str) -> None:
                               "or '-' (max 64)", field="alias")
 
 
-__all__ = ["ModelVersion", "Registry", "HubKey", "Ref", "parse_ref", "MANIFEST"]
+__all__ = ["MANIFEST", "HubKey", "ModelVersion", "Ref", "Registry", "parse_ref"]

@@ -29,14 +29,17 @@ class ForbiddenError(EdgeError):
     code = "forbidden"
 
 
-def get_hub(request: Request) -> Hub:
+# The dependencies are ``async def`` on purpose: FastAPI runs a sync dependency in
+# the threadpool, a thread hop per dependency per request (it dominated the
+# predict hot path); these never block.
+async def get_hub(request: Request) -> Hub:
     return request.app.state.hub
 
 
 HubDep = Annotated[Hub, Depends(get_hub)]
 
 
-def caller_role(request: Request, hub: HubDep) -> str:
+async def caller_role(request: Request, hub: HubDep) -> str:
     s = hub.settings
     keys = {**{k: "viewer" for k in s.viewer_keys}, **{k: "client" for k in s.client_keys},
             **{k: "admin" for k in s.admin_keys}}
@@ -57,7 +60,7 @@ def caller_role(request: Request, hub: HubDep) -> str:
 
 
 def require(role: str):
-    def check(r: Annotated[str, Depends(caller_role)]) -> str:
+    async def check(r: Annotated[str, Depends(caller_role)]) -> str:
         if ROLE_RANK[r] < ROLE_RANK[role]:
             raise ForbiddenError(f"this action needs the {role} role; your key has the {r} role")
         return r

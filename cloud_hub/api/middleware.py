@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 
 import orjson
 
+from cloud_hub.inference import new_request_id
 from cloud_hub.logs import request_id_var
 from edge_runtime.errors import EdgeError
 
@@ -34,10 +34,14 @@ class PayloadTooLarge(EdgeError):
     code = "payload_too_large"
 
 
+_FAST = re.compile(r"^/(?:v1/models/([^/]+)/predict|v2/models/([^/]+)(?:/versions/([^/]+))?/infer)$")
+
+
 class HubMiddleware:
     def __init__(self, app, hub) -> None:
         self.app = app
         self.hub = hub
+        self.fast_path = True
         s = hub.settings
         self.max_body = int(s.max_body_bytes)
         self.max_upload = int(s.max_upload_bytes)
@@ -62,7 +66,7 @@ class HubMiddleware:
             elif k == b"content-length":
                 length = v
         if rid is None or not _RID_OK.match(rid):
-            rid = uuid.uuid4().hex
+            rid = new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         token = request_id_var.set(rid)
@@ -91,7 +95,7 @@ class HubMiddleware:
                                                      f"limit of {limit} bytes", "code": "payload_too_large",
                                                      "field": "body"})
                     return
-                await self.app(scope, receive, send_wrapper)
+                await self._dispatch(scope, receive, send_wrapper)
             else:
                 seen = [0]
 
@@ -104,7 +108,7 @@ class HubMiddleware:
                                                   field="body")
                     return message
 
-                await self.app(scope, counting_receive, send_wrapper)
+                await self._dispatch(scope, counting_receive, send_wrapper)
         finally:
             dt = time.perf_counter() - t0
             self.metrics.observe_http(scope["method"], status_box[0], dt)
@@ -114,13 +118,72 @@ class HubMiddleware:
             request_id_var.reset(token)
 
 
-async def _reply(send, status: int, body: dict) -> None:
+    async def _dispatch(self, scope, receive, send) -> None:
+        """Inference calls go straight to their endpoint function (same code, same
+        errors) without the generic router and dependency machinery, which cost
+        more than the model on small requests; everything else goes to the app."""
+        if self.fast_path and scope["method"] == "POST":
+            m = _FAST.match(scope["path"])
+            if m is not None:
+                from starlette.requests import Request
+
+                from cloud_hub.api import oip, predict
+
+                request = Request(scope, receive)
+                try:
+                    if m.group(1) is not None:
+                        scope["path_params"] = {"ref": m.group(1)}
+                        response = await predict.predict(m.group(1), request)
+                    elif m.group(3) is None:
+                        scope["path_params"] = {"name": m.group(2)}
+                        response = await oip.infer(m.group(2), request)
+                    else:
+                        scope["path_params"] = {"name": m.group(2), "version": m.group(3)}
+                        response = await oip.infer_version(m.group(2), m.group(3), request)
+                except EdgeError as exc:
+                    await _reply(send, exc.status_code, exc.to_dict(), close=False)
+                    return
+                except Exception:  # same contract as the app's handler: no stack trace to clients
+                    logging.getLogger("cloud_hub").exception("unhandled error")
+                    await _reply(send, 500, {"error": "internal error", "code": "internal_error"}, close=False)
+                    return
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _reply(send, status: int, body: dict, close: bool = True) -> None:
     data = orjson.dumps(body)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(data)).encode()), (b"connection", b"close")]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    if close:  # the body was not read: do not reuse the connection
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
 
 def install_middleware(app, hub) -> None:
     app.add_middleware(HubMiddleware, hub=hub)
+    prioritize_inference_routes(app)
+
+
+def prioritize_inference_routes(app) -> None:
+    """Try the predict/infer routes first: routes are matched in order, and a
+    predict request should not walk every registry/fleet/rollout route before
+    reaching its own. Their patterns only match their own shape, so moving them
+    first changes no other route's behaviour."""
+    from cloud_hub.api import oip, predict
+
+    hot_routers = (predict.router, oip.router)
+    hot_paths = {r.path for h in hot_routers for r in h.routes}
+
+    def rank(route) -> int:
+        original = getattr(route, "original_router", None)  # FastAPI >= 0.16x wraps included routers
+        if original is not None:
+            return 0 if any(original is h for h in hot_routers) else 1
+        return 0 if getattr(route, "path", None) in hot_paths else 1
+
+    routes = app.router.routes
+    routes[:] = sorted(routes, key=rank)
+    mark = getattr(app.router, "_mark_routes_changed", None)
+    if mark is not None:
+        mark()

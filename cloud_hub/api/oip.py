@@ -27,8 +27,8 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from cloud_hub.api.deps import Client, HubDep, Viewer
-from cloud_hub.api.predict import ORJSONResponse
+from cloud_hub.api.deps import HubDep, Viewer
+from cloud_hub.api.predict import ORJSONResponse, authorize
 from cloud_hub.inference import PartResult, PredictRequest, PredictResult, Target, _utc_now
 from edge_runtime.errors import EdgeError, ValidationError
 
@@ -151,13 +151,17 @@ _INFER_DOC = {"requestBody": {"required": True, "content": {"application/json": 
 
 @router.post("/v2/models/{name}/infer", responses=ERRORS, summary="OIP: inference",
              response_class=ORJSONResponse, openapi_extra=_INFER_DOC)
-async def infer(name: str, request: Request, hub: HubDep, _: Client) -> Response:
+async def infer(name: str, request: Request) -> Response:
+    hub = request.app.state.hub
+    await authorize(request, hub, "client")
     return await _infer(hub, request, _ref(name, None))
 
 
 @router.post("/v2/models/{name}/versions/{version}/infer", responses=ERRORS,
              summary="OIP: inference on a version", response_class=ORJSONResponse, openapi_extra=_INFER_DOC)
-async def infer_version(name: str, version: str, request: Request, hub: HubDep, _: Client) -> Response:
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    hub = request.app.state.hub
+    await authorize(request, hub, "client")
     return await _infer(hub, request, _ref(name, version))
 
 

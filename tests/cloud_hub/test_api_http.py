@@ -87,7 +87,7 @@ def test_predict_over_http(http, server, cancer_bundle, cancer_data):
                   json={"rows": [{**rows[1], "cid": 11}, rows[2]], "entity_key": "cid"})
     preds = r.json()["predictions"]
     assert preds[0]["cid"] == 11 and "cid" not in preds[1]
-    assert len(r.headers["x-request-id"]) == 32
+    assert len(r.headers["x-request-id"]) == 24 and r.headers["x-request-id"] == r.json()["request_id"]
 
 
 BAD = [

@@ -1,0 +1,341 @@
+"""Hub REST benchmark: our /predict and /v2 infer vs a plain FastAPI+onnxruntime
+endpoint, MLServer and KServe — same ONNX model, same load generator, loopback.
+
+    python benchmarks/hub_rest.py [--duration 5] [--rounds 3] [--concurrency 16 64]
+                                  [--benchvenv /work/benchvenv] [--json out.json]
+
+The load generator is ``wrk`` (C, keep-alive connections, one connection per
+unit of concurrency, latency percentiles from its HdrHistogram). Every server
+runs as its own process on 127.0.0.1 and is checked for a correct answer
+before the load. Rounds interleave the targets so background load on a shared
+machine hits them alike; the table reports the median round per target and
+concurrency. MLServer and KServe run from a separate virtualenv
+(``--benchvenv``: ``pip install mlserver kserve onnxruntime``) because their
+dependency pins clash with ours; targets whose environment is missing are
+reported as skipped.
+
+The model: scikit-learn StandardScaler + LogisticRegression on
+``load_breast_cancer`` (30 float features), exported with skl2onnx; one row
+per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+PEERS = HERE / "hub_rest_peers"
+ROOT = HERE.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_bundle(out: Path) -> tuple[Path, list[str], np.ndarray]:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from skl2onnx import to_onnx
+
+    from edge_runtime.bundle import write_bundle
+    from edge_runtime.signing import generate_keypair
+
+    data = load_breast_cancer()
+    x = data.data.astype(np.float32)
+    names = [n.replace(" ", "_") for n in data.feature_names]
+    est = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, data.target)
+    onx = to_onnx(est, x[:1], options={id(est): {"zipmap": False}}, target_opset=17)
+    key, pub = generate_keypair(out / "keys" / "bench.key", out / "keys" / "bench.pub")
+    proba = est.predict_proba(x[:8])[:, 1].tolist()
+    manifest = {
+        "name": "cancer", "version": "1.0.0", "format": "onnx", "model_file": "model.onnx",
+        "task": "binary_classification",
+        "inputs": {"kind": "features", "tensor": onx.graph.input[0].name,
+                   "features": [{"name": n, "dtype": "float32"} for n in names]},
+        "outputs": [{"name": "label", "role": "label"}, {"name": "probabilities", "role": "probabilities"}],
+        "postprocess": {"classes": ["malignant", "benign"], "positive_class": "benign", "threshold": 0.5,
+                        "risk_levels": [{"name": "high", "min": 0.7}, {"name": "medium", "min": 0.4},
+                                        {"name": "low", "min": 0.0}]},
+        "golden": [{"rows": [dict(zip(names, map(float, r))) for r in x[:8]], "expected_probability": proba}],
+    }
+    bundle = write_bundle(out / "bundle", manifest, {"model.onnx": onx.SerializeToString()}, key=key)
+    return bundle.root, names, x
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    body: bytes
+    check: callable
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+    results: dict[int, list[dict]] = field(default_factory=dict)
+    skipped: str | None = None
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"not ready after {timeout}s")
+
+
+def start(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    fh = open(log, "wb")
+    return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            cwd=cwd, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its own workers (its own session)
+        proc.wait(15)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)
+
+
+def run_wrk(url: str, body: bytes, conns: int, duration: float, work: Path) -> dict:
+    body_file = work / f"body-{abs(hash(body)) % 10**8}.json"
+    body_file.write_bytes(body)
+    script = work / f"post-{body_file.stem}.lua"
+    script.write_text(
+        'local f = io.open("%s", "rb")\nlocal body = f:read("*a")\nf:close()\n'
+        'wrk.method = "POST"\nwrk.body = body\nwrk.headers["Content-Type"] = "application/json"\n'
+        % body_file)
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "5s",
+                          "-s", str(script), url], capture_output=True, text=True, timeout=duration + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    pct = {}
+    for p, v, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+        pct[int(p)] = float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p50_ms": pct.get(50), "p90_ms": pct.get(90), "p99_ms": pct.get(99),
+            "requests": total, "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errors.group(0) if errors else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--benchvenv", type=Path, default=Path("/work/benchvenv"),
+                    help="virtualenv with mlserver, kserve, onnxruntime")
+    ap.add_argument("--only", nargs="*", help="run only these targets")
+    ap.add_argument("--microbatch", action="store_true", help="also run our hub with HUB_MICROBATCH=1")
+    ap.add_argument("--json", type=Path, help="write raw results here")
+    args = ap.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("hub_rest: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="hub-rest-"))
+    targets: list[Target] = []
+    try:
+        bundle, names, x = build_bundle(work)
+        row = dict(zip(names, map(float, x[0])))
+        model_file = bundle / "model.onnx"
+        from edge_runtime.model import Model
+
+        want = Model.load(bundle).predict(row)[0]["probability"]
+        v2_body = json.dumps({"inputs": [{"name": "X", "shape": [1, 30], "datatype": "FP32",
+                                          "data": x[0].tolist()}],
+                              "outputs": [{"name": "label"}, {"name": "probabilities"}]}).encode()
+
+        def check_rows(r):
+            return abs(r.json()["predictions"][0]["probability"] - want) < 1e-6
+
+        def check_plain(r):
+            return abs(r.json()["probability"] - want) < 1e-6
+
+        def check_v2(r):
+            outs = {o["name"]: o for o in r.json()["outputs"]}
+            return abs(outs["probabilities"]["data"][1] - want) < 1e-6
+
+        py = sys.executable
+        # ---- ours
+        hub_variants = [("hub", {})]
+        if args.microbatch:
+            hub_variants.append(("hub-microbatch", {"HUB_MICROBATCH": "1"}))
+        for label, extra in hub_variants:
+            port = free_port()
+            env = {"HUB_DATA_DIR": str(work / f"{label}-data"), "HUB_TRUSTED_KEYS": json.dumps(
+                [str(work / "keys" / "bench.pub")]), "PYTHONPATH": str(ROOT), **extra}
+            proc = start([py, "-m", "cloud_hub.cli", "serve", "--port", str(port)], work / f"{label}.log", env)
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(base + "/v2/health/ready", proc)
+            tar = work / "bundle.tar"
+            from edge_runtime.bundle import pack_bundle
+
+            pack_bundle(bundle, tar)
+            r = httpx.post(base + "/v1/models?alias=champion", content=tar.read_bytes(), timeout=60)
+            r.raise_for_status()
+            targets.append(Target(f"{label} /v1 predict", base + "/v1/models/cancer/predict",
+                                  json.dumps({"rows": [row]}).encode(), check_rows, proc, work / f"{label}.log"))
+            targets.append(Target(f"{label} /v2 infer", base + "/v2/models/cancer/infer", v2_body, check_v2,
+                                  None, work / f"{label}.log"))
+        # ---- plain FastAPI + onnxruntime (same interpreter and uvicorn as ours)
+        port = free_port()
+        (work / "features.json").write_text(json.dumps(names))
+        proc = start([py, str(PEERS / "plain_fastapi.py"), str(model_file), str(work / "features.json"), str(port)],
+                     work / "plain.log")
+        targets.append(Target("plain FastAPI+ORT", f"http://127.0.0.1:{port}/predict", json.dumps(row).encode(),
+                              check_plain, proc, work / "plain.log"))
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/docs", proc)
+        except RuntimeError as exc:
+            targets[-1].skipped = str(exc)
+        # ---- MLServer (default settings, then parallel_workers=0) and KServe
+        venv_py = args.benchvenv / "bin" / "python"
+        for label, pw in (("MLServer", None), ("MLServer parallel_workers=0", 0)):
+            t = Target(label, "", v2_body, check_v2)
+            targets.append(t)
+            if not (args.benchvenv / "bin" / "mlserver").exists():
+                t.skipped = f"mlserver not installed in {args.benchvenv}"
+                continue
+            port = free_port()
+            d = work / f"mlserver-{pw}"
+            d.mkdir()
+            settings = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port()}
+            if pw is not None:
+                settings["parallel_workers"] = pw
+            (d / "settings.json").write_text(json.dumps(settings))
+            (d / "model-settings.json").write_text(json.dumps({
+                "name": "cancer", "implementation": "mlserver_runtime.OnnxRuntimeModel",
+                "parameters": {"uri": str(model_file), "version": "1.0.0"}}))
+            t.proc = start([str(args.benchvenv / "bin" / "mlserver"), "start", str(d)], work / f"mlserver-{pw}.log",
+                           {"PYTHONPATH": str(PEERS)}, cwd=d)
+            t.log = work / f"mlserver-{pw}.log"
+            t.url = f"http://127.0.0.1:{port}/v2/models/cancer/infer"
+            try:
+                wait_ready(f"http://127.0.0.1:{port}/v2/models/cancer/ready", t.proc)
+            except RuntimeError as exc:
+                t.skipped = f"did not start: {exc}"
+        t = Target("KServe", "", v2_body, check_v2)
+        targets.append(t)
+        if venv_py.exists():
+            port = free_port()
+            t.proc = start([str(venv_py), str(PEERS / "kserve_server.py"), str(model_file), str(port), str(free_port())],
+                           work / "kserve.log")
+            t.log = work / "kserve.log"
+            t.url = f"http://127.0.0.1:{port}/v2/models/cancer/infer"
+            try:
+                wait_ready(f"http://127.0.0.1:{port}/v2/models/cancer/ready", t.proc)
+            except RuntimeError as exc:
+                t.skipped = f"did not start: {exc}"
+        else:
+            t.skipped = f"no virtualenv at {args.benchvenv}"
+        if args.only:
+            for t in targets:
+                if t.name not in args.only and not t.skipped:
+                    t.skipped = "not selected"
+        # ---- correctness check, warm-up
+        for t in targets:
+            if t.skipped:
+                continue
+            r = httpx.post(t.url, content=t.body, headers={"Content-Type": "application/json"}, timeout=30)
+            if r.status_code != 200 or not t.check(r):
+                t.skipped = f"wrong answer: {r.status_code} {r.text[:200]}"
+                continue
+            run_wrk(t.url, t.body, 8, 1.0, work)
+        # ---- interleaved rounds
+        for rnd in range(args.rounds):
+            for c in args.concurrency:
+                for t in targets:
+                    if t.skipped:
+                        continue
+                    res = run_wrk(t.url, t.body, c, args.duration, work)
+                    t.results.setdefault(c, []).append(res)
+                    print(f"round {rnd + 1} c={c:<3} {t.name:<30} {res['rps']:>8.0f} req/s  p50 "
+                          f"{res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms  non2xx {res['non2xx']}",
+                          file=sys.stderr, flush=True)
+        report(targets, args)
+    finally:
+        for t in targets:
+            stop(t.proc)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _median(rows: list[dict]) -> dict:
+    rows = sorted(rows, key=lambda r: r["rps"])
+    return rows[len(rows) // 2]
+
+
+def report(targets: list[Target], args) -> None:
+    import onnxruntime
+
+    vers = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__}
+    for mod in ("fastapi", "uvicorn"):
+        vers[mod] = __import__(mod).__version__
+    for pkg in ("mlserver", "kserve"):
+        try:
+            out = subprocess.run([str(args.benchvenv / "bin" / "python"), "-c",
+                                  f"import importlib.metadata as m; print(m.version('{pkg}'))"],
+                                 capture_output=True, text=True, timeout=30).stdout.strip()
+            vers[pkg] = out or "missing"
+        except (OSError, subprocess.TimeoutExpired):
+            vers[pkg] = "missing"
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}; "
+          f"{', '.join(f'{k} {v}' for k, v in vers.items())}; wrk, {args.duration:g}s x {args.rounds} "
+          f"rounds (median), 1 row/request")
+    cs = args.concurrency
+    head = "| target | " + " | ".join(f"c={c} req/s | c={c} p50 ms | c={c} p99 ms" for c in cs) + " |"
+    print(head)
+    print("|" + "---|" * (1 + 3 * len(cs)))
+    raw = {}
+    for t in targets:
+        if t.skipped:
+            print(f"| {t.name} | skipped: {t.skipped} |")
+            continue
+        cells = []
+        for c in cs:
+            m = _median(t.results[c])
+            cells += [f"{m['rps']:.0f}", f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}"]
+            if any(r["non2xx"] for r in t.results[c]):
+                cells[-3] += " (non-2xx!)"
+        print(f"| {t.name} | " + " | ".join(cells) + " |")
+        raw[t.name] = t.results
+    if args.json:
+        args.json.write_text(json.dumps({"versions": vers, "results": raw,
+                                         "skipped": {t.name: t.skipped for t in targets if t.skipped}}, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
