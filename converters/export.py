@@ -301,6 +301,8 @@ def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
         raise ValidationError(f"{type(model).__name__} is neither a classifier nor a regressor",
                               field="model")
     _register_boosters()
+    source = model
+    model = _xgboost_without_names(model)
     options = {id(m): {"zipmap": False} for m in _walk(model) if is_classifier(m)}
     x32 = smp.x.astype(np.float32)
     try:
@@ -314,6 +316,7 @@ def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
     except Exception as exc:  # skl2onnx raises RuntimeError/NotImplementedError/… per converter
         raise EngineError(f"skl2onnx cannot convert {type(model).__name__}: "
                           f"{str(exc).splitlines()[0][:300]}", field="model") from exc
+    model = source  # the reference answers come from the user's model, untouched
     xr = x32[: cfg.parity_rows].astype(np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -337,6 +340,22 @@ def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
                               f"{task.replace('_', ' ')} model", field="task")
     return _Converted(onx.SerializeToString(), task, "input", outputs, classes, ref,
                       converter=_converter_name(model))
+
+
+def _xgboost_without_names(model: Any) -> Any:
+    """onnxmltools reads XGBoost trees by feature *index* (f0, f1, …): a model fitted on a
+    DataFrame is converted from a copy whose booster forgets the column names."""
+    named = [m for m in _walk(model) if type(m).__module__.startswith("xgboost")
+             and hasattr(m, "get_booster") and m.get_booster().feature_names]
+    if not named:
+        return model
+    import copy
+
+    clone = copy.deepcopy(model)
+    for m in _walk(clone):
+        if type(m).__module__.startswith("xgboost") and hasattr(m, "get_booster"):
+            m.get_booster().feature_names = None
+    return clone
 
 
 def _as_model_input(model: Any, x: np.ndarray, names: list[str]) -> Any:

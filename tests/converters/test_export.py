@@ -303,3 +303,47 @@ def test_dataframe_sample_for_the_demo_path(tmp_path, keys, public_key):
                         ExportConfig(key=keys[0], name="cancer"))
     assert read_bundle(out2).manifest.feature_names == names
     Model.load(out2).self_test()
+
+
+@pytest.mark.parametrize("kind", ["lgbm_regressor", "xgb_regressor", "lgbm_in_pipeline",
+                                  "xgb_classifier_dataframe"])
+def test_boosters_fitted_on_dataframes(kind, tmp_path, keys, public_key):
+    """LightGBM/XGBoost fitted on named columns, alone or inside a pipeline (the XGBoost
+    converter needs f0…fn names: export converts a renamed copy, the user's model is untouched)."""
+    import lightgbm
+    import xgboost
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    frame = cancer_frame()
+    x = frame.drop(columns=["target", "mean_radius"])
+    regression = kind.endswith("regressor")
+    y = frame["mean_radius"] if regression else frame["target"]
+    model = {"lgbm_regressor": lambda: lightgbm.LGBMRegressor(n_estimators=10, verbose=-1),
+             "xgb_regressor": lambda: xgboost.XGBRegressor(n_estimators=10, max_depth=3),
+             "lgbm_in_pipeline": lambda: make_pipeline(
+                 StandardScaler(), lightgbm.LGBMClassifier(n_estimators=10, verbose=-1)),
+             "xgb_classifier_dataframe": lambda: xgboost.XGBClassifier(n_estimators=10,
+                                                                       max_depth=3)}[kind]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(x, y)
+    out = export_model(model, x.assign(outcome=y), tmp_path / "b",
+                       ExportConfig(key=keys[0], name=kind, label_column="outcome"))
+    verify_bundle(out, public_key)
+    m = read_bundle(out).manifest
+    assert m.feature_names == list(x.columns)
+    assert m.task == ("regression" if regression else "binary_classification")
+    loaded = Model.load(out)
+    loaded.self_test()
+    got = loaded.score_array(x.to_numpy(np.float32)[:100])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        xin = x.iloc[:100].astype(np.float32)
+        if regression:
+            np.testing.assert_allclose(got.value, model.predict(xin), rtol=1e-4, atol=1e-4)
+        else:
+            np.testing.assert_allclose(got.probabilities, model.predict_proba(xin), atol=1e-4)
+    if kind.startswith("xgb"):
+        booster = model.get_booster()
+        assert booster.feature_names == list(x.columns)  # the user's model kept its names
