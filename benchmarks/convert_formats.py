@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from converters.coreml import CoreMLConfig, onnx_to_coreml  # noqa: E402
-from converters.tflite import TFLiteConfig, onnx_to_tflite  # noqa: E402
-from edge_runtime.bundle import write_bundle  # noqa: E402
-from edge_runtime.engines import EngineOptions  # noqa: E402
-from edge_runtime.model import Model  # noqa: E402
-from edge_runtime.signing import generate_keypair  # noqa: E402
+from converters.coreml import CoreMLConfig, onnx_to_coreml
+from converters.tflite import TFLiteConfig, onnx_to_tflite
+from edge_runtime.bundle import write_bundle
+from edge_runtime.engines import EngineOptions
+from edge_runtime.model import Model
+from edge_runtime.signing import generate_keypair
 
 
 def _split(x, y, seed=0):

@@ -30,15 +30,23 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from converters.onnx_source import (ConversionError, UnsupportedOpsError, carried_manifest,
-                                    check_out_dir, load_source, publish, resolve_key,
-                                    staging_dir)
+from converters.onnx_source import (
+    ConversionError,
+    UnsupportedOpsError,
+    carried_manifest,
+    check_out_dir,
+    load_source,
+    publish,
+    resolve_key,
+    staging_dir,
+)
 from edge_runtime.bundle import Bundle
 
 PACKAGE = "model.mlpackage"
@@ -232,8 +240,8 @@ class MilGraph:
             try:
                 COREML_OPS[node.op_type](self, node)
             except OpError as exc:
-                raise UnsupportedOpsError("Core ML", [f"{op_label(node)} node "
-                                                      f"{node.name or node.output[0]!r}: {exc}"]) from exc
+                raise UnsupportedOpsError("Core ML", [(f"{op_label(node)} node "
+                                                      f"{node.name or node.output[0]!r}: {exc}")]) from exc
         outs = []
         for name in self.outputs:
             var = self.get(name)
@@ -704,8 +712,8 @@ def build_program(model, outputs: list[str], config: CoreMLConfig):
         dims = [d.dim_value if d.HasField("dim_value") else None
                 for d in inp.type.tensor_type.shape.dim]
         if any(d is None for d in dims[1:]):
-            raise UnsupportedOpsError("Core ML", [f"graph input {inp.name!r}: only the batch "
-                                                  "dimension may be free"])
+            raise UnsupportedOpsError("Core ML", [(f"graph input {inp.name!r}: only the batch "
+                                                  "dimension may be free")])
         sym = get_new_symbol()
         shape = tuple([sym if dims and dims[0] is None else dims[0]] + dims[1:])
         specs[inp.name] = mb.TensorSpec(shape=shape, dtype=types.fp32)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -208,6 +209,17 @@ def max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b))) if a.size else 0.0
 
 
-__all__ = ["ConversionError", "UnsupportedOpsError", "SourceModel", "KEY_ENV", "resolve_key",
-           "check_out_dir", "load_source", "publish", "golden_inputs", "carried_manifest", "staging_dir",
-           "BundleError"]
+__all__ = [
+    "KEY_ENV",
+    "BundleError",
+    "ConversionError",
+    "SourceModel",
+    "UnsupportedOpsError",
+    "carried_manifest",
+    "check_out_dir",
+    "golden_inputs",
+    "load_source",
+    "publish",
+    "resolve_key",
+    "staging_dir",
+]

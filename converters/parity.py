@@ -32,7 +32,7 @@ def _stats(a: list[np.ndarray], b: list[np.ndarray], da: list[np.ndarray],
     x, y = np.concatenate(a), np.concatenate(b)
     agree = float(np.mean(np.concatenate(da) == np.concatenate(db))) if da else 1.0
     diff = np.abs(x - y)
-    return {"rows": int(len(x)), "max_abs_diff": float(diff.max()) if x.size else 0.0,
+    return {"rows": len(x), "max_abs_diff": float(diff.max()) if x.size else 0.0,
             # |Δ| / max(1, |source|): the check for values of any magnitude (regression)
             "max_rel_diff": float((diff / np.maximum(1.0, np.abs(x))).max()) if x.size else 0.0,
             "label_agreement": round(agree, 6)}

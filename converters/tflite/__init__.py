@@ -8,7 +8,12 @@ Op support lives in :data:`converters.tflite.graph.REGISTRY` (one handler per
 ONNX op type, see ``ops.py``); :func:`supported_ops` lists it.
 """
 
-from converters.tflite.convert import (MODEL_FILE, TFLiteConfig, convert_model, onnx_to_tflite,
-                                       supported_ops)
+from converters.tflite.convert import (
+                                       MODEL_FILE,
+                                       TFLiteConfig,
+                                       convert_model,
+                                       onnx_to_tflite,
+                                       supported_ops,
+)
 
-__all__ = ["onnx_to_tflite", "TFLiteConfig", "convert_model", "supported_ops", "MODEL_FILE"]
+__all__ = ["MODEL_FILE", "TFLiteConfig", "convert_model", "onnx_to_tflite", "supported_ops"]

@@ -182,7 +182,7 @@ if schema is not None:
     class _AlignedBufferT(schema.BufferT):
         """A constant buffer whose bytes start on a 16-byte boundary."""
 
-        def Pack(self, builder):  # noqa: N802 - flatbuffers naming
+        def Pack(self, builder):
             data = None
             if self.data is not None and len(self.data):
                 payload = np.asarray(self.data, dtype=np.uint8).tobytes()

@@ -18,11 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from converters.onnx_source import (ConversionError, UnsupportedOpsError, carried_manifest,
-                                    check_out_dir, load_source, publish, resolve_key,
-                                    staging_dir)
+from converters.onnx_source import (
+    ConversionError,
+    UnsupportedOpsError,
+    carried_manifest,
+    check_out_dir,
+    load_source,
+    publish,
+    resolve_key,
+    staging_dir,
+)
 from edge_runtime.bundle import Bundle, write_bundle
 
 MODEL_FILE = "model.tflite"

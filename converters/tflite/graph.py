@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -63,8 +64,8 @@ class Value:
 
 @dataclass
 class OpHandler:
-    convert: Callable[["GraphConverter", Any], None]
-    check: Callable[["GraphConverter", Any], str | None] | None = None
+    convert: Callable[[GraphConverter, Any], None]
+    check: Callable[[GraphConverter, Any], str | None] | None = None
     doc: str = ""
 
 
@@ -233,15 +234,15 @@ class GraphConverter:
             except OpError as exc:
                 from converters.onnx_source import UnsupportedOpsError
 
-                raise UnsupportedOpsError("TFLite", [f"{op_label(node)} node "
-                                                     f"{node.name or node.output[0]!r}: {exc}"]) from exc
+                raise UnsupportedOpsError("TFLite", [(f"{op_label(node)} node "
+                                                     f"{node.name or node.output[0]!r}: {exc}")]) from exc
         self.dropped_outputs.update({n: self.dropped[n] for n in self.graph_outputs
                                      if n in self.dropped})
         if all(n in self.dropped_outputs for n in self.graph_outputs):
             from converters.onnx_source import UnsupportedOpsError
 
-            raise UnsupportedOpsError("TFLite", [f"no output can be produced: "
-                                                 f"{self.dropped_outputs}"])
+            raise UnsupportedOpsError("TFLite", [(f"no output can be produced: "
+                                                 f"{self.dropped_outputs}")])
         used: set[int] = set(self.b.inputs)
         for name in self.graph_outputs:
             if name in self.dropped_outputs:
@@ -284,8 +285,8 @@ class GraphConverter:
         except Exception as exc:
             from converters.onnx_source import UnsupportedOpsError
 
-            raise UnsupportedOpsError("TFLite", [f"{op_label(node)} node {node.name!r} on constants "
-                                                 f"could not be folded: {exc}"]) from exc
+            raise UnsupportedOpsError("TFLite", [(f"{op_label(node)} node {node.name!r} on constants "
+                                                 f"could not be folded: {exc}")]) from exc
         for name, arr in zip(node.output, outs):
             if name:
                 self.consts[name] = np.asarray(arr)

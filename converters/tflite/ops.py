@@ -12,8 +12,15 @@ import math
 
 import numpy as np
 
-from converters.tflite.graph import (GraphConverter, OpError, Value, attrs, broadcast_shape,
-                                     clip_bounds, register)
+from converters.tflite.graph import (
+    GraphConverter,
+    OpError,
+    Value,
+    attrs,
+    broadcast_shape,
+    clip_bounds,
+    register,
+)
 
 NONE, RELU, RELU_N1_TO_1, RELU6, TANH = 0, 1, 2, 3, 4
 STRING_LABELS = ("string class labels have no TFLite tensor here; the bundle's "

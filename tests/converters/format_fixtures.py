@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cancer():
     from sklearn.datasets import load_breast_cancer
 
@@ -22,7 +22,7 @@ def cancer():
     return d.data.astype(np.float32), d.target, [n.replace(" ", "_") for n in d.feature_names]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits():
     from sklearn.datasets import load_digits
 
@@ -30,7 +30,7 @@ def digits():
     return d.data.astype(np.float32), d.target, [f"px{i}" for i in range(64)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def estimator(kind: str):
     """(fitted estimator, x, y, feature names, task) by name."""
     from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -114,7 +114,7 @@ def write_onnx_bundle(out: Path, onx, *, name: str, task: str, names: list[str] 
 def sklearn_bundle(out: Path, kind: str, key) -> Path:
     from skl2onnx import to_onnx
 
-    m, x, y, names, task = estimator(kind)
+    m, x, _y, names, task = estimator(kind)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         onx = to_onnx(m, x[:1], options={id(m): {"zipmap": False}} if task != "regression" else None,

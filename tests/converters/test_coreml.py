@@ -9,15 +9,21 @@ import pytest
 
 pytest.importorskip("coremltools")
 
-import format_fixtures as ff  # noqa: E402
+import format_fixtures as ff
 
-from converters.coreml import (MODEL_FILE, NUMERICAL_NOTE, CoreMLConfig, import_coremltools,  # noqa: E402
-                               onnx_to_coreml, supported_ops)
-from converters.onnx_source import ConversionError, UnsupportedOpsError  # noqa: E402
-from edge_runtime.bundle import read_bundle, verify_bundle  # noqa: E402
-from edge_runtime.errors import BundleError  # noqa: E402
-from edge_runtime.model import Model  # noqa: E402
-from edge_runtime.signing import load_public_key  # noqa: E402
+from converters.coreml import (
+    MODEL_FILE,
+    NUMERICAL_NOTE,
+    CoreMLConfig,
+    import_coremltools,
+    onnx_to_coreml,
+    supported_ops,
+)
+from converters.onnx_source import ConversionError, UnsupportedOpsError
+from edge_runtime.bundle import read_bundle, verify_bundle
+from edge_runtime.errors import BundleError
+from edge_runtime.model import Model
+from edge_runtime.signing import load_public_key
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +99,9 @@ def test_sklearn_models_spec_and_bundle(kind, features, n_out, must_have, src, t
 
 def test_mil_numbers_match_onnx_beyond_golden(src, tmp_path, keypair):
     """The same value-inference check on 200 real rows, outside the converter."""
+    import onnx
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import Function, types
-
-    import onnx
 
     from converters.coreml import MilGraph
 

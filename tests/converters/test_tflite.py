@@ -10,14 +10,14 @@ import pytest
 
 pytest.importorskip("ai_edge_litert")
 
-import format_fixtures as ff  # noqa: E402
+import format_fixtures as ff
 
-from converters.onnx_source import ConversionError, UnsupportedOpsError  # noqa: E402
-from converters.tflite import TFLiteConfig, onnx_to_tflite, supported_ops  # noqa: E402
-from edge_runtime.bundle import read_bundle, verify_bundle  # noqa: E402
-from edge_runtime.errors import BundleError  # noqa: E402
-from edge_runtime.model import Model  # noqa: E402
-from edge_runtime.signing import load_public_key  # noqa: E402
+from converters.onnx_source import ConversionError, UnsupportedOpsError
+from converters.tflite import TFLiteConfig, onnx_to_tflite, supported_ops
+from edge_runtime.bundle import read_bundle, verify_bundle
+from edge_runtime.errors import BundleError
+from edge_runtime.model import Model
+from edge_runtime.signing import load_public_key
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,6 @@ def test_dynamic_batch_sizes(bundles, tmp_path, keypair):
 
 
 def test_unsupported_ops_listed_all_and_nothing_written(bundles, src_dir, tmp_path, keypair):
-    import onnx
     from onnx import TensorProto, helper
 
     # gradient boosting → TreeEnsembleClassifier: no TFLite builtin
@@ -331,4 +330,4 @@ def test_string_class_labels_leave_the_label_to_postprocess(src_dir, tmp_path, k
     s_model = Model.load(src)
     rows = [dict(zip(names, map(float, r))) for r in x[:20]]
     assert [r["label"] for r in m.predict(rows)] == [r["label"] for r in s_model.predict(rows)]
-    assert set(r["label"] for r in m.predict(rows)) <= {"benign", "malignant"}
+    assert {r["label"] for r in m.predict(rows)} <= {"benign", "malignant"}

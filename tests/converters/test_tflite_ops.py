@@ -8,13 +8,12 @@ import pytest
 
 pytest.importorskip("ai_edge_litert")
 
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
 
-from converters.onnx_source import UnsupportedOpsError  # noqa: E402
-from converters.tflite import TFLiteConfig, convert_model  # noqa: E402
-from edge_runtime.engines.tflite import load_interpreter_class  # noqa: E402
+from converters.onnx_source import UnsupportedOpsError
+from converters.tflite import TFLiteConfig, convert_model
+from edge_runtime.engines.tflite import load_interpreter_class
 
 RNG = np.random.default_rng(7)
 
@@ -137,7 +136,7 @@ def test_linear_classifier_single_row_and_string_labels():
         m.ir_version = 8
         want = ort.InferenceSession(m.SerializeToString(),
                                     providers=["CPUExecutionProvider"]).run(None, {"X": x})
-        data, facts = convert_model(m, TFLiteConfig())
+        data, _facts = convert_model(m, TFLiteConfig())
         interp = load_interpreter_class()(model_content=data)
         interp.resize_tensor_input(0, [6, 3])
         interp.allocate_tensors()
