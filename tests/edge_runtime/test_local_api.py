@@ -210,3 +210,29 @@ def test_http10_and_connection_close_end_the_connection(daemon, rows):
     out = _raw(daemon, b"POST /predict HTTP/1.1\r\nExpect: 100-continue\r\nConnection: close\r\n"
                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     assert out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200")
+
+
+def test_concurrent_keep_alive_clients(daemon, rows):
+    import threading
+
+    results, errors = [], []
+
+    def client(k):
+        c = http.client.HTTPConnection(daemon.api.host, daemon.api.port, timeout=10)
+        try:
+            for i in range(30):
+                status, body = call(c, "POST", "/predict", {"rows": rows[: 1 + (i + k) % 5]})
+                results.append((status, len(body["predictions"]), 1 + (i + k) % 5))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert len(results) == 180
+    assert all(s == 200 and n == want for s, n, want in results)
