@@ -48,10 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="export a trained model to a signed ONNX bundle",
                        description="Export a scikit-learn / LightGBM / XGBoost model (joblib or "
-                       "pickle file) or a PyTorch module (.pt, needs torch) to a signed ONNX "
-                       "bundle. The sample fills in the input contract and the golden vectors; "
+                       "pickle file), a PyTorch module (.pt, needs torch) or an ONNX file to a "
+                       "signed ONNX bundle. The sample fills in the input contract and the golden vectors; "
                        "the conversion is refused if it does not answer like the model.")
-    e.add_argument("model", help="model file (.joblib, .pkl, .pt)")
+    e.add_argument("model", help="model file (.joblib, .pkl, .pt, or an .onnx file to wrap)")
+    e.add_argument("--output-role", choices=["logits", "probabilities"], default="logits",
+                   help="torch/ONNX classifiers: what the output columns hold (default logits)")
     e.add_argument("--sample", required=True, help="sample data: .csv, .parquet or .npy/.npz")
     e.add_argument("--out", required=True, help="bundle directory to create")
     e.add_argument("--name", help="bundle name (default: the model file name)")
@@ -171,6 +173,7 @@ def cmd_export(args) -> int:
                        positive_class=_maybe_int(args.positive_class), threshold=args.threshold,
                        risk_levels=None if args.no_risk_levels else DEFAULT_RISK_LEVELS,
                        golden_rows=args.golden_rows, record_ranges=args.ranges,
+                       output_role=args.output_role,
                        overwrite=args.force)
     out = export_model(args.model, args.sample, args.out, cfg)
     _print_bundle(out)

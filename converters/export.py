@@ -4,8 +4,10 @@
 
 Supported sources: scikit-learn estimators and pipelines (a Python object or a
 joblib/pickle file), LightGBM and XGBoost scikit-learn wrappers (also inside
-pipelines, through onnxmltools' converters registered with skl2onnx), and
-PyTorch modules when torch is installed (``torch.onnx``; the ``torch`` extra).
+pipelines, through onnxmltools' converters registered with skl2onnx), PyTorch
+modules when torch is installed (``torch.onnx``; the ``torch`` extra), and ONNX
+files made elsewhere (wrapped as they are; ``task`` tells what an ambiguous
+output means).
 
 From the model and the sample the bundle gets: the input contract (feature
 names from ``feature_names_in_`` or the sample's columns, dtypes, optional
@@ -140,6 +142,8 @@ def export_model(model_or_path: Any, sample: Any, out_dir: str | Path,
     smp = finalize(smp)
     if kind == "torch":
         conv = _convert_torch(model, smp, cfg)
+    elif kind == "onnx":
+        conv = _wrap_onnx(model, smp, cfg)
     else:
         conv = _convert_sklearn(model, smp, cfg)
     conv.seconds = time.perf_counter() - t0
@@ -157,6 +161,17 @@ def load_model(model_or_path: Any) -> tuple[Any, str]:
     path = Path(model_or_path)
     if not path.is_file():
         raise ValidationError(f"model file not found: {path}", field="model")
+    if path.suffix.lower() == ".onnx":
+        import onnx
+
+        try:
+            model = onnx.load_model(str(path), load_external_data=False)
+            onnx.checker.check_model(model)
+        except Exception as exc:  # protobuf DecodeError, ValidationError, …
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise ValidationError(f"cannot load model {path.name}: not a valid ONNX model "
+                                  f"({first})", field="model") from exc
+        return model, path.stem
     if path.suffix.lower() in (".pt", ".pth"):
         try:
             import torch
@@ -182,13 +197,13 @@ def load_model(model_or_path: Any) -> tuple[Any, str]:
 
 
 def model_kind(model: Any) -> str:
-    try:
-        import torch
+    import sys
 
-        if isinstance(model, torch.nn.Module):
-            return "torch"
-    except ImportError:
-        pass
+    torch = sys.modules.get("torch")  # a torch module implies torch is imported already
+    if torch is not None and isinstance(model, torch.nn.Module):
+        return "torch"
+    if type(model).__name__ == "ModelProto" and type(model).__module__.startswith("onnx"):
+        return "onnx"
     if hasattr(model, "predict") and hasattr(model, "fit"):
         from sklearn.exceptions import NotFittedError
         from sklearn.utils.validation import check_is_fitted
@@ -421,6 +436,65 @@ def _convert_torch(module: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
     return _Converted(buf.getvalue(), task, "input", [{"name": "output", "role": cfg.output_role}],
                       classes, {"probabilities": probs, "label": probs.argmax(axis=1)},
                       converter=f"torch.onnx {torch.__version__}")
+
+
+def _wrap_onnx(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
+    """An ONNX file made elsewhere (torch.onnx, tf2onnx, …): the bundle gets a contract,
+    post-processing and golden vectors; the reference is the file itself."""
+    import onnxruntime as ort
+
+    data = model.SerializeToString()
+    try:
+        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ValidationError(f"ONNX Runtime cannot load the model: {str(exc)[:300]}",
+                              field="model") from exc
+    inputs = sess.get_inputs()
+    if len(inputs) != 1:
+        raise ValidationError(f"the ONNX model has {len(inputs)} inputs; export takes models "
+                              "with one input tensor", field="model")
+    name = inputs[0].name
+    shape = inputs[0].shape or []
+    if not smp.is_tensor and len(shape) == 2 and isinstance(shape[1], int) \
+            and shape[1] != len(smp.names):
+        hint = "" if cfg.label_column else " (is the label still in the sample? pass --label-column)"
+        raise ValidationError(f"the model expects {shape[1]} features, the sample has "
+                              f"{len(smp.names)} columns{hint}", field="sample")
+    x32 = smp.x[: cfg.parity_rows].astype(np.float32)
+    try:
+        outs = sess.run(None, {name: x32})
+    except Exception as exc:
+        raise ValidationError(f"the ONNX model does not run on the sample: "
+                              f"{str(exc).splitlines()[0][:300]}", field="sample") from exc
+    out_names = [o.name for o in sess.get_outputs()]
+    by_name = dict(zip(out_names, outs))
+    if "probabilities" in by_name:  # skl2onnx-style classifier (zipmap=False)
+        role, head = "probabilities", "probabilities"
+    else:
+        head = next(n for n, o in by_name.items() if np.asarray(o).dtype.kind == "f")
+        width = np.asarray(by_name[head]).reshape(len(x32), -1).shape[1]
+        if cfg.task is None and width > 1:
+            raise ValidationError(f"cannot tell what output {head!r} ({width} columns) is: pass "
+                                  "--task binary|multiclass (and output_role logits or "
+                                  "probabilities) or --task regression", field="task")
+        role = "value" if (cfg.task and TASK_ALIASES[cfg.task] == "regression") or width == 1 \
+            else cfg.output_role
+    raw = np.asarray(by_name[head], dtype=np.float64).reshape(len(x32), -1)
+    if role == "value":
+        return _Converted(data, "regression", name, [{"name": head, "role": "value"}], [],
+                          {"value": raw[:, 0]}, converter="onnx file (wrapped as is)")
+    probs = raw
+    if role == "logits":
+        z = raw - raw.max(axis=1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    task = TASK_ALIASES[cfg.task] if cfg.task else (
+        "binary_classification" if probs.shape[1] == 2 else "multiclass_classification")
+    outputs = [{"name": head, "role": role}]
+    if "label" in by_name:
+        outputs.insert(0, {"name": "label", "role": "label"})
+    return _Converted(data, task, name, outputs, list(range(probs.shape[1])),
+                      {"probabilities": probs, "label": probs.argmax(axis=1)},
+                      converter="onnx file (wrapped as is)")
 
 
 def _plain(v: Any) -> Any:

@@ -347,3 +347,47 @@ def test_boosters_fitted_on_dataframes(kind, tmp_path, keys, public_key):
     if kind.startswith("xgb"):
         booster = model.get_booster()
         assert booster.feature_names == list(x.columns)  # the user's model kept its names
+
+
+def test_onnx_file_made_elsewhere(tmp_path, keys, public_key):
+    """An .onnx file from another exporter: skl2onnx-style heads are recognised, a bare
+    logits output needs --task, and the bundle answers like the file."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from skl2onnx import to_onnx
+
+    model, x, y, names = trained("mlp")
+    onx = to_onnx(model, x[:1].astype(np.float32), options={"zipmap": False}, target_opset=17)
+    onnx.save(onx, str(tmp_path / "mlp.onnx"))
+    out = export_model(tmp_path / "mlp.onnx", (x, y), tmp_path / "a",
+                       ExportConfig(key=keys[0], feature_names=names))
+    verify_bundle(out, public_key)
+    m = read_bundle(out).manifest
+    assert m.name == "mlp" and m.task == "multiclass_classification"
+    assert m.postprocess.classes == list(range(10)) and m.provenance["sample_accuracy"] > 0.95
+    Model.load(out).self_test()
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(64, 3)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["scores"])], "lin",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 3])],
+                          [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "lin.onnx"))
+    with pytest.raises(ValidationError, match="--task") as exc:
+        export_model(tmp_path / "lin.onnx", x, tmp_path / "b", ExportConfig(key=keys[0]))
+    assert exc.value.field == "task"
+    out = export_model(tmp_path / "lin.onnx", x, tmp_path / "b",
+                       ExportConfig(key=keys[0], task="multiclass", class_names=["a", "b", "c"]))
+    m = read_bundle(out).manifest
+    assert m.outputs[0].role == "logits" and m.postprocess.classes == ["a", "b", "c"]
+    got = Model.load(out).score_array(x[:20].astype(np.float32)).probabilities
+    z = x[:20].astype(np.float32) @ numpy_helper.to_array(w)
+    want = np.exp(z - z.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(got, want / want.sum(axis=1, keepdims=True), atol=1e-5)
+
+    (tmp_path / "broken.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(ValidationError, match="not a valid ONNX model"):
+        export_model(tmp_path / "broken.onnx", x, tmp_path / "c", ExportConfig(key=keys[0]))
+    assert not (tmp_path / "c").exists()
