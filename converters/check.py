@@ -452,9 +452,11 @@ def format_table(r: Report) -> str:
             "-" if not ref_batch else f"{ref_batch / v.batch.p50_ms:.2f}"])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+    cpus = r.machine.get("cpu_count") or 0
+    over = f" (more than this machine's {cpus} cores)" if cpus and r.threads > cpus else ""
     out = [f"reference: {r.reference}   sample: {r.sample} ({r.rows} rows"
-           f"{', labelled' if r.labelled else ''})   threads: {r.threads}   "
-           f"machine: {r.machine.get('processor')} ×{r.machine.get('cpu_count')}",
+           f"{', labelled' if r.labelled else ''})   threads: {r.threads}{over}   "
+           f"machine: {r.machine.get('processor')} ×{cpus}",
            line(head), line(["-" * w for w in widths])]
     out += [line(row) for row in rows]
     notes = [f"  {v.name}:{v.version} ({v.format}): {v.note}" for v in r.variants if v.note]
