@@ -217,14 +217,16 @@ class RoutingService:
         cfg = self.cached_split(name)
         split_id = cfg.split_id if cfg else ""
         now = _now()
+        rows = []
         for j, (i, key) in enumerate(zip(part.indices, part.entity_keys)):
             out = outputs[j] if outputs is not None and j < len(outputs) else {}
             label = out.get("label")
-            self.log_writer.put({
+            rows.append({
                 "request_id": request_id, "row": i, "name": name, "split_id": split_id, "grp": part.group, "version": version,
                 "entity_key": key, "score": score_of(out), "decision": None if label is None else str(label),
                 "positive": positive_of(model, out) if out else None, "latency_ms": latency_ms,
                 "error": error, "created_at": now})
+        self.log_writer.put_many(rows)
 
     # ---- stored counters -----------------------------------------------------------------
     def group_stats(self, name: str, all_splits: bool = False) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """A batching background writer: hot paths hand rows over without touching the database.
 
-The predict path and the shadow worker call :meth:`BatchWriter.put` (never
-blocks; when the bounded buffer is full the row is dropped and counted) and a
+The predict path and the shadow worker call :meth:`BatchWriter.put_many` with
+the rows of one request (never blocks; when the bounded buffer — ``capacity``
+requests — is full the rows are dropped and counted) and a
 daemon thread inserts in batches (one transaction per batch). ``flush()`` waits
 until everything handed over so far is stored — readers (evaluation, reports)
 call it first so they see every request answered before them.
@@ -21,8 +22,8 @@ log = logging.getLogger("cloud_hub.writer")
 
 
 class BatchWriter:
-    def __init__(self, engine: Engine, table: Table, *, max_batch: int = 500, interval_s: float = 0.2,
-                 capacity: int = 200_000, name: str = "writer") -> None:
+    def __init__(self, engine: Engine, table: Table, *, max_batch: int = 200, interval_s: float = 0.2,
+                 capacity: int = 100_000, name: str = "writer") -> None:
         self.engine, self.table = engine, table
         self.max_batch, self.interval_s = max_batch, interval_s
         self._q: queue.Queue = queue.Queue(maxsize=capacity)
@@ -45,20 +46,22 @@ class BatchWriter:
                     self._thread.start()
 
     def put(self, row: dict[str, Any]) -> bool:
+        return self.put_many([row])
+
+    def put_many(self, rows: list[dict[str, Any]]) -> bool:
+        """Hand over the rows of one request as one queue item (one lock round-trip, not one per row)."""
+        if not rows:
+            return True
         self._ensure_thread()
         try:
-            self._q.put_nowait(row)
+            self._q.put_nowait(rows)
         except queue.Full:
             with self._lock:
-                self.dropped += 1
+                self.dropped += len(rows)
             return False
         with self._lock:
             self._accepted += 1
         return True
-
-    def put_many(self, rows: list[dict[str, Any]]) -> None:
-        for r in rows:
-            self.put(r)
 
     def _run(self) -> None:
         while not self._stop.is_set() or not self._q.empty():
@@ -66,23 +69,26 @@ class BatchWriter:
                 first = self._q.get(timeout=self.interval_s)
             except queue.Empty:
                 continue
-            batch = [first]
+            items = [first]
+            batch = list(first)
             while len(batch) < self.max_batch:
                 try:
-                    batch.append(self._q.get_nowait())
+                    nxt = self._q.get_nowait()
                 except queue.Empty:
                     break
+                items.append(nxt)
+                batch.extend(nxt)
             try:
                 with self.engine.begin() as conn:
                     conn.execute(self.table.insert(), batch)
                 ok = len(batch)
-            except Exception:
+            except Exception:  # a failed batch must not kill the writer
                 log.exception("could not store %d %s rows", len(batch), self.table.name)
                 ok = 0
             with self._lock:
                 self.written += ok
                 self.failed += len(batch) - ok
-                self._handled += len(batch)
+                self._handled += len(items)
                 self._done.notify_all()
 
     def flush(self, timeout: float = 30.0) -> bool:
