@@ -6,7 +6,10 @@ loses nothing that fit in the buffer. The buffer is bounded: past
 ``max_windows`` telemetry windows the *oldest* are dropped and the drop is
 counted (the count travels in every later window as ``dropped_windows``).
 The per-device window sequence number lives here too, so it keeps growing
-across daemon restarts (the hub dedupes on (device, seq)).
+across daemon restarts (the hub dedupes on (device, seq)). A *new* outbox (first
+boot, or a device whose disk was wiped) starts its sequence at ``unix_time × 1000``
+rather than 1, so a re-provisioned device never reuses numbers the hub has already
+stored (which it would silently discard as duplicates).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 class Outbox:
-    def __init__(self, path: str | Path, max_windows: int = 10_000, max_events: int = 10_000) -> None:
+    def __init__(self, path: str | Path, max_windows: int = 10_000, max_events: int = 10_000,
+                 first_seq: int | None = None) -> None:
         self.path = Path(path)
         self.max_windows = max(1, int(max_windows))
         self.max_events = max(1, int(max_events))
@@ -43,6 +48,10 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            if self._db.execute("SELECT 1 FROM meta WHERE key='next_seq'").fetchone() is None:
+                start = int(time.time()) * 1000 if first_seq is None else int(first_seq)
+                self._db.execute("INSERT INTO meta(key, value) VALUES('next_seq', ?)", (str(start),))
+                self._db.execute("INSERT INTO meta(key, value) VALUES('first_seq', ?)", (str(start),))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the telemetry buffer {path}: {exc}", field="telemetry.buffer") from exc
 
@@ -72,6 +81,11 @@ class Outbox:
     def dropped_events(self) -> int:
         with self._lock:
             return int(self._get("dropped_events", "0"))
+
+    @property
+    def first_seq(self) -> int:
+        with self._lock:
+            return int(self._get("first_seq", "1"))
 
     @property
     def last_seq(self) -> int:

@@ -153,8 +153,12 @@ class Reconciler:
 
     def _apply_slot(self, slot: str, want: DesiredBundle | None, ctx: dict[str, Any]) -> bool:
         info = self.store.slot(slot)
+        if want is None and slot == "active":
+            self.emit("failed", slot=slot, reason="the active slot cannot be emptied; desire another bundle "
+                      "(or the previous one) instead", **ctx)
+            return False
         if want is None:
-            if info is not None and slot == "shadow":
+            if info is not None:
                 self.store.remove("shadow")
                 self.emit("removed", slot=slot, bundle={"name": info.name, "version": info.version,
                                                          "sha256": info.sha256}, **ctx)

@@ -8,7 +8,7 @@ a reconnect (or delivered twice by the broker) is stored once.
 
 from __future__ import annotations
 
-from sqlalchemy import (JSON, Boolean, Column, Float, Index, Integer, String, Table, Text,
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, Float, Index, Integer, String, Table, Text,
                         UniqueConstraint)
 
 from cloud_hub.db import create_tables, metadata, migration
@@ -32,7 +32,7 @@ device_state = Table(
     Column("applied_desired_id", String(128), nullable=True),
     Column("last_seen", Float, nullable=True),  # hub clock, any message from the device
     Column("last_window_at", Float, nullable=True),  # hub clock, last telemetry window
-    Column("last_seq", Integer, nullable=True),
+    Column("last_seq", BigInteger, nullable=True),
     Column("dropped_windows", Integer, nullable=False, default=0),
 )
 
@@ -66,10 +66,10 @@ windows = Table(
     "fleet_windows", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("device_id", String(128), nullable=False),
-    Column("seq", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
     Column("start", Float, nullable=False),
     Column("end", Float, nullable=False),
-    Column("rss_bytes", Integer, nullable=False, default=0),
+    Column("rss_bytes", BigInteger, nullable=False, default=0),
     Column("cpu_percent", Float, nullable=False, default=0.0),
     Column("dropped_windows", Integer, nullable=False, default=0),
     Column("received_at", Float, nullable=False),
@@ -81,7 +81,7 @@ slot_stats = Table(
     "fleet_slot_stats", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("device_id", String(128), nullable=False),
-    Column("seq", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
     Column("start", Float, nullable=False),
     Column("end", Float, nullable=False),
     Column("slot", String(16), nullable=False),

@@ -66,7 +66,7 @@ def test_shadow_queue_is_bounded_and_drops_are_counted(make_agent, cancer_bundle
 
 
 def test_outbox_is_bounded_drops_oldest_and_counts(tmp_path):
-    box = Outbox(tmp_path / "o.sqlite", max_windows=3)
+    box = Outbox(tmp_path / "o.sqlite", max_windows=3, first_seq=1)
     for _ in range(5):
         box.add_window(lambda seq, dropped: {"seq": seq, "dropped_windows": dropped})
     rows = box.pending()
@@ -78,6 +78,12 @@ def test_outbox_is_bounded_drops_oldest_and_counts(tmp_path):
     again = Outbox(tmp_path / "o.sqlite", max_windows=3)  # the sequence survives a restart
     assert again.add_window(lambda seq, dropped: {"seq": seq})["seq"] == 6
     again.close()
+    # a wiped disk: the new outbox numbers above anything the old one used (no silent dedupe at the hub)
+    import time
+
+    fresh = Outbox(tmp_path / "new.sqlite")
+    assert fresh.first_seq >= int(time.time()) * 1000 - 1000 and fresh.last_seq == fresh.first_seq - 1
+    fresh.close()
 
 
 def test_window_has_resources_and_vectorised_histograms(make_agent, cancer_bundle, cancer_data):
@@ -85,7 +91,7 @@ def test_window_has_resources_and_vectorised_histograms(make_agent, cancer_bundl
     x, _, names = cancer_data
     model, out = agent.predict([dict(zip(names, map(float, r))) for r in x[:64]])
     w = agent.roll_window()
-    assert w["seq"] == 1 and w["rss_bytes"] > 0
+    assert w["seq"] == agent.outbox.first_seq and w["rss_bytes"] > 0
     (active,) = w["slots"]
     probs = np.array([o["probability"] for o in out])
     h = Histogram.unit(20)

@@ -1,0 +1,318 @@
+"""Fleet ingest benchmark (see benchmarks/RESULTS.md, "Fleet ingest").
+
+    python benchmarks/fleet.py all --devices 1000 --interval 10 --duration 60
+
+Parts (each against the Mosquitto on 127.0.0.1:1883, unique topic prefix per run):
+  fleet    N simulated devices (real daemons, shared model sessions) each sending a window
+           every --interval s and serving --rate requests/s; the hub ingest runs in a separate
+           process (its CPU measured with psutil). Checks that every window produced arrived.
+  ceiling  the hub ingest alone, fed pre-built windows as fast as 8 publishers can: windows/s.
+  offline  one device offline for --offline-s seconds with a time-compressed window interval,
+           then reconnected: every buffered window delivered? how long did the replay take?
+  shadow   active-path p50/p99 of single-row predictions with and without a shadow model
+           (sample rate 1.0): the shadow comparison must stay off the request path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_bundles(d: Path):
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from edge_runtime.signing import generate_keypair
+    from tests.conftest import build_sklearn_bundle
+
+    data = load_breast_cancer()
+    names = [n.replace(" ", "_") for n in data.feature_names]
+    x = data.data.astype(np.float32)
+    key, pub = generate_keypair(d / "fleet.key", d / "fleet.pub")
+    m1 = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, data.target)
+    m2 = make_pipeline(StandardScaler(), LogisticRegression(C=0.005, max_iter=500)).fit(x, data.target)
+    b1 = build_sklearn_bundle(d / "v1", m1, x, names, key=key)
+    b2 = build_sklearn_bundle(d / "v2", m2, x, names, key=key, version="2.0.0")
+    return b1, b2, pub, x, names
+
+
+# ---- hub process ----------------------------------------------------------------------------------
+def hub_main(args) -> int:
+    """Child process: the hub's ingest only; prints one JSON line of stats when told to stop."""
+    from cloud_hub.hub import Hub
+    from cloud_hub.settings import HubSettings
+
+    hub = Hub(HubSettings(data_dir=args.data_dir, mqtt_url=args.mqtt, mqtt_prefix=args.prefix))
+    hub.fleet.start(session_expiry=0)
+    hub.fleet.ingest.wait_connected(30)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    st = dict(hub.fleet.ingest.stats)
+    hub.close()
+    print(json.dumps(st), flush=True)
+    return 0
+
+
+class HubProcess:
+    def __init__(self, mqtt: str, prefix: str, data_dir: Path) -> None:
+        import psutil
+
+        self.data_dir = data_dir
+        self.proc = subprocess.Popen([sys.executable, __file__, "_hub", "--mqtt", mqtt, "--prefix", prefix,
+                                      "--data-dir", str(data_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, cwd=str(ROOT))
+        assert self.proc.stdout.readline().strip() == "ready"
+        self.ps = psutil.Process(self.proc.pid)
+        self.cpu0 = self._cpu()
+        self.t0 = time.monotonic()
+
+    def _cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def cpu_percent(self) -> float:
+        return 100.0 * (self._cpu() - self.cpu0) / (time.monotonic() - self.t0)
+
+    def count(self, sql: str) -> int:
+        import sqlite3
+
+        with sqlite3.connect(self.data_dir / "hub.db", timeout=30) as c:
+            return c.execute(sql).fetchone()[0]
+
+    def stop(self) -> dict:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        out = self.proc.stdout.readline()
+        self.proc.wait(30)
+        return json.loads(out) if out.strip() else {}
+
+
+def part_fleet(args, tmp: Path, b1, pub) -> dict:
+    from devices.simulator import Fleet
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}/v1"
+    hub = HubProcess(args.mqtt, prefix, tmp / "hub-fleet")
+    t = time.monotonic()
+    fleet = Fleet(args.devices, mqtt_url=args.mqtt, prefix=prefix, bundle=b1, public_keys=[pub],
+                  interval_s=args.interval, request_rate=args.rate, workdir=tmp / "fleet", load_threads=2,
+                  start_concurrency=16, keepalive_s=60)
+    fleet.start(timeout=300)
+    boot_s = time.monotonic() - t
+    hub.cpu0, hub.t0 = hub._cpu(), time.monotonic()
+    time.sleep(args.duration)
+    produced_before_stop = sum(d.agent.outbox.last_seq - d.agent.outbox.first_seq + 1 for d in fleet.devices)
+    t_stop = time.monotonic()
+    fleet.stop()  # graceful: each device sends its last window
+    # every device's final seq is in its outbox meta; count from the hub side vs the device side
+    expected = 0
+    import sqlite3
+
+    for d in fleet.devices:
+        with sqlite3.connect(fleet.workdir / d.id / "store" / "fleet" / "outbox.sqlite") as c:
+            nxt = c.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+            first = c.execute("SELECT value FROM meta WHERE key='first_seq'").fetchone()
+            expected += int(nxt[0]) - int(first[0]) if nxt and first else 0
+    deadline = time.monotonic() + 120
+    got = 0
+    while time.monotonic() < deadline:
+        got = hub.count("SELECT COUNT(*) FROM fleet_windows")
+        if got >= expected:
+            break
+        time.sleep(0.5)
+    drain_s = time.monotonic() - t_stop
+    cpu = hub.cpu_percent()
+    stats = hub.stop()
+    st = fleet.stats()
+    return {"devices": args.devices, "interval_s": args.interval, "duration_s": args.duration,
+            "boot_s": round(boot_s, 1), "requests": st["requests"], "windows_expected": expected,
+            "windows_stored": got, "lost": expected - got, "produced_before_stop": produced_before_stop,
+            "window_rate_per_s": round(args.devices / args.interval, 1), "hub_cpu_percent": round(cpu, 1),
+            "drain_after_stop_s": round(drain_s, 1), "ingest": stats}
+
+
+def part_ceiling(args, tmp: Path) -> dict:
+    import paho.mqtt.client as mqtt
+
+    from edge_runtime.protocol import SlotStats, TelemetryWindow
+    from edge_runtime.sketch import Histogram, Sketch
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}/v1"
+    hub = HubProcess(args.mqtt, prefix, tmp / "hub-ceiling")
+    sk = Sketch()
+    sk.extend(np.random.default_rng(0).lognormal(-7, 0.4, 500).tolist())
+    h = Histogram.unit(20)
+    for v in np.random.default_rng(1).random(500):
+        h.add(float(v))
+    slot = SlotStats(slot="active", name="cancer", version="1.0.0", sha256="a" * 64, requests=500,
+                     latency=sk.to_dict(), scores=h.to_dict(), decisions={"0": 300, "1": 200})
+    n_dev, per_dev = 1000, args.ceiling_windows // 1000
+    clients = []
+    for k in range(8):
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"blaster-{k}-{prefix}", protocol=mqtt.MQTTv5)
+        c.max_inflight_messages_set(1000)
+        c.connect(args.mqtt.split("//")[1].split(":")[0], int(args.mqtt.rsplit(":", 1)[1]))
+        c.loop_start()
+        clients.append(c)
+    payloads = []
+    for seq in range(1, per_dev + 1):
+        for dev in range(n_dev):
+            w = TelemetryWindow(device_id=f"d{dev:04d}", seq=seq, start=seq * 10.0, end=seq * 10.0 + 10,
+                                slots=[slot])
+            payloads.append((f"{prefix}/devices/d{dev:04d}/telemetry", w.model_dump_json()))
+    hub.cpu0, hub.t0 = hub._cpu(), time.monotonic()
+    t0 = time.monotonic()
+    infos = [clients[i % 8].publish(t, p, qos=1) for i, (t, p) in enumerate(payloads)]
+    for i in infos:
+        i.wait_for_publish(120)
+    pub_s = time.monotonic() - t0
+    total = len(payloads)
+    while hub.count("SELECT COUNT(*) FROM fleet_windows") < total and time.monotonic() - t0 < 300:
+        time.sleep(0.2)
+    dt = time.monotonic() - t0
+    stored = hub.count("SELECT COUNT(*) FROM fleet_windows")
+    cpu = hub.cpu_percent()
+    stats = hub.stop()
+    for c in clients:
+        c.disconnect()
+        c.loop_stop()
+    return {"windows": total, "stored": stored, "publish_s": round(pub_s, 2), "ingest_s": round(dt, 2),
+            "windows_per_s": round(stored / dt, 1), "hub_cpu_percent": round(cpu, 1),
+            "batches": stats.get("batches")}
+
+
+def part_offline(args, tmp: Path, b1, pub) -> dict:
+    from devices.simulator import Fleet
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}/v1"
+    hub = HubProcess(args.mqtt, prefix, tmp / "hub-offline")
+    fleet = Fleet(1, mqtt_url=args.mqtt, prefix=prefix, bundle=b1, public_keys=[pub],
+                  interval_s=args.offline_interval, request_rate=20, workdir=tmp / "offline")
+    fleet.start()
+    dev = fleet.devices[0]
+    time.sleep(2)
+    fleet.inject("disconnect", [dev.id])
+    time.sleep(args.offline_s)
+    buffered = dev.agent.outbox.count("telemetry")
+    t0 = time.monotonic()
+    fleet.inject("clear", [dev.id])
+    while dev.agent.outbox.count("telemetry") > 0 and time.monotonic() - t0 < 120:
+        time.sleep(0.05)
+    replay_s = time.monotonic() - t0
+    fleet.stop()
+    last = 0
+    import sqlite3
+
+    with sqlite3.connect(fleet.workdir / dev.id / "store" / "fleet" / "outbox.sqlite") as c:
+        first = int(c.execute("SELECT value FROM meta WHERE key='first_seq'").fetchone()[0])
+        last = int(c.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()[0]) - 1
+        dropped = int((c.execute("SELECT value FROM meta WHERE key='dropped_windows'").fetchone() or [0])[0])
+    produced = last - first + 1
+    deadline = time.monotonic() + 30
+    while hub.count("SELECT COUNT(*) FROM fleet_windows") < produced and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stored = hub.count("SELECT COUNT(*) FROM fleet_windows")
+    seqs_ok = hub.count(f"SELECT COUNT(DISTINCT seq) FROM fleet_windows WHERE seq BETWEEN {first} AND {last}") == produced
+    hub.stop()
+    return {"offline_s": args.offline_s, "interval_s": args.offline_interval,
+            "equivalent_offline_at_10s_windows_min": round(args.offline_s / args.offline_interval * 10 / 60, 1),
+            "buffered_at_reconnect": buffered, "replay_s": round(replay_s, 2), "windows_produced": produced,
+            "windows_stored": stored, "dropped_counted": dropped, "all_seqs_present": seqs_ok}
+
+
+def part_shadow(args, tmp: Path, b1, b2, pub, x, names) -> dict:
+    from edge_runtime.daemon import Daemon
+    from edge_runtime.settings import EdgeSettings
+
+    rows = [dict(zip(names, map(float, r))) for r in x]
+    out = {}
+    for label, with_shadow in (("without_shadow", False), ("with_shadow", True), ("without_shadow_again", False)):
+        s = EdgeSettings(device={"id": f"bench-{label}", "profile": "x86-gateway"},
+                         mqtt={"url": args.mqtt, "prefix": f"bench-{uuid.uuid4().hex[:8]}/v1"},
+                         store={"dir": str(tmp / f"shadow-{label}"), "public_keys": [str(pub)], "latency_runs": 10},
+                         telemetry={"interval_s": 1.0}, shadow={"sample_rate": 1.0}, local_api={"enabled": False})
+        d = Daemon(s)
+        d.store.install(b1)
+        if with_shadow:
+            d.store.install(b2, "shadow")
+        d.start()
+        lat = []
+        for i in range(args.shadow_calls):
+            t = time.perf_counter()
+            d.predict([rows[i % len(rows)]])
+            lat.append(time.perf_counter() - t)
+        agent = d.fleet
+        compared, dropped = agent.shadow.compared, agent.shadow.dropped
+        d.stop()
+        a = np.array(lat[200:]) * 1000
+        out[label] = {"calls": len(a), "p50_ms": round(float(np.percentile(a, 50)), 4),
+                      "p99_ms": round(float(np.percentile(a, 99)), 4), "shadow_compared": compared,
+                      "shadow_dropped": dropped}
+    base = (out["without_shadow"]["p99_ms"] + out["without_shadow_again"]["p99_ms"]) / 2
+    out["p99_growth_percent"] = round(100 * (out["with_shadow"]["p99_ms"] / base - 1), 1)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("part", choices=["all", "fleet", "ceiling", "offline", "shadow", "_hub"])
+    p.add_argument("--mqtt", default="mqtt://127.0.0.1:1883")
+    p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--interval", type=float, default=10.0)
+    p.add_argument("--rate", type=float, default=0.2, help="requests/s per device")
+    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--ceiling-windows", type=int, default=20000)
+    p.add_argument("--offline-s", type=float, default=60.0)
+    p.add_argument("--offline-interval", type=float, default=1.0)
+    p.add_argument("--shadow-calls", type=int, default=5000)
+    p.add_argument("--prefix")
+    p.add_argument("--data-dir")
+    args = p.parse_args(argv)
+    if args.part == "_hub":
+        return hub_main(args)
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    b1, b2, pub, x, names = make_bundles(tmp)
+    import onnxruntime
+    import paho.mqtt
+
+    result = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+              "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+              "paho": paho.mqtt.__version__,
+              "mosquitto": subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.split("\n")[0]
+              if os.path.exists("/usr/sbin/mosquitto") else "?"}
+    parts = ["shadow", "offline", "ceiling", "fleet"] if args.part == "all" else [args.part]
+    for part in parts:
+        t = time.monotonic()
+        if part == "fleet":
+            result["fleet"] = part_fleet(args, tmp, b1, pub)
+        elif part == "ceiling":
+            result["ceiling"] = part_ceiling(args, tmp)
+        elif part == "offline":
+            result["offline"] = part_offline(args, tmp, b1, pub)
+        elif part == "shadow":
+            result["shadow"] = part_shadow(args, tmp, b1, b2, pub, x, names)
+        print(f"# {part} done in {time.monotonic() - t:.0f}s: {json.dumps(result[part])}", file=sys.stderr, flush=True)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
