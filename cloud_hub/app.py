@@ -15,6 +15,7 @@ from cloud_hub.hub import Hub
 # Router modules, each exposing ``router`` (an APIRouter). Add yours here.
 ROUTERS: list[str] = [
     "cloud_hub.api.jobs",
+    "cloud_hub.api.streams",
     "cloud_hub.api.fleet",
     "cloud_hub.api.routing",
     "cloud_hub.api.shadow",

@@ -16,6 +16,7 @@ from edge_runtime.errors import EdgeError
 # Command modules (cloud_hub/commands/*.py). Add yours here.
 COMMAND_MODULES: list[str] = [
     "cloud_hub.commands.batch",
+    "cloud_hub.commands.stream",
     "cloud_hub.commands.devices",
     "cloud_hub.commands.fleet",
     "cloud_hub.commands.rollout",

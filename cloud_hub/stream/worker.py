@@ -1,0 +1,205 @@
+"""The stream worker: micro-batches in, scores, publishes, then acknowledges.
+
+Loop: fetch up to ``batch_size`` messages (waiting at most ``max_wait_ms``
+after the first) → decode each JSON message → score all valid rows in one
+vectorised call (the same :class:`Model` and codec as ``/predict``) → publish
+the results, and the bad messages with their reason to the dead-letter
+destination, waiting for the broker's confirmation → only then acknowledge
+the inputs. A crash anywhere before the ack means the broker delivers the
+messages again: at-least-once, nothing lost (a consumer deduplicates on
+``key`` + ``msg_id`` if it needs exactly-once effects).
+
+Input message: a JSON object, either ``{"key": ..., "features": {...}}`` or a
+flat object of features plus the key field; an optional ``ts`` (event time)
+is echoed. Output message::
+
+    {"key", "score", "flag", "probability", "label", "risk_level",
+     "model": {"name", "version", "sha256"}, "threshold", "ts",
+     "received_at", "scored_at"}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edge_runtime.errors import EdgeError, ValidationError
+from edge_runtime.model import Model
+
+from cloud_hub.stream.transport import InMessage, Sink, Source, TransportError
+
+log = logging.getLogger("cloud_hub.stream")
+
+
+@dataclass
+class StreamOptions:
+    batch_size: int = 256
+    max_wait_ms: float = 5.0
+    key_field: str = "key"
+    retry_s: float = 1.0
+
+
+@dataclass
+class StreamStats:
+    received: int = 0
+    published: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    publish_retries: int = 0
+    started_at: float = field(default_factory=time.time)
+    last_batch_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class StreamWorker:
+    def __init__(self, model: Model, source: Source, sink: Sink, dead_letter: Sink,
+                 options: StreamOptions | None = None) -> None:
+        if model.codec is None:
+            raise ValidationError(f"model {model.name}:{model.version} takes raw tensors; stream "
+                                  "scoring needs named features", field="model")
+        self.model = model
+        self.source, self.sink, self.dead_letter = source, sink, dead_letter
+        self.opt = options or StreamOptions()
+        self.stats = StreamStats()
+        self.stop_event = threading.Event()
+        self._model_info = {"name": model.name, "version": model.version, "sha256": model.digest}
+        self._features = set(model.codec.names)
+
+    # ---- decoding -------------------------------------------------------------------
+    def _decode(self, m: InMessage) -> tuple[Any, dict[str, Any], Any]:
+        """→ (key, feature row, event ts); raises ValidationError with the reason."""
+        try:
+            obj = json.loads(m.data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValidationError(f"message is not valid JSON: {exc}", field="message") from exc
+        if not isinstance(obj, dict):
+            raise ValidationError("message is not a JSON object", field="message")
+        key = obj.get(self.opt.key_field)
+        feats = obj.get("features")
+        if isinstance(feats, dict):
+            row = feats
+        elif feats is not None:
+            raise ValidationError("features must be an object of feature values", field="features")
+        else:
+            row = {k: v for k, v in obj.items() if k not in (self.opt.key_field, "ts")}
+        return key, row, obj.get("ts")
+
+    def _dead(self, m: InMessage, exc: EdgeError) -> bytes:
+        try:
+            payload: Any = m.data.decode()
+        except UnicodeDecodeError:
+            payload = m.data.hex()
+        fld = exc.field
+        if fld and fld.startswith("rows[0]."):
+            fld = fld[len("rows[0]."):]
+        reason = exc.message.replace("rows[0].", "").replace("rows[0]: ", "")
+        return json.dumps({"reason": reason, "code": exc.code, "field": fld,
+                           "source": self.source.url, "payload": payload,
+                           "received_at": _iso(m.received_at),
+                           "model": self._model_info}).encode()
+
+    # ---- one micro-batch ------------------------------------------------------------
+    def process(self, msgs: list[InMessage]) -> tuple[list[bytes], list[bytes]]:
+        """Messages → (result payloads, dead-letter payloads), in input order."""
+        decoded: list[tuple[InMessage, Any, dict, Any]] = []
+        dead: list[bytes] = []
+        for m in msgs:
+            try:
+                key, row, ts = self._decode(m)
+                decoded.append((m, key, row, ts))
+            except ValidationError as exc:
+                dead.append(self._dead(m, exc))
+        if not decoded:
+            return [], dead
+        codec = self.model.codec
+        rows = [d[2] for d in decoded]
+        try:
+            x = codec.encode(rows)
+            good = decoded
+        except ValidationError:  # find the bad rows; keep the good ones in one batch
+            good, keep = [], []
+            for d in decoded:
+                try:
+                    codec.encode([d[2]])
+                    good.append(d)
+                    keep.append(d[2])
+                except ValidationError as exc:
+                    dead.append(self._dead(d[0], exc))
+            if not good:
+                return [], dead
+            x = codec.encode(keep)
+        scores = self.model.score_array(x)
+        preds = self.model.to_rows(scores)
+        score = scores.score
+        threshold = self.model.threshold
+        now = time.time()
+        scored_at = _iso(now)
+        out = []
+        for (m, key, _, ts), p, s in zip(good, preds, score.tolist()):
+            rec = {"key": key, "score": s, "flag": bool(s >= threshold), **p,
+                   "model": self._model_info, "threshold": threshold, "ts": ts,
+                   "received_at": _iso(m.received_at), "scored_at": scored_at}
+            out.append(json.dumps(rec).encode())
+        return out, dead
+
+    # ---- loop -------------------------------------------------------------------------
+    def run_once(self, timeout: float = 0.5) -> int:
+        msgs = self.source.fetch(self.opt.batch_size, timeout)
+        if not msgs:
+            return 0
+        wait = self.opt.max_wait_ms / 1000
+        if wait > 0 and len(msgs) < self.opt.batch_size:
+            more = self.source.fetch(self.opt.batch_size - len(msgs), wait)
+            msgs += more
+        self.stats.received += len(msgs)
+        out, dead = self.process(msgs)
+        while True:  # publish until confirmed; never ack what is not published
+            try:
+                if out:
+                    self.sink.publish(out)
+                if dead:
+                    self.dead_letter.publish(dead)
+                break
+            except (TransportError, OSError, RuntimeError, ValueError) as exc:
+                self.stats.publish_retries += 1
+                log.warning("publish failed (%s); retrying in %.1f s", exc, self.opt.retry_s)
+                if self.stop_event.wait(self.opt.retry_s):
+                    return 0  # not acked: the broker redelivers to the next worker
+        self.source.ack(msgs)
+        self.stats.published += len(out)
+        self.stats.dead_lettered += len(dead)
+        self.stats.batches += 1
+        self.stats.last_batch_at = time.time()
+        return len(msgs)
+
+    def run(self) -> None:
+        log.info("stream worker: %s → %s with %s:%s", self.source.url, self.sink.url,
+                 self.model.name, self.model.version)
+        while not self.stop_event.is_set():
+            try:
+                self.run_once()
+            except TransportError as exc:
+                log.warning("transport error: %s", exc.message)
+                self.stop_event.wait(self.opt.retry_s)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def close(self) -> None:
+        self.stop()
+        for t in (self.source, self.sink, self.dead_letter):
+            try:
+                t.close()
+            except Exception:  # closing one must not keep the others open
+                log.exception("error closing %s", getattr(t, "url", t))
