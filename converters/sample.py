@@ -79,7 +79,7 @@ def load_sample(source: Any, *, label_column: str | None = None,
     if isinstance(source, Sample):
         sample = source
     elif isinstance(source, (str, Path)):
-        sample = _load_path(Path(source), label_column)
+        sample = _load_path(Path(source), label_column, feature_names)
         label_column = None
     elif isinstance(source, tuple) and len(source) == 2:
         if isinstance(source[0], np.ndarray) or isinstance(source[0], list):
@@ -117,7 +117,8 @@ def load_sample(source: Any, *, label_column: str | None = None,
 
 # ---- readers ------------------------------------------------------------------------
 
-def _load_path(path: Path, label_column: str | None) -> Sample:
+def _load_path(path: Path, label_column: str | None,
+               feature_names: Sequence[str] | None = None) -> Sample:
     if not path.exists():
         raise ValidationError(f"sample file not found: {path}", field="sample")
     suffix = path.suffix.lower()
@@ -139,7 +140,10 @@ def _load_path(path: Path, label_column: str | None) -> Sample:
                 y = data[yk]
         else:
             x = data
-        s = _from_array(x, None, source=str(path))
+        # a bare 2-D array holds the features in contract order when the widths agree
+        names = feature_names if (feature_names is not None and np.ndim(x) == 2
+                                  and np.shape(x)[1] == len(feature_names)) else None
+        s = _from_array(x, names, source=str(path))
         s.y = y
         return s
     if suffix not in TABLE_SUFFIXES:

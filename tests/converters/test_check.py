@@ -99,23 +99,19 @@ def test_source_model_as_reference_and_unlabelled_sample(mlp_bundle, variants):
 
 def test_coreml_listed_as_not_runnable(tmp_path, mlp_bundle, digits_csv, keys):
     src = read_bundle(mlp_bundle).manifest
-    try:
-        from converters.coreml import onnx_to_coreml  # engineer 2's converter when present
+    try:  # the real Core ML converter (converters.coreml + coremltools) when installed
+        from converters.coreml import CoreMLConfig, onnx_to_coreml
+
+        coreml = onnx_to_coreml(mlp_bundle, tmp_path / "coreml", CoreMLConfig(key=keys[0]))
     except ImportError:
-        onnx_to_coreml = None
-    if onnx_to_coreml is not None:
-        try:
-            coreml = onnx_to_coreml(mlp_bundle, tmp_path / "coreml", None)
-        except Exception:
-            onnx_to_coreml = None
-    if onnx_to_coreml is None:
-        # a Core ML bundle as the converter writes it (the package is a directory of files)
+        # without coremltools: a Core ML bundle as the converter lays it out
         draft = src.model_dump(mode="json", exclude_none=True)
         for k in ("signature", "files", "created_at"):
             draft.pop(k)
         draft.update(format="coreml", model_file="model.mlpackage/Manifest.json")
         coreml = write_bundle(tmp_path / "coreml", draft,
                               {"model.mlpackage/Manifest.json": b"{}"}, key=keys[0]).root
+    assert read_bundle(coreml).manifest.format == "coreml"
     r = check_bundles([mlp_bundle, coreml], digits_csv, CheckConfig(label_column="label",
                                                                     pick=True, **FAST))
     cm = r.variants[1]
@@ -151,3 +147,26 @@ def test_bad_inputs(tmp_path, mlp_bundle, digits_csv):
     assert exc.value.field.startswith("sample")
     with pytest.raises(ValidationError, match="label column"):
         check_bundles([mlp_bundle], digits_csv, CheckConfig(label_column="digit", **FAST))
+
+
+def test_npy_and_parquet_samples(tmp_path, mlp_bundle):
+    """A bare 2-D .npy holds the features in contract order; Parquet works like CSV."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, y = digits_xy()
+    np.save(tmp_path / "x.npy", x)
+    r = check_bundles([mlp_bundle], tmp_path / "x.npy", CheckConfig(**FAST))
+    assert r.rows == len(x) and not r.labelled
+    names = [f"px{i}" for i in range(64)]
+    pq.write_table(pa.table({**{n: x[:, i] for i, n in enumerate(reversed(names))},
+                             "digit": y}), tmp_path / "d.parquet")
+    # columns in another order than the contract: selected by name
+    r2 = check_bundles([mlp_bundle], tmp_path / "d.parquet",
+                       CheckConfig(label_column="digit", **FAST))
+    assert r2.labelled and r2.variants[0].accuracy < 0.5  # reversed pixels: a different image
+    pq.write_table(pa.table({**{n: x[:, i] for i, n in enumerate(names)}, "digit": y}),
+                   tmp_path / "ok.parquet")
+    r3 = check_bundles([mlp_bundle], tmp_path / "ok.parquet",
+                       CheckConfig(label_column="digit", **FAST))
+    assert r3.variants[0].accuracy > 0.95

@@ -132,6 +132,24 @@ def test_tflite_command(tmp_path, keys, public_key, digits_csv, capsys, monkeypa
     assert lite["format"] == "tflite" and lite["runnable"] and lite["label_agreement"] >= 0.995
 
 
+def test_coreml_command(tmp_path, keys, public_key, digits_csv, capsys):
+    pytest.importorskip("converters.coreml")
+    pytest.importorskip("coremltools")
+    model, *_ = trained("mlp")
+    joblib.dump(model, tmp_path / "m.joblib")
+    k = ["--key", str(keys[0])]
+    assert main(["export", str(tmp_path / "m.joblib"), "--sample", str(digits_csv),
+                 "--label-column", "label", "--out", str(tmp_path / "onnx")] + k) == 0
+    assert main(["coreml", str(tmp_path / "onnx"), "--out", str(tmp_path / "cm"),
+                 "--public-key", str(keys[1])] + k) == 0
+    assert "numerical checks need macOS" in capsys.readouterr().out
+    verify_bundle(tmp_path / "cm", public_key)
+    assert main(["check", str(tmp_path / "onnx"), str(tmp_path / "cm"), "--sample",
+                 str(digits_csv), "--label-column", "label", "--runs", "5",
+                 "--batch-runs", "2"]) == 0
+    assert "not runnable on Linux" in capsys.readouterr().out
+
+
 def _run_error(argv, capsys) -> str:
     code = main(argv)
     err = capsys.readouterr().err
