@@ -100,9 +100,7 @@ def import_coremltools():
 
 
 # ---- op handlers -----------------------------------------------------------------------------
-class OpError(Exception):
-    pass
-
+from converters.tflite.graph import OpError
 
 Handler = Callable[["MilGraph", Any], None]
 COREML_OPS: dict[str, Handler] = {}
@@ -135,6 +133,7 @@ class MilGraph:
         self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i)
                                               for i in self.graph.initializer}
         self.vars: dict[str, Any] = {}
+        self.symbolic: set[str] = set()  # folded shape tensors holding the free batch size
         self.names: set[str] = set()
         self.expected: Counter[str] = Counter()  # Core ML op types this build must contain
         self.nodes = self._needed_nodes()
@@ -155,7 +154,7 @@ class MilGraph:
         const = set(self.consts)
         for i, node in enumerate(self.nodes):
             inputs = [x for x in node.input if x]
-            if node.op_type == "Constant" or (inputs and all(x in const for x in inputs)):
+            if node.op_type in ("Constant", "Shape") or (inputs and all(x in const for x in inputs)):
                 const.update(node.output)
                 continue
             label = op_label(node)
@@ -188,6 +187,8 @@ class MilGraph:
         return n
 
     def get(self, name: str):
+        if name in self.symbolic:
+            raise OpError(f"{name!r} depends on the free batch size (only Reshape targets may)")
         if name in self.consts:
             arr = self.consts[name]
             if arr.dtype == np.float64:
@@ -223,7 +224,7 @@ class MilGraph:
     def build(self, func_inputs: dict[str, Any]) -> list[Any]:
         from onnx.reference import ReferenceEvaluator
 
-        from converters.tflite.graph import op_label
+        from converters.tflite.graph import BATCH, check_shape_fold, op_label, shape_constant
 
         self.vars.update(func_inputs)
         for node in self.nodes:
@@ -233,11 +234,22 @@ class MilGraph:
 
                 self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
                 continue
-            if inputs and all(x in self.consts for x in inputs):
-                outs = ReferenceEvaluator(node).run(None, {x: self.consts[x] for x in inputs})
-                self.consts.update({n: np.asarray(a) for n, a in zip(node.output, outs) if n})
-                continue
             try:
+                if inputs and all(x in self.consts for x in inputs):
+                    sym = check_shape_fold(node, inputs, self.symbolic)
+                    outs = ReferenceEvaluator(node).run(None, {x: self.consts[x] for x in inputs})
+                    for n, arr in zip(node.output, outs):
+                        if n:
+                            self.consts[n] = np.asarray(arr)
+                            if sym and BATCH in self.consts[n].reshape(-1):
+                                self.symbolic.add(n)
+                    continue
+                if node.op_type == "Shape":
+                    a = _attrs(node)
+                    self.consts[node.output[0]] = shape_constant(self.shape(node.input[0]),
+                                                                 a.get("start", 0), a.get("end"))
+                    self.symbolic.add(node.output[0])
+                    continue
                 COREML_OPS[node.op_type](self, node)
             except OpError as exc:
                 raise UnsupportedOpsError("Core ML", [(f"{op_label(node)} node "
@@ -466,18 +478,15 @@ def _reshape(g: MilGraph, node, shape: tuple[int, ...]) -> None:
 
 @_op("Reshape")
 def _reshape_op(g: MilGraph, node) -> None:
-    from converters.tflite.graph import OpError as TOpError
+    from converters.tflite.graph import resolve_batch
     from converters.tflite.ops import _reshape_target
 
     t = g.consts.get(node.input[1])
     if t is None:
         raise OpError("the target shape must be a constant")
-    try:
-        shape = _reshape_target(g.shape(node.input[0]), [int(d) for d in t.reshape(-1)],
-                                bool(_attrs(node).get("allowzero", 0)))
-    except TOpError as exc:
-        raise OpError(str(exc)) from exc
-    _reshape(g, node, shape)
+    in_shape = g.shape(node.input[0])
+    target = resolve_batch([int(d) for d in t.reshape(-1)], in_shape)
+    _reshape(g, node, _reshape_target(in_shape, target, bool(_attrs(node).get("allowzero", 0))))
 
 
 @_op("Flatten")

@@ -40,6 +40,45 @@ HINTS = {
 }
 
 
+#: Stands for the free batch size inside a folded shape tensor (``Shape`` of a batched value),
+#: so exporter patterns like Shape → Gather → Unsqueeze → Concat → Reshape fold to a
+#: constant target whose first entry means "keep the batch".
+BATCH = -(2**62) - 7
+#: ops allowed on such shape tensors; arithmetic on the batch size is refused
+SHAPE_OPS = frozenset({"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Identity",
+                       "Reshape", "Cast"})
+
+
+def shape_constant(shape: tuple[int, ...], start: int = 0, end: int | None = None) -> np.ndarray:
+    """ONNX ``Shape`` of a value whose dim 0 may be free (-1 → :data:`BATCH`)."""
+    arr = np.array([BATCH if d == -1 else d for d in shape], np.int64)
+    return arr[start:end]
+
+
+def check_shape_fold(node, inputs: list[str], symbolic: set[str]) -> bool:
+    """True when ``node`` folds a batch-dependent shape tensor; raise if it does arithmetic."""
+    if not any(x in symbolic for x in inputs):
+        return False
+    ok = node.op_type in SHAPE_OPS
+    if node.op_type == "Cast":
+        ok = attrs(node).get("to") == 7  # int64 only
+    if not ok:
+        raise OpError(f"{node.op_type} on a shape that holds the free batch size (shape "
+                      "arithmetic on the batch dimension); export with Flatten or a fixed "
+                      "batch size")
+    return True
+
+
+def resolve_batch(target: list[int], in_shape: tuple[int, ...]) -> list[int]:
+    """A Reshape target holding :data:`BATCH` → the same target with ONNX's 0 (copy)."""
+    if BATCH not in target:
+        return target
+    if target.index(BATCH) != 0 or target.count(BATCH) > 1 or not in_shape or in_shape[0] != -1:
+        raise OpError(f"Reshape moves the batch size to another dimension "
+                      f"({['N' if d == BATCH else d for d in target]})")
+    return [0] + target[1:]
+
+
 class OpError(Exception):
     """A node the converter cannot express (reported with the node's name)."""
 
@@ -149,6 +188,7 @@ class GraphConverter:
         self.skip: set[int] = set()
         self.dropped_outputs: dict[str, str] = {}
         self.dropped: dict[str, str] = {}  # values that cannot exist in TFLite → why
+        self.symbolic: set[str] = set()  # folded shape tensors holding BATCH
         self._layout_cache: dict[tuple[str, str], Value] = {}
         self._const_cache: dict[tuple[str, str], int] = {}
         self._n = 0
@@ -170,8 +210,8 @@ class GraphConverter:
             label = op_label(node)
             name = node.name or f"#{i}"
             inputs = [x for x in node.input if x]
-            if node.op_type == "Constant" or (inputs and all(x in const for x in inputs)
-                                              and not _has_subgraph(node)):
+            if node.op_type in ("Constant", "Shape") or (inputs and all(x in const for x in inputs)
+                                                         and not _has_subgraph(node)):
                 const.update(node.output)
                 continue
             handler = REGISTRY.get(node.op_type) if (node.domain or "") in SUPPORTED_DOMAINS else None
@@ -225,11 +265,17 @@ class GraphConverter:
             if node.op_type == "Constant":
                 self.consts[node.output[0]] = self._constant_node(node)
                 continue
-            if inputs and all(x in self.consts for x in inputs) and not _has_subgraph(node):
-                self._fold(node)
-                continue
-            handler = REGISTRY[node.op_type]
             try:
+                if inputs and all(x in self.consts for x in inputs) and not _has_subgraph(node):
+                    self._fold(node)
+                    continue
+                if node.op_type == "Shape":
+                    a = attrs(node)
+                    self.consts[node.output[0]] = shape_constant(
+                        self.value(node.input[0], "any").shape, a.get("start", 0), a.get("end"))
+                    self.symbolic.add(node.output[0])
+                    continue
+                handler = REGISTRY[node.op_type]
                 handler.convert(self, node)
             except OpError as exc:
                 from converters.onnx_source import UnsupportedOpsError
@@ -279,6 +325,7 @@ class GraphConverter:
     def _fold(self, node) -> None:
         from onnx.reference import ReferenceEvaluator
 
+        symbolic = check_shape_fold(node, [x for x in node.input if x], self.symbolic)
         feeds = {x: self.consts[x] for x in node.input if x}
         try:
             outs = ReferenceEvaluator(node).run(None, feeds)
@@ -290,13 +337,18 @@ class GraphConverter:
         for name, arr in zip(node.output, outs):
             if name:
                 self.consts[name] = np.asarray(arr)
+                if symbolic and BATCH in np.asarray(arr).reshape(-1):
+                    self.symbolic.add(name)
 
     # ---- values -----------------------------------------------------------------------
     def tmp(self, base: str) -> str:
         self._n += 1
         return f"{base}__{self._n}"
 
-    def const(self, name: str) -> np.ndarray | None:
+    def const(self, name: str, *, allow_batch: bool = False) -> np.ndarray | None:
+        """The folded constant ``name`` (None for tensors)."""
+        if name in self.symbolic and not allow_batch:
+            raise OpError(f"{name!r} depends on the free batch size (only Reshape targets may)")
         return self.consts.get(name)
 
     def new_value(self, name: str, shape: tuple[int, ...], dtype, layout: str = "plain") -> Value:
@@ -316,7 +368,7 @@ class GraphConverter:
     def value(self, name: str, layout: str = "plain") -> Value:
         """The value ``name`` stored in ``layout`` ("plain", "nhwc" or "any")."""
         if name in self.consts:
-            arr = self.consts[name]
+            arr = self.const(name)
             if layout == "nhwc":
                 arr = arr.transpose(PERM_TO_NHWC)
             idx = self.const_tensor(arr, name, layout=layout)

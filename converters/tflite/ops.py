@@ -20,6 +20,7 @@ from converters.tflite.graph import (
     broadcast_shape,
     clip_bounds,
     register,
+    resolve_batch,
 )
 
 NONE, RELU, RELU_N1_TO_1, RELU6, TANH = 0, 1, 2, 3, 4
@@ -523,7 +524,8 @@ def _check_reshape(ctx, node):
 @register("Reshape", check=_check_reshape, doc="RESHAPE (constant target)")
 def reshape(ctx: GraphConverter, node) -> None:
     x = ctx.value(node.input[0], "plain")
-    target = [int(d) for d in ctx.const(node.input[1]).reshape(-1)]
+    target = [int(d) for d in ctx.const(node.input[1], allow_batch=True).reshape(-1)]
+    target = resolve_batch(target, x.shape)
     shape = _reshape_target(x.shape, target, bool(attrs(node).get("allowzero", 0)))
     out = ctx.new_value(node.output[0], shape, x.dtype)
     ctx.reshape_op(x, out)

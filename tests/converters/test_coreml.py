@@ -176,3 +176,17 @@ def test_registry_covers_the_issue_op_set():
                "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
                "Concat", "Identity", "Cast", "LinearClassifier", "Normalizer", "Scaler"):
         assert op in ops, op
+
+
+def test_exporter_shape_chain_and_batch_arithmetic(tmp_path):
+    """Shape → Gather → Unsqueeze → Concat → Reshape folds to a batch-keeping reshape;
+    arithmetic on the batch size is refused with a clear error."""
+    from test_tflite_ops import _torch_style_flatten
+
+    from converters.coreml import CoreMLConfig, build_program
+
+    _, mlmodel, _ = build_program(_torch_style_flatten(), ["Y"], CoreMLConfig())
+    ops = _ops(mlmodel.get_spec())
+    assert "conv" in ops and "reshape" in ops and "shape" not in ops
+    with pytest.raises(UnsupportedOpsError, match="shape arithmetic on the batch"):
+        build_program(_torch_style_flatten("Mul"), ["Y"], CoreMLConfig())

@@ -173,3 +173,38 @@ def test_int8_conv_and_dense_per_channel():
     scale = np.abs(want).max()
     np.testing.assert_allclose(got_fp, want, rtol=1e-4, atol=1e-4 * scale)
     assert np.abs(got_q - want).max() < 0.03 * scale  # 8-bit weights and activations
+
+
+def _torch_style_flatten(extra=None):
+    """What torch.onnx emits for ``x.view(x.size(0), -1)``: Shape → Gather → Unsqueeze → Concat
+    → Reshape (the batch size flows through a shape tensor)."""
+    nodes = [helper.make_node("Conv", ["X", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Shape", ["r"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"])]
+    tail = "n1"
+    if extra:
+        nodes.append(helper.make_node(extra, ["n1", "two"], ["n2"]))
+        tail = "n2"
+    nodes += [helper.make_node("Concat", [tail, "minus1"], ["shp"], axis=0),
+              helper.make_node("Reshape", ["r", "shp"], ["f"]),
+              helper.make_node("Gemm", ["f", "d"], ["Y"], transB=1)]
+    inits = [("w", _w(3, 4, 3, 3)), ("zero", np.array(0, np.int64)),
+             ("ax0", np.array([0], np.int64)), ("minus1", np.array([-1], np.int64)),
+             ("two", np.array([2], np.int64)), ("d", _w(5, 3 * 49, scale=0.1))]
+    return _model(nodes, [None, 4, 7, 7], None, inits)
+
+
+def test_exporter_shape_chain_keeps_the_batch_free():
+    want, got, facts = _run_both(_torch_style_flatten(), X4)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert "SHAPE" not in facts["tflite_ops"]  # folded: the Reshape target keeps the batch
+    x9 = np.concatenate([X4, X4, X4[:1]])
+    want9, got9, _ = _run_both(_torch_style_flatten(), x9)
+    np.testing.assert_allclose(got9, want9, rtol=1e-5, atol=1e-5)
+
+
+def test_arithmetic_on_the_batch_size_is_refused():
+    with pytest.raises(UnsupportedOpsError, match="shape arithmetic on the batch"):
+        convert_model(_torch_style_flatten("Mul"), TFLiteConfig())
