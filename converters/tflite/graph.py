@@ -36,7 +36,6 @@ HINTS = {
     "ZipMap": "export with options={id(model): {'zipmap': False}} (edge-convert export does)",
     "TreeEnsembleClassifier": "tree ensembles have no TFLite builtin; ship the ONNX bundle",
     "TreeEnsembleRegressor": "tree ensembles have no TFLite builtin; ship the ONNX bundle",
-    "Shape": "only shapes of constants are folded; export with static shapes",
 }
 
 
