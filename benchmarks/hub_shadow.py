@@ -153,10 +153,13 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="hub-shadow-bench-"))
     b1, b2, rows, pub = build_bundles(tmp)
+    import onnxruntime
+
     machine = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu",
-               "python": platform.python_version()}
+               "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+               "loadavg_start": os.getloadavg()}
     if args.mode == "inprocess":
-        summary = {**machine, **run_inprocess(args, tmp, b1, b2, rows, pub)}
+        summary = {**machine, **run_inprocess(args, tmp, b1, b2, rows, pub), "loadavg_end": os.getloadavg()}
         print(json.dumps(summary, indent=2))
         if args.json:
             args.json.write_text(json.dumps(summary, indent=2))
@@ -212,8 +215,7 @@ def main() -> int:
     on = [p["p99_ms"] for p in phases if p["mode"] == "on"]
     ratio = statistics.median(on) / statistics.median(off)
     summary = {
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpu",
-        "python": platform.python_version(), "concurrency": args.concurrency, "requests_per_phase": args.requests,
+        **machine, "loadavg_end": os.getloadavg(), "mode": "http", "concurrency": args.concurrency, "requests_per_phase": args.requests,
         "rounds": args.rounds,
         "p99_off_ms": off, "p99_on_ms": on, "median_p99_off_ms": statistics.median(off),
         "median_p99_on_ms": statistics.median(on), "ratio": ratio, "target": 1.1, "met": ratio <= 1.1,
