@@ -1,8 +1,7 @@
 """On-device shadow comparison, off the request path.
 
-The active path only calls :meth:`ShadowComparator.offer`: a sampling draw and a
-non-blocking ``put`` on a bounded queue (a full queue drops the item and counts
-the drop). A worker thread scores the sampled inputs with the shadow slot's model
+The active path only calls :meth:`ShadowComparator.offer`: a sampling draw and an
+append to a bounded deque (a full one drops the item and counts the drop). A worker thread scores the sampled inputs with the shadow slot's model
 and records, per candidate bundle: compared rows, rows whose decision changed,
 the |score_shadow − score_active| histogram, and the candidate's own latency and
 score distribution. The request never waits for the candidate.
@@ -10,8 +9,8 @@ score distribution. The request never waits for the candidate.
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import random
 import threading
 import time
@@ -27,16 +26,22 @@ log = logging.getLogger("edge_runtime.shadow")
 class ShadowComparator:
     def __init__(self, shadow_model: Callable[[], Any], recorder: TelemetryRecorder, *,
                  sample_rate: float = 1.0, queue_size: int = 1024, seed: int | None = None,
-                 idle_exit_s: float = 30.0) -> None:
+                 idle_exit_s: float = 30.0, batch_interval_s: float = 0.02) -> None:
         self._shadow_model = shadow_model
         self.recorder = recorder
         self.sample_rate = float(sample_rate)
-        self._q: queue.Queue = queue.Queue(maxsize=max(1, int(queue_size)))
+        self.queue_size = max(1, int(queue_size))
+        # a deque, not a queue.Queue: append/popleft are atomic and wake nobody, so the request
+        # thread never hands the GIL to the worker; the worker wakes on its own every
+        # ``batch_interval_s`` and works through what accumulated.
+        self._items: collections.deque = collections.deque()
         self._rnd = random.Random(seed)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._idle_exit_s = idle_exit_s
+        self._interval = batch_interval_s
+        self._busy = False
         self.offered = 0
         self.dropped = 0
         self.compared = 0
@@ -45,19 +50,21 @@ class ShadowComparator:
     # ---- request path -----------------------------------------------------------------------
     def offer(self, x: np.ndarray, active_scores: np.ndarray, active_decisions: np.ndarray) -> bool:
         """Maybe queue a comparison; never blocks. Returns True when queued."""
+        if self.sample_rate <= 0.0:
+            return False
         shadow = self._shadow_model()
-        if shadow is None or self.sample_rate <= 0.0:
+        if shadow is None:
             return False
         if self.sample_rate < 1.0 and self._rnd.random() >= self.sample_rate:
             return False
         self.offered += 1
-        try:
-            self._q.put_nowait((shadow, x, active_scores, active_decisions))
-        except queue.Full:
+        if len(self._items) >= self.queue_size:
             self.dropped += 1
             self.recorder.record_drop(shadow, len(x))
             return False
-        self._ensure_worker()
+        self._items.append((shadow, x, active_scores, active_decisions))
+        if self._thread is None:
+            self._ensure_worker()
         return True
 
     def _ensure_worker(self) -> None:
@@ -69,32 +76,28 @@ class ShadowComparator:
 
     # ---- worker -------------------------------------------------------------------------------
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                item = self._q.get(timeout=min(self._idle_exit_s, 0.5))
-            except queue.Empty:
-                if self._idle_ok():
+        idle = 0.0
+        while not self._stop.wait(self._interval):
+            if not self._items:
+                idle += self._interval
+                if idle >= self._idle_exit_s:
                     with self._lock:  # exit only when nothing was queued meanwhile
-                        if self._q.empty():
+                        if not self._items:
                             self._thread = None
                             return
                 continue
+            idle = 0.0
+            self._busy = True
             try:
-                self.compare(*item)
+                while self._items and not self._stop.is_set():
+                    self.compare(*self._items.popleft())
+                    time.sleep(0)  # hand the GIL to a waiting request thread between comparisons
             finally:
-                self._q.task_done()
-
-    def _idle_ok(self) -> bool:
-        self._idle = getattr(self, "_idle", 0.0) + 0.5
-        if self._idle >= self._idle_exit_s:
-            self._idle = 0.0
-            return True
-        return False
+                self._busy = False
 
     def compare(self, shadow: Any, x: np.ndarray, active_scores: np.ndarray,
                 active_decisions: np.ndarray) -> None:
         """Score ``x`` with ``shadow`` and record the comparison (also usable synchronously)."""
-        self._idle = 0.0
         n = len(x)
         t0 = time.perf_counter()
         try:
@@ -115,16 +118,17 @@ class ShadowComparator:
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued comparison is done (tests, shutdown)."""
         deadline = time.monotonic() + timeout
-        while self._q.unfinished_tasks and time.monotonic() < deadline:
+        while (self._items or self._busy) and time.monotonic() < deadline:
             time.sleep(0.01)
-        return self._q.unfinished_tasks == 0
+        return not self._items and not self._busy
 
     @property
     def backlog(self) -> int:
-        return self._q.qsize()
+        return len(self._items)
 
     def stop(self) -> None:
         self._stop.set()
         t = self._thread
         if t is not None:
             t.join(timeout=5)
+        self._thread = None
