@@ -20,12 +20,12 @@ import re
 import time
 
 import orjson
+from starlette.requests import Request
 
 from cloud_hub.inference import new_request_id
-from cloud_hub.logs import request_id_var
+from cloud_hub.logs import AccessLog, request_id_var
 from edge_runtime.errors import EdgeError
 
-access_log = logging.getLogger("cloud_hub.access")
 _RID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -42,10 +42,12 @@ class HubMiddleware:
         self.app = app
         self.hub = hub
         self.fast_path = True
+        self._endpoints = None
         s = hub.settings
         self.max_body = int(s.max_body_bytes)
         self.max_upload = int(s.max_upload_bytes)
         self.log_enabled = bool(s.access_log)
+        self.access_log = hub.access_log
         self.metrics = hub.metrics
 
     def _limit(self, scope) -> int:
@@ -112,9 +114,9 @@ class HubMiddleware:
         finally:
             dt = time.perf_counter() - t0
             self.metrics.observe_http(scope["method"], status_box[0], dt)
-            if self.log_enabled and access_log.isEnabledFor(logging.INFO):
-                access_log.info("request", extra={"method": scope["method"], "path": scope["path"],
-                                                  "status": status_box[0], "duration_ms": round(dt * 1000, 3)})
+            if self.log_enabled:
+                self.access_log.log({"request_id": rid, "method": scope["method"], "path": scope["path"],
+                                     "status": status_box[0], "duration_ms": round(dt * 1000, 3)})
             request_id_var.reset(token)
 
 
@@ -125,21 +127,22 @@ class HubMiddleware:
         if self.fast_path and scope["method"] == "POST":
             m = _FAST.match(scope["path"])
             if m is not None:
-                from starlette.requests import Request
+                if self._endpoints is None:
+                    from cloud_hub.api import oip, predict
 
-                from cloud_hub.api import oip, predict
-
+                    self._endpoints = (predict.predict, oip.infer, oip.infer_version)
+                predict_fn, infer_fn, infer_version_fn = self._endpoints
                 request = Request(scope, receive)
                 try:
                     if m.group(1) is not None:
                         scope["path_params"] = {"ref": m.group(1)}
-                        response = await predict.predict(m.group(1), request)
+                        response = await predict_fn(m.group(1), request)
                     elif m.group(3) is None:
                         scope["path_params"] = {"name": m.group(2)}
-                        response = await oip.infer(m.group(2), request)
+                        response = await infer_fn(m.group(2), request)
                     else:
                         scope["path_params"] = {"name": m.group(2), "version": m.group(3)}
-                        response = await oip.infer_version(m.group(2), m.group(3), request)
+                        response = await infer_version_fn(m.group(2), m.group(3), request)
                 except EdgeError as exc:
                     await _reply(send, exc.status_code, exc.to_dict(), close=False)
                     return
@@ -162,6 +165,9 @@ async def _reply(send, status: int, body: dict, close: bool = True) -> None:
 
 
 def install_middleware(app, hub) -> None:
+    if getattr(hub, "access_log", None) is None:
+        hub.access_log = AccessLog(use_logger=hub.settings.log_format != "json")
+        hub.on_close(hub.access_log.flush)
     app.add_middleware(HubMiddleware, hub=hub)
     prioritize_inference_routes(app)
 

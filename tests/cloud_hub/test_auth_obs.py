@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import time
 
 import httpx
 import pytest
@@ -71,9 +73,9 @@ def test_placeholder_keys_refused_outside_dev(hub_settings):
 def test_metrics_and_request_logs(server, cancer_bundle, cancer_data, caplog):
     url, hub = server
     hub.registry.push(cancer_bundle, aliases=["champion"])
-    from cloud_hub.logs import JsonFormatter
-
-    with caplog.at_level(logging.INFO, logger="cloud_hub.access"), httpx.Client(base_url=url) as c:
+    buf = io.StringIO()
+    hub.access_log.stream = buf
+    with httpx.Client(base_url=url) as c:
         for _ in range(3):
             assert c.post("/v1/models/cancer/predict", json=row_of(cancer_data)).status_code == 200
         assert c.post("/v1/models/cancer/predict", json={"rows": []}).status_code == 422
@@ -85,20 +87,32 @@ def test_metrics_and_request_logs(server, cancer_bundle, cancer_data, caplog):
     assert 'hub_predict_latency_seconds_bucket{endpoint="predict",group="",le="0.05",model="cancer",version="1.0.0"}' in text
     assert "hub_shadow_queue_depth" in text and "hub_shadow_dropped_total" in text
     assert 'hub_http_requests_total{method="POST",status="200"}' in text
-    recs = [rec for rec in caplog.records if rec.name == "cloud_hub.access"]
-    assert len(recs) >= 5
-    # the access line of the traced request, formatted as our JSON log line
-    line = next(rec for rec in recs if getattr(rec, "status", None) == 200 and "predict" in rec.path)
-    from cloud_hub.logs import request_id_var
+    assert r.headers["x-request-id"] == "trace-42"
+    time.sleep(0.5)  # lines are written in chunks (<= 0.25 s)
+    hub.access_log.flush()
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert len(lines) >= 5
+    traced = [rec for rec in lines if rec["request_id"] == "trace-42"]
+    assert len(traced) == 1
+    rec = traced[0]
+    assert rec["status"] == 200 and rec["method"] == "POST" and rec["path"] == "/v1/models/cancer/predict"
+    assert rec["logger"] == "cloud_hub.access" and rec["level"] == "info" and rec["duration_ms"] >= 0
+    assert rec["ts"].endswith("Z")
+    assert any(rec["status"] == 422 for rec in lines)
 
-    tok = request_id_var.set("trace-42")
+
+def test_json_formatter_carries_request_id():
+    from cloud_hub.logs import JsonFormatter, request_id_var
+
+    rec = logging.LogRecord("cloud_hub.x", logging.WARNING, __file__, 1, "model %s loaded", ("m",), None)
+    rec.version = "1.0.0"
+    tok = request_id_var.set("rid-1")
     try:
-        out = json.loads(JsonFormatter().format(line))
+        out = json.loads(JsonFormatter().format(rec))
     finally:
         request_id_var.reset(tok)
-    assert out["request_id"] == "trace-42" and out["status"] == 200 and out["method"] == "POST"
-    assert out["path"] == "/v1/models/cancer/predict" and out["duration_ms"] >= 0
-    assert r.headers["x-request-id"] == "trace-42"
+    assert out["msg"] == "model m loaded" and out["request_id"] == "rid-1" and out["version"] == "1.0.0"
+    assert out["level"] == "warning"
 
 
 def test_openapi_describes_every_endpoint(hub):
