@@ -3,7 +3,9 @@
 Two models, trained here on ``load_digits`` (no download):
 
 - ``cnn``: a digits CNN on 1×8×8 images (Conv 32 → Conv 64 → MaxPool → FC 256 → FC 10),
-  trained with PyTorch when it is importable, exported with ``export_model``;
+  trained with PyTorch when it is importable (exported with ``export_model`` from the module),
+  else with numpy (im2col + Adam) and built as an ONNX graph with ``onnx.helper`` (exported
+  with ``export_model`` from the ``ModelProto``);
 - ``mlp``: a 256-1024-1024-10 MLP on the digits up-sampled to 16×16 = 256 features
   (PyTorch when importable, else scikit-learn's MLPClassifier);
 - ``tiny``: a 5-64-64-2 scikit-learn MLP on five breast-cancer features, where INT8 is not
@@ -16,6 +18,7 @@ The targets of issue 3 are printed next to the measured numbers.
     python benchmarks/convert.py [--threads 1] [--runs 300] [--batch-runs 100] [--json out.json]
 
 PyTorch is optional (``pip install torch==2.13.0`` CPU); it is not a CI dependency.
+``--no-torch`` uses the numpy/scikit-learn trainers even when torch is installed.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+NO_TORCH = "--no-torch" in sys.argv
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -42,6 +46,8 @@ from edge_runtime.signing import generate_keypair
 
 
 def _torch():
+    if NO_TORCH:
+        return None
     try:
         import torch
 
@@ -85,6 +91,102 @@ def train_torch(net, x, y, epochs: int, lr: float = 1e-3, batch: int = 64, seed:
     return net.eval()
 
 
+def _cols(a):
+    """NHWC (N,8,8,C) → (N*64, 9*C) patches for a 3×3 conv with padding 1 (order kh, kw, C)."""
+    n, h, w, c = a.shape
+    p = np.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = np.stack([p[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=3)
+    return cols.reshape(n * h * w, 9 * c)
+
+def _uncols(d, shape):
+    n, h, w, c = shape
+    d = d.reshape(n, h, w, 9, c)
+    out = np.zeros((n, h + 2, w + 2, c), d.dtype)
+    k = 0
+    for i in range(3):
+        for j in range(3):
+            out[:, i:i + h, j:j + w, :] += d[:, :, :, k, :]
+            k += 1
+    return out[:, 1:-1, 1:-1, :]
+
+def train_cnn_numpy(x, y, epochs=15, lr=1e-3, batch=64, seed=0, c1=32, c2=64, hid=256):
+    """The same CNN as build_cnn(), trained with plain numpy (im2col + Adam): no torch needed."""
+    rng = np.random.default_rng(seed)
+    he = lambda fan_in, shape: (rng.normal(size=shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+    P = {"w1": he(9, (9, c1)), "b1": np.zeros(c1, np.float32),
+         "w2": he(9 * c1, (9 * c1, c2)), "b2": np.zeros(c2, np.float32),
+         "w3": he(16 * c2, (16 * c2, hid)), "b3": np.zeros(hid, np.float32),
+         "w4": he(hid, (hid, 10)), "b4": np.zeros(10, np.float32)}
+    m = {k: np.zeros_like(v) for k, v in P.items()}
+    v = {k: np.zeros_like(v) for k, v in P.items()}
+    t = 0
+    X = x.reshape(-1, 8, 8, 1).astype(np.float32)
+    for _ in range(epochs):
+        perm = rng.permutation(len(X))
+        for s in range(0, len(X), batch):
+            idx = perm[s:s + batch]
+            xb, yb = X[idx], y[idx]
+            n = len(xb)
+            cols1 = _cols(xb)
+            z1 = cols1 @ P["w1"] + P["b1"]
+            a1 = np.maximum(z1, 0).reshape(n, 8, 8, c1)
+            cols2 = _cols(a1)
+            z2 = cols2 @ P["w2"] + P["b2"]
+            a2 = np.maximum(z2, 0).reshape(n, 8, 8, c2)
+            blocks = a2.reshape(n, 4, 2, 4, 2, c2)
+            pool = blocks.max(axis=(2, 4))
+            mask = blocks == pool[:, :, None, :, None, :]
+            f = pool.transpose(0, 3, 1, 2).reshape(n, 16 * c2)
+            z3 = f @ P["w3"] + P["b3"]
+            h = np.maximum(z3, 0)
+            z = h @ P["w4"] + P["b4"]
+            z -= z.max(axis=1, keepdims=True)
+            pr = np.exp(z)
+            pr /= pr.sum(axis=1, keepdims=True)
+            dz = pr
+            dz[np.arange(n), yb] -= 1
+            dz /= n
+            g = {"w4": h.T @ dz, "b4": dz.sum(0)}
+            dh = dz @ P["w4"].T * (z3 > 0)
+            g["w3"], g["b3"] = f.T @ dh, dh.sum(0)
+            df = (dh @ P["w3"].T).reshape(n, c2, 4, 4).transpose(0, 2, 3, 1)
+            da2 = (mask * df[:, :, None, :, None, :]).reshape(n, 8, 8, c2)
+            dz2 = da2.reshape(-1, c2) * (z2 > 0)
+            g["w2"], g["b2"] = cols2.T @ dz2, dz2.sum(0)
+            da1 = _uncols(dz2 @ P["w2"].T, (n, 8, 8, c1))
+            dz1 = da1.reshape(-1, c1) * (z1 > 0)
+            g["w1"], g["b1"] = cols1.T @ dz1, dz1.sum(0)
+            t += 1
+            for k in P:
+                m[k] = 0.9 * m[k] + 0.1 * g[k]
+                v[k] = 0.999 * v[k] + 0.001 * g[k] ** 2
+                P[k] -= (lr * (m[k] / (1 - 0.9 ** t)) / (np.sqrt(v[k] / (1 - 0.999 ** t)) + 1e-8)).astype(np.float32)
+    return P
+
+def cnn_onnx(P):
+    """The numpy-trained weights as an ONNX graph built with onnx.helper."""
+    from onnx import TensorProto, helper, numpy_helper
+    c1, c2 = P["w1"].shape[1], P["w2"].shape[1]
+    W1 = P["w1"].reshape(3, 3, 1, c1).transpose(3, 2, 0, 1)
+    W2 = P["w2"].reshape(3, 3, c1, c2).transpose(3, 2, 0, 1)
+    inits = [numpy_helper.from_array(np.ascontiguousarray(a, np.float32), n) for n, a in
+             [("w1", W1), ("b1", P["b1"]), ("w2", W2), ("b2", P["b2"]), ("w3", P["w3"]),
+              ("b3", P["b3"]), ("w4", P["w4"]), ("b4", P["b4"])]]
+    nodes = [helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("MaxPool", ["r2"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["z3"]),
+             helper.make_node("Relu", ["z3"], ["h"]),
+             helper.make_node("Gemm", ["h", "w4", "b4"], ["logits"])]
+    g = helper.make_graph(nodes, "digits_cnn",
+                          [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 1, 8, 8])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 10])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def build_cnn():
     torch = _torch()
     nn = torch.nn
@@ -106,13 +208,17 @@ def run_model(kind: str, work: Path, key: Path, args) -> dict:
     torch = _torch()
     t0 = time.perf_counter()
     if kind == "cnn":
-        if torch is None:
-            return {"model": "cnn", "skipped": "PyTorch is not installed (pip install torch)"}
         xtr_, xte_ = xtr.reshape(-1, 1, 8, 8), xte.reshape(-1, 1, 8, 8)
-        model = train_torch(build_cnn(), xtr_, ytr, epochs=args.epochs)
-        trainer = f"torch {torch.__version__}"
+        if torch is not None:
+            model = train_torch(build_cnn(), xtr_, ytr, epochs=args.epochs)
+            trainer = f"torch {torch.__version__}"
+            cfg = ExportConfig(key=key, name="digits-cnn")
+        else:  # numpy-trained, built with onnx.helper, exported as an ONNX file
+            model = cnn_onnx(train_cnn_numpy(xtr, ytr, epochs=args.epochs))
+            trainer = f"numpy {np.__version__} (onnx.helper graph)"
+            cfg = ExportConfig(key=key, name="digits-cnn", task="multiclass",
+                               output_role="logits")
         sample_train, sample_test = (xtr_, ytr), (xte_, yte)
-        cfg = ExportConfig(key=key, name="digits-cnn")
     elif kind == "tiny":  # the 5-64-64-2 MLP where INT8 is not expected to pay off
         from sklearn.datasets import load_breast_cancer
         from sklearn.model_selection import train_test_split
@@ -157,7 +263,7 @@ def run_model(kind: str, work: Path, key: Path, args) -> dict:
         t = time.perf_counter()
         bundles[mode] = quantize_bundle(bundles["fp32"], work / f"{kind}-{mode}", QuantizeConfig(
             mode=mode, sample=sample_train if mode == "static" else None, key=key,
-            per_channel=mode == "static"))
+            per_channel=mode == "static" and kind == "cnn"))
         times[f"quantize_{mode}"] = time.perf_counter() - t
     tflite_error = None
     try:
@@ -232,6 +338,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-runs", type=int, default=100, help="batch-64 timed runs")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--no-torch", action="store_true",
+                   help="train without PyTorch even when installed (numpy CNN, scikit-learn MLP)")
     args = p.parse_args(argv)
     import onnxruntime
 

@@ -123,6 +123,9 @@ def _check_config(cfg: ExportConfig) -> None:
         raise ValidationError("threshold must be between 0 and 1", field="threshold")
     if cfg.golden_rows < 1:
         raise ValidationError("golden_rows must be at least 1", field="golden_rows")
+    if cfg.output_role not in ("logits", "probabilities"):
+        raise ValidationError(f"output_role {cfg.output_role!r} is not logits or probabilities",
+                              field="output_role")
 
 
 # ---- the public entry point -------------------------------------------------------

@@ -123,6 +123,10 @@ def quantize_bundle(src: str | Path | Bundle, out: str | Path,
         except EdgeError:
             raise
         except Exception as exc:  # onnxruntime.quantization raises plain exceptions
+            if cfg.per_channel:
+                raise EngineError(f"{mode.value} per-channel quantization of {m.name} failed in "
+                                  f"onnxruntime ({str(exc).splitlines()[0][:200]}); retry "
+                                  "without --per-channel", field="per_channel") from exc
             raise EngineError(f"{mode.value} quantization of {m.name} failed: "
                               f"{str(exc).splitlines()[0][:300]}", field="mode") from exc
         qmodel = onnx.load(str(dst))
