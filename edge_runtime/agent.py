@@ -82,6 +82,8 @@ class FleetAgent:
         if self._timer is not None:
             self._timer.join(timeout=5)
             self._timer = None
+        if graceful:
+            self.shadow.drain(2.0)  # finish the queued comparisons so the last window has them
         self.shadow.stop()
         if graceful and flush:
             self.roll_window()

@@ -89,14 +89,32 @@ class ShadowComparator:
             idle = 0.0
             self._busy = True
             try:
-                while self._items and not self._stop.is_set():
-                    self.compare(*self._items.popleft())
-                    time.sleep(0)  # hand the GIL to a waiting request thread between comparisons
+                self._pass()
             finally:
                 self._busy = False
 
+    def _pass(self) -> None:
+        """Work through what accumulated: per candidate, the first sample is scored alone and
+        timed (the candidate's latency sketch), the rest in one batch (one engine call, so the
+        worker holds the GIL for a few short stretches instead of one per sample)."""
+        batch = []
+        while self._items and len(batch) < self.queue_size:
+            batch.append(self._items.popleft())
+        groups: dict[int, list] = {}
+        for item in batch:
+            groups.setdefault(id(item[0]), []).append(item)
+        for items in groups.values():
+            shadow = items[0][0]
+            self.compare(*items[0])
+            rest = items[1:]
+            if rest:
+                time.sleep(0)  # let a waiting request thread run first
+                self.compare(shadow, np.concatenate([r[1] for r in rest]),
+                             np.concatenate([np.asarray(r[2]).reshape(-1) for r in rest]),
+                             np.concatenate([np.asarray(r[3]).reshape(-1) for r in rest]), timed=False)
+
     def compare(self, shadow: Any, x: np.ndarray, active_scores: np.ndarray,
-                active_decisions: np.ndarray) -> None:
+                active_decisions: np.ndarray, *, timed: bool = True) -> None:
         """Score ``x`` with ``shadow`` and record the comparison (also usable synchronously)."""
         n = len(x)
         t0 = time.perf_counter()
@@ -113,7 +131,8 @@ class ShadowComparator:
         act = np.asarray(active_scores, dtype=np.float64).reshape(-1)
         changed = int(np.count_nonzero(dec != np.asarray(active_decisions).reshape(-1)))
         self.compared += n
-        self.recorder.record_shadow(shadow, n, dt, scores=cand, divergence=np.abs(cand - act), changed=changed)
+        self.recorder.record_shadow(shadow, n, dt if timed else None, scores=cand, divergence=np.abs(cand - act),
+                                    changed=changed)
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued comparison is done (tests, shutdown)."""

@@ -31,7 +31,7 @@ def test_shadow_stats_equal_a_direct_computation(make_agent, cancer_bundle, canc
     assert shadow["compared"] == 300 and shadow["dropped"] == 0
     assert shadow["decision_changed"] == changed and changed > 0
     assert shadow["divergence"]["counts"] == div.counts
-    assert shadow["version"] == "2.0.0" and shadow["latency"]["count"] == 300
+    assert shadow["version"] == "2.0.0" and 1 <= shadow["latency"]["count"] <= 300  # sampled per worker pass
     assert sum(active["decisions"].values()) == 300
 
 

@@ -1,33 +1,54 @@
-"""End to end through the embedded amqtt broker: hub + simulated fleet of real daemons."""
+"""End to end: hub (embedded amqtt broker + real HTTP API on a free port) and a simulated fleet of
+real daemons that download the bundle from ``GET /v1/bundles/{sha256}``."""
 
 from __future__ import annotations
 
-from edge_runtime.bundle import read_bundle
+import threading
+import time
+
 from edge_runtime.protocol import DesiredBundle, DesiredState
+from tests.conftest import free_port
 from tests.fleet.conftest import wait_for
 
 
-def test_embedded_broker_end_to_end(make_hub, prefix, keypair, cancer_bundle, cancer_bundle_v2, bundle_server):
+def test_embedded_broker_end_to_end(make_hub, prefix, keypair, cancer_bundle, cancer_bundle_v2):
+    import uvicorn
+
+    from cloud_hub.app import create_app
     from devices.simulator import Fleet
 
-    hub = make_hub(mqtt_prefix=prefix)  # no HUB_MQTT_URL
+    port = free_port()
+    hub = make_hub(mqtt_prefix=prefix, port=port, trusted_keys=[keypair[1]])  # no HUB_MQTT_URL
     url = hub.fleet.start()
     assert hub.fleet.broker is not None and "protocol=3.1.1" in url
     assert hub.fleet.ingest.wait_connected(10)
-    fleet = Fleet(3, mqtt_url=url, prefix=prefix, bundle=cancer_bundle, public_keys=[keypair[1]],
-                  interval_s=0.3, request_rate=20)
+    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=port, log_level="warning",
+                                           log_config=None, lifespan="off"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    wait_for(lambda: server.started, what="hub HTTP server")
+    mv = hub.registry.push(cancer_bundle_v2)  # verified and re-signed by the hub key
+    hub_pub = hub.registry.hub_key.path.with_suffix(".pub")
+    fleet = Fleet(3, hub_url=hub.settings.base_url, mqtt_url=url, prefix=prefix, bundle=cancer_bundle,
+                  public_keys=[keypair[1], hub_pub], interval_s=0.3, request_rate=20)
     fleet.start()
     try:
         wait_for(lambda: len(hub.fleet.devices(online=True)) == 3, what="3 devices online")
         wait_for(lambda: hub.fleet.window_stats(name="cancer").devices_reporting == 3, what="windows")
-        m = read_bundle(cancer_bundle_v2).manifest
-        hub.fleet.set_desired("sim-0000", DesiredState(id="e2e-1", bundles={"shadow": DesiredBundle(
-            name=m.name, version=m.version, url=bundle_server(cancer_bundle_v2), sha256=m.digest)}))
+        hub.fleet.set_desired("sim-0000", DesiredState(id="e2e-1", rollout_id="ro-1", bundles={
+            "shadow": DesiredBundle(name=mv.name, version=mv.version, url=hub.fleet.bundle_url(mv.digest),
+                                    sha256=mv.digest)}))
         wait_for(lambda: hub.fleet.device("sim-0000").converged, what="shadow installed")
+        assert hub.fleet.device("sim-0000").running("shadow")["sha256"] == mv.digest
         wait_for(lambda: hub.fleet.window_stats(["sim-0000"], slot="shadow").compared >= 10, what="shadow stats")
         groups = {(g["version"], g["slot"]) for g in hub.fleet.stats("cancer", by="version")}
         assert groups == {("1.0.0", "active"), ("2.0.0", "shadow")}
+        assert [e.step for e in hub.fleet.events(rollout_id="ro-1")][-1] == "active"
         fleet.inject("crash", ["sim-0002"])
         wait_for(lambda: not hub.fleet.device("sim-0002").online, what="last will via amqtt")
+        fleet.inject("restart", ["sim-0002"])
+        wait_for(lambda: hub.fleet.device("sim-0002").online, what="restarted device back online")
     finally:
         fleet.stop()
+        server.should_exit = True
+        t.join(10)
