@@ -1,0 +1,222 @@
+"""The dashboard end to end in real headless Chromium (Debian's chromium + chromedriver).
+
+A real hub (HTTP on a free port, Mosquitto, rollout controller) with simulated devices
+running the real daemon; a rollout is running. The browser logs in, sees the device
+count and the rollout, an admin presses Pause and the API shows the rollout paused;
+a read-only user sees no action buttons and the API refuses the action. Screenshots of
+every page go to $EDGEFLEET_ARTIFACTS (default test-artifacts/).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REQUIRE_SERVICES
+
+ADMIN, VIEWER = "admin-key-0123456789abcdef", "viewer-key-0123456789abcdef"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ARTIFACTS = Path(os.environ.get("EDGEFLEET_ARTIFACTS", "test-artifacts")) / "ui"
+
+
+def _require_browser() -> None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
+    if missing:
+        msg = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver)"
+        if REQUIRE_SERVICES:
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, keypair):
+    """Hub + 6 simulated devices + a running rollout held in its shadow stage."""
+    from tests.conftest import require_service
+
+    host, port = require_service("mosquitto")
+    _require_browser()
+    from cloud_hub.demo.models import build_bundle
+    from cloud_hub.demo.runtime import LocalHub, wait_for
+    from devices.simulator import Fleet
+
+    d = tmp_path_factory.mktemp("ui")
+    champion = build_bundle("champion", "1.0.0", d / "champion", keypair[0])
+    challenger = build_bundle("challenger", "2.0.0", d / "challenger", keypair[0])
+    prefix = f"ui{uuid.uuid4().hex[:8]}/v1"
+    hub = LocalHub(d / "hub", mqtt_url=f"mqtt://{host}:{port}", trusted_keys=[keypair[1]], tick_s=0.3,
+                   silent_after_s=30, mqtt_prefix=prefix, admin_keys=[ADMIN], viewer_keys=[VIEWER])
+    hub.start()
+    fleet = None
+    try:
+        hub.hub.registry.push(champion, aliases=["champion"])
+        hub.hub.registry.push(challenger)
+        fleet = Fleet(6, hub_url=hub.url, mqtt_url=hub.hub.fleet.mqtt_url, prefix=prefix, bundle=champion,
+                      public_keys=[keypair[1], hub.hub_public_key], interval_s=0.5, request_rate=4.0, batch=4)
+        fleet.start(timeout=60)
+        wait_for(lambda: sum(1 for x in hub.hub.fleet.devices() if x.online) >= 6, 30, what="6 devices online")
+        plan = {"shadow": {"percent": 100, "min_duration": "1h", "min_samples": 10**9, "timeout": "2h"},
+                "stages": [{"percent": 100, "min_duration": "1h"}],
+                # this test is about the page, not the gates: never pause on slow installs here
+                "gates": {"max_unknown_fraction": 1.0}}
+        ro = hub.rollouts.start("cancer-risk:2.0.0", "", plan)
+        yield hub, fleet, ro["id"]
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        hub.stop()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1280,1000",
+                f"--user-data-dir={tmp_path / 'chrome'}"):
+        opts.add_argument(arg)
+    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    drv.set_page_load_timeout(30)
+    yield drv
+    drv.quit()
+
+
+def _wait(drv, cond, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            got = cond(drv)
+            if got:
+                return got
+        except Exception as exc:  # element not there yet, stale after a refresh
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last}); page: "
+                         f"{drv.find_element('tag name', 'main').text[:500]}")
+
+
+def _shot(drv, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    p = ARTIFACTS / f"{name}.png"
+    drv.save_screenshot(str(p))
+    return p
+
+
+def _login(drv, url: str, key: str) -> None:
+    drv.get(url + "/ui")
+    box = _wait(drv, lambda d: d.find_element("id", "api-key"), what="login form")
+    box.send_keys(key)
+    drv.find_element("id", "login-button").click()
+    _wait(drv, lambda d: "role:" in d.find_element("id", "whoami").text, what="logged in")
+
+
+def test_admin_sees_fleet_and_pauses_a_running_rollout(stack, browser):
+    hub, _fleet, rid = stack
+    drv = browser
+    _login(drv, hub.url, ADMIN)
+    assert "role: admin" in drv.find_element("id", "whoami").text
+    count = _wait(drv, lambda d: d.find_element("css selector", "#count-devices .n").text == "6"
+                  and d.find_element("css selector", "#count-devices .n"), what="device count 6")
+    assert count.text == "6"
+    online = int(drv.find_element("css selector", "#count-online .n").text)
+    offline = int(drv.find_element("css selector", "#count-offline .n").text)
+    assert online + offline == 6 and online >= 1
+    assert drv.find_element("css selector", "#count-rollouts .n").text == "1"
+    body = drv.find_element("tag name", "main").text
+    assert "sim-0000" in body and "cancer-risk:1.0.0" in body
+    _shot(drv, "fleet")
+
+    drv.get(hub.url + "/ui#/device/sim-0001")
+    _wait(drv, lambda d: "Device sim-0001" in d.find_element("tag name", "main").text, what="device page")
+    _wait(drv, lambda d: "Running vs desired" in d.find_element("tag name", "main").text, what="device detail")
+    _shot(drv, "device")
+
+    drv.get(hub.url + "/ui#/models")
+    _wait(drv, lambda d: "cancer-risk" in d.find_element("tag name", "main").text
+          and "champion → 1.0.0" in d.find_element("tag name", "main").text, what="models page")
+    _shot(drv, "models")
+
+    drv.get(hub.url + "/ui#/rollouts")
+    _wait(drv, lambda d: rid in d.find_element("tag name", "main").text, what="rollout listed")
+    _shot(drv, "rollouts")
+
+    drv.get(hub.url + f"/ui#/rollout/{rid}")
+    pause = _wait(drv, lambda d: (b := d.find_element("id", "rollout-pause")).is_enabled() and b, what="pause button")
+    assert pause.get_attribute("aria-label") == f"Pause rollout {rid}"
+    text = drv.find_element("tag name", "main").text
+    assert "running" in text and "Stage timeline" in text and "Gates" in text
+    _shot(drv, "rollout-running")
+    pause.click()
+    drv.switch_to.alert.accept()
+    _wait(drv, lambda d: "paused" in d.find_element("id", "rollout-status").text, what="paused badge")
+    api = httpx.get(f"{hub.url}/v1/rollouts/{rid}", headers={"Authorization": f"Bearer {VIEWER}"}).json()
+    assert api["status"] == "paused"
+    assert "dashboard" in (api["reason"] or "")  # the reason the page sends is recorded
+    _shot(drv, "rollout-paused")
+    # resume again so the next test sees a running rollout
+    _wait(drv, lambda d: d.find_element("id", "rollout-resume").is_enabled(), what="resume enabled")
+    drv.find_element("id", "rollout-resume").click()
+    drv.switch_to.alert.accept()
+    _wait(drv, lambda d: "running" in d.find_element("id", "rollout-status").text, what="running again")
+
+
+def test_read_only_user_sees_everything_but_cannot_act(stack, browser):
+    hub, _fleet, rid = stack
+    drv = browser
+    _login(drv, hub.url, VIEWER)
+    assert "role: viewer" in drv.find_element("id", "whoami").text
+    _wait(drv, lambda d: d.find_element("css selector", "#count-devices .n").text == "6", what="device count")
+    drv.get(hub.url + f"/ui#/rollout/{rid}")
+    _wait(drv, lambda d: "Read-only" in d.find_element("tag name", "main").text, what="read-only note")
+    assert not drv.find_elements("id", "rollout-pause")
+    _shot(drv, "rollout-read-only")
+    # The session cookie of a viewer cannot act, even with the CSRF token (the API refuses it).
+    status = drv.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const csrf = (document.cookie.match(/edgefleet_csrf=([^;]+)/) || [])[1] || "";
+        fetch(arguments[0], {method: "POST", credentials: "same-origin",
+              headers: {"X-CSRF-Token": csrf, "Content-Type": "application/json"}, body: "{}"})
+          .then(r => done(r.status));""", f"/v1/rollouts/{rid}/pause")
+    assert status == 403
+    r = httpx.post(f"{hub.url}/v1/rollouts/{rid}/pause", headers={"Authorization": f"Bearer {VIEWER}"})
+    assert r.status_code == 403 and "admin" in r.json()["error"]
+    assert httpx.get(f"{hub.url}/v1/rollouts/{rid}", headers={"X-API-Key": VIEWER}).json()["status"] == "running"
+
+
+def test_phone_width_and_login_errors(stack, browser):
+    hub, _fleet, _ = stack
+    drv = browser
+    drv.set_window_size(390, 844)
+    drv.get(hub.url + "/ui")
+    box = _wait(drv, lambda d: d.find_element("id", "api-key"), what="login form")
+    assert drv.find_element("css selector", "label[for=api-key]").text == "API key"
+    box.send_keys("wrong-key-wrong-key")
+    drv.find_element("id", "login-button").click()
+    _wait(drv, lambda d: "invalid API key" in d.find_element("css selector", "[role=alert]").text, what="error")
+    box = drv.find_element("id", "api-key")
+    box.clear()
+    box.send_keys(VIEWER)
+    drv.find_element("id", "login-button").click()
+    _wait(drv, lambda d: d.find_element("css selector", "#count-devices .n").text == "6", what="fleet on a phone")
+    width = drv.execute_script("return document.documentElement.scrollWidth")
+    assert width <= 400, f"page is {width}px wide on a 390px screen (tables must scroll inside their box)"
+    _shot(drv, "fleet-phone")
+
+
+def test_cross_site_post_is_refused(stack):
+    hub, _fleet, rid = stack
+    r = httpx.post(f"{hub.url}/v1/rollouts/{rid}/pause", headers={"Origin": "http://evil.example",
+                                                                  "Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 403 and r.json()["code"] == "csrf"
+    r = httpx.post(f"{hub.url}/v1/rollouts/{rid}/pause", cookies={"edgefleet_key": ADMIN, "edgefleet_csrf": "t"})
+    assert r.status_code == 403 and r.json()["code"] == "csrf"
