@@ -76,7 +76,9 @@ class InputReader:
         total = None
         if self.format == "parquet":
             try:
-                self._pf = pq.ParquetFile(self.path)
+                # pre_buffer=False: with it, iter_batches buffers every row group of the
+                # file (memory grows with the input size).
+                self._pf = pq.ParquetFile(self.path, pre_buffer=False)
             except Exception as exc:  # pyarrow raises ArrowInvalid / OSError
                 raise ValidationError(f"{self.path.name} is not a readable Parquet file: {exc}",
                                       field="input") from exc

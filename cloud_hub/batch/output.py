@@ -1,13 +1,17 @@
 """Checkpointed output: parts + checkpoint while running, one atomic rename at the end.
 
 While a job runs, its output lives in a hidden work directory next to the
-output file (``.NAME.partial/``): one part file per input batch and a
-``checkpoint.json`` listing the parts that are complete. A part is written to a
+output file (``.NAME.partial/``): one Arrow IPC part per input batch (cheap to
+write: no encoding), a ``checkpoint.json`` listing the parts that are
+complete, and ``final.tmp``, the output file being written progressively in
+its real format as the batches complete (so the Parquet/CSV encoding overlaps
+the scoring instead of running as a merge at the end). A part is written to a
 temp name and renamed before the checkpoint mentions it, so after a crash or a
-SIGKILL the checkpoint never points at half a part. At the end the parts are
-merged into ``NAME.tmp-PID`` and renamed to ``NAME``: a file at the output path
-is always complete. A rerun with the same input, model and options resumes
-after the last checkpointed batch; anything else starts over.
+SIGKILL the checkpoint never points at half a part. At the end ``final.tmp``
+is closed, fsynced and renamed to ``NAME``: a file at the output path is
+always complete. A rerun with the same input, model and options replays the
+checkpointed parts into a fresh ``final.tmp`` and resumes after the last
+checkpointed batch; anything else starts over.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ class PartWriter:
             self._clear_parts()
             self.cp = Checkpoint(fp, scored_at.isoformat())
         self._drop_stale_parts()
-        self._schema: pa.Schema | None = None
+        self._final: FinalWriter | None = None
 
     @property
     def scored_at(self) -> dt.datetime:
@@ -126,7 +130,9 @@ class PartWriter:
 
     def _drop_stale_parts(self) -> None:
         for p in self.dir.iterdir():
-            if p.name.startswith(("part-", "rejects-")):
+            if p.name == "final.tmp":
+                p.unlink()
+            elif p.name.startswith(("part-", "rejects-")):
                 try:
                     idx = int(p.name.split("-")[1].split(".")[0])
                 except ValueError:
@@ -135,22 +141,36 @@ class PartWriter:
                     p.unlink()
 
     def _part(self, i: int) -> Path:
-        return self.dir / f"part-{i:06d}.{self.format}"
+        return self.dir / f"part-{i:06d}.arrow"
 
     def _rej(self, i: int) -> Path:
         return self.dir / f"rejects-{i:06d}.jsonl"
+
+    def _open_final(self) -> None:
+        self._final = FinalWriter(self.dir / "final.tmp", self.format)
+        self._rej_tmp = self.rejects_path.with_name(f".{self.rejects_path.name}.tmp")
+        self._rej_fh = open(self._rej_tmp, "wb")
+        for i in range(self.cp.batches):  # resume: replay what is already scored
+            with pa.memory_map(str(self._part(i))) as src:
+                self._final.write(pa.ipc.open_file(src).read_all())
+            if self._rej(i).exists():
+                self._rej_fh.write(self._rej(i).read_bytes())
 
     # ---- writing ---------------------------------------------------------------------
     def write(self, index: int, rows_in: int, out: pa.Table, rejects: pa.Table) -> None:
         if index != self.cp.batches:
             raise RuntimeError(f"part {index} written out of order (expected {self.cp.batches})")
+        if self._final is None:
+            self._open_final()
         part = self._part(index)
         tmp = part.with_name(part.name + ".tmp")
-        write_table(out, tmp, self.format, header=(index == 0))
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, out.schema) as w:
+            w.write_table(out)
         os.replace(tmp, part)
-        if rejects.num_rows:
+        rej_bytes = rejects_to_jsonl(rejects) if rejects.num_rows else b""
+        if rej_bytes:
             rtmp = self._rej(index).with_name(self._rej(index).name + ".tmp")
-            rtmp.write_bytes(rejects_to_jsonl(rejects))
+            rtmp.write_bytes(rej_bytes)
             os.replace(rtmp, self._rej(index))
         self.cp.batches += 1
         self.cp.rows_in += rows_in
@@ -158,90 +178,108 @@ class PartWriter:
         self.cp.rows_rejected += rejects.num_rows
         self.cp.parts.append({"rows": out.num_rows, "rejects": rejects.num_rows})
         self._save()
+        self._final.write(out)
+        if rej_bytes:
+            self._rej_fh.write(rej_bytes)
 
     def finalize(self) -> None:
-        """Merge the parts into the output (atomic rename) and the rejects file, then clean up."""
-        tmp = self.output.with_name(f"{self.output.name}.tmp-{os.getpid()}")
-        try:
-            merge_parts([self._part(i) for i in range(self.cp.batches)], tmp, self.format)
-            rtmp = self.rejects_path.with_name(f"{self.rejects_path.name}.tmp-{os.getpid()}")
-            with open(rtmp, "wb") as fh:
-                for i in range(self.cp.batches):
-                    if self._rej(i).exists():
-                        with open(self._rej(i), "rb") as src:
-                            shutil.copyfileobj(src, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(rtmp, self.rejects_path)
-            os.replace(tmp, self.output)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        """Close the output (fsync), rename it and the rejects file into place, clean up."""
+        if self._final is None:
+            self._open_final()
+        self._final.close()
+        self._rej_fh.flush()
+        os.fsync(self._rej_fh.fileno())
+        self._rej_fh.close()
+        os.replace(self._rej_tmp, self.rejects_path)
+        os.replace(self._final.path, self.output)
         self.discard()
 
     def discard(self) -> None:
         """Forget the work directory (job finished or cancelled)."""
+        self._close_files()
+        if hasattr(self, "_rej_tmp") and self._rej_tmp.exists():
+            self._rej_tmp.unlink()
         self.release()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def _close_files(self) -> None:
+        if self._final is not None:
+            self._final.abort()
+        if getattr(self, "_rej_fh", None) is not None and not self._rej_fh.closed:
+            self._rej_fh.close()
+
     def release(self) -> None:
+        self._close_files()
         if not self._lock.closed:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
 
 
-def write_table(table: pa.Table, path: Path, fmt: str, *, header: bool = True) -> None:
-    if fmt == "parquet":
-        pq.write_table(table, path, compression="zstd")
-    elif fmt == "csv":
-        from pyarrow import csv as pacsv
+class FinalWriter:
+    """Writes the output file progressively in its format (Parquet, CSV, JSON lines)."""
 
-        table = _undict(table)
-        pacsv.write_csv(table, path, write_options=pacsv.WriteOptions(include_header=header))
-    else:
-        table = _undict(table)
-        with open(path, "w", encoding="utf-8") as fh:
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path, self.format = path, fmt
+        self._w = None
+        self._fh = None
+        self.schema: pa.Schema | None = None
+        self.closed = False
+        if fmt == "jsonl":
+            self._fh = open(path, "w", encoding="utf-8")
+
+    def write(self, table: pa.Table) -> None:
+        if self.schema is None:
+            self.schema = table.schema
+            if self.format == "parquet":
+                self._w = pq.ParquetWriter(self.path, self.schema, compression="snappy")
+            elif self.format == "csv":
+                from pyarrow import csv as pacsv
+
+                self._w = pacsv.CSVWriter(str(self.path), self.schema)
+        elif table.schema != self.schema:
+            try:
+                table = table.cast(self.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ValidationError(f"output columns changed type between batches: {exc}",
+                                      field="input") from exc
+        if self._fh is not None:
             for row in table.to_pylist():
-                fh.write(json.dumps(row, default=_json_default, ensure_ascii=False))
-                fh.write("\n")
+                self._fh.write(json.dumps(row, default=_json_default, ensure_ascii=False))
+                self._fh.write("\n")
+        else:
+            self._w.write_table(table)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            return
+        if self._w is None:  # no rows: still write a valid file
+            raise ValidationError("the job produced no output rows to write", field="input")
+        self._w.close()
+        _fsync(self.path)
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self._fh is not None:
+                self._fh.close()
+            elif self._w is not None:
+                self._w.close()
+        except Exception:  # the file is thrown away anyway
+            pass
 
 
 def _json_default(v: Any) -> Any:
     if isinstance(v, (dt.datetime, dt.date)):
         return v.isoformat()
     return str(v)
-
-
-def _undict(table: pa.Table) -> pa.Table:
-    cols = []
-    for c in table.columns:
-        cols.append(c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c)
-    return pa.table(cols, names=table.column_names)
-
-
-def merge_parts(parts: list[Path], dest: Path, fmt: str) -> None:
-    if fmt == "parquet":
-        writer = None
-        try:
-            for p in parts:
-                pf = pq.ParquetFile(p)
-                if writer is None:
-                    writer = pq.ParquetWriter(dest, pf.schema_arrow, compression="zstd")
-                for g in range(pf.num_row_groups):
-                    writer.write_table(pf.read_row_group(g))
-            if writer is None:  # no rows at all: still write a valid, empty file
-                raise ValidationError("the job produced no batches (empty input)", field="input")
-        finally:
-            if writer is not None:
-                writer.close()
-        _fsync(dest)
-    else:
-        with open(dest, "wb") as fh:
-            for p in parts:
-                with open(p, "rb") as src:
-                    shutil.copyfileobj(src, fh, 1 << 20)
-            fh.flush()
-            os.fsync(fh.fileno())
 
 
 def _fsync(path: Path) -> None:

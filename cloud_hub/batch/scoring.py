@@ -62,56 +62,54 @@ class BatchScorer:
         self.risk_names = pa.array([r[0] for r in self.risk_levels], pa.string())
 
     # ---- features -------------------------------------------------------------------
-    def features(self, batch: pa.RecordBatch) -> tuple[np.ndarray, list[str | None], list[str | None]]:
-        """Return (x float64 (n, k), reasons, fields) -- reasons[i] is None for a good row."""
+    def features(self, batch: pa.RecordBatch) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+        """Return (x (n, k) in the engine's dtype, {row: (reason, field)} for bad rows)."""
         n = batch.num_rows
         k = len(self.names)
-        x = np.empty((n, k), dtype=np.float64)
+        # Fill feature-major (each column a contiguous row), then one transposing copy:
+        # ~5x faster than writing strided columns into an (n, k) matrix.
+        xt = np.empty((k, n), dtype=self.dtype)
+        problems: dict[int, tuple[str, str]] = {}
         schema_names = batch.schema.names
         if ERROR_COL in schema_names:
-            reasons = batch.column(ERROR_COL).to_pylist()
-            fields = batch.column(FIELD_COL).to_pylist()
-        else:
-            reasons = [None] * n
-            fields = [None] * n
+            err = batch.column(schema_names.index(ERROR_COL))
+            if err.null_count < n:
+                fld = batch.column(schema_names.index(FIELD_COL)).to_pylist()
+                for i, r in enumerate(err.to_pylist()):
+                    if r is not None:
+                        problems[i] = (r, fld[i])
         idx = {nm: i for i, nm in enumerate(schema_names)}
         for j, name in enumerate(self.names):
-            if name not in idx:  # only possible for JSON lines (schema checked for files)
-                x[:, j] = np.nan
+            if name not in idx:  # only possible for JSON lines (files are checked up front)
+                xt[j] = np.nan
                 for i in range(n):
-                    if reasons[i] is None:
-                        reasons[i], fields[i] = f"missing feature {name}", name
+                    problems.setdefault(i, (f"missing feature {name}", name))
                 continue
-            col = batch.column(idx[name])
-            x[:, j] = self._numeric(col, name, reasons, fields)
-        bad_rows = None
+            xt[j] = self._numeric(batch.column(idx[name]), name, problems)
         if len(self.reject_cols):
-            nanm = np.isnan(x[:, self.reject_cols])
-            bad_rows = nanm.any(axis=1)
-            if bad_rows.any():
-                for i in np.flatnonzero(bad_rows):
-                    if reasons[i] is None:
-                        name = self.names[self.reject_cols[int(nanm[i].argmax())]]
-                        reasons[i] = f"{name}: missing value (null/NaN) is not allowed for this feature"
-                        fields[i] = name
+            sub = xt if len(self.reject_cols) == k else xt[self.reject_cols]
+            nanm = np.isnan(sub)
+            rows = np.flatnonzero(nanm.any(axis=0))
+            for i in rows.tolist():
+                if i not in problems:
+                    name = self.names[self.reject_cols[int(nanm[:, i].argmax())]]
+                    problems[i] = (f"{name}: missing value (null/NaN) is not allowed for this "
+                                   "feature", name)
         if self.has_range:
             with np.errstate(invalid="ignore"):
-                out = (x < self.codec.mins) | (x > self.codec.maxs)
-            rows = out.any(axis=1)
-            for i in np.flatnonzero(rows):
-                if reasons[i] is None:
-                    c = int(out[i].argmax())
-                    reasons[i] = (f"{self.names[c]}: {x[i, c]:g} is outside the allowed range "
-                                  f"[{self.codec.mins[c]:g}, {self.codec.maxs[c]:g}]")
-                    fields[i] = self.names[c]
-        return x, reasons, fields
+                out = (xt < self.codec.mins[:, None]) | (xt > self.codec.maxs[:, None])
+            for i in np.flatnonzero(out.any(axis=0)).tolist():
+                if i not in problems:
+                    c = int(out[:, i].argmax())
+                    problems[i] = (f"{self.names[c]}: {xt[c, i]:g} is outside the allowed range "
+                                   f"[{self.codec.mins[c]:g}, {self.codec.maxs[c]:g}]", self.names[c])
+        x = np.ascontiguousarray(xt.T)
+        return x, problems
 
-    def _numeric(self, col: pa.Array, name: str, reasons: list, fields: list) -> np.ndarray:
+    def _numeric(self, col: pa.Array, name: str, problems: dict) -> np.ndarray:
         t = col.type
         if pa.types.is_floating(t) or pa.types.is_integer(t):
-            if col.null_count:
-                return col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-            return col.to_numpy(zero_copy_only=False)
+            return col.to_numpy(zero_copy_only=False)  # nulls become NaN
         if pa.types.is_string(t) or pa.types.is_large_string(t):
             try:
                 return pc.cast(pc.utf8_trim_whitespace(col), pa.float64()).to_numpy(
@@ -125,10 +123,9 @@ class BatchScorer:
                 try:
                     out[i] = float(v)
                 except ValueError:
-                    if reasons[i] is None:
+                    if i not in problems:
                         shown = v if len(v) <= 40 else v[:37] + "..."
-                        reasons[i] = f"{name}: expected a number, got {shown!r}"
-                        fields[i] = name
+                        problems[i] = (f"{name}: expected a number, got {shown!r}", name)
             return out
         if pa.types.is_null(t):
             return np.full(len(col), np.nan)
@@ -137,28 +134,30 @@ class BatchScorer:
     # ---- scoring --------------------------------------------------------------------
     def score(self, batch: pa.RecordBatch) -> pa.Table:
         """One output row per input row: ids, score, label[, risk_level], reject reason/field."""
-        x, reasons, fields = self.features(batch)
+        x, problems = self.features(batch)
         n = batch.num_rows
-        ok = np.fromiter((r is None for r in reasons), dtype=bool, count=n)
-        n_ok = int(ok.sum())
+        if problems:
+            ok = np.ones(n, dtype=bool)
+            ok[list(problems)] = False
+            n_ok = int(ok.sum())
+        else:
+            ok, n_ok = None, n
         score = np.full(n, np.nan)
         label_idx = np.zeros(n, dtype=np.int64)
+        has_label = self.model.task in ("binary_classification", "multiclass_classification")
         if n_ok:
-            xs = x if n_ok == n else x[ok]
-            s = self.model.score_array(np.ascontiguousarray(xs, dtype=self.dtype))
+            s = self.model.score_array(x if ok is None else np.ascontiguousarray(x[ok]))
             sc = np.asarray(s.score, dtype=np.float64)
-            if n_ok == n:
+            has_label = s.label_index is not None
+            if ok is None:
                 score = sc
-                if s.label_index is not None:
+                if has_label:
                     label_idx = np.asarray(s.label_index, dtype=np.int64)
             else:
                 score[ok] = sc
-                if s.label_index is not None:
+                if has_label:
                     label_idx[ok] = s.label_index
-            has_label = s.label_index is not None
-        else:
-            has_label = self.model.task in ("binary_classification", "multiclass_classification")
-        mask = None if n_ok == n else ~ok
+        mask = None if ok is None else ~ok
         cols: dict[str, pa.Array] = {}
         for c in self.id_columns:
             cols[c] = batch.column(batch.schema.get_field_index(c))
@@ -169,17 +168,28 @@ class BatchScorer:
             else:
                 cols[LABEL] = pa.array(label_idx, pa.int64(), mask=mask)
         if self.risk_levels and self.model.task == "binary_classification":
-            cols[RISK] = self._risk(score)
-        cols[ERROR_COL] = pa.array(reasons, pa.string())
-        cols[FIELD_COL] = pa.array(fields, pa.string())
+            cols[RISK] = self._risk(score, mask)
+        if problems:
+            reasons: list[str | None] = [None] * n
+            fields: list[str | None] = [None] * n
+            for i, (r, f) in problems.items():
+                reasons[i], fields[i] = r, f
+            cols[ERROR_COL] = pa.array(reasons, pa.string())
+            cols[FIELD_COL] = pa.array(fields, pa.string())
+        else:
+            cols[ERROR_COL] = pa.nulls(n, pa.string())
+            cols[FIELD_COL] = pa.nulls(n, pa.string())
         return pa.table(cols)
 
-    def _risk(self, p: np.ndarray) -> pa.Array:
+    def _risk(self, p: np.ndarray, mask: np.ndarray | None) -> pa.Array:
         idx = np.full(len(p), -1, dtype=np.int64)
         with np.errstate(invalid="ignore"):
             for k in range(len(self.risk_levels) - 1, -1, -1):  # highest min wins, like
                 idx[p >= self.risk_levels[k][1]] = k             # Model.risk_level
-        return self.risk_names.take(pa.array(idx, mask=idx < 0))
+        none = idx < 0
+        if mask is not None:
+            none |= mask
+        return self.risk_names.take(pa.array(idx, mask=none if none.any() else None))
 
 
 def split_scored(scored: pa.Table, first_row: int, meta: ScoringMeta) -> tuple[pa.Table, pa.Table]:

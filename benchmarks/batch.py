@@ -1,0 +1,175 @@
+"""Batch scoring throughput vs raw ONNX Runtime, and peak RSS at two input sizes.
+
+For each size: write a Parquet file of N rows (30 float32 features + an int64
+customer_id, 128k-row row groups, zstd) with the tabular benchmark model's
+features; then, side by side on the same machine:
+
+1. raw: ONNX Runtime on the same N rows already in memory as one float32
+   matrix, in chunks of ``--batch-size`` on ``--workers`` threads (one
+   single-threaded session run per chunk, like the pipeline) -- and also one
+   session with ``intra_op_num_threads = workers``; the faster counts;
+2. pipeline: ``run_batch`` (local engine) Parquet → Parquet, in a fresh child
+   process that reports its own peak RSS (``ru_maxrss``).
+
+Usage: python benchmarks/batch.py --rows 5000000 --small 1000000 [--model small|large]
+       [--workers N] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._tabular import build_bundle, feature_names, sample_rows  # noqa: E402
+
+
+def write_input(path: Path, n: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = feature_names()
+    step = 131072
+    writer = None
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        x = sample_rows(m, seed=start)
+        t = pa.table({"customer_id": pa.array(np.arange(start, start + m, dtype=np.int64)),
+                      **{nm: pa.array(x[:, j]) for j, nm in enumerate(names)}})
+        if writer is None:
+            writer = pq.ParquetWriter(path, t.schema, compression="zstd")
+        writer.write_table(t)
+    writer.close()
+
+
+def raw_ort(bundle: Path, path: Path, batch: int, workers: int, repeats: int = 2) -> dict:
+    import onnxruntime as ort
+    import pyarrow.parquet as pq
+
+    from edge_runtime.bundle import read_bundle
+
+    names = feature_names()
+    t = pq.read_table(path, columns=names)
+    x = np.column_stack([t.column(n).to_numpy() for n in names]).astype(np.float32)
+    del t
+    b = read_bundle(bundle)
+    model_path = str(b.model_path)
+
+    def session(threads: int):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
+
+    feed = session(1).get_inputs()[0].name
+    chunks = [x[i:i + batch] for i in range(0, len(x), batch)]
+    s1 = session(1)
+    s1.run(None, {feed: chunks[0]})
+    best_threads = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda c: s1.run(None, {feed: c}), chunks))
+        best_threads = max(best_threads, len(x) / (time.perf_counter() - t0))
+    sw = session(workers)
+    sw.run(None, {feed: chunks[0]})
+    best_intra = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for c in chunks:
+            sw.run(None, {feed: c})
+        best_intra = max(best_intra, len(x) / (time.perf_counter() - t0))
+    return {"rows": len(x), "threads_rows_per_s": best_threads, "intra_op_rows_per_s": best_intra,
+            "rows_per_s": max(best_threads, best_intra)}
+
+
+def child(args) -> None:
+    from cloud_hub.batch import BatchSpec, run_batch
+
+    res = run_batch(BatchSpec(args.bundle, args.input, args.output, id_columns=["customer_id"],
+                              batch_size=args.batch_size, workers=args.workers, overwrite=True))
+    out = res.to_dict()
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def pipeline(bundle: Path, src: Path, dst: Path, batch: int, workers: int) -> dict:
+    r = subprocess.run([sys.executable, __file__, "--child", "--bundle", str(bundle), "--input",
+                        str(src), "--output", str(dst), "--batch-size", str(batch),
+                        "--workers", str(workers)], capture_output=True, text=True, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=5_000_000)
+    ap.add_argument("--small", type=int, default=1_000_000, help="second, smaller size (RSS check)")
+    ap.add_argument("--batch-size", type=int, default=65536)
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--model", choices=["small", "large"], default="small",
+                    help="small: 30-64-64-2 MLP; large: 30-256-256-256-2 MLP")
+    ap.add_argument("--work", default=None, help="directory for the files (default: a temp dir)")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bundle", "--input", "--output", default=None, help=argparse.SUPPRESS)
+    args, _ = ap.parse_known_args()
+    if args.child:
+        p = argparse.ArgumentParser()
+        for a in ("--bundle", "--input", "--output"):
+            p.add_argument(a)
+        p.add_argument("--batch-size", type=int)
+        p.add_argument("--workers", type=int)
+        p.add_argument("--child", action="store_true")
+        child(p.parse_args())
+        return
+    import onnxruntime
+    import pyarrow
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-batch-"))
+    work.mkdir(parents=True, exist_ok=True)
+    bundle = build_bundle(work / f"tabular-mlp-{args.model}", args.model)
+    report = {"machine": {"cpu": platform.processor() or platform.machine(),
+                          "cores_available": len(os.sched_getaffinity(0)),
+                          "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+                          "pyarrow": pyarrow.__version__},
+              "model": f"tabular-mlp-{args.model} (MLPClassifier, skl2onnx)",
+              "batch_size": args.batch_size, "workers": args.workers, "sizes": []}
+    for n in sorted({args.small, args.rows}):
+        src = work / f"in-{n}.parquet"
+        if not src.exists():
+            t0 = time.perf_counter()
+            write_input(src, n)
+            print(f"wrote {n:,} rows in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        raw1 = raw_ort(bundle, src, args.batch_size, args.workers)
+        pipe = pipeline(bundle, src, work / f"out-{n}.parquet", args.batch_size, args.workers)
+        raw2 = raw_ort(bundle, src, args.batch_size, args.workers)
+        raw = max(raw1["rows_per_s"], raw2["rows_per_s"])
+        entry = {"rows": n, "input_mb": round(src.stat().st_size / 2**20, 1),
+                 "raw_ort_rows_per_s": round(raw), "raw_ort_runs": [raw1, raw2],
+                 "pipeline_rows_per_s": round(pipe["rows_per_s"]),
+                 "pipeline_seconds": round(pipe["seconds"], 2),
+                 "ratio": round(pipe["rows_per_s"] / raw, 3),
+                 "peak_rss_mb": round(pipe["peak_rss_mb"], 1), "rows_out": pipe["rows_out"]}
+        report["sizes"].append(entry)
+        print(json.dumps({k: v for k, v in entry.items() if k != "raw_ort_runs"}), file=sys.stderr)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

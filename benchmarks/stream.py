@@ -1,0 +1,271 @@
+"""Stream worker throughput and end-to-end latency over NATS JetStream and Mosquitto.
+
+For each transport, a real ``cloud-hub stream`` worker subprocess scores the
+tabular benchmark model (30-64-64-2 MLP, see benchmarks/_tabular.py):
+
+1. sustained rate: ``--messages`` inputs are published as fast as possible
+   (JetStream: pre-loaded into the stream before the worker starts, so the
+   worker is the bottleneck; MQTT: published while the worker runs, QoS 1); the
+   rate is outputs received at the sink / time between the first and the last;
+2. latency: inputs are published at 50 % of that rate for ``--latency-s``
+   seconds, each carrying its publish time; a subscriber on the sink computes
+   publish → result-received latency; p50/p99/max are reported.
+
+Needs Mosquitto on 127.0.0.1:1883 and NATS JetStream on 127.0.0.1:4222.
+Usage: python benchmarks/stream.py [--messages 30000] [--latency-s 10] [--batch-size 256] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._tabular import build_bundle, feature_names, sample_rows  # noqa: E402
+
+
+def payloads(n: int, start: int = 0) -> list[dict]:
+    names = feature_names()
+    x = sample_rows(n, seed=start)
+    return [{"key": f"k{start + i}", "features": dict(zip(names, map(float, r)))}
+            for i, r in enumerate(x)]
+
+
+def encode(msg: dict) -> bytes:
+    return json.dumps({**msg, "ts": time.time()}).encode()
+
+
+def start_worker(bundle: Path, source: str, sink: str, dlq: str, args, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "cloud_hub.cli", "stream", "--source", source, "--sink", sink,
+           "--dead-letter", dlq, "--model", str(bundle), "--batch-size", str(args.batch_size),
+           "--max-wait-ms", str(args.max_wait_ms), "--group", f"bench{uuid.uuid4().hex[:6]}"]
+    fh = open(log, "wb")
+    p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while b'"event": "ready"' not in log.read_bytes():
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return p
+
+
+def stop_worker(p: subprocess.Popen) -> None:
+    p.terminate()
+    try:
+        p.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+class Receiver:
+    """Counts results and records publish → receive latency."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+        self.first = self.last = None
+        self.lat: list[float] = []
+
+    def on(self, data: bytes) -> None:
+        now = time.time()
+        o = json.loads(data)
+        with self.lock:
+            self.count += 1
+            self.first = self.first or now
+            self.last = now
+            if o.get("ts"):
+                self.lat.append(now - o["ts"])
+
+    def reset(self) -> None:
+        with self.lock:
+            self.count, self.first, self.last, self.lat = 0, None, None, []
+
+    def wait(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.count < n:
+            raise RuntimeError(f"only {self.count}/{n} results arrived")
+
+
+def latency_stats(lat: list[float]) -> dict:
+    a = np.array(lat) * 1000
+    return {"n": len(a), "p50_ms": round(float(np.percentile(a, 50)), 2),
+            "p99_ms": round(float(np.percentile(a, 99)), 2), "max_ms": round(float(a.max()), 2)}
+
+
+def paced(publish, msgs: list[dict], rate: float) -> float:
+    t0 = time.perf_counter()
+    for i, m in enumerate(msgs):
+        due = t0 + i / rate
+        d = due - time.perf_counter()
+        if d > 0:
+            time.sleep(d)
+        publish(encode(m))
+    return len(msgs) / (time.perf_counter() - t0)
+
+
+# ---- NATS JetStream ------------------------------------------------------------------
+def bench_nats(bundle: Path, args, work: Path) -> dict:
+    import nats
+
+    u = uuid.uuid4().hex[:8]
+    subj = {"in": f"bench{u}.in", "out": f"bench{u}.out", "dlq": f"bench{u}.dlq"}
+    streams = {k: f"BENCH{u}_{k.upper()}" for k in subj}
+    rx = Receiver()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def run(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(600)
+
+    async def setup():
+        nc = await nats.connect("nats://127.0.0.1:4222")
+        js = nc.jetstream()
+        for k in subj:
+            await js.add_stream(name=streams[k], subjects=[subj[k]])
+        async def on_out(m):
+            rx.on(m.data)
+
+        await nc.subscribe(subj["out"], cb=on_out)
+        return nc, js
+
+    nc, js = run(setup())
+
+    async def preload(msgs):
+        for i in range(0, len(msgs), 1000):
+            await asyncio.gather(*(js.publish(subj["in"], encode(m)) for m in msgs[i:i + 1000]))
+
+    base = "nats://127.0.0.1:4222/"
+    try:
+        n = args.messages
+        run(preload(payloads(n)))
+        w = start_worker(bundle, base + subj["in"], base + subj["out"], base + subj["dlq"], args,
+                         work / "nats-worker.log")
+        try:
+            rx.wait(n, 600)
+            rate = (n - 1) / (rx.last - rx.first)
+            rx.reset()
+            target = rate * 0.5
+            msgs = payloads(int(target * args.latency_s), start=n)
+
+            def pub(data):  # core publish (the stream stores it); paced from this thread
+                asyncio.run_coroutine_threadsafe(nc.publish(subj["in"], data), loop)
+
+            sent_rate = paced(pub, msgs, target)
+            rx.wait(len(msgs), 120)
+            lat = latency_stats(rx.lat)
+        finally:
+            stop_worker(w)
+        return {"transport": "nats-jetstream", "messages": n, "sustained_msgs_per_s": round(rate),
+                "latency_at_rate_msgs_per_s": round(sent_rate), "latency": lat}
+    finally:
+        async def teardown():
+            for s in streams.values():
+                try:
+                    await js.delete_stream(s)
+                except Exception:
+                    pass
+            await nc.close()
+
+        run(teardown())
+        loop.call_soon_threadsafe(loop.stop)
+
+
+# ---- MQTT (Mosquitto) ----------------------------------------------------------------
+def bench_mqtt(bundle: Path, args, work: Path) -> dict:
+    import paho.mqtt.client as mqtt
+
+    u = uuid.uuid4().hex[:8]
+    t_in, t_out, t_dlq = f"bench/{u}/in", f"bench/{u}/out", f"bench/{u}/dlq"
+    rx = Receiver()
+    sub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.on_message = lambda c, ud, m: rx.on(m.payload)
+    sub.connect("127.0.0.1", 1883)
+    sub.loop_start()
+    sub.subscribe(t_out, qos=1)
+    pub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.max_inflight_messages_set(1000)
+    pub.connect("127.0.0.1", 1883)
+    pub.loop_start()
+    base = "mqtt://127.0.0.1:1883/"
+    w = start_worker(bundle, base + t_in, base + t_out, base + t_dlq, args, work / "mqtt-worker.log")
+    try:
+        n = args.messages
+        msgs = payloads(n)
+        t0 = time.perf_counter()
+        infos = []
+        for i, m in enumerate(msgs):
+            infos.append(pub.publish(t_in, encode(m), qos=1))
+            if len(infos) >= 500:  # keep the client's queue bounded
+                infos.pop(0).wait_for_publish(30)
+        for i in infos:
+            i.wait_for_publish(30)
+        pub_rate = n / (time.perf_counter() - t0)
+        rx.wait(n, 600)
+        rate = (n - 1) / (rx.last - rx.first)
+        rx.reset()
+        target = rate * 0.5
+        lat_msgs = payloads(int(target * args.latency_s), start=n)
+        sent_rate = paced(lambda d: pub.publish(t_in, d, qos=1), lat_msgs, target)
+        rx.wait(len(lat_msgs), 120)
+        lat = latency_stats(rx.lat)
+    finally:
+        stop_worker(w)
+        for c in (sub, pub):
+            c.loop_stop()
+            c.disconnect()
+    return {"transport": "mqtt-mosquitto", "messages": n, "sustained_msgs_per_s": round(rate),
+            "publisher_msgs_per_s": round(pub_rate),
+            "latency_at_rate_msgs_per_s": round(sent_rate), "latency": lat}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=30000)
+    ap.add_argument("--latency-s", type=float, default=10.0)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--only", choices=["nats", "mqtt"], default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    from importlib.metadata import version
+
+    import onnxruntime
+    import paho.mqtt
+
+    work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    bundle = build_bundle(work / "tabular-mlp-small", "small")
+    report = {"machine": {"cpu": platform.processor() or platform.machine(),
+                          "cores_available": len(os.sched_getaffinity(0)),
+                          "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+                          "paho_mqtt": paho.mqtt.__version__, "nats_py": version("nats-py")},
+              "model": "tabular-mlp-small (30-64-64-2)", "batch_size": args.batch_size,
+              "max_wait_ms": args.max_wait_ms, "results": []}
+    if args.only in (None, "nats"):
+        report["results"].append(bench_nats(bundle, args, work))
+        print(json.dumps(report["results"][-1]), file=sys.stderr)
+    if args.only in (None, "mqtt"):
+        report["results"].append(bench_mqtt(bundle, args, work))
+        print(json.dumps(report["results"][-1]), file=sys.stderr)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
