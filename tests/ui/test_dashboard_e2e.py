@@ -48,7 +48,8 @@ def stack(tmp_path_factory, keypair):
     d = tmp_path_factory.mktemp("ui")
     champion = build_bundle("champion", "1.0.0", d / "champion", keypair[0])
     challenger = build_bundle("challenger", "2.0.0", d / "challenger", keypair[0])
-    prefix = f"ui{uuid.uuid4().hex[:8]}/v1"
+    run = uuid.uuid4().hex[:6]
+    prefix = f"ui{run}/v1"
     hub = LocalHub(d / "hub", mqtt_url=f"mqtt://{host}:{port}", trusted_keys=[keypair[1]], tick_s=0.3,
                    silent_after_s=30, mqtt_prefix=prefix, admin_keys=[ADMIN], viewer_keys=[VIEWER])
     hub.start()
@@ -57,7 +58,8 @@ def stack(tmp_path_factory, keypair):
         hub.hub.registry.push(champion, aliases=["champion"])
         hub.hub.registry.push(challenger)
         fleet = Fleet(6, hub_url=hub.url, mqtt_url=hub.hub.fleet.mqtt_url, prefix=prefix, bundle=champion,
-                      public_keys=[keypair[1], hub.hub_public_key], interval_s=0.5, request_rate=4.0, batch=4)
+                      public_keys=[keypair[1], hub.hub_public_key], interval_s=0.5, request_rate=4.0, batch=4,
+                      id_prefix=f"ui{run}")  # MQTT client ids must be unique on a shared broker
         fleet.start(timeout=60)
         wait_for(lambda: sum(1 for x in hub.hub.fleet.devices() if x.online) >= 6, 30, what="6 devices online")
         plan = {"shadow": {"percent": 100, "min_duration": "1h", "min_samples": 10**9, "timeout": "2h"},
@@ -65,7 +67,7 @@ def stack(tmp_path_factory, keypair):
                 # this test is about the page, not the gates: never pause on slow installs here
                 "gates": {"max_unknown_fraction": 1.0}}
         ro = hub.rollouts.start("cancer-risk:2.0.0", "", plan)
-        yield hub, fleet, ro["id"]
+        yield hub, fleet, ro["id"], f"ui{run}"
     finally:
         if fleet is not None:
             fleet.stop()
@@ -121,7 +123,7 @@ def _login(drv, url: str, key: str) -> None:
 
 
 def test_admin_sees_fleet_and_pauses_a_running_rollout(stack, browser):
-    hub, _fleet, rid = stack
+    hub, _fleet, rid, ids = stack
     drv = browser
     _login(drv, hub.url, ADMIN)
     assert "role: admin" in drv.find_element("id", "whoami").text
@@ -133,11 +135,11 @@ def test_admin_sees_fleet_and_pauses_a_running_rollout(stack, browser):
     assert online + offline == 6 and online >= 1
     assert drv.find_element("css selector", "#count-rollouts .n").text == "1"
     body = drv.find_element("tag name", "main").text
-    assert "sim-0000" in body and "cancer-risk:1.0.0" in body
+    assert f"{ids}-0000" in body and "cancer-risk:1.0.0" in body
     _shot(drv, "fleet")
 
-    drv.get(hub.url + "/ui#/device/sim-0001")
-    _wait(drv, lambda d: "Device sim-0001" in d.find_element("tag name", "main").text, what="device page")
+    drv.get(hub.url + f"/ui#/device/{ids}-0001")
+    _wait(drv, lambda d: f"Device {ids}-0001" in d.find_element("tag name", "main").text, what="device page")
     _wait(drv, lambda d: "Running vs desired" in d.find_element("tag name", "main").text, what="device detail")
     _shot(drv, "device")
 
@@ -171,7 +173,7 @@ def test_admin_sees_fleet_and_pauses_a_running_rollout(stack, browser):
 
 
 def test_read_only_user_sees_everything_but_cannot_act(stack, browser):
-    hub, _fleet, rid = stack
+    hub, _fleet, rid, _ids = stack
     drv = browser
     _login(drv, hub.url, VIEWER)
     assert "role: viewer" in drv.find_element("id", "whoami").text
@@ -194,7 +196,7 @@ def test_read_only_user_sees_everything_but_cannot_act(stack, browser):
 
 
 def test_phone_width_and_login_errors(stack, browser):
-    hub, _fleet, _ = stack
+    hub, _fleet, _rid, _ids = stack
     drv = browser
     drv.set_window_size(390, 844)
     drv.get(hub.url + "/ui")
@@ -214,7 +216,7 @@ def test_phone_width_and_login_errors(stack, browser):
 
 
 def test_cross_site_post_is_refused(stack):
-    hub, _fleet, rid = stack
+    hub, _fleet, rid, _ids = stack
     r = httpx.post(f"{hub.url}/v1/rollouts/{rid}/pause", headers={"Origin": "http://evil.example",
                                                                   "Authorization": f"Bearer {ADMIN}"})
     assert r.status_code == 403 and r.json()["code"] == "csrf"
