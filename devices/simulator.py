@@ -182,7 +182,15 @@ class SimDevice:
         d.faults = self.faults
         d._rnd = random.Random(self.fleet.seed * 7919 + self.index)
         if d.store.slot("active") is None and self.fleet.bundle is not None:
-            d.store.install(self.fleet.bundle, "active")
+            for attempt in range(3):  # provisioning; the store's latency budget check is real, and
+                try:                  # hundreds of devices booting at once on one host can trip it
+                    d.store.install(self.fleet.bundle, "active")
+                    break
+                except EdgeError as exc:
+                    if attempt == 2 or "budget" not in str(exc.message):
+                        d.stop()
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
         if d.fleet is not None:
             d.fleet._own_timer = False  # the fleet's scheduler rolls windows
         d.start()
