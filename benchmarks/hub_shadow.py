@@ -96,7 +96,8 @@ def run_inprocess(args, tmp: Path, b1: Path, b2: Path, rows: list[dict], pub: Pa
     from cloud_hub.hub import Hub
     from cloud_hub.settings import HubSettings
 
-    hub = Hub(HubSettings(data_dir=tmp / "hub-inproc", dev=True, trusted_keys=[pub]))
+    hub = Hub(HubSettings(data_dir=tmp / "hub-inproc", dev=True, trusted_keys=[pub],
+                          shadow_executor=args.executor))
     try:
         hub.registry.push(b1, aliases=["champion"])
         hub.registry.push(b2)
@@ -132,7 +133,7 @@ def run_inprocess(args, tmp: Path, b1: Path, b2: Path, rows: list[dict], pub: Pa
         hub.close()
     off = [p["p99_us"] for p in phases if p["mode"] == "off"]
     on = [p["p99_us"] for p in phases if p["mode"] == "on"]
-    return {"mode": "inprocess", "requests_per_phase": args.requests, "rounds": args.rounds,
+    return {"mode": "inprocess", "executor": args.executor, "requests_per_phase": args.requests, "rounds": args.rounds,
             "p99_off_us": off, "p99_on_us": on,
             "median_p99_off_us": statistics.median(off), "median_p99_on_us": statistics.median(on),
             "median_p50_off_us": statistics.median(p["p50_us"] for p in phases if p["mode"] == "off"),
@@ -148,6 +149,8 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3, help="off/on phase pairs")
     ap.add_argument("--mode", choices=["http", "inprocess"], default="http")
+    ap.add_argument("--executor", choices=["thread", "process"], default="thread",
+                    help="where the shadow runs (HUB_SHADOW_EXECUTOR)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
 
@@ -166,7 +169,7 @@ def main() -> int:
         return 0
     port = free_port()
     env = {**os.environ, "HUB_DATA_DIR": str(tmp / "hub"), "HUB_DEV": "1", "HUB_TRUSTED_KEYS": json.dumps([str(pub)]),
-           "HUB_PORT": str(port)}
+           "HUB_PORT": str(port), "HUB_SHADOW_EXECUTOR": args.executor}
     server = subprocess.Popen([sys.executable, "-m", "cloud_hub.cli", "serve", "--log-level", "warning"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -215,7 +218,8 @@ def main() -> int:
     on = [p["p99_ms"] for p in phases if p["mode"] == "on"]
     ratio = statistics.median(on) / statistics.median(off)
     summary = {
-        **machine, "loadavg_end": os.getloadavg(), "mode": "http", "concurrency": args.concurrency, "requests_per_phase": args.requests,
+        **machine, "loadavg_end": os.getloadavg(), "mode": "http", "executor": args.executor,
+        "concurrency": args.concurrency, "requests_per_phase": args.requests,
         "rounds": args.rounds,
         "p99_off_ms": off, "p99_on_ms": on, "median_p99_off_ms": statistics.median(off),
         "median_p99_on_ms": statistics.median(on), "ratio": ratio, "target": 1.1, "met": ratio <= 1.1,

@@ -41,6 +41,8 @@ class HubSettings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body accepted (413 above).")
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest bundle upload accepted.")
     shadow_queue_size: int = Field(10_000, description="Bounded shadow mirror queue; overflow is dropped and counted.")
+    shadow_executor: str = Field("thread", description="Where shadows run: 'thread' (worker thread in the hub "
+                                 "process) or 'process' (a separate process: no GIL shared with the primary).")
     microbatch: bool = Field(False, description="Adaptive micro-batching of concurrent predict calls.")
     microbatch_max_size: int = Field(64, description="Largest micro-batch.")
     microbatch_max_wait_ms: float = Field(2.0, description="Longest wait to fill a micro-batch.")

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 
 from cloud_hub.routing.writer import BatchWriter
-from cloud_hub.shadow.segments import SegmentSpec, parse_segment, segment_values
+from cloud_hub.shadow.segments import SegmentSpec, parse_segment
 from cloud_hub.shadow.tables import shadow_comparisons, shadow_targets
+from cloud_hub.shadow.worker import BatchStats, child_main, compare_group, group_items
 from edge_runtime.errors import NotFoundError, ValidationError
 from edge_runtime.hashing import bucket
 
@@ -66,36 +67,25 @@ class MirrorItem:
     tags: dict[str, Any] | None
     targets: list[tuple[ShadowTarget, list[SegmentSpec]]]
     row_ids: list[int] | None = None  # index of each row in the original request
-    x: Any = None  # primary's encoded inputs (kept for observers that want them)
     feature_names: tuple[str, ...] | None = None
 
 
-def bucket_of(output: Mapping[str, Any]) -> str | None:
-    """Risk level when the model has them, else the score decile (probabilities)."""
-    if output.get("risk_level") is not None:
-        return str(output["risk_level"])
-    p = output.get("probability")
-    if p is None:
-        return None
-    return f"d{min(int(float(p) * 10), 9)}"
-
-
-def decision_of(output: Mapping[str, Any]) -> str | None:
-    lab = output.get("label")
-    return None if lab is None else str(lab)
-
-
-def score_of(output: Mapping[str, Any]) -> float | None:
-    s = output.get("probability", output.get("value"))
-    return None if s is None else float(s)
 
 
 class ShadowService:
     def __init__(self, hub: Hub, *, queue_size: int | None = None, workers: int = 1,
-                 max_batch: int = 32) -> None:
+                 max_batch: int = 32, executor: str | None = None) -> None:
         self.hub = hub
         self.capacity = int(queue_size or getattr(hub.settings, "shadow_queue_size", 10_000))
-        self._q: queue.Queue[MirrorItem | None] = queue.Queue(maxsize=self.capacity)
+        self.executor = executor or getattr(hub.settings, "shadow_executor", "thread")
+        if self.executor not in ("thread", "process"):
+            raise ValidationError("shadow executor must be thread or process", field="shadow_executor")
+        self._q: Any = None  # queue.Queue (thread) or multiprocessing Queue (process), made on first use
+        if self.executor == "thread":
+            self._q = queue.Queue(maxsize=self.capacity)
+        self._proc: Any = None
+        self._processed_shared: Any = None
+        self._stats_q: Any = None
         self.n_workers = workers
         self.max_batch = max(1, int(max_batch))
         self.writer = BatchWriter(hub.engine, shadow_comparisons, name="shadow-writer")
@@ -215,7 +205,7 @@ class ShadowService:
             return False
         self._ensure_workers()
         item = MirrorItem(name, request_id, list(rows), list(outputs), primary_version, primary_latency_ms,
-                          dict(tags) if tags else None, chosen, row_ids, x, feature_names)
+                          dict(tags) if tags else None, chosen, row_ids, feature_names)
         try:
             self._q.put_nowait(item)
         except queue.Full:
@@ -227,31 +217,84 @@ class ShadowService:
         with self._lock:
             self.mirrored += 1
         if (g := self._m("shadow_queue_depth")) is not None:
-            g.set(self._q.qsize())
+            g.set(self._depth())
         return True
 
     # ---- workers ---------------------------------------------------------------------------
     def _ensure_workers(self) -> None:
         if self._threads:
-            return
+            if self._proc is None or self._proc.is_alive():
+                return
+            log.error("shadow process exited (code %s); starting a new one", self._proc.exitcode)
         with self._lock:
-            if self._threads:
+            if self._threads and (self._proc is None or self._proc.is_alive()):
+                return
+            if self.executor == "process":
+                self._start_process()
                 return
             for i in range(self.n_workers):
                 t = threading.Thread(target=self._work, name=f"shadow-{i}", daemon=True)
                 t.start()
                 self._threads.append(t)
 
+    def _start_process(self) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # never fork a process holding ONNX Runtime / DB state
+        if self._q is None:
+            self._q = ctx.Queue(maxsize=self.capacity)
+            self._processed_shared = ctx.Value("q", 0)
+            self._stats_q = ctx.Queue()
+        settings = self.hub.settings.model_dump(mode="json")
+        self._proc = ctx.Process(target=child_main, name="edgefleet-shadow", daemon=True,
+                                 args=(settings, self._q, self._processed_shared, self._stats_q, self.max_batch))
+        self._proc.start()
+        if not self._threads:
+            t = threading.Thread(target=self._read_stats, name="shadow-stats", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _read_stats(self) -> None:
+        """Process executor: apply the child's per-batch stats to this process's Prometheus series."""
+        while not self._stop.is_set():
+            try:
+                batch = self._stats_q.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            except (EOFError, OSError):
+                return
+            for st in batch:
+                self._apply(st)
+            if (g := self._m("shadow_queue_depth")) is not None:
+                g.set(self._depth())
+
+    def _apply(self, st: BatchStats) -> None:
+        ch = self._children((st.model, st.version))
+        if ch is not None:
+            for _ in range(st.requests):
+                ch[0].observe(st.latency_ms / 1000.0)
+            ch[1].inc(st.requests)
+            if st.error:
+                ch[2].inc(st.requests)
+            if st.compared:
+                ch[3].inc(st.compared)
+            if st.changed:
+                ch[4].inc(st.changed)
+        if st.error:
+            with self._lock:
+                self.errors += st.requests
+
     def _work(self) -> None:
+        """Thread executor: take a request, plus whatever else is queued, and compare them."""
         stop = False
         while not stop:
             item = self._q.get()
             if item is None:
                 break
             items = [item]
-            # Under load, take what else is queued and run each shadow once for all of it:
-            # one engine call and one lock round-trip per batch instead of per request, so the
-            # worker holds the GIL (shared with the primary) for less time per mirrored request.
+            # Under load, run each shadow once for everything queued: one engine call and one
+            # writer hand-over per batch, so the worker holds the GIL (shared with the primary)
+            # for less time per mirrored request.
             while len(items) < self.max_batch:
                 try:
                     nxt = self._q.get_nowait()
@@ -266,12 +309,10 @@ class ShadowService:
             if (g := self._m("shadow_queue_depth")) is not None:
                 g.set(self._q.qsize())
             try:
-                groups: dict[tuple[str, str], list] = {}
-                for it in items:
-                    for target, specs in it.targets:
-                        groups.setdefault((it.name, target.version), []).append((it, target, specs))
-                for group in groups.values():
-                    self._compare(group)
+                for group in group_items(items):
+                    records, st = compare_group(self.hub.models, group)
+                    self.writer.put_many(records)
+                    self._apply(st)
             except Exception:
                 log.exception("shadow comparison failed for %s", item.name)
             finally:
@@ -279,87 +320,38 @@ class ShadowService:
                     self._busy -= 1
                     self.processed += len(items)
 
-    def _compare(self, group: list[tuple[MirrorItem, ShadowTarget, list[SegmentSpec]]]) -> None:
-        """Run one shadow on the rows of several mirrored requests; store one record per row.
-
-        ``shadow_latency_ms`` of each request is the time of the engine call that answered it:
-        exact when the worker keeps up (one request per call), an upper bound when it batched.
-        """
-        first, target, _ = group[0]
-        err: str | None = None
-        shadow_out: list[dict[str, Any]] = []
-        t0 = time.perf_counter()
+    def _depth(self) -> int:
         try:
-            _, model = self.hub.models.get(f"{first.name}:{target.version}")
-            if model.codec is None:
-                raise ValidationError("shadow takes raw tensors, not feature rows", field="rows")
-            names = tuple(model.codec.names)
-            keep = set(names)
-            rows: list[Mapping[str, Any]] = []
-            for it, _, _ in group:
-                if it.feature_names == names:  # same contract: the rows are valid as they are
-                    rows.extend(it.rows)
-                else:
-                    rows.extend({k: v for k, v in r.items() if k in keep} for r in it.rows)
-            shadow_out = model.predict(rows)  # (Model's single-row fast path applies to one row)
-        except Exception as exc:  # noqa: BLE001  (recorded, never raised to the primary)
-            err = f"{type(exc).__name__}: {getattr(exc, 'message', str(exc))}"[:300]
-        latency_ms = (time.perf_counter() - t0) * 1000.0
-        ch = self._children((first.name, target.version))
-        if ch is not None:
-            for _ in group:
-                ch[0].observe(latency_ms / 1000.0)
-            ch[1].inc(len(group))
-        if err:
-            if ch is not None:
-                ch[2].inc(len(group))
-            with self._lock:
-                self.errors += len(group)
-        now = _now()
-        changed_n = compared = 0
-        records = []
-        k = 0
-        for it, _, specs in group:
-            for i, (row, p_out) in enumerate(zip(it.rows, it.outputs)):
-                s_out = shadow_out[k] if k < len(shadow_out) else {}
-                k += 1
-                ps, ss = score_of(p_out), score_of(s_out)
-                pd_, sd = decision_of(p_out), decision_of(s_out)
-                changed = err is None and pd_ is not None and sd is not None and pd_ != sd
-                changed_n += changed
-                compared += err is None
-                records.append({
-                    "request_id": it.request_id, "row": it.row_ids[i] if it.row_ids else i,
-                    "name": it.name, "primary_version": it.primary_version,
-                    "shadow_version": target.version, "primary_score": ps, "shadow_score": ss,
-                    "divergence": abs(ps - ss) if ps is not None and ss is not None else None,
-                    "primary_decision": pd_, "shadow_decision": sd, "decision_changed": bool(changed),
-                    "primary_bucket": bucket_of(p_out), "shadow_bucket": bucket_of(s_out) if s_out else None,
-                    "primary_latency_ms": it.primary_latency_ms, "shadow_latency_ms": latency_ms,
-                    "shadow_error": err, "segment": segment_values(specs, row, it.tags), "created_at": now})
-        self.writer.put_many(records)
-        if ch is not None and compared:
-            ch[3].inc(compared)
-            if changed_n:
-                ch[4].inc(changed_n)
+            return self._q.qsize() if self._q is not None else 0
+        except NotImplementedError:  # multiprocessing qsize on macOS
+            return 0
 
     # ---- status / reading ------------------------------------------------------------------
     def drain(self, timeout: float = 30.0) -> bool:
-        """Wait until the queue is empty, the workers idle and the records stored (tests, reports)."""
+        """Wait until every queued request is compared and its records are stored (tests, reports)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with self._lock:
-                idle = self._busy == 0
-            if self._q.empty() and idle:
-                return self.writer.flush(max(0.1, deadline - time.monotonic()))
+            if self.executor == "process":
+                done = self._processed_shared is None or self._processed_shared.value >= self.mirrored
+                if done:
+                    return True
+            else:
+                with self._lock:
+                    idle = self._busy == 0
+                if self._q.empty() and idle:
+                    return self.writer.flush(max(0.1, deadline - time.monotonic()))
             time.sleep(0.01)
         return False
 
     def status(self) -> dict[str, Any]:
-        return {"queue_depth": self._q.qsize(), "queue_capacity": self.capacity, "mirrored": self.mirrored,
-                "dropped": self.dropped, "processed": self.processed, "shadow_errors": self.errors,
+        processed = self.processed
+        if self._processed_shared is not None:
+            processed = self._processed_shared.value
+        return {"queue_depth": self._depth(), "queue_capacity": self.capacity, "mirrored": self.mirrored,
+                "dropped": self.dropped, "processed": processed, "shadow_errors": self.errors,
+                "executor": self.executor,
                 "records_written": self.writer.written, "records_dropped": self.writer.dropped,
-                "workers": self.n_workers}
+                "workers": 1 if self.executor == "process" else self.n_workers}
 
     def records(self, name: str, shadow_version: str | None = None, since: dt.datetime | None = None,
                 limit: int | None = None) -> list[dict[str, Any]]:
@@ -406,12 +398,23 @@ class ShadowService:
         if self._threads:
             self.drain(timeout=5.0)
             self._stop.set()
-            for _ in self._threads:
+            if self._proc is not None:
                 try:
                     self._q.put(None, timeout=1.0)
                 except queue.Full:
                     pass
+                self._proc.join(timeout=10.0)
+                if self._proc.is_alive():
+                    self._proc.terminate()
+                    self._proc.join(timeout=5.0)
+                self._q.close()
+                self._stats_q.close()
+            else:
+                for _ in self._threads:
+                    try:
+                        self._q.put(None, timeout=1.0)
+                    except queue.Full:
+                        pass
             for t in self._threads:
                 t.join(timeout=5.0)
         self.writer.close()
-

@@ -134,18 +134,45 @@ hub.close()
 
 
 def _start(env, port):
-    p = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    """Start a hub server process; its output goes to a file (a full pipe would block it).
+
+    Retries on another free port if the chosen one was taken meanwhile (other test runs share
+    the machine); returns the process, whose ``port`` attribute is the port it serves on.
+    """
+    for _attempt in range(5):
+        try:
+            return _start_once(env, port)
+        except PortTaken:
+            port = free_port()
+    raise AssertionError("no free port for the hub")
+
+
+class PortTaken(Exception):
+    pass
+
+
+def _start_once(env, port):
+    log = open(os.path.join(env["HUB_DATA_DIR"] + ".log"), "ab")  # noqa: SIM115  (closed in _stop)
+    p = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    p.log = log
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if p.poll() is not None:
-            raise AssertionError(p.stdout.read().decode()[-3000:])
+            log.close()
+            with open(log.name, "rb") as fh:
+                out = fh.read().decode(errors="replace")
+            if "address already in use" in out[-2000:]:
+                with open(log.name, "wb"):
+                    pass
+                raise PortTaken(port)
+            raise AssertionError(out[-3000:])
         try:
             if httpx.get(f"http://127.0.0.1:{port}/v1/splits", timeout=1).status_code == 200:
+                p.port = port
                 return p
         except httpx.HTTPError:
             time.sleep(0.2)
-    p.kill()
+    _stop(p)
     raise AssertionError("hub did not start")
 
 
@@ -156,6 +183,7 @@ def _stop(p):
     except subprocess.TimeoutExpired:
         p.kill()
         p.wait(timeout=10)
+    p.log.close()
 
 
 def _restart_roundtrip(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, db_url):
@@ -164,8 +192,8 @@ def _restart_roundtrip(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_dat
            "HUB_TRUSTED_KEYS": f'["{keypair[1]}"]'}
     if db_url:
         env["HUB_DATABASE_URL"] = db_url
-    port = free_port()
-    p = _start(env, port)
+    p = _start(env, free_port())
+    port = p.port
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=url, timeout=30) as c:
@@ -187,6 +215,7 @@ def _restart_roundtrip(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_dat
             rep1 = c.get("/v1/models/cancer/shadow/report", params={"sla_ms": 1000, "min_samples": 1}).json()
         _stop(p)
         p = _start(env, port)
+        url = f"http://127.0.0.1:{p.port}"  # same port unless it was taken meanwhile
         with httpx.Client(base_url=url, timeout=30) as c:
             after_split = c.get("/v1/models/cancer/split").json()
             assert after_split["split_id"] == split["split_id"]

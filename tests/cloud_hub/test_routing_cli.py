@@ -33,9 +33,8 @@ def test_cli_end_to_end(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_da
     x, y, names = cancer_data
     env = {**os.environ, "HUB_DATA_DIR": str(tmp_path / "hub"), "HUB_DEV": "1",
            "HUB_TRUSTED_KEYS": f'["{keypair[1]}"]'}
-    port = free_port()
-    p = _start(env, port)
-    url = f"http://127.0.0.1:{port}"
+    p = _start(env, free_port())
+    url = f"http://127.0.0.1:{p.port}"
     monkeypatch.setenv("HUB_URL", url)
     try:
         with httpx.Client(base_url=url, timeout=30) as c:

