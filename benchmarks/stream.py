@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._tabular import build_bundle, feature_names, sample_rows  # noqa: E402
+from benchmarks._tabular import build_bundle, feature_names, sample_rows
 
 
 def payloads(n: int, start: int = 0) -> list[dict]:

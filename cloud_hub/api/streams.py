@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -11,7 +12,6 @@ from pydantic import BaseModel, Field
 from cloud_hub.api.deps import Admin, HubDep, Viewer
 from cloud_hub.stream.service import StreamService, check_name
 from cloud_hub.stream.worker import StreamOptions
-
 
 
 @asynccontextmanager

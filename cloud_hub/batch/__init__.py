@@ -13,6 +13,6 @@ merged into the output file with one atomic rename at the end.
 and by the hub's job service.
 """
 
-from cloud_hub.batch.job import BatchSpec, BatchResult, run_batch
+from cloud_hub.batch.job import BatchResult, BatchSpec, run_batch
 
-__all__ = ["BatchSpec", "BatchResult", "run_batch"]
+__all__ = ["BatchResult", "BatchSpec", "run_batch"]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -160,8 +161,7 @@ def _csv_batches(path: Path, columns: Sequence[str], batch_size: int) -> Iterato
     read, convert = csv_options(columns, batch_size)
     try:
         reader = pacsv.open_csv(path, read_options=read, convert_options=convert)
-        for batch in reader:
-            yield batch
+        yield from reader
     except pa.ArrowInvalid as exc:
         raise ValidationError(f"{path.name}: CSV cannot be read: {exc}", field="input") from exc
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cloud_hub.batch.io import InputReader
 from cloud_hub.batch.local import available_cores, run_local
@@ -188,4 +189,4 @@ def run_batch(spec: BatchSpec, *, hub: Any = None, resolved: ResolvedModel | Non
 
 
 def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 
@@ -104,15 +105,12 @@ def run_ray(reader: InputReader, bundle_path: Path, spec, *, workers: int,
             "features": list(reader.features), "fmt": reader.format},
             batch_size=spec.batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=actor_cpus)
-        i = 0
-        rows_seen = 0
-        for table in ds.iter_batches(batch_size=spec.batch_size, batch_format="pyarrow",
-                                     prefetch_batches=2):
+        batches = ds.iter_batches(batch_size=spec.batch_size, batch_format="pyarrow",
+                                  prefetch_batches=2)
+        for i, table in enumerate(batches):
             if cancelled():
                 return False
             write(i, table.num_rows, table)
-            rows_seen += table.num_rows
-            i += 1
         return True
     except ray.exceptions.RayError as exc:
         cause = getattr(exc, "cause", None)

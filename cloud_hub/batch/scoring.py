@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -93,16 +94,17 @@ class BatchScorer:
             for i in rows.tolist():
                 if i not in problems:
                     name = self.names[self.reject_cols[int(nanm[:, i].argmax())]]
-                    problems[i] = (f"{name}: missing value (null/NaN) is not allowed for this "
-                                   "feature", name)
+                    problems[i] = (f"{name}: missing value (null/NaN) is not allowed for "
+                                   f"this feature", name)
         if self.has_range:
             with np.errstate(invalid="ignore"):
                 out = (xt < self.codec.mins[:, None]) | (xt > self.codec.maxs[:, None])
             for i in np.flatnonzero(out.any(axis=0)).tolist():
                 if i not in problems:
                     c = int(out[:, i].argmax())
-                    problems[i] = (f"{self.names[c]}: {xt[c, i]:g} is outside the allowed range "
-                                   f"[{self.codec.mins[c]:g}, {self.codec.maxs[c]:g}]", self.names[c])
+                    lo, hi = self.codec.mins[c], self.codec.maxs[c]
+                    problems[i] = (f"{self.names[c]}: {xt[c, i]:g} is outside the allowed "
+                                   f"range [{lo:g}, {hi:g}]", self.names[c])
         x = np.ascontiguousarray(xt.T)
         return x, problems
 
@@ -241,21 +243,21 @@ def rejects_to_jsonl(rejects: pa.Table) -> bytes:
 
 
 def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def parse_scoring_date(value: str | None) -> dt.datetime:
     if not value:
         return utc_now()
     try:
-        d = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        d = dt.datetime.fromisoformat(value)
     except ValueError as exc:
         from edge_runtime.errors import ValidationError
 
         raise ValidationError(f"scoring date {value!r} is not an ISO date/time", field="scoring_date") from exc
     if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.timezone.utc)
-    return d.astimezone(dt.timezone.utc)
+        d = d.replace(tzinfo=dt.UTC)
+    return d.astimezone(dt.UTC)
 
 
 def to_jsonable(v: Any) -> Any:

@@ -35,14 +35,14 @@ _lock = threading.Lock()
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _iso(t: dt.datetime | None) -> str | None:
     if t is None:
         return None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+        t = t.replace(tzinfo=dt.UTC)
     return t.isoformat()
 
 
@@ -56,7 +56,7 @@ class JobService:
         self._mark_orphans()
 
     @classmethod
-    def of(cls, hub: Any) -> "JobService":
+    def of(cls, hub: Any) -> JobService:
         """The hub's job service, created on first use."""
         svc = getattr(hub, "jobs", None)
         if svc is None:

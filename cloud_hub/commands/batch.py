@@ -105,8 +105,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not show:
         result = run_batch(spec)
     else:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         with Progress(TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("rows · {task.fields[rejected]} rejected"), TimeElapsedColumn(),

@@ -47,7 +47,7 @@ def build_worker(model: Model, source: str, sink: str, dead_letter: str | None,
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class StreamService:
@@ -59,7 +59,7 @@ class StreamService:
         self._lock = threading.Lock()
 
     @classmethod
-    def of(cls, hub: Any) -> "StreamService":
+    def of(cls, hub: Any) -> StreamService:
         svc = getattr(hub, "streams", None)
         if svc is None:
             with _lock:

@@ -28,10 +28,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cloud_hub.stream.transport import InMessage, Sink, Source, TransportError
 from edge_runtime.errors import EdgeError, ValidationError
 from edge_runtime.model import Model
-
-from cloud_hub.stream.transport import InMessage, Sink, Source, TransportError
 
 log = logging.getLogger("cloud_hub.stream")
 
@@ -59,7 +58,7 @@ class StreamStats:
 
 
 def _iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
 
 
 class StreamWorker:

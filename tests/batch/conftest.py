@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa

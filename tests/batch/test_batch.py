@@ -19,7 +19,6 @@ from cloud_hub.batch import BatchSpec, run_batch
 from cloud_hub.batch.io import InputReader
 from edge_runtime import Model, ValidationError
 from edge_runtime.errors import ConflictError
-
 from tests.batch.conftest import make_table
 
 DATE = "2026-01-31T02:00:00Z"

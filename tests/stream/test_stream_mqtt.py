@@ -9,9 +9,14 @@ import pytest
 from cloud_hub.stream.service import build_worker
 from cloud_hub.stream.worker import StreamOptions
 from edge_runtime import Model
-
-from tests.stream.conftest import (MqttCollector, messages, mqtt_forget_session, mqtt_publish,
-                                   wait_until, worker_cmd)
+from tests.stream.conftest import (
+    MqttCollector,
+    messages,
+    mqtt_forget_session,
+    mqtt_publish,
+    wait_until,
+    worker_cmd,
+)
 from tests.stream.test_stream_nats import BAD, _check_outputs
 
 pytestmark = pytest.mark.services

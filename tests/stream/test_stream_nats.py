@@ -7,9 +7,14 @@ import json
 import pytest
 
 from edge_runtime import Model
-
-from tests.stream.conftest import (messages, nats_count, nats_publish, nats_read_all, wait_until,
-                                   worker_cmd)
+from tests.stream.conftest import (
+    messages,
+    nats_count,
+    nats_publish,
+    nats_read_all,
+    wait_until,
+    worker_cmd,
+)
 
 pytestmark = pytest.mark.services
 
