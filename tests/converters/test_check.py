@@ -170,3 +170,22 @@ def test_npy_and_parquet_samples(tmp_path, mlp_bundle):
     r3 = check_bundles([mlp_bundle], tmp_path / "ok.parquet",
                        CheckConfig(label_column="digit", **FAST))
     assert r3.variants[0].accuracy > 0.95
+
+
+def test_pick_respects_profile_budgets_and_preferred_format(tmp_path, mlp_bundle, variants,
+                                                            digits_csv, keys):
+    tiny = tmp_path / "tiny-box.toml"
+    tiny.write_text('name = "tiny-box"\nthreads = 1\nmemory_budget_mb = 0\n'
+                    'latency_budget_ms = 50\npreferred_format = "onnx"\n')
+    r = check_bundles([mlp_bundle, variants["dynamic"]], digits_csv, CheckConfig(
+        label_column="label", pick=True, profile=str(tiny), **FAST))
+    assert all(v.within_budget is False for v in r.variants)  # nothing fits in 0 MB
+    assert r.pick.chosen is None and "budgets" in r.pick.reason
+    pytest.importorskip("ai_edge_litert")
+    from converters.tflite import TFLiteConfig, onnx_to_tflite
+
+    lite = onnx_to_tflite(mlp_bundle, tmp_path / "lite", TFLiteConfig(key=keys[0]))
+    r = check_bundles([mlp_bundle, variants["dynamic"], lite], digits_csv, CheckConfig(
+        label_column="label", pick=True, profile="rpi4", max_accuracy_drop=1.0, **FAST))
+    assert r.variants[2].format == "tflite" and r.variants[2].label_agreement >= 0.995
+    assert r.pick.chosen == str(lite) and "preferred format" in r.pick.reason
