@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
 import socket
 import threading
@@ -42,6 +43,27 @@ def _client_id(fleet, role: str) -> str:
     return f"hub-{role}-{socket.gethostname()[:20]}-{hashlib.sha256(base.encode()).hexdigest()[:10]}"
 
 
+def _instance_slot(data_dir) -> tuple[int, Any]:
+    """The first free instance number on this host (an flock per number in the data dir).
+
+    A restarted hub gets number 0 again (same MQTT client id → its persistent session and
+    queued messages), while ``cloud-hub serve --workers 4`` gets 0..3 (distinct client ids,
+    so the workers do not kick each other off the broker)."""
+    import fcntl
+    from pathlib import Path
+
+    d = Path(data_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(256):
+        fh = open(d / f".ingest-{i}.lock", "w")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return i, fh
+        except OSError:
+            fh.close()
+    return os.getpid(), None
+
+
 class IngestSubscriber:
     def __init__(self, fleet, *, batch_size: int = 500, max_wait_s: float = 0.05,
                  session_expiry: int = 3600, group: str = "hub") -> None:
@@ -58,7 +80,8 @@ class IngestSubscriber:
         self.connected = threading.Event()
         self.stats = {"received": 0, "written_windows": 0, "written_events": 0, "written_states": 0,
                       "rejected": 0, "batches": 0, "db_errors": 0}
-        self.client = make_client(self.cfg, _client_id(fleet, "ingest"), manual_ack=True)
+        self.instance, self._slot_fh = _instance_slot(fleet.settings.data_dir)
+        self.client = make_client(self.cfg, f"{_client_id(fleet, 'ingest')}-{self.instance}", manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -87,6 +110,9 @@ class IngestSubscriber:
             self._thread.join(timeout=10)
         self.client.disconnect()
         self.client.loop_stop()
+        if self._slot_fh is not None:
+            self._slot_fh.close()
+            self._slot_fh = None
 
     @property
     def backlog(self) -> int:
