@@ -71,6 +71,7 @@ class VariantReport:
     runnable: bool
     signature: str  # verified | unsigned | not checked (no public key) | bad: …
     note: str = ""
+    golden: str | None = None  # "passed (n)" or "failed: …": the bundle's own self-test
     max_abs_diff: float | None = None
     label_agreement: float | None = None  # fraction of rows with the reference's decision
     accuracy: float | None = None  # on the labelled sample
@@ -191,8 +192,10 @@ def check_bundles(bundles: Sequence[str | Path | Bundle], sample: Any,
 
 def pick_variant(reports: list[VariantReport], cfg: CheckConfig, profile=None) -> Pick:
     """The fastest variant within the accuracy tolerance (preferred format first)."""
+    # a bundle failing its own golden vectors would never activate on a device
     ok = [r for r in reports if r.runnable and r.accuracy_drop is not None
-          and r.accuracy_drop <= cfg.max_accuracy_drop]
+          and r.accuracy_drop <= cfg.max_accuracy_drop
+          and not (r.golden or "").startswith("failed")]
     if profile is not None:
         within = [r for r in ok if r.within_budget]
         over = [r for r in ok if not r.within_budget]
@@ -250,6 +253,10 @@ def _check_one(src, b: Bundle, smp: Sample, cfg: CheckConfig, threads: int, pub)
     except EdgeError as exc:
         rep.note = f"cannot load here: {exc.message}"
         return rep, none
+    try:
+        rep.golden = f"passed ({model.self_test()})"
+    except EdgeError as exc:
+        rep.golden = f"failed: {exc.message}"
     try:
         x = _input_for(model, smp)
         scores = _score_all(model, x)
@@ -462,6 +469,9 @@ def format_table(r: Report) -> str:
     notes = [f"  {v.name}:{v.version} ({v.format}): {v.note}" for v in r.variants if v.note]
     sigs = {v.signature for v in r.variants}
     out.append(f"signatures: {', '.join(sorted(sigs))}")
+    bad_golden = [v for v in r.variants if v.golden and v.golden.startswith("failed")]
+    out.append("golden vectors: " + ("all passed" if not bad_golden else "; ".join(
+        f"{Path(v.path).name} {v.golden}" for v in bad_golden)))
     if notes:
         out.append("notes:")
         out += notes

@@ -39,7 +39,7 @@ def test_report_measures_every_variant(mlp_bundle, variants, digits_csv, keys):
     assert ref.max_abs_diff == 0 and ref.label_agreement == 1 and ref.accuracy_drop == 0
     assert [v.quantization for v in r.variants] == ["fp32", "dynamic", "fp16", "fp32"]
     for v in r.variants:
-        assert v.runnable and v.signature == "verified"
+        assert v.runnable and v.signature == "verified" and v.golden == "passed (1)"
         files = read_bundle(v.path).manifest.files.values()
         assert v.size_bytes == sum(e.size for e in files)
         assert 0 < v.single.p50_ms <= v.single.p99_ms and v.single.runs == 20
