@@ -6,9 +6,10 @@ called ``/predict`` reports outcomes); reading needs viewer.
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from cloud_hub.api.deps import Admin, Client, HubDep, Viewer
@@ -99,3 +100,11 @@ def evaluation(name: str, hub: HubDep, _: Viewer) -> dict[str, Any]:
 def promote(name: str, hub: HubDep, _: Admin, body: PromoteIn | None = None) -> dict[str, Any]:
     body = body or PromoteIn()
     return hub.routing.promote(name, require_verdict=not body.force, overrides=body.evaluation)
+
+
+@router.delete("/v1/models/{name}/split/log", responses=ERRORS,
+               summary="Delete the prediction log and feedback older than a time (retention)")
+def prune_log(name: str, hub: HubDep, _: Admin,
+              before: Annotated[dt.datetime, Query(description="Delete rows older than this (ISO 8601).")],
+              ) -> dict[str, Any]:
+    return {"name": name, "deleted": hub.routing.prune(name, before)}

@@ -67,3 +67,11 @@ def shadow_report(name: str, hub: HubDep, _: Viewer,
                 "min_ks_pvalue": min_ks_pvalue, "max_error_rate": max_error_rate}
     hub.shadow.drain(timeout=5.0)
     return hub.shadow.report(name, shadow_version=shadow, since=since, criteria=crit)
+
+
+@router.delete("/v1/models/{name}/shadow/records", responses=ERRORS,
+               summary="Delete comparison records older than a time (retention)")
+def prune_records(name: str, hub: HubDep, _: Admin,
+                  before: Annotated[dt.datetime, Query(description="Delete records older than this (ISO 8601).")],
+                  ) -> dict[str, Any]:
+    return {"name": name, "deleted": hub.shadow.prune(name, before)}

@@ -32,6 +32,12 @@ def register(sub) -> None:
     st = s.add_parser("status", parents=[common], help="mirror queue depth, drops, errors")
     st.set_defaults(func=cmd_status)
 
+    pr = s.add_parser("prune", parents=[common], help="delete comparison records older than a time",
+                      description="Retention: delete NAME's comparison records created before --before.")
+    pr.add_argument("name")
+    pr.add_argument("--before", required=True, help="ISO time, e.g. 2026-11-01T00:00:00Z")
+    pr.set_defaults(func=cmd_prune)
+
     rp = s.add_parser("report", parents=[common], help="shadow vs primary report with a PASS/FAIL verdict",
                       description="Identical-bucket rate, decision-change rate, mean scores, KS test, most "
                       "divergent segments, shadow latency vs SLA, and a verdict. Exit code 0 on PASS, "
@@ -103,3 +109,8 @@ def cmd_report(args) -> int:
     lines.append(f"  queue: depth={q['queue_depth']}/{q['queue_capacity']} dropped={q['dropped']}")
     emit(args, d, "\n".join(lines))
     return {"PASS": 0, "FAIL": 3}.get(d["verdict"], 4)
+
+
+def cmd_prune(args) -> int:
+    d = client(args).request("DELETE", f"/v1/models/{args.name}/shadow/records", params={"before": args.before})
+    return emit(args, d, f"{args.name}: deleted {d['deleted']} comparison records")

@@ -67,6 +67,11 @@ def register(sub) -> None:
     pr.add_argument("--force", action="store_true", help="promote without a PROMOTE verdict")
     pr.set_defaults(func=cmd_promote)
 
+    pn = s.add_parser("prune", parents=[common], help="delete prediction log and feedback older than a time")
+    pn.add_argument("name")
+    pn.add_argument("--before", required=True, help="ISO time, e.g. 2026-11-01T00:00:00Z")
+    pn.set_defaults(func=cmd_prune)
+
     rm = s.add_parser("delete", parents=[common], help="remove the split (all traffic to the champion)")
     rm.add_argument("name")
     rm.set_defaults(func=cmd_delete)
@@ -142,3 +147,9 @@ def cmd_promote(args) -> int:
 def cmd_delete(args) -> int:
     client(args).request("DELETE", f"/v1/models/{args.name}/split")
     return emit(args, {"deleted": args.name}, f"{args.name}: split removed")
+
+
+def cmd_prune(args) -> int:
+    d = client(args).request("DELETE", f"/v1/models/{args.name}/split/log", params={"before": args.before})
+    n = d["deleted"]
+    return emit(args, d, f"{args.name}: deleted {n['predictions']} logged predictions, {n['feedback']} outcomes")

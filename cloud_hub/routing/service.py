@@ -297,6 +297,16 @@ class RoutingService:
                                                                         p.c.entity_key.in_(chunk))).scalars())
         return sum(1 for r in rows if (r["request_id"] in found_r if r["request_id"] else r["entity_key"] in found_k))
 
+    def prune(self, name: str, before: dt.datetime) -> dict[str, int]:
+        """Delete the prediction log and feedback of ``name`` older than ``before``."""
+        self.log_writer.flush()
+        before = before if before.tzinfo else before.replace(tzinfo=dt.UTC)
+        p, f = routing_predictions, routing_feedback
+        with self.hub.engine.begin() as conn:
+            n_p = conn.execute(delete(p).where(p.c.name == name, p.c.created_at < before)).rowcount
+            n_f = conn.execute(delete(f).where(f.c.name == name, f.c.created_at < before)).rowcount
+        return {"predictions": int(n_p or 0), "feedback": int(n_f or 0)}
+
     # ---- evaluation ------------------------------------------------------------------------
     def group_data(self, name: str) -> dict[str, GroupData]:
         """Predictions of the current split id per group, joined with their feedback.

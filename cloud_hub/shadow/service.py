@@ -367,6 +367,16 @@ class ShadowService:
         with self.hub.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
+    def prune(self, name: str, before: dt.datetime) -> int:
+        """Delete the comparison records of ``name`` older than ``before``; return how many."""
+        self.drain(timeout=5.0)
+        before = before if before.tzinfo else before.replace(tzinfo=dt.UTC)
+        c = shadow_comparisons.c
+        with self.hub.engine.begin() as conn:
+            n = conn.execute(delete(shadow_comparisons).where(c.name == name, c.created_at < before)).rowcount
+        log.info("pruned %d shadow comparison records of %s older than %s", n, name, before.isoformat())
+        return int(n or 0)
+
     def report(self, name: str, *, shadow_version: str | None = None, since: dt.datetime | None = None,
                criteria: Mapping[str, Any] | None = None) -> dict[str, Any]:
         from pydantic import ValidationError as PydanticValidationError

@@ -87,6 +87,8 @@ def test_split_feedback_evaluate_promote_over_http(api, cancer_data):
     assert body["model"]["version"] == "1.0.0"  # split disabled after promotion: all to the champion
     text = c.get("/metrics", headers=H_ADMIN).text
     assert 'group="challenger"' in text
+    r = c.delete("/v1/models/cancer/split/log", params={"before": "2999-01-01T00:00:00Z"}, headers=H_ADMIN)
+    assert r.json()["deleted"] == {"predictions": len(x), "feedback": len(fb)}  # (split off after promotion)
 
 
 def test_shadow_over_http(api, cancer_data):
@@ -116,6 +118,14 @@ def test_shadow_over_http(api, cancer_data):
     st = c.get("/v1/shadow/status", headers=H_VIEWER).json()
     assert st["mirrored"] == 100 and st["dropped"] == 0
     assert "hub_shadow_queue_depth" in c.get("/metrics", headers=H_ADMIN).text
+    r = c.delete("/v1/models/cancer/shadow/records", params={"before": "2000-01-01T00:00:00Z"}, headers=H_ADMIN)
+    assert r.json()["deleted"] == 0
+    assert c.delete("/v1/models/cancer/shadow/records", params={"before": "x"}, headers=H_ADMIN).status_code == 422
+    assert c.delete("/v1/models/cancer/shadow/records", params={"before": "2999-01-01T00:00:00Z"},
+                    headers=H_VIEWER).status_code == 403
+    r = c.delete("/v1/models/cancer/shadow/records", params={"before": "2999-01-01T00:00:00Z"}, headers=H_ADMIN)
+    assert r.json()["deleted"] == 200
+    assert c.get("/v1/models/cancer/shadow/report", headers=H_VIEWER).json()["shadows"][0]["compared"] == 0
     assert c.delete("/v1/models/cancer/shadows/1.0.0", headers=H_ADMIN).status_code == 204
     assert c.get("/v1/models/cancer/shadows", headers=H_VIEWER).json()["shadows"] == []
 
