@@ -391,3 +391,38 @@ def test_onnx_file_made_elsewhere(tmp_path, keys, public_key):
     with pytest.raises(ValidationError, match="not a valid ONNX model"):
         export_model(tmp_path / "broken.onnx", x, tmp_path / "c", ExportConfig(key=keys[0]))
     assert not (tmp_path / "c").exists()
+
+
+def test_missing_values_allowed_where_the_sample_has_them(tmp_path, keys):
+    """A pipeline that imputes NaN: columns with gaps get nan=allow, the others keep
+    rejecting NaN, and golden rows are complete rows."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    frame = cancer_frame().copy()
+    rng = np.random.default_rng(0)
+    holes = rng.random(len(frame)) < 0.2
+    frame.loc[holes, "mean_texture"] = np.nan
+    x, y = frame.drop(columns="target"), frame["target"]
+    model = make_pipeline(SimpleImputer(), StandardScaler(),
+                          LogisticRegression(max_iter=500)).fit(x, y)
+    sample = write_csv(tmp_path / "s.csv", frame.to_numpy(), list(frame.columns))
+    out = export_model(model, sample, tmp_path / "b",
+                       ExportConfig(key=keys[0], label_column="target"))
+    m = read_bundle(out).manifest
+    nan = {f.name: f.nan for f in m.inputs.features}
+    assert nan["mean_texture"] == "allow" and nan["mean_area"] == "reject"
+    assert all(r["mean_texture"] == r["mean_texture"] for r in m.golden[0].rows)  # no NaN
+    loaded = Model.load(out)
+    loaded.self_test()
+    row = {c: float(v) for c, v in x.iloc[int(np.flatnonzero(holes)[0])].items()
+           if c != "mean_texture"}
+    row["mean_texture"] = None
+    got = loaded.predict(row)[0]["probability"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = model.predict_proba(x.iloc[[int(np.flatnonzero(holes)[0])]]
+                                   .astype(np.float32))[0, 1]
+    assert abs(got - want) < 1e-4
