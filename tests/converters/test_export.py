@@ -169,6 +169,12 @@ def test_torch_module(tmp_path, keys, public_key):
     got = loaded.score_array((x[:50] / 16.0).astype(np.float32)).probabilities
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert m.provenance["sample_accuracy"] > 0.9
+    # the same module saved whole with torch.save, exported from the file
+    torch.save(net, tmp_path / "digits.pt")
+    out2 = export_model(tmp_path / "digits.pt", (x / 16.0, y), tmp_path / "torch-file",
+                        ExportConfig(key=keys[0]))
+    assert read_bundle(out2).manifest.name == "digits"
+    Model.load(out2).self_test()
 
 
 # ---- bad input: clear errors, nothing left behind ------------------------------------
