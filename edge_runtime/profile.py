@@ -19,8 +19,11 @@ def _profile_dir() -> Path:
     """Profiles ship as data in the `devices` package of this distribution."""
     spec = importlib.util.find_spec("devices")
     if spec and spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0]) / "profiles"
+        return Path(next(iter(spec.submodule_search_locations))) / "profiles"
     return Path.cwd() / "devices" / "profiles"
+
+#: Bundle formats a profile may prefer.
+FORMATS = ("onnx", "tflite", "coreml")
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,30 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
                             f"(known: {', '.join(list_profiles())})", field="profile")
     try:
         data = tomllib.loads(path.read_text())
-        return DeviceProfile(name=str(data["name"]), description=str(data.get("description", "")),
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValidationError(f"profile {path}: not a readable TOML file: {exc}",
+                              field="profile") from exc
+    missing = [k for k in ("name", "threads", "memory_budget_mb", "latency_budget_ms")
+               if k not in data]
+    if missing:
+        raise ValidationError(f"profile {path}: missing key(s) {', '.join(missing)}",
+                              field=f"profile.{missing[0]}")
+    try:
+        prof = DeviceProfile(name=str(data["name"]), description=str(data.get("description", "")),
                              threads=int(data["threads"]),
                              memory_budget_mb=int(data["memory_budget_mb"]),
                              latency_budget_ms=float(data["latency_budget_ms"]),
                              preferred_format=str(data.get("preferred_format", "onnx")))
-    except (KeyError, ValueError, tomllib.TOMLDecodeError) as exc:
+    except (TypeError, ValueError) as exc:
         raise ValidationError(f"profile {path}: {exc}", field="profile") from exc
+    if prof.threads < 1:
+        raise ValidationError(f"profile {path}: threads must be >= 1, got {data['threads']!r}",
+                              field="profile.threads")
+    for key in ("memory_budget_mb", "latency_budget_ms"):  # 0 is allowed: nothing fits
+        if not getattr(prof, key) >= 0:
+            raise ValidationError(f"profile {path}: {key} must be >= 0, got {data[key]!r}",
+                                  field=f"profile.{key}")
+    if prof.preferred_format not in FORMATS:
+        raise ValidationError(f"profile {path}: preferred_format {prof.preferred_format!r} is not "
+                              f"one of {', '.join(FORMATS)}", field="profile.preferred_format")
+    return prof

@@ -175,7 +175,8 @@ class ModelStore:
         try:
             (self.dir / "bundles").mkdir(parents=True, exist_ok=True)
             (self.dir / "tmp").mkdir(exist_ok=True)
-            self._lockfile = open(self.dir / "lock", "a+")
+            # held open (and flock'ed) until close(), which closes it
+            self._lockfile = open(self.dir / "lock", "a+")  # noqa: SIM115
         except OSError as exc:
             raise StoreError(f"open: cannot create the store at {self.dir}: {exc.strerror}",
                              field="store.dir") from exc
@@ -716,12 +717,22 @@ def _single_row_call(model: Model) -> Callable[[], Any] | None:
 
 
 def _rss() -> int:
+    """This process's resident set size in bytes (psutil, else Linux ``/proc``).
+
+    Never a silent 0: that would let every model pass the memory budget.
+    """
     try:
         import psutil
 
         return psutil.Process().memory_info().rss
-    except Exception:  # pragma: no cover - psutil is a core dependency
-        return 0
+    except Exception as exc:  # noqa: BLE001 - no psutil, or psutil.Error in odd containers
+        err = exc
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError) as exc:
+        raise StoreError(f"budget: cannot measure memory to check the budget ({err}; {exc})",
+                         field="profile.memory_budget_mb") from exc
 
 
 def _rmtree(p: Path) -> None:

@@ -99,8 +99,28 @@ def test_unloadable_model_file_is_an_engine_error(tmp_path, cancer_bundle):
 
 
 def test_unknown_format_and_coreml(tmp_path):
-    with pytest.raises(BundleError, match="Core ML bundles cannot run on this platform"):
+    with pytest.raises(BundleError, match="Core ML bundles cannot run on this platform") as ei:
         engine_class("coreml")
+    assert ei.value.field == "format"
+    with pytest.raises(BundleError, match="no engine for format 'pmml'") as ei:
+        engine_class("pmml")
+    assert ei.value.field == "format"
+    assert engine_class("onnx").format == "onnx" and engine_class("tflite").format == "tflite"
+
+
+def test_tflite_engine_without_any_runtime_is_a_clear_error(monkeypatch, cancer_tflite):
+    """ai_edge_litert, then tflite_runtime, then tensorflow.lite; none → one clear EngineError."""
+    import sys
+
+    from edge_runtime.engines.tflite import load_interpreter_class
+
+    for mod in ("ai_edge_litert", "ai_edge_litert.interpreter", "tflite_runtime",
+                "tflite_runtime.interpreter", "tensorflow"):
+        monkeypatch.setitem(sys.modules, mod, None)  # import → ImportError
+    with pytest.raises(EngineError, match=r"no TFLite runtime installed: pip install 'edgefleet\[tflite\]'"):
+        load_interpreter_class()
+    with pytest.raises(EngineError, match="no TFLite runtime installed"):
+        Model.load(cancer_tflite)
 
 
 def test_tflite_engine_matches_onnx_on_the_whole_dataset(cancer_bundle, cancer_tflite, cancer_data):
@@ -126,6 +146,8 @@ def test_tflite_mlp_parity_and_threads(mlp_bundles):
     onnx_b, tfl_b, x, _names, est = mlp_bundles
     onnx_m = Model.load(onnx_b)
     tfl_m = Model.load(tfl_b, EngineOptions(intra_op_threads=2))
+    assert tfl_m.engine.threads == 2
+    assert Model.load(tfl_b, load_profile("tiny-arm").engine_options()).engine.threads == 1
     s_onnx, s_tfl = onnx_m.score_array(x), tfl_m.score_array(x)
     np.testing.assert_allclose(s_tfl.probability, s_onnx.probability, atol=1e-4)
     np.testing.assert_allclose(s_onnx.probability, est.predict_proba(x)[:, 1], atol=1e-4)
@@ -136,3 +158,69 @@ def test_tflite_bundle_installs_in_the_store(store, cancer_tflite, rows):
     report = store.install(cancer_tflite)
     assert report.switched and store.model("active").manifest.format == "tflite"
     assert len(store.model("active").predict(rows)) == 5
+
+
+class _NoPrivateSession:
+    """An ``InferenceSession`` as a future onnxruntime might ship it: no ``_sess``."""
+
+    @staticmethod
+    def make(base):
+        class Session(base):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                self._impl = self.__dict__.pop("_sess")
+
+            def run(self, output_names, input_feed, run_options=None):
+                return self._impl.run(output_names, input_feed, run_options)
+
+        return Session
+
+
+class _ChangedPrivateSession:
+    """``_sess`` still there, but its ``run`` takes other arguments than today's."""
+
+    @staticmethod
+    def make(base):
+        class Changed:
+            def __init__(self, impl):
+                self._impl = impl
+
+            def run(self, request):  # a different signature: the old call raises TypeError
+                return self._impl.run(*request)
+
+        class Session(base):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                self._sess = Changed(self._sess)
+
+            def run(self, output_names, input_feed, run_options=None):
+                return self._sess.run((output_names, input_feed, run_options))
+
+        return Session
+
+
+@pytest.mark.parametrize("variant", [_NoPrivateSession, _ChangedPrivateSession])
+def test_onnx_engine_falls_back_to_the_public_run(variant, monkeypatch, cancer_bundle,
+                                                  cancer_data, cancer_model):
+    import onnxruntime as ort
+
+    x, _, names = cancer_data
+    want = cancer_model.predict_proba(x[:20])[:, 1]
+    monkeypatch.setattr(ort, "InferenceSession", variant.make(ort.InferenceSession))
+    model = Model.load(cancer_bundle)  # warm-up runs go through the fallback too
+    assert model.engine.fast_path is False
+    rows = [dict(zip(names, map(float, r))) for r in x[:20]]
+    np.testing.assert_allclose([p["probability"] for p in model.predict(rows)], want, atol=1e-5)
+    assert model.predict(rows[0])[0]["probability"] == pytest.approx(want[0], abs=1e-5)
+    assert model.self_test() == 1
+    # a bad feed is still an EngineError carrying onnxruntime's own message
+    with pytest.raises(EngineError, match="ONNX Runtime run failed"):
+        model.engine.run({"X": np.zeros((2, 3), np.float32)})
+
+
+def test_onnx_engine_uses_the_direct_call_on_cpu(cancer_bundle):
+    model = Model.load(cancer_bundle)
+    assert model.engine.fast_path is True
+    with pytest.raises(EngineError, match="ONNX Runtime run failed"):
+        model.engine.run({"X": np.zeros((2, 3), np.float32)})
+    assert model.engine.fast_path is True  # a bad feed does not switch paths

@@ -220,3 +220,21 @@ def test_other_keys_refused(tmp_path, cancer_bundle, other_keypair):
         with pytest.raises(BundleError, match="^verify: bad signature"):
             s.install(cancer_bundle)
         assert s.model("active") is None
+
+
+def test_rss_falls_back_to_proc_never_zero(monkeypatch):
+    """The memory budget check must not be skipped silently when psutil is unusable."""
+    import sys
+
+    import psutil
+
+    from edge_runtime import store as store_mod
+
+    real = psutil.Process().memory_info().rss
+    monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil → ImportError
+    got = store_mod._rss()
+    assert 0.5 * real < got < 2 * real
+    monkeypatch.setattr(store_mod.Path, "read_text", lambda self, *a, **k: "garbage")
+    with pytest.raises(StoreError, match="cannot measure memory") as ei:
+        store_mod._rss()
+    assert ei.value.field == "profile.memory_budget_mb"
