@@ -100,7 +100,7 @@ def import_coremltools():
 
 
 # ---- op handlers -----------------------------------------------------------------------------
-from converters.tflite.graph import OpError
+from converters.tflite.graph import OpError, linear_weights
 
 Handler = Callable[["MilGraph", Any], None]
 COREML_OPS: dict[str, Handler] = {}
@@ -224,17 +224,21 @@ class MilGraph:
     def build(self, func_inputs: dict[str, Any]) -> list[Any]:
         from onnx.reference import ReferenceEvaluator
 
-        from converters.tflite.graph import BATCH, check_shape_fold, op_label, shape_constant
+        from converters.tflite.graph import (
+            BATCH,
+            check_shape_fold,
+            constant_value,
+            op_label,
+            shape_constant,
+        )
 
         self.vars.update(func_inputs)
         for node in self.nodes:
             inputs = [x for x in node.input if x]
-            if node.op_type == "Constant":
-                from onnx import numpy_helper
-
-                self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-                continue
             try:
+                if node.op_type == "Constant":
+                    self.consts[node.output[0]] = constant_value(node)
+                    continue
                 if inputs and all(x in self.consts for x in inputs):
                     sym = check_shape_fold(node, inputs, self.symbolic)
                     outs = ReferenceEvaluator(node).run(None, {x: self.consts[x] for x in inputs})
@@ -634,24 +638,11 @@ def _normalizer(g: MilGraph, node) -> None:
     g.emit("real_div", out, x=x, y=den)
 
 
-def _linear_weights(g: MilGraph, node) -> tuple[np.ndarray, np.ndarray]:
-    a = _attrs(node)
-    n_in = g.shape(node.input[0])[-1]
-    coefs = np.asarray(a["coefficients"], np.float32)
-    if n_in < 1 or coefs.size % n_in:
-        raise OpError(f"{coefs.size} coefficients do not fit {n_in} inputs")
-    w = coefs.reshape(-1, n_in)
-    b = np.asarray(a.get("intercepts", [0.0] * w.shape[0]), np.float32)
-    if b.size == 1 and w.shape[0] > 1:
-        b = np.repeat(b, w.shape[0])
-    return w, b
-
-
 @_op("LinearRegressor")
 def _linreg(g: MilGraph, node) -> None:
     if _attrs(node).get("post_transform", "NONE") != "NONE":
         raise OpError("post_transform other than NONE")
-    w, b = _linear_weights(g, node)
+    w, b = linear_weights(node, g.shape(node.input[0])[-1])
     g.emit("linear", node.output[0], x=g.get(node.input[0]), weight=w, bias=b)
 
 
@@ -663,7 +654,7 @@ def _linclf(g: MilGraph, node) -> None:
         raise OpError(f"post_transform={pt}")
     if len(node.output) < 2 or node.output[1] not in g.outputs and not _feeds_needed(g, node.output[1]):
         raise OpError("only the scores output is converted (labels come from postprocess.classes)")
-    w, b = _linear_weights(g, node)
+    w, b = linear_weights(node, g.shape(node.input[0])[-1])
     classes = a.get("classlabels_ints", a.get("classlabels_strings"))
     out = node.output[1]
     raw = g.tmp("linear", out, x=g.get(node.input[0]), weight=w, bias=b)

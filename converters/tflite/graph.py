@@ -133,6 +133,34 @@ def attrs(node) -> dict[str, Any]:
     return out
 
 
+def constant_value(node) -> np.ndarray:
+    """The array an ONNX ``Constant`` node holds (``value`` tensor or scalar/list attributes)."""
+    from onnx import numpy_helper
+
+    if node.attribute and node.attribute[0].name == "value":
+        return numpy_helper.to_array(node.attribute[0].t)
+    a = attrs(node)
+    for key, dtype in (("value_float", np.float32), ("value_int", np.int64),
+                       ("value_floats", np.float32), ("value_ints", np.int64)):
+        if key in a:
+            return np.array(a[key], dtype=dtype)
+    raise OpError(f"Constant attribute {node.attribute[0].name if node.attribute else '(none)'} "
+                  "is not supported")
+
+
+def linear_weights(node, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """``ai.onnx.ml`` LinearClassifier/LinearRegressor attributes → weights [out, in], bias [out]."""
+    a = attrs(node)
+    coefs = np.asarray(a["coefficients"], np.float32)
+    if n_in < 1 or coefs.size % n_in:
+        raise OpError(f"{coefs.size} coefficients do not fit {n_in} inputs")
+    w = coefs.reshape(-1, n_in)
+    b = np.asarray(a.get("intercepts", [0.0] * w.shape[0]), np.float32)
+    if b.size == 1 and w.shape[0] > 1:
+        b = np.repeat(b, w.shape[0])
+    return w, b
+
+
 def op_label(node) -> str:
     dom = node.domain or ""
     if dom in ("", "ai.onnx", "ai.onnx.ml"):
@@ -262,7 +290,7 @@ class GraphConverter:
                 self.dropped.update({o: reason for o in node.output if o})
                 continue
             if node.op_type == "Constant":
-                self.consts[node.output[0]] = self._constant_node(node)
+                self.consts[node.output[0]] = constant_value(node)
                 continue
             try:
                 if inputs and all(x in self.consts for x in inputs) and not _has_subgraph(node):
@@ -306,20 +334,6 @@ class GraphConverter:
             self.b.rename(idx, name)
             self.b.outputs.append(idx)
         return self.b.finish()
-
-    def _constant_node(self, node) -> np.ndarray:
-        a = attrs(node)
-        from onnx import numpy_helper
-
-        if node.attribute and node.attribute[0].name == "value":
-            return numpy_helper.to_array(node.attribute[0].t)
-        for key in ("value_float", "value_int"):
-            if key in a:
-                return np.array(a[key], dtype=np.float32 if key == "value_float" else np.int64)
-        for key in ("value_floats", "value_ints"):
-            if key in a:
-                return np.array(a[key], dtype=np.float32 if key == "value_floats" else np.int64)
-        raise OpError(f"Constant attribute {node.attribute[0].name} is not supported")
 
     def _fold(self, node) -> None:
         from onnx.reference import ReferenceEvaluator

@@ -19,6 +19,7 @@ from converters.tflite.graph import (
     attrs,
     broadcast_shape,
     clip_bounds,
+    linear_weights,
     register,
     resolve_batch,
 )
@@ -768,23 +769,10 @@ def _check_linear(ctx, node):
     return None
 
 
-def _linear_weights(ctx: GraphConverter, node, x: Value) -> tuple[np.ndarray, np.ndarray]:
-    a = attrs(node)
-    n_in = x.shape[-1]
-    coefs = np.asarray(a["coefficients"], np.float32)
-    if coefs.size % n_in:
-        raise OpError(f"{coefs.size} coefficients do not fit {n_in} inputs")
-    w = coefs.reshape(-1, n_in)
-    b = np.asarray(a.get("intercepts", [0.0] * w.shape[0]), np.float32)
-    if b.size == 1 and w.shape[0] > 1:
-        b = np.repeat(b, w.shape[0])
-    return w, b
-
-
 @register("LinearRegressor", check=_check_linear, doc="FULLY_CONNECTED")
 def linear_regressor(ctx: GraphConverter, node) -> None:
     x = ctx.value(node.input[0], "plain")
-    w, b = _linear_weights(ctx, node, x)
+    w, b = linear_weights(node, x.shape[-1])
     _fully_connected(ctx, x, w, b, node.output[0], fuse=False)
 
 
@@ -793,7 +781,7 @@ def linear_regressor(ctx: GraphConverter, node) -> None:
 def linear_classifier(ctx: GraphConverter, node) -> None:
     a = attrs(node)
     x = ctx.value(node.input[0], "plain")
-    w, b = _linear_weights(ctx, node, x)
+    w, b = linear_weights(node, x.shape[-1])
     classes = a.get("classlabels_ints", a.get("classlabels_strings"))
     pt = a.get("post_transform", "NONE")
     label_name, score_name = node.output[0], node.output[1] if len(node.output) > 1 else ""

@@ -190,3 +190,36 @@ def test_exporter_shape_chain_and_batch_arithmetic(tmp_path):
     assert "conv" in ops and "reshape" in ops and "shape" not in ops
     with pytest.raises(UnsupportedOpsError, match="shape arithmetic on the batch"):
         build_program(_torch_style_flatten("Mul"), ["Y"], CoreMLConfig())
+
+
+def test_constant_attribute_nodes_and_linear_regressor_values(tmp_path):
+    """``Constant`` nodes with value_floats/value_ints (not only a ``value`` tensor) and the
+    ``ai.onnx.ml`` LinearRegressor translate with ONNX Runtime's numbers (MIL value inference)."""
+    import onnxruntime as ort
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import Function, types
+    from onnx import TensorProto, helper
+
+    from converters.coreml import MilGraph, build_program
+
+    nodes = [helper.make_node("Constant", [], ["c"], value_floats=[0.5, -1.0, 2.0, 0.25]),
+             helper.make_node("Constant", [], ["shp"], value_ints=[-1, 4]),
+             helper.make_node("Mul", ["X", "c"], ["m"]),
+             helper.make_node("Reshape", ["m", "shp"], ["r"]),
+             helper.make_node("LinearRegressor", ["r"], ["Y"], domain="ai.onnx.ml",
+                              coefficients=[0.1, 0.2, -0.3, 0.4, 1.0, 0.0, 0.5, -1.0],
+                              intercepts=[0.5, -2.0], targets=2)]
+    g = helper.make_graph(nodes, "c", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
+                                                                    [None, 4])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 2])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 8
+    x = np.random.default_rng(3).normal(size=(7, 4)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    build_program(model, ["Y"], CoreMLConfig())  # a full program builds (no crash on Constant)
+    mg = MilGraph(model, ["Y"], mb, types)
+    with Function({}, import_coremltools().target.iOS15):
+        (out,) = mg.build({"X": mb.const(val=x)})
+        np.testing.assert_allclose(out.val, want, rtol=1e-5, atol=1e-5)

@@ -112,10 +112,51 @@ CASES = {
 }
 
 
+XP = (np.abs(X2) + 0.1).astype(np.float32)  # positive inputs for Log / Sqrt / Pow / Reciprocal
+# The rest of the README's op table, one small graph each (reviewer additions).
+CASES.update({
+    **{op: ([helper.make_node(op, ["X"], ["Y"])], X2, {}) for op in
+       ("Ceil", "Sin", "Cos", "HardSwish")},
+    **{op: ([helper.make_node(op, ["X"], ["Y"])], XP, {}) for op in
+       ("Log", "Sqrt", "Reciprocal")},
+    "Elu": ([helper.make_node("Elu", ["X"], ["Y"])], X2, {}),  # alpha != 1 is refused by name
+    "MaxConst": ([helper.make_node("Max", ["X", "c"], ["Y"])], X2, {"c": _w(6)}),
+    "MinConst": ([helper.make_node("Min", ["c", "X"], ["Y"])], X2, {"c": _w(6)}),
+    "PowConst": ([helper.make_node("Pow", ["X", "c"], ["Y"])], XP, {"c": np.float32(1.5)}),
+    "ConstantNode": ([helper.make_node("Constant", [], ["c"], value_floats=[0.5] * 6),
+                      helper.make_node("Mul", ["X", "c"], ["Y"])], X2, {}),
+    "Flatten4D": ([helper.make_node("Flatten", ["X"], ["Y"], axis=1)], X4, {}),
+    "ReshapeNCHW": ([helper.make_node("Conv", ["X", "w"], ["c"]),
+                     helper.make_node("Reshape", ["c", "s"], ["Y"])], X4,
+                    {"w": _w(2, 4, 1, 1), "s": np.array([-1, 2 * 49], np.int64)}),
+    "Squeeze": ([helper.make_node("GlobalAveragePool", ["X"], ["g"]),
+                 helper.make_node("Squeeze", ["g", "ax"], ["Y"])], X4,
+                {"ax": np.array([2, 3], np.int64)}),
+    "GlobalAvg": ([helper.make_node("GlobalAveragePool", ["X"], ["Y"])], X4, {}),
+    "BatchNorm": ([helper.make_node("BatchNormalization", ["X", "s", "b", "m", "v"], ["Y"],
+                                    epsilon=1e-3)], X4,
+                  {"s": _w(4), "b": _w(4), "m": _w(4), "v": np.abs(_w(4)) + 0.2}),
+    "ReduceSum": ([helper.make_node("ReduceSum", ["X", "ax"], ["Y"], keepdims=0)], X2,
+                  {"ax": np.array([1], np.int64)}),
+    "ReduceMax": ([helper.make_node("ReduceMax", ["X"], ["Y"], axes=[1], keepdims=1)], X2, {}),
+    "ReduceMin": ([helper.make_node("ReduceMin", ["X"], ["Y"], axes=[1], keepdims=0)], X2, {}),
+    "Scaler": ([helper.make_node("Scaler", ["X"], ["Y"], domain="ai.onnx.ml",
+                                 offset=[0.1, -0.2, 0.3, 0.0, 1.0, -1.0],
+                                 scale=[2.0, 0.5, 1.0, 3.0, 0.25, 1.5])], X2, {}),
+    **{f"Normalizer{n}": ([helper.make_node("Normalizer", ["X"], ["Y"], domain="ai.onnx.ml",
+                                            norm=n)], X2, {}) for n in ("L1", "L2", "MAX")},
+    "LinearRegressor": ([helper.make_node("LinearRegressor", ["X"], ["Y"], domain="ai.onnx.ml",
+                                          coefficients=list(_w(12).astype(float)),
+                                          intercepts=[0.5, -0.5], targets=2)], X2, {}),
+})
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_op_matches_onnxruntime(case):
     nodes, x, inits = CASES[case]
     model = _model(nodes, [None] + list(x.shape[1:]), None, inits.items())
+    if any(n.domain == "ai.onnx.ml" for n in nodes):
+        model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 1))
     want, got, _ = _run_both(model, x)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
