@@ -88,13 +88,27 @@ class NatsSource:
                                                 stream=self.stream, config=cfg)
 
     async def _fetch(self, n: int, timeout: float) -> list:
+        # nats-py's fetch(n) in long-poll mode waits until n messages or the timeout,
+        # which would hold a lone message for the whole timeout. So: wait for one,
+        # then take what is already there (fetch starts with a no_wait request).
         try:
-            return await self.sub.fetch(n, timeout=timeout)
-        except NatsTimeout:
+            msgs = await self.sub.fetch(1, timeout=timeout)
+        except (NatsTimeout, asyncio.TimeoutError):
             return []
+        if n > 1:
+            try:
+                msgs += await self.sub.fetch(n - 1, timeout=0.002)
+            except (NatsTimeout, asyncio.TimeoutError):
+                pass
+        return msgs
 
     def fetch(self, max_messages: int, timeout: float) -> list[InMessage]:
-        msgs = self._loop.run(self._fetch(max_messages, max(timeout, 0.01)), timeout + 30)
+        try:
+            msgs = self._loop.run(self._fetch(max_messages, max(timeout, 0.01)), timeout + 30)
+        except (TimeoutError, asyncio.TimeoutError):
+            return []
+        except Exception as exc:  # connection lost, consumer deleted, ...
+            raise TransportError(f"JetStream fetch from {self.subject} failed: {exc}") from exc
         now = time.time()
         return [InMessage(m.data, now, m) for m in msgs]
 
@@ -104,7 +118,10 @@ class NatsSource:
         await self.nc.flush()
 
     def ack(self, messages: list[InMessage]) -> None:
-        self._loop.run(self._ack([m.handle for m in messages]))
+        try:
+            self._loop.run(self._ack([m.handle for m in messages]))
+        except Exception as exc:  # not acked: JetStream redelivers after ack_wait
+            raise TransportError(f"JetStream ack on {self.subject} failed: {exc}") from exc
 
     def close(self) -> None:
         try:

@@ -50,6 +50,7 @@ class StreamStats:
     dead_lettered: int = 0
     batches: int = 0
     publish_retries: int = 0
+    errors: int = 0
     started_at: float = field(default_factory=time.time)
     last_batch_at: float | None = None
 
@@ -190,6 +191,10 @@ class StreamWorker:
                 self.run_once()
             except TransportError as exc:
                 log.warning("transport error: %s", exc.message)
+                self.stop_event.wait(self.opt.retry_s)
+            except Exception:  # a worker never dies of one bad batch; unacked = redelivered
+                self.stats.errors += 1
+                log.exception("stream batch failed; its messages will be redelivered")
                 self.stop_event.wait(self.opt.retry_s)
 
     def stop(self) -> None:
