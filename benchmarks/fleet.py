@@ -111,6 +111,7 @@ def part_fleet(args, tmp: Path, b1, pub) -> dict:
     t = time.monotonic()
     fleet = Fleet(args.devices, mqtt_url=args.mqtt, prefix=prefix, bundle=b1, public_keys=[pub],
                   interval_s=args.interval, request_rate=args.rate, workdir=tmp / "fleet", load_threads=2,
+                  id_prefix="bench",
                   start_concurrency=4, keepalive_s=60)
     fleet.start(timeout=300)
     boot_s = time.monotonic() - t

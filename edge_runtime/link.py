@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -21,9 +22,18 @@ import paho.mqtt.client as mqtt
 
 from edge_runtime.buffer import Outbox
 from edge_runtime.mqtt import MqttConfig, make_client
-from edge_runtime.protocol import DesiredState, DeviceState, topic
+from edge_runtime.protocol import DEFAULT_PREFIX, DesiredState, DeviceState, topic
 
 log = logging.getLogger("edge_runtime.link")
+
+
+def client_id_for(device_id: str, prefix: str) -> str:
+    """The MQTT client id: the device id, plus a short hash of a non-default topic prefix, so two
+    fleets that share a broker under different prefixes (test runs, staging) never take over each
+    other's sessions. Authorisation uses the user name (the device id), not the client id."""
+    if prefix == DEFAULT_PREFIX:
+        return device_id
+    return f"{device_id}@{hashlib.sha256(prefix.encode()).hexdigest()[:8]}"
 
 
 class DeviceLink:
@@ -46,7 +56,7 @@ class DeviceLink:
         self.sent = 0
         self.refused: str | None = None  # last CONNACK refusal (bad credentials, …)
         self._started = False
-        self.client = make_client(cfg, client_id=device_id)
+        self.client = make_client(cfg, client_id=client_id_for(device_id, prefix))
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
