@@ -305,6 +305,16 @@ def cmd_store_remove(args: argparse.Namespace) -> int:
 
 
 # ---- parser ------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _bundle_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", required=True, help="bundle directory or .tar")
     p.add_argument("--public-key", action="append", metavar="KEY.pub",
@@ -343,12 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="device.toml (EDGE_* variables override it)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("bench", help="latency of a bundle vs raw onnxruntime",
-                       description="Single-row and batch p50/p99 of Model.predict next to raw "
-                       "InferenceSession.run on the same model (and the local HTTP path with --http).")
+    p = sub.add_parser("bench", help="latency of a bundle vs the raw engine call",
+                       description="Single-row and batch p50/p99 of Model.predict next to the raw "
+                       "engine call on the same model: onnxruntime InferenceSession.run (ONNX) or "
+                       "a plain LiteRT interpreter invoke (TFLite); the local HTTP path with --http.")
     _bundle_opts(p)
-    p.add_argument("--runs", type=int, default=5000, help="single-row calls per path (default 5000)")
-    p.add_argument("--batch", type=int, default=64, help="rows per batch call (default 64)")
+    p.add_argument("--runs", type=_positive_int, default=5000,
+                   help="single-row calls per path (default 5000)")
+    p.add_argument("--batch", type=_positive_int, default=64,
+                   help="rows per batch call (default 64)")
     p.add_argument("--http", action="store_true", help="also time POST /predict on 127.0.0.1")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_bench)
@@ -394,11 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Install a bundle: verify, load, self-test, budget check, switch.")
     p.add_argument("bundle", help="bundle directory or .tar")
     p.add_argument("--config", required=True, help="device.toml")
-    p.add_argument("--slot", choices=("active", "shadow"), default="active", help="target slot")
+    p.add_argument("--slot", choices=("active", "shadow"), default="active",
+                   help="target slot (default active)")
     p.set_defaults(func=cmd_store_install)
     p = ssub.add_parser("remove", help="empty the shadow or previous slot",
                         description="Empty the shadow or previous slot.")
-    p.add_argument("slot", choices=("shadow", "previous"))
+    p.add_argument("slot", choices=("shadow", "previous"), help="the slot to empty")
     p.add_argument("--config", required=True, help="device.toml")
     p.set_defaults(func=cmd_store_remove)
     return ap

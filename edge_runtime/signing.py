@@ -45,9 +45,10 @@ def load_private_key(source: str | Path | bytes) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise BundleError(f"private key is not a PEM ed25519 key: {exc}", field="key") from exc
+        raise BundleError(f"private key{_origin(source)} is not a PEM ed25519 key: "
+                          f"{_first_sentence(exc)}", field="key") from exc
     if not isinstance(key, Ed25519PrivateKey):
-        raise BundleError("private key is not an ed25519 key", field="key")
+        raise BundleError(f"private key{_origin(source)} is not an ed25519 key", field="key")
     return key
 
 
@@ -56,9 +57,10 @@ def load_public_key(source: str | Path | bytes) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
-        raise BundleError(f"public key is not a PEM ed25519 key: {exc}", field="public_key") from exc
+        raise BundleError(f"public key{_origin(source)} is not a PEM ed25519 key: "
+                          f"{_first_sentence(exc)}", field="public_key") from exc
     if not isinstance(key, Ed25519PublicKey):
-        raise BundleError("public key is not an ed25519 key", field="public_key")
+        raise BundleError(f"public key{_origin(source)} is not an ed25519 key", field="public_key")
     return key
 
 
@@ -89,4 +91,17 @@ def _read(source: str | Path | bytes, what: str) -> bytes:
     try:
         return Path(source).read_bytes()
     except OSError as exc:
-        raise BundleError(f"cannot read {what} {source}: {exc.strerror}", field="key") from exc
+        raise BundleError(f"cannot read {what} {source}: {exc.strerror}",
+                          field="public_key" if what == "public key" else "key") from exc
+
+
+def _origin(source: str | Path | bytes) -> str:
+    """" FILE" when the key came from a file, "" for inline PEM."""
+    if isinstance(source, bytes) or str(source).lstrip().startswith("-----BEGIN"):
+        return ""
+    return f" {source}"
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """cryptography's messages run on with FAQ links; keep the first sentence."""
+    return str(exc).split(". ")[0].strip().rstrip(".") or type(exc).__name__

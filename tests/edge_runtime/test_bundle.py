@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +149,25 @@ def test_tar_with_a_link_or_garbage_is_refused(cancer_bundle, tmp_path):
     trunc.write_bytes(pack_bundle(cancer_bundle, tmp_path / "ok.tar").read_bytes()[:700])
     with pytest.raises(BundleError):
         verify_bundle(trunc, None, require_signature=False)
+
+
+def test_key_files_of_the_wrong_kind_are_named(keypair, tmp_path):
+    from edge_runtime.signing import load_private_key
+
+    priv, pubf = keypair
+    with pytest.raises(BundleError) as ei:
+        load_public_key(priv)  # a private key where the public one belongs
+    assert ei.value.field == "public_key"
+    assert str(ei.value).startswith(f"public key {priv} is not a PEM ed25519 key: ")
+    assert "http" not in str(ei.value)  # no FAQ links in a one-line error
+    with pytest.raises(BundleError, match=f"private key {pubf} is not a PEM ed25519 key") as ei:
+        load_private_key(pubf)
+    assert ei.value.field == "key"
+    with pytest.raises(BundleError, match="cannot read public key .*nope.pub") as ei:
+        load_public_key(tmp_path / "nope.pub")
+    assert ei.value.field == "public_key"
+    garbage = tmp_path / "garbage.pub"
+    garbage.write_text("not a key\n")
+    with pytest.raises(BundleError, match=f"public key {garbage} is not a PEM"):
+        load_public_key(garbage)
+    assert load_public_key(Path(pubf).read_bytes()) is not None  # inline PEM still works

@@ -3,6 +3,7 @@ serve and run as real subprocesses on free ports."""
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import os
@@ -29,6 +30,28 @@ def test_every_command_has_help(cmd, capsys):
     assert ei.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: edge-runtime") and len(out) > 80
+
+
+def _parsers(ap, path=()):
+    yield path, ap
+    for action in ap._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                assert helps.get(name), f"{' '.join(path + (name,))} has no one-line help"
+                yield from _parsers(sub, path + (name,))
+
+
+def test_every_option_and_command_is_documented():
+    seen = 0
+    for path, p in _parsers(build_parser()):
+        assert p.description, f"edge-runtime {' '.join(path)} has no description"
+        for action in p._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f"edge-runtime {' '.join(path)}: {action.dest} has no help text"
+            seen += 1
+    assert seen > 30
 
 
 def test_all_subcommands_are_listed():
@@ -110,6 +133,11 @@ def test_bench_prints_both_paths(capsys, cancer_bundle):
     r = json.loads(out)
     assert set(r["single_row"]) == {"raw_session_run", "in_process_predict"}
     assert r["single_row"]["in_process_predict"]["n"] == 200 and r["ratio_single_p50"] > 0
+    assert r["batch_size"] == 8 and set(r["batch"]) == {"raw_session_run", "in_process_predict"}
+    for bad, why in (("0", "must be at least 1, got 0"), ("x", "expected a whole number")):
+        with pytest.raises(SystemExit) as ei:
+            main(["bench", "--bundle", str(cancer_bundle), "--batch", bad])
+        assert ei.value.code == 2 and f"argument --batch: {why}" in capsys.readouterr().err
 
 
 def _device_toml(tmp_path, keypair, port=0):
