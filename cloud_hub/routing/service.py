@@ -322,11 +322,11 @@ class RoutingService:
             preds = conn.execute(select(p.c.request_id, p.c.row, p.c.grp, p.c.version, p.c.entity_key, p.c.score,
                                         p.c.decision, p.c.positive, p.c.error, p.c.created_at)
                                  .where(p.c.name == name, p.c.split_id == cfg.split_id)
-                                 .order_by(p.c.created_at)).all()
+                                 .order_by(p.c.created_at, p.c.id)).all()
             fb = conn.execute(select(f.c.request_id, f.c.row, f.c.entity_key, f.c.outcome, f.c.created_at)
                               .where(f.c.name == name).order_by(f.c.id)).all()
         positive_labels = {r.decision for r in preds if r.positive and r.decision is not None}
-        by_req = {(r.request_id, r.row): k for k, r in enumerate(preds)}
+        by_req = {(r.request_id, r.row): k for k, r in enumerate(preds)}  # a reused request id: latest wins
         by_entity: dict[str, list[int]] = {}
         for k, r in enumerate(preds):
             if r.entity_key is not None and not r.error:

@@ -27,8 +27,9 @@ routing_splits = Table(
 
 routing_predictions = Table(
     "routing_predictions", metadata,
-    Column("request_id", String(64), primary_key=True),
-    Column("row", Integer, primary_key=True),
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False),  # clients may reuse X-Request-ID: not unique
+    Column("row", Integer, nullable=False),
     Column("name", String(200), nullable=False),
     Column("split_id", String(64), nullable=False),
     Column("grp", String(16), nullable=False),
@@ -43,6 +44,7 @@ routing_predictions = Table(
 )
 Index("ix_routing_predictions_name_split", routing_predictions.c.name, routing_predictions.c.split_id)
 Index("ix_routing_predictions_entity", routing_predictions.c.name, routing_predictions.c.entity_key)
+Index("ix_routing_predictions_request", routing_predictions.c.request_id)
 
 routing_feedback = Table(
     "routing_feedback", metadata,

@@ -78,18 +78,31 @@ class BatchWriter:
                     break
                 items.append(nxt)
                 batch.extend(nxt)
-            try:
-                with self.engine.begin() as conn:
-                    conn.execute(self.table.insert(), batch)
-                ok = len(batch)
-            except Exception:  # a failed batch must not kill the writer
-                log.exception("could not store %d %s rows", len(batch), self.table.name)
-                ok = 0
+            ok = self._insert(batch)
             with self._lock:
                 self.written += ok
                 self.failed += len(batch) - ok
                 self._handled += len(items)
                 self._done.notify_all()
+
+    def _insert(self, batch: list[dict[str, Any]]) -> int:
+        """Insert a batch in one transaction; if that fails, row by row so one bad row loses only itself."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self.table.insert(), batch)
+            return len(batch)
+        except Exception:  # a failed batch must not kill the writer
+            log.exception("could not store %d %s rows as a batch; retrying row by row", len(batch),
+                          self.table.name)
+        ok = 0
+        for row in batch:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(self.table.insert(), [row])
+                ok += 1
+            except Exception:  # counted in ``failed``
+                log.debug("dropped one %s row", self.table.name, exc_info=True)
+        return ok
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every row accepted so far has been written (or failed)."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cloud_hub.routing import stats
-from tests.cloud_hub.routing_support import make_hub, rows_of, slow_bundle, weak_bundle  # noqa: F401
+from tests.cloud_hub.routing_support import make_hub, pg_db, rows_of, slow_bundle, weak_bundle  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -211,3 +211,17 @@ def test_feedback_validation(hub):
         assert e.value.field == field
     r = hub.routing.add_feedback("cancer", [{"request_id": "nope", "outcome": 1}])
     assert r == {"stored": 1, "matched": 0, "unmatched": 1}
+
+
+def test_evaluate_and_promote_on_postgres(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, pg_db):
+    h = make_hub(tmp_path / "pg", keypair, db_url=pg_db)
+    try:
+        h.registry.push(cancer_bundle, aliases=["challenger"])
+        h.registry.push(weak_bundle, aliases=["champion"])
+        _run_ab(h, cancer_data, champion="0.9.0", challenger="1.0.0")
+        ev = h.routing.evaluate("cancer", {"decide_on": "auc"})
+        assert ev["verdict"] == "PROMOTE", ev["reasons"]
+        assert h.routing.promote("cancer")["champion"] == "1.0.0"
+        assert h.registry.aliases("cancer")["champion"] == "1.0.0"
+    finally:
+        h.close()
