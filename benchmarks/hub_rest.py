@@ -52,11 +52,11 @@ def free_port() -> int:
 
 
 def build_bundle(out: Path) -> tuple[Path, list[str], np.ndarray]:
+    from skl2onnx import to_onnx
     from sklearn.datasets import load_breast_cancer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from skl2onnx import to_onnx
 
     from edge_runtime.bundle import write_bundle
     from edge_runtime.signing import generate_keypair
@@ -66,7 +66,7 @@ def build_bundle(out: Path) -> tuple[Path, list[str], np.ndarray]:
     names = [n.replace(" ", "_") for n in data.feature_names]
     est = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, data.target)
     onx = to_onnx(est, x[:1], options={id(est): {"zipmap": False}}, target_opset=17)
-    key, pub = generate_keypair(out / "keys" / "bench.key", out / "keys" / "bench.pub")
+    key, _pub = generate_keypair(out / "keys" / "bench.key", out / "keys" / "bench.pub")
     proba = est.predict_proba(x[:8])[:, 1].tolist()
     manifest = {
         "name": "cancer", "version": "1.0.0", "format": "onnx", "model_file": "model.onnx",
@@ -138,10 +138,10 @@ def run_wrk(url: str, body: bytes, conns: int, duration: float, work: Path) -> d
         'wrk.method = "POST"\nwrk.body = body\nwrk.headers["Content-Type"] = "application/json"\n'
         % body_file)
     out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "5s",
-                          "-s", str(script), url], capture_output=True, text=True, timeout=duration + 60).stdout
+                          "-s", str(script), url], capture_output=True, text=True, timeout=duration + 60, check=False).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     pct = {}
-    for p, v, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+    for p, v, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE):
         pct[int(p)] = float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
@@ -153,8 +153,8 @@ def run_wrk(url: str, body: bytes, conns: int, duration: float, work: Path) -> d
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
+    ap.add_argument("--duration", type=float, default=2.0, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds (median reported)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--benchvenv", type=Path, default=Path("/work/benchvenv"),
                     help="virtualenv with mlserver, kserve, onnxruntime")
@@ -194,12 +194,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.microbatch:
             hub_variants.append(("hub-microbatch", {"HUB_MICROBATCH": "1"}))
         for label, extra in hub_variants:
-            port = free_port()
             env = {"HUB_DATA_DIR": str(work / f"{label}-data"), "HUB_TRUSTED_KEYS": json.dumps(
                 [str(work / "keys" / "bench.pub")]), "PYTHONPATH": str(ROOT), **extra}
-            proc = start([py, "-m", "cloud_hub.cli", "serve", "--port", str(port)], work / f"{label}.log", env)
-            base = f"http://127.0.0.1:{port}"
-            wait_ready(base + "/v2/health/ready", proc)
+            for attempt in range(3):  # a free port can be taken between probe and bind
+                port = free_port()
+                proc = start([py, "-m", "cloud_hub.cli", "serve", "--port", str(port)], work / f"{label}.log", env)
+                base = f"http://127.0.0.1:{port}"
+                try:
+                    wait_ready(base + "/v2/health/ready", proc)
+                    break
+                except RuntimeError as exc:
+                    stop(proc)
+                    tail = (work / f"{label}.log").read_text(errors="replace")[-2000:]
+                    print(f"hub did not start ({exc}), attempt {attempt + 1}:\n{tail}", file=sys.stderr)
+                    if attempt == 2:
+                        raise
             tar = work / "bundle.tar"
             from edge_runtime.bundle import pack_bundle
 
@@ -308,7 +317,7 @@ def report(targets: list[Target], args) -> None:
         try:
             out = subprocess.run([str(args.benchvenv / "bin" / "python"), "-c",
                                   f"import importlib.metadata as m; print(m.version('{pkg}'))"],
-                                 capture_output=True, text=True, timeout=30).stdout.strip()
+                                 capture_output=True, text=True, timeout=30, check=False).stdout.strip()
             vers[pkg] = out or "missing"
         except (OSError, subprocess.TimeoutExpired):
             vers[pkg] = "missing"
@@ -332,8 +341,30 @@ def report(targets: list[Target], args) -> None:
                 cells[-3] += " (non-2xx!)"
         print(f"| {t.name} | " + " | ".join(cells) + " |")
         raw[t.name] = t.results
+    # Ratios within each round (the targets of a round ran back to back), then the
+    # median over rounds: steadier than a ratio of medians on a shared, noisy machine.
+    ours = [t for t in targets if t.name.startswith("hub") and not t.skipped]
+    peers = [t for t in targets if not t.name.startswith("hub") and not t.skipped]
+    if ours and peers:
+        print("\nthroughput ratio ours/peer, median over rounds of the per-round ratio")
+        print("| ours | " + " | ".join(f"/{p.name} c={c}" for c in cs for p in peers) + " |")
+        print("|" + "---|" * (1 + len(cs) * len(peers)))
+        ratios = {}
+        for o in ours:
+            cells = []
+            for c in cs:
+                for p in peers:
+                    r = statistics.median(a["rps"] / b["rps"] for a, b in zip(o.results[c], p.results[c]))
+                    ratios[f"{o.name} / {p.name} c={c}"] = r
+                    cells.append(f"{r:.2f}x")
+            print(f"| {o.name} | " + " | ".join(cells) + " |")
+        print("\np99 at c=64, median over rounds: " + ", ".join(
+            f"{t.name} {statistics.median(r['p99_ms'] for r in t.results[64]):.1f} ms"
+            for t in targets if not t.skipped and 64 in t.results))
+    else:
+        ratios = {}
     if args.json:
-        args.json.write_text(json.dumps({"versions": vers, "results": raw,
+        args.json.write_text(json.dumps({"versions": vers, "results": raw, "ratios": ratios,
                                          "skipped": {t.name: t.skipped for t in targets if t.skipped}}, indent=2))
 
 

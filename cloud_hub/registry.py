@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -198,6 +199,10 @@ def _aware(t: dt.datetime) -> dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
+def _unique() -> str:
+    return f"{os.getpid()}.{threading.get_ident()}.{os.urandom(4).hex()}"
+
+
 class HubKey:
     """The hub's ed25519 signing key (private PEM at ``path``, public next to it)."""
 
@@ -206,16 +211,33 @@ class HubKey:
         if not self.path.exists():
             if not create:
                 raise BundleError(f"hub signing key {self.path} does not exist", field="signing_key")
-            signing.generate_keypair(self.path, self.path.with_suffix(".pub"))
-            log.warning("generated a new hub signing key at %s; devices must trust %s",
-                        self.path, self.path.with_suffix(".pub"))
+            self._create()
         self.private: Ed25519PrivateKey = signing.load_private_key(self.path)
         self.public: Ed25519PublicKey = self.private.public_key()
         self.key_id = signing.key_id(self.public)
         self.public_pem = signing.public_pem(self.public)
         pub_path = self.path.with_suffix(".pub")
-        if not pub_path.exists():
-            pub_path.write_bytes(self.public_pem)
+        if not pub_path.exists() or pub_path.read_bytes() != self.public_pem:
+            tmp = pub_path.with_name(f".{pub_path.name}.{_unique()}")
+            tmp.write_bytes(self.public_pem)
+            os.replace(tmp, pub_path)
+
+    def _create(self) -> None:
+        """Generate the key without racing another process starting on the same data dir
+        (``serve --workers N``): write a temp pair, hard-link the private key into place
+        (fails if another process won), and use whichever key is in place."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{_unique()}")
+        signing.generate_keypair(tmp, tmp.with_suffix(".pubtmp"))
+        try:
+            os.link(tmp, self.path)
+            log.warning("generated a new hub signing key at %s; devices must trust %s",
+                        self.path, self.path.with_suffix(".pub"))
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp.with_suffix(".pubtmp").unlink(missing_ok=True)
 
 
 class Registry:

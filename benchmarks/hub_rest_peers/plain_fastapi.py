@@ -15,7 +15,8 @@ from fastapi import FastAPI
 from pydantic import create_model
 
 model_path, features_path, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-features = json.load(open(features_path))
+with open(features_path) as fh:
+    features = json.load(fh)
 so = ort.SessionOptions()
 so.intra_op_num_threads = 1
 sess = ort.InferenceSession(model_path, sess_options=so, providers=["CPUExecutionProvider"])

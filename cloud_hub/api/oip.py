@@ -178,7 +178,7 @@ async def _infer(hub, request: Request, ref: str) -> Response:
         if model.codec is not None:
             x = _feature_matrix(model, arrays)
             scores = await svc.score(mv, model, x)
-            outs = _feature_outputs(model, scores)
+            outs = _feature_outputs(model, scores, _wanted(header))
         else:
             x = None
             feeds = _tensor_feeds(model, arrays)
@@ -273,28 +273,22 @@ def _decode_inputs(header: dict[str, Any], binary: bytes) -> dict[str, np.ndarra
             if "data" not in t:
                 raise TensorError(f"input {name}: 'data' is missing", field=f"{f}.data")
             try:
-                arr = np.asarray(t["data"], dtype=np_dtype)
+                raw = np.asarray(t["data"])  # numbers only: numpy would parse "1.5" into a float
+            except (TypeError, ValueError) as exc:  # ragged nesting
+                raise TensorError(f"input {name}: data is not a regular array: {exc}", field=f"{f}.data") from exc
+            if raw.dtype.kind not in "fiub" or (raw.dtype.kind == "b" and np_dtype.kind != "b"):
+                raise TensorError(f"input {name}: data must be {'booleans' if dtype == 'BOOL' else 'numbers'}",
+                                  field=f"{f}.data")
+            try:
+                arr = raw.astype(np_dtype, copy=False)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise TensorError(f"input {name}: data is not {dtype}: {exc}", field=f"{f}.data") from exc
             if arr.size != count:
                 raise TensorError(f"input {name}: {arr.size} values do not fill shape {shape} "
                                   f"({count} values)", field=f"{f}.shape")
-            if np_dtype.kind == "f" and _has_non_numbers(t["data"]):
-                raise TensorError(f"input {name}: data must be numbers", field=f"{f}.data")
             arr = arr.reshape(shape)
         arrays[name] = arr
     return arrays
-
-
-def _has_non_numbers(data: Any) -> bool:
-    stack = [data]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, list):
-            stack.extend(v)
-        elif isinstance(v, bool) or not isinstance(v, (int, float)):
-            return True
-    return False
 
 
 def _feature_matrix(model, arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -387,23 +381,37 @@ def _tensor_feeds(model, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return feeds
 
 
-def _feature_outputs(model, s) -> dict[str, np.ndarray]:
-    outs = {o.name: a for o, a in zip(model.engine.outputs, s.raw)}
+def _feature_outputs(model, s, wanted: set[str] | None) -> dict[str, Any]:
+    """Raw engine outputs, plus post-processed ones; only what the request asks for is built."""
+    outs: dict[str, Any] = {o.name: a for o, a in zip(model.engine.outputs, s.raw)}
+
+    def want(name: str) -> bool:
+        return name not in outs and (wanted is None or name in wanted)
+
     if s.probability is not None:
-        outs.setdefault("probability", s.probability.astype(np.float64, copy=False))
-        idx = s.label_index
-        if model.classes:
-            classes = np.asarray(model.classes, dtype=object)
-            outs.setdefault("class", classes[idx] if not all(isinstance(c, int) for c in model.classes)
-                            else classes[idx].astype(np.int64))
-        else:
-            outs.setdefault("class", np.asarray(idx, dtype=np.int64))
-        if model.risk_levels:
-            outs.setdefault("risk_level", np.asarray([model.risk_level(p) or "" for p in s.probability.tolist()],
-                                                     dtype=object))
-    elif s.value is not None:
-        outs.setdefault("value", s.value.astype(np.float64, copy=False))
+        if want("probability"):
+            outs["probability"] = s.probability.astype(np.float64, copy=False)
+        if want("class"):
+            idx = s.label_index
+            if model.classes:
+                classes = np.asarray(model.classes, dtype=object)
+                ints = all(isinstance(c, int) for c in model.classes)
+                outs["class"] = classes[idx].astype(np.int64) if ints else classes[idx]
+            else:
+                outs["class"] = np.asarray(idx, dtype=np.int64)
+        if model.risk_levels and want("risk_level"):
+            outs["risk_level"] = np.asarray([model.risk_level(p) or "" for p in s.probability.tolist()],
+                                            dtype=object)
+    elif s.value is not None and want("value"):
+        outs["value"] = s.value.astype(np.float64, copy=False)
     return outs
+
+
+def _wanted(header: dict[str, Any]) -> set[str] | None:
+    w = header.get("outputs")
+    if not isinstance(w, list):
+        return None
+    return {o.get("name") for o in w if isinstance(o, dict)}
 
 
 def _encode_outputs(header: dict[str, Any], outs: dict[str, np.ndarray]) -> tuple[list[dict], list[bytes]]:

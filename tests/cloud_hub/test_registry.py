@@ -171,3 +171,22 @@ def test_delete_version_and_artifact_store(hub, cancer_bundle, cancer_bundle_v2)
     assert reg.store.exists(v1.artifact_sha256) and reg.store.verify(v1.artifact_sha256)
     with tarfile.open(reg.artifact_path(v1)) as t:
         assert t.getnames()[0] == "manifest.json"
+
+
+def test_hub_key_created_once_under_concurrent_starts(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cloud_hub.registry import HubKey
+    from edge_runtime.signing import load_private_key
+
+    path = tmp_path / "keys" / "hub.key"
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda _: HubKey(path, create=True), range(8)))
+    assert len({k.key_id for k in keys}) == 1
+    from edge_runtime.signing import key_id
+
+    assert key_id(load_private_key(path)) == keys[0].key_id
+    assert load_public_key(path.with_suffix(".pub").read_bytes()) is not None
+    assert sorted(p.name for p in path.parent.iterdir()) == ["hub.key", "hub.pub"]
+    with pytest.raises(BundleError):
+        HubKey(tmp_path / "missing.key", create=False)
