@@ -225,3 +225,19 @@ def test_evaluate_and_promote_on_postgres(tmp_path, keypair, cancer_bundle, weak
         assert h.registry.aliases("cancer")["champion"] == "1.0.0"
     finally:
         h.close()
+
+
+def test_feedback_as_class_labels_equals_feedback_as_numbers(hub, cancer_data):
+    _, y, _ = cancer_data
+    results = _run_ab(hub, cancer_data, champion="0.9.0", challenger="1.0.0", feedback_share=0.0)
+    classes = ["benign_no", "malignant_no"]  # the bundle's classes; positive = malignant_no = 1
+    half = len(results) // 2
+    hub.routing.add_feedback("cancer", [{"request_id": r.request.request_id, "outcome": classes[int(y[i])]}
+                                        for i, r in enumerate(results[:half])])
+    hub.routing.add_feedback("cancer", [{"request_id": r.request.request_id, "outcome": int(y[half + i])}
+                                        for i, r in enumerate(results[half:])])
+    ev = hub.routing.evaluate("cancer")
+    direct = _direct(results, y, len(results))
+    for g in ("champion", "challenger"):
+        assert ev["groups"][g]["labelled"] == direct[g][2]
+        assert ev["groups"][g]["accuracy"] == pytest.approx(direct[g][0])

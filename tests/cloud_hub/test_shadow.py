@@ -141,3 +141,38 @@ def test_shadow_sampling_is_deterministic(hub, cancer_data):
     assert hub.shadow.drain(60)
     n = len({r["request_id"] for r in hub.shadow.records("cancer")})
     assert 30 <= n <= 90
+
+
+def test_failing_shadow_is_recorded_not_raised(tmp_path, keypair, cancer_bundle, cancer_data):
+    """A shadow whose contract the requests do not satisfy: every run fails, the primary never does."""
+    from sklearn.linear_model import LogisticRegression
+
+    from tests.conftest import build_sklearn_bundle
+
+    x, y, names = cancer_data
+    other = [n + "_v2" for n in names]  # the live requests do not carry these features
+    bad = build_sklearn_bundle(tmp_path / "bad", LogisticRegression(max_iter=3000).fit(x, y), x, other,
+                               key=keypair[0], version="5.0.0")
+    hub = make_hub(tmp_path / "hub", keypair)
+    try:
+        hub.registry.push(cancer_bundle, aliases=["champion"])
+        hub.registry.push(bad)
+        hub.shadow.attach("cancer", "5.0.0")
+        for i in range(30):
+            res = hub.inference.predict_sync("cancer", rows_of(x[i:i + 1], names))
+            assert res.to_dict()["model"]["version"] == "1.0.0"
+        assert hub.shadow.drain(60)
+        recs = hub.shadow.records("cancer")
+        assert len(recs) == 30
+        assert all(r["shadow_error"].startswith("ValidationError: rows[0]: missing feature(s) mean_radius_v2")
+                   for r in recs), recs[0]["shadow_error"]
+        assert all(r["shadow_score"] is None and r["decision_changed"] is False for r in recs)
+        rep = hub.shadow.report("cancer", criteria={"min_samples": 1})
+        s = rep["shadows"][0]
+        assert s["shadow_errors"] == 30 and s["error_rate"] == 1.0 and s["compared"] == 0
+        assert rep["verdict"] == "NOT_ENOUGH_DATA"  # nothing compared
+        assert hub.shadow.status()["shadow_errors"] == 30
+        text = hub.metrics.render()[0].decode()
+        assert 'hub_shadow_errors_total{model="cancer",version="5.0.0"} 30.0' in text
+    finally:
+        hub.close()
