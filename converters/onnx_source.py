@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_runtime.bundle import MANIFEST, Bundle, read_bundle, verify_bundle
 from edge_runtime.errors import BundleError, EdgeError
 
@@ -201,12 +199,6 @@ def publish(stage: Path, out: Path, fields: dict[str, Any], files: dict[str, Any
         shutil.rmtree(out)
     os.replace(final.root, out)
     return out
-
-
-def max_abs(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    return float(np.max(np.abs(a - b))) if a.size else 0.0
 
 
 __all__ = [

@@ -31,11 +31,36 @@ def _stats(a: list[np.ndarray], b: list[np.ndarray], da: list[np.ndarray],
         return {"rows": 0, "max_abs_diff": 0.0, "max_rel_diff": 0.0, "label_agreement": 1.0}
     x, y = np.concatenate(a), np.concatenate(b)
     agree = float(np.mean(np.concatenate(da) == np.concatenate(db))) if da else 1.0
-    diff = np.abs(x - y)
+    diff = abs_diff(x, y)
+    scale = np.maximum(1.0, np.abs(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)))
     return {"rows": len(x), "max_abs_diff": float(diff.max()) if x.size else 0.0,
             # |Δ| / max(1, |source|): the check for values of any magnitude (regression)
-            "max_rel_diff": float((diff / np.maximum(1.0, np.abs(x))).max()) if x.size else 0.0,
+            "max_rel_diff": float((diff / scale).max()) if x.size else 0.0,
             "label_agreement": round(agree, 6)}
+
+
+def abs_diff(a: Any, b: Any) -> np.ndarray:
+    """Elementwise |a - b| for parity gates: equal values (NaN and ±inf included) give 0,
+    a NaN or inf on one side only gives inf.
+
+    A plain ``np.abs(a - b).max()`` is NaN there, and ``nan > atol`` is False: a converted
+    model that returns NaN would pass the gate.
+    """
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    with np.errstate(invalid="ignore"):
+        d = np.abs(a - b)
+    d[(a == b) | (np.isnan(a) & np.isnan(b))] = 0.0
+    return np.where(np.isnan(d), np.inf, d)
+
+
+def max_abs_diff(got: Any, want: Any) -> float:
+    """max of :func:`abs_diff`; arrays that cannot be compared (shapes) give inf."""
+    try:
+        a, b = np.broadcast_arrays(np.asarray(got, np.float64), np.asarray(want, np.float64))
+    except ValueError:
+        return float("inf")
+    return float(abs_diff(a, b).max()) if a.size else 0.0
 
 
 def synthetic_rows(model: Model, n: int, seed: int = 0) -> np.ndarray:

@@ -223,3 +223,16 @@ def test_constant_attribute_nodes_and_linear_regressor_values(tmp_path):
     with Function({}, import_coremltools().target.iOS15):
         (out,) = mg.build({"X": mb.const(val=x)})
         np.testing.assert_allclose(out.val, want, rtol=1e-5, atol=1e-5)
+
+
+def test_max_abs_diff_does_not_let_nan_pass():
+    from converters.parity import max_abs_diff
+
+    a = np.array([[0.1, 0.9], [0.4, 0.6]])
+    assert max_abs_diff(a, a + 1e-6) == pytest.approx(1e-6)
+    assert max_abs_diff(np.where(a > 0.5, np.nan, a), a) == float("inf")  # NaN on one side
+    assert max_abs_diff(np.full(3, np.nan), np.full(3, np.nan)) == 0.0  # both NaN: agree
+    assert max_abs_diff(np.ones((2, 3)), np.ones((2, 2))) == float("inf")  # shapes differ
+    assert max_abs_diff(np.ones((4, 1)), np.ones(4)[:, None]) == 0.0
+    assert max_abs_diff(np.array([np.inf, 1.0]), np.array([np.inf, 1.0])) == 0.0
+    assert max_abs_diff(np.array([np.inf]), np.array([1.0])) == float("inf")

@@ -327,3 +327,19 @@ def test_string_class_labels_leave_the_label_to_postprocess(src_dir, tmp_path, k
     rows = [dict(zip(names, map(float, r))) for r in x[:20]]
     assert [r["label"] for r in m.predict(rows)] == [r["label"] for r in s_model.predict(rows)]
     assert {r["label"] for r in m.predict(rows)} <= {"benign", "malignant"}
+
+
+def test_parity_stats_do_not_let_nan_pass():
+    """The gate compares max_rel_diff > atol: a NaN there would compare False and pass."""
+    from converters.parity import _stats
+
+    src = np.array([[0.2, 0.8], [0.6, 0.4]])
+    bad = src.copy()
+    bad[1, 0] = np.nan
+    d = np.array([1, 0])
+    s = _stats([src], [bad], [d], [d])
+    assert s["max_abs_diff"] == float("inf") and s["max_rel_diff"] == float("inf")
+    ok = _stats([src], [src + 1e-7], [d], [d])
+    assert ok["rows"] == 2 and 0 < ok["max_rel_diff"] < 1e-6 and ok["label_agreement"] == 1.0
+    big = _stats([np.array([[1000.0]])], [np.array([[1000.5]])], [], [])
+    assert big["max_abs_diff"] == 0.5 and big["max_rel_diff"] == pytest.approx(5e-4)
