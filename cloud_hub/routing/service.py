@@ -127,6 +127,10 @@ class RoutingService:
                 conn.execute(routing_splits.insert().values(**row))
             else:
                 history = list(cur.history or [])
+                # After a promotion the next experiment compares other versions: start it on a new
+                # split id so its evaluation never mixes in the promoted experiment's rows.
+                after_promotion = bool(history) and history[-1].get("action") == "promote"
+                reset = reset or (enabled and not cur.enabled and after_promotion)
                 split_id = uuid.uuid4().hex[:12] if reset else cur.split_id
                 history.append({"at": now.isoformat(), "action": "reset" if reset else "update",
                                 "fraction": challenger_fraction, "split_id": split_id})
@@ -148,6 +152,10 @@ class RoutingService:
         if missing:
             raise ConflictError(f"model {name} has no {' / '.join(missing)} alias; set them first "
                                 f"(cloud-hub models alias {name} {missing[0]} VERSION)", field=missing[0])
+        if aliases[CHAMPION] == aliases[CHALLENGER]:
+            raise ConflictError(f"champion and challenger of {name} are the same version "
+                                f"{aliases[CHAMPION]}; point the challenger alias at the version to test",
+                                field=CHALLENGER)
 
     def disable(self, name: str) -> SplitConfig:
         cfg = self.get_split(name)

@@ -167,7 +167,17 @@ def test_not_enough_data_then_promote(hub, cancer_data):
     assert res["champion"] == "1.0.0" and res["previous"] == "0.9.0"
     aliases = hub.registry.aliases("cancer")
     assert aliases["champion"] == "1.0.0" and aliases["previous"] == "0.9.0"
-    assert hub.routing.get_split("cancer").enabled is False
+    old = hub.routing.get_split("cancer")
+    assert old.enabled is False
+    # the next experiment: refused while challenger == champion, then a fresh split id
+    from edge_runtime.errors import ConflictError
+
+    with pytest.raises(ConflictError):
+        hub.routing.set_split("cancer", 0.5)
+    hub.registry.set_alias("cancer", "challenger", "0.9.0")
+    new = hub.routing.set_split("cancer", 0.5)
+    assert new.enabled and new.split_id != old.split_id
+    assert hub.routing.evaluate("cancer")["groups"]["champion"]["requests"] == 0
 
 
 def test_business_metric_cost(hub, cancer_data):
