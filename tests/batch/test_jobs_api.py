@@ -48,7 +48,17 @@ def _exercise(hub, tmp_path, bad_rows_files, cancer_data):
         assert (job["rows_done"], job["rows_out"], job["rows_rejected"]) == (1500, 1498, 2)
         assert job["progress"] == 1.0
         assert job["result"] == {"output": str(out), "rejects": job["rejects"]}
-        assert pq.read_table(out).num_rows == 1498
+        table = pq.read_table(out)
+        assert table.num_rows == 1498
+        # Same answers as the hub's online route for the same rows.
+        src = pq.read_table(paths["parquet"]).slice(0, 10).to_pylist()  # rows 0..9 are clean
+        feats = [{k: v for k, v in r.items() if k not in ("customer_id", "segment")} for r in src]
+        pred = client.post("/v1/models/cancer/predict", json={"rows": feats})
+        assert pred.status_code == 200, pred.text
+        got = table.slice(0, 10).to_pylist()
+        for g, p in zip(got, pred.json()["predictions"]):
+            assert g["score"] == pytest.approx(p["probability"], abs=1e-6)
+            assert (g["label"], g["risk_level"]) == (p["label"], p["risk_level"])
         assert [j["id"] for j in client.get("/v1/jobs").json()["jobs"]] == [job["id"]]
 
         # A bigger job, cancelled while it runs: no output file, partial parts removed.
