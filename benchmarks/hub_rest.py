@@ -215,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
             pack_bundle(bundle, tar)
             r = httpx.post(base + "/v1/models?alias=champion", content=tar.read_bytes(), timeout=60)
             r.raise_for_status()
+            if label == "hub" and (args.benchvenv / "bin" / "python").exists():
+                chk = subprocess.run([str(args.benchvenv / "bin" / "python"), str(PEERS / "kserve_client_check.py"),
+                                      base, "cancer"], capture_output=True, text=True, timeout=120, check=False)
+                print(f"KServe REST client against our /v2 routes: rc={chk.returncode} "
+                      f"{(chk.stdout or chk.stderr).strip()[-600:]}", file=sys.stderr, flush=True)
             targets.append(Target(f"{label} /v1 predict", base + "/v1/models/cancer/predict",
                                   json.dumps({"rows": [row]}).encode(), check_rows, proc, work / f"{label}.log"))
             targets.append(Target(f"{label} /v2 infer", base + "/v2/models/cancer/infer", v2_body, check_v2,

@@ -90,6 +90,19 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         pass
     if args.workers > 1:
+        # Migrate and create the hub key once, here, before the workers start (they
+        # would race each other doing it).
+        from cloud_hub import db
+        from cloud_hub.registry import HubKey
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = db.connect(settings.db_url)
+        try:
+            db.migrate(engine)
+        finally:
+            engine.dispose()
+        HubKey(settings.signing_key or settings.data_dir / "keys" / "hub.key",
+               create=settings.signing_key is None or settings.dev)
         uvicorn.run("cloud_hub.commands.serve:app_factory", factory=True, workers=args.workers, **kw)
         return 0
     from cloud_hub.app import create_app

@@ -104,3 +104,33 @@ def test_serve_refuses_bad_settings(tmp_path, capsys):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert r.stderr.strip().startswith("cloud-hub: error:") and "Traceback" not in r.stderr
+
+
+def test_serve_with_two_workers(tmp_path, keypair, cancer_bundle):
+    """Workers share one data dir: migrations and the hub key are made once, before they start."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "HUB_DATA_DIR": str(tmp_path / "hub"), "HUB_ACCESS_LOG": "0",
+           "HUB_TRUSTED_KEYS": json.dumps([str(keypair[1])])}
+    proc = subprocess.Popen([sys.executable, "-m", "cloud_hub.cli", "serve", "--port", str(port), "--workers", "2"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "serve --workers 2 did not become ready"
+            time.sleep(0.3)
+        assert main(["models", "push", str(cancer_bundle), "--url", url, "--alias", "champion"]) == 0
+        keys = {httpx.get(f"{url}/v1/keys/hub.pub").headers["x-key-id"] for _ in range(8)}
+        assert len(keys) == 1  # every worker signs with the same hub key
+        for _ in range(8):  # whichever worker answers knows the model
+            assert httpx.get(f"{url}/v1/models/cancer@champion").status_code == 200
+    finally:
+        _stop(proc)
+    out = proc.stdout.read()
+    assert "Traceback" not in out, out[-3000:]
