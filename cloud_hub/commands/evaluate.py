@@ -52,6 +52,7 @@ def cmd_evaluate(args) -> int:
     c = client(args)
     d = c.post(f"/v1/models/{args.name}/evaluate", json=body)
     lines = [f"{args.name}: {d['verdict']}"] + [f"  reason: {r}" for r in d.get("reasons", [])]
+    lines += [f"  warning: {w}" for w in d.get("warnings", [])]
     lines.append(f"  {'group':<11} {'requests':>8} {'labelled':>8} {'accuracy':>8} {'auc':>8} {'pos.rate':>8}  versions")
     for g, v in d["groups"].items():
         lines.append(f"  {g:<11} {v['requests']:>8} {v['labelled']:>8} {_n(v['accuracy']):>8} {_n(v['auc']):>8} "

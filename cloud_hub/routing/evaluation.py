@@ -133,6 +133,9 @@ def evaluate(cfg: EvaluationConfig, champion: GroupData, challenger: GroupData) 
                   "business": {**biz.to_dict(), "metric": cfg.business_metric, "goal": business_goal}},
         "config": cfg.model_dump(),
     }
+    out["warnings"] = [f"{g} group answered with several versions ({', '.join(sorted(set(d.versions)))}): "
+                       f"an alias moved during the experiment; reset the split to compare two versions"
+                       for g, d in ((CHAMPION, a), (CHALLENGER, b)) if len(set(d.versions)) > 1]
     reasons: list[str] = []
     la, lb = len(a.outcomes), len(b.outcomes)
     if la < cfg.min_samples or lb < cfg.min_samples:

@@ -153,7 +153,14 @@ def test_keep_champion_and_promotion(hub, cancer_data):
     assert getattr(e.value, "status_code", None) == 409
     assert hub.registry.aliases("cancer")["champion"] == "1.0.0"
     ev = hub.routing.evaluate("cancer", {"decide_on": "auc"})
-    assert ev["verdict"] == "KEEP_CHAMPION"
+    assert ev["verdict"] == "KEEP_CHAMPION" and ev["warnings"] == []
+    # the challenger alias moves mid-experiment: the evaluation says so
+    hub.registry.set_alias("cancer", "challenger", "1.0.0")
+    hub.registry.set_alias("cancer", "champion", "0.9.0")
+    x, _, names = cancer_data
+    serve(hub, x[:40], names, [f"cust-{i}" for i in range(40)])
+    ev = hub.routing.evaluate("cancer")
+    assert len(ev["warnings"]) == 2 and "several versions" in ev["warnings"][0]
 
 
 def test_not_enough_data_then_promote(hub, cancer_data):
