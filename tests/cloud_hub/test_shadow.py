@@ -110,6 +110,15 @@ def test_slow_shadow_never_blocks_primary_and_overflow_is_counted(tmp_path, keyp
         recs = hub.shadow.records("cancer")
         assert len(recs) == st["mirrored"]  # every queued request was compared and stored
         assert all(r["shadow_version"] == "3.0.0-slow" and r["shadow_error"] is None for r in recs)
+        # latency vs SLA: the report's p99 is the p99 of the per-request shadow latencies
+        per_request = {r["request_id"]: r["shadow_latency_ms"] for r in recs}
+        rep = hub.shadow.report("cancer", criteria={"min_samples": 1, "max_decision_change": 1.0,
+                                                    "sla_ms": 0.001})
+        lat = rep["shadows"][0]["latency_ms"]
+        assert lat["shadow_p99"] == pytest.approx(np.percentile(list(per_request.values()), 99))
+        assert lat["over_sla_rate"] == 1.0
+        assert rep["verdict"] == "FAIL"
+        assert any(r.startswith("shadow_p99_ms=") for r in rep["shadows"][0]["reasons"])
     finally:
         hub.close()
 
