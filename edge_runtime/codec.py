@@ -36,6 +36,10 @@ class RowCodec:
         self.has_range = bool(np.isfinite(self.mins).any() or np.isfinite(self.maxs).any())
         self.reject_nan = np.array([f.nan == "reject" for f in inputs.features])
         self.any_reject_nan = bool(self.reject_nan.any())
+        self._all_reject = bool(self.reject_nan.all())
+        # "reject" refuses every non-finite value: NaN/null, ±inf, and numbers too large for
+        # the model's dtype (1e40 would become inf in float32)
+        self._fmax = float(np.finfo(self.dtype).max) if self.dtype.kind == "f" else math.inf
         self._name_set = frozenset(self.names)
         self._getter = itemgetter(*self.names)
         self._min_list = self.mins.tolist()
@@ -80,13 +84,15 @@ class RowCodec:
         except (TypeError, ValueError, OverflowError):
             self._raise_type_problem(values)
             raise ValidationError("rows hold values that are not numbers", field="rows")
-        nan_mask = np.isnan(arr)
-        if self.any_reject_nan and nan_mask.any():
-            bad = np.argwhere(nan_mask & self.reject_nan)
+        if self.any_reject_nan:
+            with np.errstate(invalid="ignore"):
+                bad = np.argwhere(~(np.abs(arr) <= self._fmax) & self.reject_nan)
             if len(bad):
                 r, c = bad[0]
-                raise ValidationError(f"rows[{r}].{names[c]}: NaN/null is not allowed for this feature",
-                                      field=f"rows[{r}].{names[c]}")
+                v = arr[r, c]
+                why = ("NaN/null is not allowed for this feature" if np.isnan(v) else
+                       f"{v:g} is not allowed for this feature (not a finite {self.dtype.name})")
+                raise ValidationError(f"rows[{r}].{names[c]}: {why}", field=f"rows[{r}].{names[c]}")
         if self.has_range:
             with np.errstate(invalid="ignore"):
                 out = (arr < self.mins) | (arr > self.maxs)
@@ -95,7 +101,10 @@ class RowCodec:
                 raise ValidationError(
                     f"rows[{r}].{names[c]}: {arr[r, c]:g} is outside the allowed range "
                     f"[{self.mins[c]:g}, {self.maxs[c]:g}]", field=f"rows[{r}].{names[c]}")
-        return arr.astype(self.dtype, copy=False)
+        if self._all_reject:
+            return arr.astype(self.dtype, copy=False)
+        with np.errstate(over="ignore"):  # "allow" features: too large becomes ±inf, quietly
+            return arr.astype(self.dtype, copy=False)
 
     def _encode_one(self, row: dict) -> np.ndarray | None:
         """Single-row fast path (plain Python checks, one small array).
@@ -110,12 +119,15 @@ class RowCodec:
             vals = [row[k] for k in self.names]
         except (KeyError, TypeError):
             return None
+        fmax = self._fmax
         for v in vals:
             t = type(v)
-            if t is float:
-                if v != v:  # noqa: PLR0124  (NaN test, faster than math.isnan here)
+            if t is float or t is int:
+                # one chained compare refuses NaN, ±inf and values too large for the dtype:
+                # the vectorised path then applies the NaN policy and names the field
+                if not -fmax <= v <= fmax:
                     return None
-            elif t is not int:
+            else:
                 return None
         if self.has_range:
             for v, lo, hi in zip(vals, self._min_list, self._max_list):

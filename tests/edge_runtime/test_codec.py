@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -49,3 +50,29 @@ def test_refusals_name_the_field(rows, field):
     with pytest.raises(ValidationError) as ei:
         c.encode(rows)
     assert ei.value.field == field
+
+
+@pytest.mark.parametrize("value,needle", [
+    (float("inf"), "inf is not allowed for this feature (not a finite float32)"),
+    (-float("inf"), "-inf is not allowed"),
+    (1e39, "1e+39 is not allowed for this feature (not a finite float32)"),  # inf in float32
+    (-(10**40), "-1e+40 is not allowed"),
+])
+def test_non_finite_and_overflowing_values_are_refused(value, needle):
+    """The NaN policy covers every non-finite value: an inf reaching the model gives garbage."""
+    c = codec({"name": "a"}, {"name": "b"}, {"name": "c", "nan": "allow"})
+    for rows in ({"a": 1, "b": value, "c": 0}, [{"a": 1, "b": 2, "c": 0}, {"a": 1, "b": value, "c": 0}]):
+        with pytest.raises(ValidationError, match=re.escape(needle)) as ei:
+            c.encode(rows)
+        assert ei.value.field == ("rows[0].b" if isinstance(rows, dict) else "rows[1].b")
+    # where the policy allows NaN, non-finite values pass through (the model handles them)
+    x = c.encode({"a": 1, "b": 3.4e38, "c": value})
+    assert x[0, 1] == np.float32(3.4e38) and not np.isfinite(x[0, 2])
+
+
+def test_single_row_fast_path_agrees_on_large_values():
+    c = codec({"name": "a"}, {"name": "b"})
+    big = float(np.finfo(np.float32).max)
+    assert c.encode({"a": big, "b": -big}).tolist() == c.encode([{"a": big, "b": -big}]).tolist()
+    with pytest.raises(ValidationError, match=r"rows\[0\].a"):
+        c.encode({"a": big * 2, "b": 0})
