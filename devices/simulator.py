@@ -6,7 +6,9 @@ reconciler, telemetry windows and on-device shadow comparison). To fit 1,000 dev
 on a laptop, the simulator
 
 * drives the telemetry windows and the request load from a few shared threads
-  instead of one timer thread per device, and
+  instead of one timer thread per device, and every device's MQTT connection from one
+  epoll thread (:class:`edge_runtime.link.NetworkLoop`) instead of paho's thread per client
+  (whose ``select()`` also cannot watch descriptors above 1024), and
 * (``share_models=True``) shares the loaded :class:`~edge_runtime.model.Model` of a
   bundle between devices: every device still stages, hashes, verifies the signature
   of and self-tests its own copy; only the ONNX Runtime session is shared.
@@ -193,6 +195,8 @@ class SimDevice:
                     time.sleep(0.2 * (attempt + 1))
         if d.fleet is not None:
             d.fleet._own_timer = False  # the fleet's scheduler rolls windows
+            if d.fleet.link is not None and self.fleet.net_loop is not None:
+                d.fleet.link.net_loop = self.fleet.net_loop  # one epoll thread for every device
         d.start()
         self.daemon = d
         self.crashed = False
@@ -273,7 +277,8 @@ class Fleet:
                  rows: Sequence[Mapping[str, Any]] | None = None, sample_rate: float = 1.0,
                  share_models: bool = True, id_prefix: str = "sim", passwords: Mapping[str, str] | None = None,
                  buffer_max_windows: int = 10_000, workdir: str | Path | None = None, seed: int = 0,
-                 load_threads: int = 1, keepalive_s: int = 10, start_concurrency: int = 8) -> None:
+                 load_threads: int = 1, keepalive_s: int = 10, start_concurrency: int = 8,
+                 shared_network: bool = True) -> None:
         if n < 1:
             raise ValidationError("a fleet needs at least one device", field="n")
         self.n = n
@@ -296,6 +301,11 @@ class Fleet:
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="edgefleet-sim-"))
         self.rows = list(rows) if rows is not None else default_rows()
         self._shared = _SharedModels() if share_models else None
+        self.net_loop = None
+        if shared_network:
+            from edge_runtime.link import NetworkLoop
+
+            self.net_loop = NetworkLoop()
         rnd = random.Random(seed)
         regions = ("eu", "us", "apac")
         self.devices: list[SimDevice] = []
@@ -356,6 +366,9 @@ class Fleet:
                 d.stop()
             except Exception:
                 log.exception("stopping %s", d.id)
+        if self.net_loop is not None:
+            self.net_loop.close()
+            self.net_loop = None
         if self._shared is not None:
             self._shared.uninstall()
         if self._own_workdir:

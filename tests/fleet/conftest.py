@@ -16,9 +16,36 @@ from tests.conftest import REQUIRE_SERVICES, free_port, port_open
 
 
 @pytest.fixture
-def prefix() -> str:
-    """A topic prefix of its own per test, so tests on the shared broker never see each other."""
-    return f"test-{uuid.uuid4().hex[:10]}/v1"
+def prefix():
+    """A topic prefix of its own per test, so tests on the shared broker never see each other.
+
+    Afterwards the retained documents the test left under it (state, desired) are cleared."""
+    p = f"test-{uuid.uuid4().hex[:10]}/v1"
+    yield p
+    if port_open("127.0.0.1", 1883, 0.2):
+        clear_retained("127.0.0.1", 1883, p)
+
+
+def clear_retained(host: str, port: int, prefix: str, wait_s: float = 0.3) -> int:
+    import paho.mqtt.client as mqtt
+
+    topics: set[str] = set()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.on_message = lambda _c, _u, m: topics.add(m.topic) if m.retain and m.payload else None
+    try:
+        c.connect(host, port)
+    except OSError:
+        return 0
+    c.loop_start()
+    try:
+        c.subscribe(f"{prefix}/#", qos=1)
+        time.sleep(wait_s)
+        for t in sorted(topics):
+            c.publish(t, b"", qos=1, retain=True).wait_for_publish(2)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return len(topics)
 
 
 @pytest.fixture
