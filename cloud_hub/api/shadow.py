@@ -75,3 +75,18 @@ def prune_records(name: str, hub: HubDep, _: Admin,
                   before: Annotated[dt.datetime, Query(description="Delete records older than this (ISO 8601).")],
                   ) -> dict[str, Any]:
     return {"name": name, "deleted": hub.shadow.prune(name, before)}
+
+
+@router.get("/v1/models/{name}/shadow/records", responses=ERRORS,
+            summary="Raw comparison records, oldest first (page with after_id)")
+def list_records(name: str, hub: HubDep, _: Viewer,
+                 shadow: Annotated[str | None, Query(description="Only this shadow version.")] = None,
+                 since: Annotated[dt.datetime | None, Query(description="Only records from this time.")] = None,
+                 after_id: Annotated[int | None, Query(ge=0, description="Records after this id.")] = None,
+                 limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict[str, Any]:
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=dt.UTC)
+    recs = hub.shadow.records(name, shadow, since, limit=limit, after_id=after_id)
+    for r in recs:
+        r["created_at"] = r["created_at"].isoformat() if r.get("created_at") else None
+    return {"name": name, "records": recs, "next_after_id": recs[-1]["id"] if len(recs) == limit else None}

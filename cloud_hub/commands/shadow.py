@@ -32,6 +32,14 @@ def register(sub) -> None:
     st = s.add_parser("status", parents=[common], help="mirror queue depth, drops, errors")
     st.set_defaults(func=cmd_status)
 
+    rc = s.add_parser("records", parents=[common], help="export comparison records as JSON lines",
+                      description="Print NAME's comparison records (one JSON object per line), oldest first.")
+    rc.add_argument("name")
+    rc.add_argument("--shadow", help="only this shadow version")
+    rc.add_argument("--since", help="only records from this ISO time")
+    rc.add_argument("--limit", type=int, default=None, help="at most this many records (default: all)")
+    rc.set_defaults(func=cmd_records)
+
     pr = s.add_parser("prune", parents=[common], help="delete comparison records older than a time",
                       description="Retention: delete NAME's comparison records created before --before.")
     pr.add_argument("name")
@@ -114,3 +122,24 @@ def cmd_report(args) -> int:
 def cmd_prune(args) -> int:
     d = client(args).request("DELETE", f"/v1/models/{args.name}/shadow/records", params={"before": args.before})
     return emit(args, d, f"{args.name}: deleted {d['deleted']} comparison records")
+
+
+def cmd_records(args) -> int:
+    import json
+
+    c = client(args)
+    params = {k: getattr(args, k) for k in ("shadow", "since") if getattr(args, k) is not None}
+    left = args.limit
+    after = None
+    while left is None or left > 0:
+        page = min(1000, left) if left is not None else 1000
+        d = c.get(f"/v1/models/{args.name}/shadow/records",
+                  params={**params, "limit": page, **({"after_id": after} if after is not None else {})})
+        for r in d["records"]:
+            print(json.dumps(r))
+        if left is not None:
+            left -= len(d["records"])
+        after = d["next_after_id"]
+        if after is None:
+            break
+    return 0

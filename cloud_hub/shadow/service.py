@@ -354,10 +354,13 @@ class ShadowService:
                 "workers": 1 if self.executor == "process" else self.n_workers}
 
     def records(self, name: str, shadow_version: str | None = None, since: dt.datetime | None = None,
-                limit: int | None = None) -> list[dict[str, Any]]:
+                limit: int | None = None, after_id: int | None = None) -> list[dict[str, Any]]:
+        """Comparison records, oldest first (page with ``after_id`` = the last id seen)."""
         self.writer.flush()
         c = shadow_comparisons.c
         q = select(shadow_comparisons).where(c.name == name).order_by(c.id)
+        if after_id is not None:
+            q = q.where(c.id > after_id)
         if shadow_version:
             q = q.where(c.shadow_version == shadow_version)
         if since is not None:

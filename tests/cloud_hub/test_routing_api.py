@@ -97,7 +97,7 @@ def test_split_feedback_evaluate_promote_over_http(api, cancer_data):
 
 
 def test_shadow_over_http(api, cancer_data):
-    c, _hub = api
+    c, hub = api
     x, _, names = cancer_data
     r = c.post("/v1/models/cancer/shadows", json={"version": "1.0.0", "segments": ["mean_radius:15"]},
                headers=H_CLIENT)
@@ -123,6 +123,13 @@ def test_shadow_over_http(api, cancer_data):
     st = c.get("/v1/shadow/status", headers=H_VIEWER).json()
     assert st["mirrored"] == 100 and st["dropped"] == 0
     assert "hub_shadow_queue_depth" in c.get("/metrics", headers=H_ADMIN).text
+    page1 = c.get("/v1/models/cancer/shadow/records", params={"limit": 150}, headers=H_VIEWER).json()
+    assert len(page1["records"]) == 150 and page1["next_after_id"] == page1["records"][-1]["id"]
+    page2 = c.get("/v1/models/cancer/shadow/records", params={"limit": 150, "after_id": page1["next_after_id"]},
+                  headers=H_VIEWER).json()
+    assert len(page2["records"]) == 50 and page2["next_after_id"] is None
+    assert {r["request_id"] for r in page1["records"] + page2["records"]} == {
+        r["request_id"] for r in hub.shadow.records("cancer")}
     r = c.delete("/v1/models/cancer/shadow/records", params={"before": "2000-01-01T00:00:00Z"}, headers=H_ADMIN)
     assert r.json()["deleted"] == 0
     assert c.delete("/v1/models/cancer/shadow/records", params={"before": "x"}, headers=H_ADMIN).status_code == 422

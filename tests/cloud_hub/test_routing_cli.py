@@ -77,6 +77,9 @@ def test_cli_end_to_end(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_da
         assert rc == (0 if "cancer: PASS" in out else 3)
         assert main(["shadow", "report", "cancer", "--min-samples", "100000"]) == 4
         capsys.readouterr()
+        assert main(["shadow", "records", "cancer", "--limit", "5"]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 5 and json.loads(lines[0])["shadow_version"] == "1.0.0"
         assert main(["evaluate", "cancer", "--promote"]) == 0
         assert "champion is now 1.0.0" in capsys.readouterr().out
         assert main(["split", "show", "cancer", "--json"]) == 0
