@@ -68,8 +68,12 @@ def test_reinstalling_the_active_bundle_is_a_noop(store, cancer_bundle):
 
 def test_install_from_tar(store, cancer_bundle, tmp_path):
     tar = pack_bundle(cancer_bundle, tmp_path / "b.tar")
-    store.install(tar)
+    assert store.install(tar).switched
     assert store.model("active").digest == _digest(cancer_bundle)
+    tar.unlink()  # the store keeps its own unpacked copy, not a reference to the tar
+    held = [p for p in (store.dir / "bundles").iterdir()]
+    assert len(held) == 1 and held[0].is_dir() and (held[0] / "manifest.json").is_file()
+    assert store.model("active").self_test() == 1
 
 
 def test_shadow_install_promote_and_remove(store, cancer_bundle, cancer_bundle_v2):
