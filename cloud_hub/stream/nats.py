@@ -7,11 +7,17 @@ messages between them). An unacknowledged message comes back after
 ``ack_wait`` seconds (URL option, default 30), which is what makes a SIGKILL
 lose nothing. A stream is created for a subject that no stream covers
 (name: URL option ``stream`` or derived from the subject).
+
+The source pulls continuously on its loop thread into a small local queue
+(``prefetch`` messages, URL option, default 512), so fetching the next
+micro-batch overlaps scoring and publishing the current one. Prefetched
+messages are unacknowledged like any other: a SIGKILL loses none of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import re
 import threading
 import time
@@ -69,6 +75,10 @@ class NatsSource:
         self.subject = ep.target
         self.durable = ep.options.get("durable", group)
         self.ack_wait = float(ep.options.get("ack_wait", 30))
+        self.prefetch = max(1, int(ep.options.get("prefetch", 512)))
+        self._q: queue.Queue = queue.Queue()
+        self._closing = False
+        self.pump_error: str | None = None
         self._loop = _Loop()
         try:
             self._loop.run(self._start(ep))
@@ -86,6 +96,27 @@ class NatsSource:
                              filter_subject=self.subject)
         self.sub = await self.js.pull_subscribe(self.subject, durable=self.durable,
                                                 stream=self.stream, config=cfg)
+        self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def _pump(self) -> None:
+        """Keep up to ``prefetch`` messages pulled ahead of the worker."""
+        while not self._closing:
+            room = self.prefetch - self._q.qsize()
+            if room <= 0:
+                await asyncio.sleep(0.001)
+                continue
+            try:
+                msgs = await self._fetch(room, 1.0)
+                self.pump_error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnecting, consumer gone...: retry, keep the reason
+                self.pump_error = str(exc)
+                await asyncio.sleep(0.5)
+                continue
+            now = time.time()
+            for m in msgs:
+                self._q.put(InMessage(m.data, now, m))
 
     async def _fetch(self, n: int, timeout: float) -> list:
         # nats-py's fetch(n) in long-poll mode waits until n messages or the timeout,
@@ -103,14 +134,17 @@ class NatsSource:
         return msgs
 
     def fetch(self, max_messages: int, timeout: float) -> list[InMessage]:
+        out: list[InMessage] = []
         try:
-            msgs = self._loop.run(self._fetch(max_messages, max(timeout, 0.01)), timeout + 30)
-        except (TimeoutError, asyncio.TimeoutError):
-            return []
-        except Exception as exc:  # connection lost, consumer deleted, ...
-            raise TransportError(f"JetStream fetch from {self.subject} failed: {exc}") from exc
-        now = time.time()
-        return [InMessage(m.data, now, m) for m in msgs]
+            out.append(self._q.get(timeout=timeout))
+        except queue.Empty:
+            return out
+        while len(out) < max_messages:
+            try:
+                out.append(self._q.get_nowait())
+            except queue.Empty:
+                break
+        return out
 
     async def _ack(self, msgs: list) -> None:
         for m in msgs:
@@ -124,8 +158,20 @@ class NatsSource:
             raise TransportError(f"JetStream ack on {self.subject} failed: {exc}") from exc
 
     def close(self) -> None:
+        self._closing = True
+
+        async def stop() -> None:
+            task = getattr(self, "_pump_task", None)
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+            await self.nc.close()
+
         try:
-            self._loop.run(self.nc.close(), 10)
+            self._loop.run(stop(), 10)
         except Exception:  # closing a broken connection must not raise
             pass
         self._loop.stop()
