@@ -207,7 +207,7 @@ def main() -> int:
                 print(json.dumps(res))
         with httpx.Client(base_url=url, timeout=60) as c:
             c.post("/v1/models/cancer/shadows", json={"version": "1.1.0"})
-            rep = c.get("/v1/models/cancer/shadow/report", params={"sla_ms": 50}).json()
+            rep = c.get("/v1/models/cancer/shadow/report", params={"sla_ms": 50, "wait_s": 30}).json()
     finally:
         server.send_signal(signal.SIGTERM)
         try:

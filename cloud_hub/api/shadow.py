@@ -59,13 +59,16 @@ def shadow_report(name: str, hub: HubDep, _: Viewer,
                   min_identical_bucket: float | None = Query(None, ge=0, le=1),
                   max_mean_divergence: float | None = Query(None, ge=0),
                   min_ks_pvalue: float | None = Query(None, ge=0, le=1),
-                  max_error_rate: float = Query(0.01, ge=0, le=1)) -> dict[str, Any]:
+                  max_error_rate: float = Query(0.01, ge=0, le=1),
+                  wait_s: float = Query(0.0, ge=0, le=60, description="First wait up to this long for queued "
+                                        "mirrors to be compared and stored.")) -> dict[str, Any]:
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=dt.UTC)
     crit = {"max_decision_change": max_decision_change, "sla_ms": sla_ms, "min_samples": min_samples,
                 "min_identical_bucket": min_identical_bucket, "max_mean_divergence": max_mean_divergence,
                 "min_ks_pvalue": min_ks_pvalue, "max_error_rate": max_error_rate}
-    hub.shadow.drain(timeout=5.0)
+    if wait_s > 0:
+        hub.shadow.drain(timeout=wait_s)
     return hub.shadow.report(name, shadow_version=shadow, since=since, criteria=crit)
 
 

@@ -58,6 +58,8 @@ def register(sub) -> None:
     rp.add_argument("--min-samples", type=int, default=100, help="compared rows needed (default 100)")
     rp.add_argument("--max-mean-divergence", type=float, help="criterion on mean |score difference|")
     rp.add_argument("--min-ks-pvalue", type=float, help="criterion on the KS p-value")
+    rp.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                    help="first wait up to SECONDS for queued mirrors to be compared (default 0)")
     rp.set_defaults(func=cmd_report)
 
 
@@ -90,7 +92,7 @@ def _n(x, fmt=".4f") -> str:
 
 def cmd_report(args) -> int:
     params = {"max_decision_change": args.max_decision_change, "sla_ms": args.sla_ms,
-              "min_samples": args.min_samples}
+              "min_samples": args.min_samples, "wait_s": args.wait}
     for k in ("shadow", "since", "max_mean_divergence", "min_ks_pvalue"):
         if getattr(args, k) is not None:
             params[k] = getattr(args, k)

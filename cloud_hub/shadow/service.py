@@ -372,7 +372,7 @@ class ShadowService:
 
     def prune(self, name: str, before: dt.datetime) -> int:
         """Delete the comparison records of ``name`` older than ``before``; return how many."""
-        self.drain(timeout=5.0)
+        self.writer.flush()
         before = before if before.tzinfo else before.replace(tzinfo=dt.UTC)
         c = shadow_comparisons.c
         with self.hub.engine.begin() as conn:

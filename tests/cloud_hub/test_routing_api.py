@@ -112,8 +112,8 @@ def test_shadow_over_http(api, cancer_data):
     for i in range(0, 200, 2):
         assert c.post("/v1/models/cancer@champion/predict", json={"rows": rows_of(x[i:i + 2], names)},
                       headers=H_CLIENT).status_code == 200
-    rep = c.get("/v1/models/cancer/shadow/report", params={"sla_ms": 1000, "max_decision_change": 0.5},
-                headers=H_VIEWER).json()
+    rep = c.get("/v1/models/cancer/shadow/report",
+                params={"sla_ms": 1000, "max_decision_change": 0.5, "wait_s": 30}, headers=H_VIEWER).json()
     s = rep["shadows"][0]
     assert s["compared"] == 200 and s["shadow_version"] == "1.0.0" and s["primary_versions"] == ["0.9.0"]
     assert rep["verdict"] == s["verdict"] and s["ks_pvalue"] is not None
@@ -234,7 +234,8 @@ def _restart_roundtrip(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_dat
                 body = c.post("/v1/models/cancer/predict",
                               json={"rows": rows_of(x[i:i + 1], names, [f"id{i}"])}).json()
                 before[f"id{i}"] = body["group"]
-            rep1 = c.get("/v1/models/cancer/shadow/report", params={"sla_ms": 1000, "min_samples": 1}).json()
+            rep1 = c.get("/v1/models/cancer/shadow/report",
+                         params={"sla_ms": 1000, "min_samples": 1, "wait_s": 30}).json()
         _stop(p)
         p = _start(env, port)
         url = f"http://127.0.0.1:{p.port}"  # same port unless it was taken meanwhile
@@ -246,7 +247,8 @@ def _restart_roundtrip(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_dat
                 body = c.post("/v1/models/cancer/predict",
                               json={"rows": rows_of(x[i:i + 1], names, [f"id{i}"])}).json()
                 assert body["group"] == before[f"id{i}"]
-            rep2 = c.get("/v1/models/cancer/shadow/report", params={"sla_ms": 1000, "min_samples": 1}).json()
+            rep2 = c.get("/v1/models/cancer/shadow/report",
+                         params={"sla_ms": 1000, "min_samples": 1, "wait_s": 30}).json()
             st = c.get("/v1/models/cancer/split/stats").json()
         shadowed_before = rep1["shadows"][0]["compared"]
         assert shadowed_before > 0

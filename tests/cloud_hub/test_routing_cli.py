@@ -71,7 +71,7 @@ def test_cli_end_to_end(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_da
         assert main(["models", "evaluate", "cancer", "--decide-on", "auc"]) == 0
         out = capsys.readouterr().out
         assert out.startswith("cancer: PROMOTE") and "delong" in out
-        rc = main(["shadow", "report", "cancer", "--sla-ms", "1000", "--max-decision-change", "0.5"])
+        rc = main(["shadow", "report", "cancer", "--sla-ms", "1000", "--max-decision-change", "0.5", "--wait", "30"])
         out = capsys.readouterr().out
         assert "KS statistic=" in out and "segment mean_radius:15=" in out
         assert rc == (0 if "cancer: PASS" in out else 3)
