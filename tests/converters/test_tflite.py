@@ -343,3 +343,30 @@ def test_parity_stats_do_not_let_nan_pass():
     assert ok["rows"] == 2 and 0 < ok["max_rel_diff"] < 1e-6 and ok["label_agreement"] == 1.0
     big = _stats([np.array([[1000.0]])], [np.array([[1000.5]])], [], [])
     assert big["max_abs_diff"] == 0.5 and big["max_rel_diff"] == pytest.approx(5e-4)
+
+
+def test_parity_gate_always_checks_some_rows(bundles, tmp_path, keypair):
+    """A source without golden vectors: INT8 is checked on the synthetic rows, and with
+    parity_rows=0 there is nothing to compare, which is refused rather than passed."""
+    import json
+    import shutil
+
+    from edge_runtime.bundle import sign_bundle
+
+    src = tmp_path / "nogolden"
+    shutil.copytree(bundles("mlp_digits"), src)
+    m = json.loads((src / "manifest.json").read_text())
+    m["golden"] = []
+    (src / "manifest.json").write_text(json.dumps(m))
+    sign_bundle(src, keypair[0])
+    with pytest.raises(ConversionError, match="nothing to check parity on") as err:
+        onnx_to_tflite(src, tmp_path / "none", TFLiteConfig(key=keypair[0], parity_rows=0))
+    assert err.value.field == "parity_rows" and not (tmp_path / "none").exists()
+    # INT8 without golden rows: judged on the 256 synthetic rows (it used to pass on 0 rows)
+    with pytest.raises(ConversionError, match="disagrees with the source.* on 256 rows"):
+        onnx_to_tflite(src, tmp_path / "q", TFLiteConfig(key=keypair[0], int8_weights=True,
+                                                         int8_min_elements=0))
+    out = onnx_to_tflite(src, tmp_path / "q", TFLiteConfig(key=keypair[0], int8_weights=True,
+                                                           int8_min_elements=0, atol=0.8))
+    parity = read_bundle(out).manifest.provenance["parity"]
+    assert parity["golden"]["rows"] == 0 and parity["all"]["rows"] == 256
