@@ -356,6 +356,11 @@ def _cast(g: MilGraph, node) -> None:
     g.emit("cast", node.output[0], x=x, dtype=names[to])
 
 
+@_op("Not")
+def _not(g: MilGraph, node) -> None:
+    g.emit("logical_not", node.output[0], x=g.get(node.input[0]))
+
+
 def _axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 

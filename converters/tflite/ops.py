@@ -182,6 +182,15 @@ def cast(ctx: GraphConverter, node) -> None:
              ctx.options("Cast", inDataType=tensor_type(v.dtype), outDataType=tensor_type(to)))
 
 
+@register("Not", doc="LOGICAL_NOT (skl2onnx's OvR normalisation: Cast bool → Not → Cast)")
+def logical_not(ctx: GraphConverter, node) -> None:
+    v = ctx.value(node.input[0], "any")
+    if v.dtype != np.bool_:
+        raise OpError(f"Not on a {v.dtype} tensor (bool only)")
+    out = ctx.new_value(node.output[0], v.shape, np.bool_, v.layout)
+    ctx.emit("LOGICAL_NOT", [v.index], [out.index])
+
+
 def _axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 

@@ -57,6 +57,12 @@ def estimator(kind: str):
             m = make_pipeline(StandardScaler(),
                               MLPClassifier((64, 32), max_iter=200, random_state=0))
             return m.fit(x, y), x, y, names, "multiclass_classification"
+        if kind == "sgd_digits":  # skl2onnx's OvR head: Cast(bool) → Not → Cast
+            from sklearn.linear_model import SGDClassifier
+
+            x, y, names = digits()
+            m = make_pipeline(StandardScaler(), SGDClassifier(loss="log_loss", random_state=0))
+            return m.fit(x, y), x, y, names, "multiclass_classification"
         if kind == "linreg":
             x, y, names = cancer()
             return LinearRegression().fit(x[:, :10], x[:, 10]), x[:, :10], x[:, 10], \

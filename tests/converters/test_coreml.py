@@ -174,7 +174,7 @@ def test_registry_covers_the_issue_op_set():
     ops = supported_ops()
     for op in ("Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid", "Tanh", "Softmax",
                "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
-               "Concat", "Identity", "Cast", "LinearClassifier", "Normalizer", "Scaler"):
+               "Concat", "Identity", "Cast", "LinearClassifier", "Normalizer", "Scaler", "Not"):
         assert op in ops, op
 
 
@@ -236,3 +236,11 @@ def test_max_abs_diff_does_not_let_nan_pass():
     assert max_abs_diff(np.ones((4, 1)), np.ones(4)[:, None]) == 0.0
     assert max_abs_diff(np.array([np.inf, 1.0]), np.array([np.inf, 1.0])) == 0.0
     assert max_abs_diff(np.array([np.inf]), np.array([1.0])) == float("inf")
+
+
+def test_sgd_ovr_head_with_logical_not(src, tmp_path, keypair):
+    out = onnx_to_coreml(src("sgd_digits"), tmp_path / "cm", CoreMLConfig(key=keypair[0]))
+    m = read_bundle(out).manifest
+    assert "logical_not" in _ops(_spec(out))
+    mil = m.provenance["mil_value_check"]
+    assert mil["status"] == "passed" and mil["max_abs_diff"] < 1e-5

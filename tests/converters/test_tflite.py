@@ -370,3 +370,20 @@ def test_parity_gate_always_checks_some_rows(bundles, tmp_path, keypair):
                                                            int8_min_elements=0, atol=0.8))
     parity = read_bundle(out).manifest.provenance["parity"]
     assert parity["golden"]["rows"] == 0 and parity["all"]["rows"] == 256
+
+
+def test_sgd_log_loss_multiclass_head(bundles, tmp_path, keypair):
+    """skl2onnx's one-vs-rest head for SGDClassifier(log_loss) on digits normalises with
+    Cast(bool) → Not → Cast: converted (LOGICAL_NOT) and equal to ONNX Runtime."""
+    import onnx
+
+    src = bundles("sgd_digits")
+    assert "Not" in {n.op_type for n in onnx.load(str(read_bundle(src).model_path)).graph.node}
+    out = onnx_to_tflite(src, tmp_path / "tfl", TFLiteConfig(key=keypair[0]))
+    t_model, s_model = Model.load(out), Model.load(src)
+    assert t_model.manifest.provenance["tflite_ops"]["LOGICAL_NOT"] == 1
+    x, y, _ = ff.digits()
+    sa, sb = s_model.score_array(x), t_model.score_array(x)
+    assert np.mean(sa.label_index == y) > 0.9
+    assert np.array_equal(sa.label_index, sb.label_index)
+    assert np.abs(sa.probabilities - sb.probabilities).max() < 1e-5
