@@ -32,6 +32,31 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def build_sklearn_bundle(out: Path, estimator, x: np.ndarray, names: list[str], *, key,
+                         version: str = "1.0.0") -> Path:
+    """A signed ONNX bundle of a fitted binary classifier (skl2onnx), with golden vectors."""
+    from skl2onnx import to_onnx
+
+    from edge_runtime.bundle import write_bundle
+
+    onx = to_onnx(estimator, x[:1], options={id(estimator): {"zipmap": False}}, target_opset=17)
+    proba = estimator.predict_proba(x[:8]).astype(np.float64)
+    manifest = {
+        "name": "cancer", "version": version, "format": "onnx", "model_file": "model.onnx",
+        "task": "binary_classification",
+        "inputs": {"kind": "features", "tensor": onx.graph.input[0].name,
+                   "features": [{"name": n, "dtype": "float32"} for n in names]},
+        "outputs": [{"name": "label", "role": "label"}, {"name": "probabilities", "role": "probabilities"}],
+        "postprocess": {"classes": ["benign_no", "malignant_no"], "positive_class": "malignant_no",
+                        "threshold": 0.5},
+        "golden": [{"rows": [dict(zip(names, map(float, r))) for r in x[:8]],
+                    "expected_probability": proba[:, 1].tolist(), "atol": 1e-4}],
+        "provenance": {"source": type(estimator).__name__, "dataset": "load_breast_cancer"},
+    }
+    write_bundle(out, manifest, {"model.onnx": onx.SerializeToString()}, key=key)
+    return out
+
+
 def make_bundles(d: Path):
     from sklearn.datasets import load_breast_cancer
     from sklearn.linear_model import LogisticRegression
@@ -39,7 +64,6 @@ def make_bundles(d: Path):
     from sklearn.preprocessing import StandardScaler
 
     from edge_runtime.signing import generate_keypair
-    from tests.conftest import build_sklearn_bundle
 
     data = load_breast_cancer()
     names = [n.replace(" ", "_") for n in data.feature_names]
