@@ -5,13 +5,17 @@ tabular benchmark model (30-64-64-2 MLP, see benchmarks/_tabular.py):
 
 1. sustained rate: ``--messages`` inputs are published as fast as possible
    (JetStream: pre-loaded into the stream before the worker starts, so the
-   worker is the bottleneck; MQTT: published while the worker runs, QoS 1); the
-   rate is outputs received at the sink / time between the first and the last;
+   worker is the bottleneck; MQTT: published while the worker runs, QoS 1, at
+   most ``--window`` ahead of the results because Mosquitto drops QoS 1 messages
+   beyond ``max_queued_messages`` (1000) per subscriber); the rate is outputs
+   received at the sink / time between the first and the last;
 2. latency: inputs are published at 50 % of that rate for ``--latency-s``
    seconds, each carrying its publish time; a subscriber on the sink computes
    publish → result-received latency; p50/p99/max are reported.
 
-Needs Mosquitto on 127.0.0.1:1883 and NATS JetStream on 127.0.0.1:4222.
+Needs Mosquitto on 127.0.0.1:1883 (run with its defaults, and a second, private
+``mosquitto`` started on a free port with ``max_inflight_messages 1000``) and NATS
+JetStream on 127.0.0.1:4222.
 Usage: python benchmarks/stream.py [--messages 30000] [--latency-s 10] [--batch-size 256] [--json F]
 """
 
@@ -187,7 +191,32 @@ def bench_nats(bundle: Path, args, work: Path) -> dict:
 
 
 # ---- MQTT (Mosquitto) ----------------------------------------------------------------
-def bench_mqtt(bundle: Path, args, work: Path) -> dict:
+def own_mosquitto(work: Path) -> tuple[subprocess.Popen, int]:
+    """A private Mosquitto on a free port, tuned for a stream worker: 1000 in-flight
+    QoS 1 messages per client (default 20, which caps every micro-batch at 20) and a deep
+    per-client queue (default 1000, beyond which QoS 1 messages are dropped)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_inflight_messages 1000\nmax_queued_messages 100000\n")
+    p = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return p, port
+        except OSError:
+            time.sleep(0.05)
+    p.kill()
+    raise RuntimeError("mosquitto did not start")
+
+
+def bench_mqtt(bundle: Path, args, work: Path, port: int = 1883, label: str = "default") -> dict:
     import paho.mqtt.client as mqtt
 
     u = uuid.uuid4().hex[:8]
@@ -195,23 +224,29 @@ def bench_mqtt(bundle: Path, args, work: Path) -> dict:
     rx = Receiver()
     sub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sub.on_message = lambda c, ud, m: rx.on(m.payload)
-    sub.connect("127.0.0.1", 1883)
+    sub.connect("127.0.0.1", port)
     sub.loop_start()
     sub.subscribe(t_out, qos=1)
     pub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     pub.max_inflight_messages_set(1000)
-    pub.connect("127.0.0.1", 1883)
+    pub.connect("127.0.0.1", port)
     pub.loop_start()
-    base = "mqtt://127.0.0.1:1883/"
-    w = start_worker(bundle, base + t_in, base + t_out, base + t_dlq, args, work / "mqtt-worker.log")
+    base = f"mqtt://127.0.0.1:{port}/"
+    w = start_worker(bundle, base + t_in, base + t_out, base + t_dlq, args,
+                     work / f"mqtt-worker-{port}.log")
     try:
         n = args.messages
         msgs = payloads(n)
         t0 = time.perf_counter()
         infos = []
         for i, m in enumerate(msgs):
+            # Keep at most --window messages ahead of the results: Mosquitto queues at most
+            # max_queued_messages (1000 by default) per subscriber and drops the rest, so an
+            # unthrottled publisher would measure the broker's drops, not the worker.
+            while i - rx.count >= args.window:
+                time.sleep(0.0005)
             infos.append(pub.publish(t_in, encode(m), qos=1))
-            if len(infos) >= 500:  # keep the client's queue bounded
+            if len(infos) >= 500:
                 infos.pop(0).wait_for_publish(30)
         for i in infos:
             i.wait_for_publish(30)
@@ -229,7 +264,7 @@ def bench_mqtt(bundle: Path, args, work: Path) -> dict:
         for c in (sub, pub):
             c.loop_stop()
             c.disconnect()
-    return {"transport": "mqtt-mosquitto", "messages": n, "sustained_msgs_per_s": round(rate),
+    return {"transport": f"mqtt-mosquitto ({label})", "messages": n, "sustained_msgs_per_s": round(rate),
             "publisher_msgs_per_s": round(pub_rate),
             "latency_at_rate_msgs_per_s": round(sent_rate), "latency": lat}
 
@@ -240,6 +275,8 @@ def main() -> None:
     ap.add_argument("--latency-s", type=float, default=10.0)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--window", type=int, default=800,
+                    help="MQTT: most inputs published ahead of the results (broker queue limit)")
     ap.add_argument("--only", choices=["nats", "mqtt"], default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -260,7 +297,16 @@ def main() -> None:
         report["results"].append(bench_nats(bundle, args, work))
         print(json.dumps(report["results"][-1]), file=sys.stderr)
     if args.only in (None, "mqtt"):
-        report["results"].append(bench_mqtt(bundle, args, work))
+        report["results"].append(bench_mqtt(bundle, args, work, 1883,
+                                            "127.0.0.1:1883, broker defaults"))
+        print(json.dumps(report["results"][-1]), file=sys.stderr)
+        broker, port = own_mosquitto(work)
+        try:
+            report["results"].append(bench_mqtt(bundle, args, work, port,
+                                                "own broker, max_inflight_messages 1000"))
+        finally:
+            broker.terminate()
+            broker.wait(timeout=10)
         print(json.dumps(report["results"][-1]), file=sys.stderr)
     print(json.dumps(report, indent=2))
     if args.json:
