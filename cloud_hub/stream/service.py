@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import socket
 import threading
 import uuid
 from typing import Any
@@ -124,9 +125,11 @@ class StreamService:
         r = self._row(wid)
         try:
             _, model = self.hub.models.get(r["model_ref"])
+            # MQTT client id cloudhub-cloudhub-NAME-HOST: stable across restarts of this
+            # hub (its session and unacked messages come back), distinct per replica host.
             worker = build_worker(model, r["source"], r["sink"], r["dead_letter"],
                                   StreamOptions(**json.loads(r["options"])), group="cloudhub",
-                                  name=r["name"])
+                                  name=f"{r['name']}-{socket.gethostname()}")
         except EdgeError as exc:
             self._set(wid, status="failed", error=exc.message)
             return
