@@ -190,3 +190,21 @@ def test_hub_key_created_once_under_concurrent_starts(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["hub.key", "hub.pub"]
     with pytest.raises(BundleError):
         HubKey(tmp_path / "missing.key", create=False)
+
+
+def test_trusted_keys_directory(make_hub, tmp_path, keypair, cancer_bundle):
+    data = tmp_path / "hub2"
+    hub = make_hub(data_dir=data, trusted_keys=[])
+    with pytest.raises(BundleError, match="trusted"):
+        hub.registry.push(cancer_bundle)
+    hub.close()
+    (data / "keys" / "trusted").mkdir(parents=True)
+    shutil.copy(keypair[1], data / "keys" / "trusted" / "fleet.pub")
+    hub = make_hub(data_dir=data, trusted_keys=[])
+    assert hub.registry.push(cancer_bundle).signer_key_id == load_public_key_id(keypair[1])
+
+
+def load_public_key_id(path):
+    from edge_runtime.signing import key_id
+
+    return key_id(load_public_key(path))
