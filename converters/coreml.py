@@ -201,6 +201,13 @@ class MilGraph:
             raise OpError(f"input {name!r} is not produced by any converted node")
         return self.vars[name]
 
+    def const(self, name: str) -> np.ndarray | None:
+        """The folded constant ``name``, or None for a tensor (shared helpers such as
+        ``clip_bounds`` ask the graph this, as they ask the TFLite converter)."""
+        if name in self.symbolic:
+            raise OpError(f"{name!r} depends on the free batch size (only Reshape targets may)")
+        return self.consts.get(name)
+
     def shape(self, name: str) -> tuple[int, ...]:
         v = self.get(name)
         if isinstance(v, np.ndarray):
@@ -286,12 +293,27 @@ def _binary(g: MilGraph, node) -> None:
 
 _UN = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log",
        "Sqrt": "sqrt", "Abs": "abs", "Floor": "floor", "Ceil": "ceil", "Erf": "erf",
-       "Sin": "sin", "Cos": "cos", "Reciprocal": "inverse"}
+       "Sin": "sin", "Cos": "cos"}
 
 
 @_op(*_UN)
 def _unary(g: MilGraph, node) -> None:
     g.emit(_UN[node.op_type], node.output[0], x=g.get(node.input[0]))
+
+
+@_op("Reciprocal")
+def _reciprocal(g: MilGraph, node) -> None:
+    # not MIL's ``inverse``: it computes 1 / (x + epsilon) with epsilon 1e-4 by default
+    g.emit("real_div", node.output[0], x=np.float32(1.0), y=g.get(node.input[0]))
+
+
+@_op("HardSwish")
+def _hard_swish(g: MilGraph, node) -> None:
+    # x * max(0, min(1, x / 6 + 1 / 2))
+    x = g.get(node.input[0])
+    gate = g.tmp("sigmoid_hard", node.output[0], x=x, alpha=np.float32(1.0 / 6.0),
+                 beta=np.float32(0.5))
+    g.emit("mul", node.output[0], x=x, y=gate)
 
 
 @_op("Neg")

@@ -244,3 +244,44 @@ def test_sgd_ovr_head_with_logical_not(src, tmp_path, keypair):
     assert "logical_not" in _ops(_spec(out))
     mil = m.provenance["mil_value_check"]
     assert mil["status"] == "passed" and mil["max_abs_diff"] < 1e-5
+
+
+# Element-wise/tabular graphs of the TFLite op tests, checked here through MIL value
+# inference (convolutions and pooling have none); includes Clip (Relu6), Reciprocal and
+# HardSwish, which used to crash or differ from ONNX Runtime.
+_VALUE_CASES = ["Relu", "Sigmoid", "Tanh", "Abs", "Neg", "Exp", "Floor", "Ceil", "Sin", "Cos",
+                "HardSwish", "Log", "Sqrt", "Reciprocal", "Elu", "LeakyRelu", "Clip06", "ClipAny",
+                "AddRow", "SubLeft", "MulCol", "DivRow", "AddSelf", "MaxConst", "MinConst",
+                "PowConst", "ConstantNode", "Softmax", "LogSoftmax", "GemmTransB",
+                "MatMulAddRelu", "ConcatConst", "Unsqueeze", "ReduceMean", "ReduceSum",
+                "ReduceMax", "ReduceMin", "GatherCols", "Scaler", "NormalizerL1", "NormalizerL2",
+                "NormalizerMAX", "LinearRegressor", "CastNotCast", "Flatten4D", "Transpose",
+                "SliceCh", "GlobalMax", "GlobalAvg", "Squeeze"]
+
+
+@pytest.mark.parametrize("case", _VALUE_CASES)
+def test_op_values_match_onnxruntime(case):
+    import onnxruntime as ort
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import Function, types
+    from onnx import helper
+    from test_tflite_ops import CASES, _model
+
+    from converters.coreml import MilGraph, build_program, validate_spec
+
+    nodes, x, inits = CASES[case]
+    model = _model(nodes, [None] + list(x.shape[1:]), None, inits.items())
+    if any(n.domain == "ai.onnx.ml" for n in nodes):
+        model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 1))
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    _, mlmodel, expected = build_program(model, ["Y"], CoreMLConfig())
+    validate_spec(mlmodel.get_spec(), model, ["Y"], expected, CoreMLConfig())
+    g = MilGraph(model, ["Y"], mb, types)
+    with Function({}, import_coremltools().target.iOS15), np.errstate(over="ignore"):
+        (out,) = g.build({"X": mb.const(val=x)})
+        got = out.val
+    if got is None:
+        pytest.skip(f"{case}: no MIL value inference for its ops")
+    np.testing.assert_allclose(np.asarray(got, np.float64), want.astype(np.float64),
+                               rtol=1e-5, atol=1e-5)
