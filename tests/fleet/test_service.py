@@ -118,3 +118,36 @@ def test_acl_files_use_mosquitto_format(make_hub, tmp_path):
         r = subprocess.run(["mosquitto_passwd", "-b", str(passwd), "dev-3", "x"], capture_output=True, timeout=10)
         assert r.returncode == 0, r.stderr
         assert lines["dev-1"] in passwd.read_text()
+
+
+@pytest.mark.services
+def test_postgresql_dedupe_and_stats(postgres_url, make_hub, tmp_path):
+    """The same ingest writes on PostgreSQL (several hub replicas share one database)."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    schema = f"fleet_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        url = postgres_url + ("&" if "?" in postgres_url else "?") + f"options=-csearch_path%3D{schema}"
+        hub = make_hub(database_url=url)
+        big_seq = 1_795_000_000_000  # time-based sequence numbers need 64-bit columns
+        batch = [(_window("dev-1", big_seq + i, [0.001 * (i + 1)] * 50), 1.0) for i in range(4)]
+        hub.fleet.write_batch(windows=batch)
+        hub.fleet.write_batch(windows=batch)  # replayed: stored once
+        ev = DeviceEvent(device_id="dev-1", event_id="e-pg", step="received")
+        hub.fleet.write_batch(events=[(ev, 1.0), (ev, 1.0)])
+        assert hub.fleet.window_seqs("dev-1") == [big_seq + i for i in range(4)]
+        agg = hub.fleet.window_stats(["dev-1"], name="cancer")
+        assert agg.requests == 200 and agg.windows == 4
+        assert abs(agg.p99 - 0.004) / 0.004 <= 0.02
+        assert len(hub.fleet.events(device_id="dev-1")) == 1
+        assert hub.fleet.device("dev-1").last_window_at == 1.0
+        hub.close()
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
