@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
-import time
 import itertools
+import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol

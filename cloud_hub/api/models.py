@@ -39,24 +39,29 @@ class AliasesBody(BaseModel):
 
 
 async def _receive_upload(request: Request, dest: Path) -> None:
+    """Stream the upload to ``dest``; file writes run in a worker thread so a large
+    upload does not stall the event loop (and the predictions it serves)."""
     ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=10)
-        try:
-            upload = form.get("bundle")
-            if upload is None:
-                upload = next((v for v in form.values() if hasattr(v, "read")), None)
-            if upload is None or not hasattr(upload, "read"):
-                raise ValidationError("multipart upload needs a file part named 'bundle'", field="bundle")
-            with open(dest, "wb") as fh:
+    fh = await asyncio.to_thread(open, dest, "wb")
+    try:
+        if ctype.startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=10)
+            try:
+                upload = form.get("bundle")
+                if upload is None:
+                    upload = next((v for v in form.values() if hasattr(v, "read")), None)
+                if upload is None or not hasattr(upload, "read"):
+                    raise ValidationError("multipart upload needs a file part named 'bundle'", field="bundle")
                 while chunk := await upload.read(1024 * 1024):
-                    fh.write(chunk)
-        finally:
-            await form.close()
-        return
-    with open(dest, "wb") as fh:
-        async for chunk in request.stream():
-            fh.write(chunk)
+                    await asyncio.to_thread(fh.write, chunk)
+            finally:
+                await form.close()
+        else:
+            async for chunk in request.stream():
+                if chunk:
+                    await asyncio.to_thread(fh.write, chunk)
+    finally:
+        await asyncio.to_thread(fh.close)
     if dest.stat().st_size == 0:
         raise ValidationError("empty upload: send the bundle tar as the body or as multipart "
                               "part 'bundle'", field="bundle")

@@ -64,11 +64,11 @@ async def server_metadata() -> dict[str, Any]:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("edgefleet")
-    except Exception:
+    except PackageNotFoundError:
         return "0"
 
 

@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from cloud_hub.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
-    kw = dict(host=settings.host, port=settings.port, log_config=None, access_log=False,
-              server_header=False, proxy_headers=False, timeout_keep_alive=30)
+    kw = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
+          "server_header": False, "proxy_headers": False, "timeout_keep_alive": 30}
     try:
         import uvloop  # noqa: F401
 

@@ -71,7 +71,7 @@ def test_microbatcher_merges_and_splits(cancer_bundle, cancer_data):
 def test_engine_failure_is_500_without_trace(server, cancer_bundle, cancer_data, monkeypatch):
     url, hub = server
     hub.registry.push(cancer_bundle)
-    mv, model = hub.models.get("cancer")
+    _, model = hub.models.get("cancer")
 
     def boom(x):
         raise RuntimeError("secret internal detail")

@@ -9,7 +9,7 @@ import pytest
 from edge_runtime.model import Model
 
 tritonhttp = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402
+from tritonclient.utils import InferenceServerException
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def _input(x, name="X", binary=True, dtype="FP32"):
 
 def test_tritonclient_health_metadata_infer(oip, cancer_data, cancer_bundle):
     client, _, _ = oip
-    x, _, names = cancer_data
+    x, _, _ = cancer_data
     assert client.is_server_live() and client.is_server_ready()
     assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
     assert client.is_model_ready("cancer") and client.is_model_ready("cancer", "2.0.0")
