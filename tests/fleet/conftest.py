@@ -70,9 +70,10 @@ class MosquittoProcess:
     """A private mosquitto on a free port (killed by its PID), for restart and ACL tests."""
 
     def __init__(self, workdir: Path, passwd: Path | None = None, acl: Path | None = None,
-                 persist: bool = False) -> None:
+                 persist: bool = False, extra: list[str] | None = None) -> None:
         self.workdir = workdir
         self.persist = persist
+        self.extra = list(extra or [])
         self.port = free_port()
         self.passwd, self.acl = passwd, acl
         self.proc: subprocess.Popen | None = None
@@ -94,6 +95,7 @@ class MosquittoProcess:
             lines += ["allow_anonymous true"]
         if self.acl:
             lines += [f"acl_file {self.acl}"]
+        lines += self.extra
         conf.write_text("\n".join(lines) + "\n")
         self.proc = subprocess.Popen([_mosquitto_bin(), "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
@@ -135,9 +137,10 @@ def own_mosquitto(tmp_path):
     """Factory: start a private mosquitto (optionally with passwd/acl files); all stopped at the end."""
     procs: list[MosquittoProcess] = []
 
-    def start(passwd: Path | None = None, acl: Path | None = None, persist: bool = False) -> MosquittoProcess:
+    def start(passwd: Path | None = None, acl: Path | None = None, persist: bool = False,
+              extra: list[str] | None = None) -> MosquittoProcess:
         _mosquitto_bin()
-        m = MosquittoProcess(tmp_path, passwd, acl, persist).start()
+        m = MosquittoProcess(tmp_path, passwd, acl, persist, extra).start()
         procs.append(m)
         return m
 
@@ -209,11 +212,12 @@ def make_agent(tmp_path, keypair):
     made = []
 
     def make(device_id: str, *, url: str | None, prefix: str, bundle: Path | None = None,
-             interval_s: float = 0.25, username: str | None = None, password: str | None = None, **kw):
+             interval_s: float = 0.25, username: str | None = None, password: str | None = None,
+             ca_file: str | None = None, **kw):
         store = ModelStore(tmp_path / device_id / "store", "x86-gateway", [keypair[1]], latency_runs=10)
         if bundle is not None:
             store.install(bundle)
-        mqtt = MqttConfig(url=url, username=username, password=password) if url else None
+        mqtt = MqttConfig(url=url, username=username, password=password, ca_file=ca_file) if url else None
         agent = FleetAgent(device_id, store, mqtt=mqtt, data_dir=tmp_path / device_id / "fleet", prefix=prefix,
                            interval_s=interval_s, profile="x86-gateway", tags={"region": "eu"}, **kw)
         made.append((agent, store))
