@@ -153,6 +153,26 @@ class StreamWorker:
             out.append(json.dumps(rec).encode())
         return out, dead
 
+    def _process_safely(self, msgs: list[InMessage]) -> tuple[list[bytes], list[bytes]]:
+        """``process``, but a message that makes scoring itself fail (a poison message,
+        an engine error) is dead-lettered alone instead of blocking the stream."""
+        try:
+            return self.process(msgs)
+        except Exception:
+            log.exception("micro-batch of %d failed; scoring its messages one by one", len(msgs))
+        out: list[bytes] = []
+        dead: list[bytes] = []
+        for m in msgs:
+            try:
+                o, d = self.process([m])
+            except EdgeError as exc:
+                o, d = [], [self._dead(m, exc)]
+            except Exception as exc:  # never let one message stop the worker
+                o, d = [], [self._dead(m, EdgeError(f"scoring failed: {type(exc).__name__}: {exc}"))]
+            out += o
+            dead += d
+        return out, dead
+
     # ---- loop -------------------------------------------------------------------------
     def run_once(self, timeout: float = 0.5) -> int:
         msgs = self.source.fetch(self.opt.batch_size, timeout)
@@ -163,7 +183,7 @@ class StreamWorker:
             more = self.source.fetch(self.opt.batch_size - len(msgs), wait)
             msgs += more
         self.stats.received += len(msgs)
-        out, dead = self.process(msgs)
+        out, dead = self._process_safely(msgs)
         while True:  # publish until confirmed; never ack what is not published
             try:
                 if out:

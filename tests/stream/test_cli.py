@@ -34,3 +34,34 @@ def test_urls():
     with pytest.raises(ValidationError) as e:
         parse_url("mqtt://h:1883/", "sink")
     assert e.value.field == "sink"
+
+
+def test_poison_message_is_dead_lettered_not_blocking(cancer_bundle, cancer_data):
+    """A message that breaks scoring itself goes to the dead letters; the others are scored."""
+    import json
+
+    from cloud_hub.stream.transport import InMessage
+    from cloud_hub.stream.worker import StreamWorker
+    from edge_runtime import Model
+    from tests.stream.conftest import messages
+
+    class Url:  # process() only reads .url of the transports
+        url = "test://in"
+
+    model = Model.load(cancer_bundle)
+    worker = StreamWorker(model, Url(), Url(), Url())
+    real = model.score_array
+    msgs = [InMessage(m) for m in messages(cancer_data, 5)]
+
+    def flaky(x):  # the engine fails on batches containing a huge value
+        if (x > 1e30).any():
+            raise RuntimeError("engine exploded")
+        return real(x)
+
+    model.score_array = flaky
+    poison = json.loads(msgs[2].data)
+    poison["features"][cancer_data[2][0]] = 1e38
+    msgs[2] = InMessage(json.dumps(poison).encode())
+    out, dead = worker._process_safely(msgs)
+    assert sorted(json.loads(o)["key"] for o in out) == ["k0", "k1", "k3", "k4"]
+    assert len(dead) == 1 and "engine exploded" in json.loads(dead[0])["reason"]
