@@ -224,3 +224,22 @@ def test_onnx_engine_uses_the_direct_call_on_cpu(cancer_bundle):
     with pytest.raises(EngineError, match="ONNX Runtime run failed"):
         model.engine.run({"X": np.zeros((2, 3), np.float32)})
     assert model.engine.fast_path is True  # a bad feed does not switch paths
+
+
+def test_tflite_keeps_an_interpreter_per_recent_batch_size(cancer_tflite, cancer_bundle,
+                                                           cancer_data):
+    """Mixed single-row / batch traffic: right answers for every size, a bounded number of
+    interpreters, and a size seen before is served without resizing again."""
+    x, _, _ = cancer_data
+    tfl = Model.load(cancer_tflite, warmup=False)
+    want = Model.load(cancer_bundle).score_array(x).probability
+    eng = tfl.engine
+    sizes = [1, 64, 1, 7, 64, 3, 5, 11, 1, 64, 2]
+    for n in sizes:
+        np.testing.assert_allclose(tfl.score_array(x[:n]).probability, want[:n], atol=1e-4)
+        assert len(eng._sizes) <= eng.max_sizes and next(reversed(eng._sizes)) == n
+    assert set(eng._sizes) == {11, 1, 64, 2}  # the four most recent sizes
+    kept = eng._sizes[64]
+    tfl.score_array(x[:64])
+    assert eng._sizes[64] is kept and kept.batch == 64  # reused as is
+    tfl.close()
