@@ -10,7 +10,8 @@ features; then, side by side on the same machine:
    session with ``intra_op_num_threads = workers``; the faster counts;
 2. pipeline: ``run_batch`` (local engine) Parquet → Parquet, in a fresh child
    process that reports its own peak RSS (``VmHWM``); the time includes loading
-   the model and writing the output file.
+   the model and writing the output file; once with scoring threads (default)
+   and once with scoring processes (``--processes``; RSS is the main process's).
 
 Also reported: CPU seconds per million rows for both (process CPU time, all
 threads), which a busy shared machine disturbs much less than wall time.
@@ -117,17 +118,20 @@ def child(args) -> None:
 
     c0 = time.process_time()
     res = run_batch(BatchSpec(args.bundle, args.input, args.output, id_columns=["customer_id"],
-                              batch_size=args.batch_size, workers=args.workers, overwrite=True))
+                              batch_size=args.batch_size, workers=args.workers, overwrite=True,
+                              processes=args.processes))
     out = res.to_dict()
     out["cpu_s_per_million_rows"] = (time.process_time() - c0) / res.rows_in * 1e6
     out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 
-def pipeline(bundle: Path, src: Path, dst: Path, batch: int, workers: int) -> dict:
+def pipeline(bundle: Path, src: Path, dst: Path, batch: int, workers: int,
+             processes: bool = False) -> dict:
     r = subprocess.run([sys.executable, __file__, "--child", "--bundle", str(bundle), "--input",
                         str(src), "--output", str(dst), "--batch-size", str(batch),
-                        "--workers", str(workers)], capture_output=True, text=True, check=True)
+                        "--workers", str(workers)] + (["--processes"] if processes else []),
+                       capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -151,6 +155,7 @@ def main() -> None:
         p.add_argument("--batch-size", type=int)
         p.add_argument("--workers", type=int)
         p.add_argument("--child", action="store_true")
+        p.add_argument("--processes", action="store_true")
         child(p.parse_args())
         return
     import onnxruntime
@@ -173,6 +178,8 @@ def main() -> None:
             print(f"wrote {n:,} rows in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         raw1 = raw_ort(bundle, src, args.batch_size, args.workers)
         pipe = pipeline(bundle, src, work / f"out-{n}.parquet", args.batch_size, args.workers)
+        procs = pipeline(bundle, src, work / f"out-{n}-p.parquet", args.batch_size, args.workers,
+                         processes=True)
         raw2 = raw_ort(bundle, src, args.batch_size, args.workers)
         raw = max(raw1["rows_per_s"], raw2["rows_per_s"])
         entry = {"rows": n, "input_mb": round(src.stat().st_size / 2**20, 1),
@@ -183,7 +190,10 @@ def main() -> None:
                  "raw_ort_cpu_s_per_million_rows": round(min(raw1["cpu_s_per_million_rows"],
                                                              raw2["cpu_s_per_million_rows"]), 2),
                  "pipeline_cpu_s_per_million_rows": round(pipe["cpu_s_per_million_rows"], 2),
-                 "peak_rss_mb": round(pipe["peak_rss_mb"], 1), "rows_out": pipe["rows_out"]}
+                 "peak_rss_mb": round(pipe["peak_rss_mb"], 1), "rows_out": pipe["rows_out"],
+                 "processes_rows_per_s": round(procs["rows_per_s"]),
+                 "processes_ratio": round(procs["rows_per_s"] / raw, 3),
+                 "processes_main_peak_rss_mb": round(procs["peak_rss_mb"], 1)}
         report["sizes"].append(entry)
         print(json.dumps({k: v for k, v in entry.items() if k != "raw_ort_runs"}), file=sys.stderr)
     print(json.dumps(report, indent=2))

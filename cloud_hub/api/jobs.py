@@ -34,6 +34,7 @@ class JobRequest(BaseModel):
     batch_size: int = Field(65536, ge=1, le=10_000_000, description="Rows per batch.")
     engine: Literal["local", "ray"] = Field("local", description="Scoring engine.")
     workers: int | None = Field(None, ge=1, le=1024, description="Scoring threads / Ray actors.")
+    processes: bool = Field(False, description="Local engine: score in worker processes.")
     rejects: str | None = Field(None, description="Rejected rows file (default OUTPUT-stem.rejects.jsonl).")
     input_format: Literal["parquet", "csv", "jsonl"] | None = None
     output_format: Literal["parquet", "csv", "jsonl"] | None = None

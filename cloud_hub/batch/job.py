@@ -34,6 +34,7 @@ class BatchSpec:
     batch_size: int = 65536
     engine: str = "local"
     workers: int | None = None  # default: the cores this process may use
+    processes: bool = False  # local engine: score in processes instead of threads
     rejects: str | None = None
     input_format: str | None = None
     output_format: str | None = None
@@ -169,7 +170,8 @@ def run_batch(spec: BatchSpec, *, hub: Any = None, resolved: ResolvedModel | Non
         else:
             scorer = BatchScorer(model, spec.id_columns)
             finished = run_local(reader.batches(), scorer, skip=skip, workers=workers,
-                                 write=lambda i, b, s: write(i, b.num_rows, s), cancelled=cancelled)
+                                 write=lambda i, b, s: write(i, b.num_rows, s), cancelled=cancelled,
+                                 processes=rm.bundle_path if spec.processes else None)
         if not finished:
             if cancelled() == "interrupt":
                 status = "interrupted"

@@ -228,3 +228,16 @@ def test_no_resume_restarts_cleanly(tmp_path, cancer_bundle, clean_table):
     assert run_batch(spec).resumed_from_batch == 0
     assert out.read_bytes() == once
     np.testing.assert_equal(len(pacsv.read_csv(out)), 1500)
+
+
+def test_process_workers_equal_thread_workers(tmp_path, cancer_bundle, bad_rows_files):
+    _, paths, expected_bad = bad_rows_files
+    outs = []
+    for processes in (False, True):
+        out = tmp_path / f"o-{processes}.parquet"
+        res = run_batch(BatchSpec(str(cancer_bundle), str(paths["parquet"]), str(out),
+                                  id_columns=["customer_id"], batch_size=200, workers=2,
+                                  scoring_date=DATE, processes=processes))
+        assert res.rows_rejected == len(expected_bad["parquet"])
+        outs.append((pq.read_table(out), open(res.rejects).read()))
+    assert outs[0][0].equals(outs[1][0]) and outs[0][1] == outs[1][1]
