@@ -243,3 +243,39 @@ def test_run_subprocess_serves_the_store(capsys, tmp_path, keypair, cancer_bundl
     assert proc.returncode == 0
     # the daemon released the store lock when it stopped
     assert main(["store", "status", "--config", str(cfg)]) == 0
+
+
+def test_bench_a_raw_tensor_bundle(capsys, tmp_path, keypair):
+    """Image-style bundles (raw NCHW tensors, no named features) are timed through
+    run_tensors next to the raw session, instead of failing with a traceback."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from edge_runtime.bundle import write_bundle
+
+    g = helper.make_graph([helper.make_node("Relu", ["X"], ["Y"])], "t",
+                          [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 1, 2, 2])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1, 2, 2])])
+    onx = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onx.ir_version = 8
+    x = np.arange(-4, 4, dtype=np.float32).reshape(2, 1, 2, 2)
+    b = write_bundle(tmp_path / "img", {
+        "name": "img", "version": "1", "format": "onnx", "model_file": "model.onnx",
+        "task": "raw", "outputs": [{"name": "Y", "role": "raw"}],
+        "inputs": {"kind": "tensors",
+                   "tensors": [{"name": "X", "dtype": "float32", "shape": [None, 1, 2, 2]}]},
+        "golden": [{"tensors": {"X": x.tolist()}}]},
+        {"model.onnx": onx.SerializeToString()}, key=keypair[0]).root
+    code, out, err = run_cli(capsys, "bench", "--bundle", b, "--runs", "100", "--batch", "5",
+                             "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["model"]["features"] == {"X": [None, 1, 2, 2]} and r["batch_size"] == 5
+    assert list(r["single_row"]) == ["raw_session_run", "in_process_predict"]
+    assert r["batch"]["in_process_predict"]["n"] == 200 and r["ratio_batch_p50"] > 0
+
+    from edge_runtime import Model
+    from edge_runtime.bench import sample_tensors
+
+    t = sample_tensors(Model.load(b), 5)["X"]
+    assert t.shape == (5, 1, 2, 2) and np.array_equal(t[:2], x) and np.array_equal(t[2:4], x)
