@@ -64,7 +64,19 @@ def app_factory():
         hub.fleet.start(embedded_ok=False)
     app = create_app(hub)
     app.router.on_shutdown.append(hub.close)
+    _freeze_startup_objects()
     return app
+
+
+def _freeze_startup_objects() -> None:
+    """Move the ~250k objects made at start-up (modules, SQLAlchemy metadata, FastAPI routes,
+    engines) out of the collector's reach: a full collection over them pauses the event loop
+    for ~130 ms on a small VM (measured with gc.callbacks), a p99 spike on every request
+    waiting behind it."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         app = create_app(hub)
         app.router.on_shutdown.append(hub.close)  # uvicorn re-raises SIGTERM after shutdown
+        _freeze_startup_objects()
         print(f"cloud-hub: serving on http://{settings.host}:{settings.port} (data {settings.data_dir}, "
               f"hub key {hub.registry.hub_key.key_id})", file=sys.stderr, flush=True)
         uvicorn.run(app, **kw)
