@@ -100,6 +100,8 @@ def _bad(rows, key, value):
     (lambda r: json.dumps({"rows": _bad(r, "mean_area", float("nan"))}), 422, "invalid_input",
      "rows[0].mean_area"),
     (lambda r: json.dumps({"rows": _bad(r, "mean_area", float("inf"))}), 422, "invalid_input", "body"),
+    # valid JSON, but inf once in float32: refused like NaN, naming the feature
+    (lambda r: {"rows": _bad(r, "mean_area", 1e39)}, 422, "invalid_input", "rows[0].mean_area"),
     (lambda r: {"rows": []}, 422, "invalid_input", "rows"),
     (lambda r: {"rows": 3}, 422, "invalid_input", "rows"),
     (lambda r: {"rows": [1, 2]}, 422, "invalid_input", "rows[0]"),
