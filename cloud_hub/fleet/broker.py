@@ -22,6 +22,11 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+class _SnapshotDict(dict):
+    def __iter__(self):
+        return iter(list(super().keys()))
+
+
 class EmbeddedBroker:
     def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
         self.host = host
@@ -58,6 +63,10 @@ class EmbeddedBroker:
         }
         try:
             self._broker = Broker(config, loop=loop)
+            # amqtt 0.12 iterates this dict across an ``await`` when a client connects; another
+            # client subscribing meanwhile raised "dictionary changed size during iteration" and
+            # killed the connecting client's session. Iterate over a snapshot instead.
+            self._broker._subscriptions = _SnapshotDict(self._broker._subscriptions)
             loop.run_until_complete(self._broker.start())
         except BaseException as exc:  # reported to start()
             self._error = exc
