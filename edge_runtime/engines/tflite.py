@@ -51,13 +51,20 @@ def _dtype_name(dt) -> str:
 class _Sized:
     """One interpreter with its tensors allocated for one batch size."""
 
-    __slots__ = ("batch", "inputs", "interp", "outputs")
+    __slots__ = ("batch", "in_dtype", "in_index", "inputs", "interp", "out_indices", "outputs")
 
     def __init__(self, interp, batch: int) -> None:
         self.interp = interp
         self.batch = batch
-        self.inputs = interp.get_input_details()
-        self.outputs = interp.get_output_details()
+        self._details()
+
+    def _details(self) -> None:
+        # looked up once per size, not per call (the hot path only reads these)
+        self.inputs = self.interp.get_input_details()
+        self.outputs = self.interp.get_output_details()
+        self.in_index = self.inputs[0]["index"]
+        self.in_dtype = np.dtype(self.inputs[0]["dtype"])
+        self.out_indices = [d["index"] for d in self.outputs]
 
     def resize(self, n: int) -> None:
         for d in self.inputs:
@@ -65,9 +72,14 @@ class _Sized:
             shape[0] = n
             self.interp.resize_tensor_input(d["index"], shape)
         self.interp.allocate_tensors()
-        self.inputs = self.interp.get_input_details()
-        self.outputs = self.interp.get_output_details()
+        self._details()
         self.batch = n
+
+
+class _Closed:
+    """Stands in for the last size after ``close``: any run builds a fresh interpreter."""
+
+    batch = -1
 
 
 class TFLiteEngine(Engine):
@@ -101,6 +113,7 @@ class TFLiteEngine(Engine):
                         for d in d_out]
         batch = int(d_in[0]["shape"][0]) if len(d_in[0]["shape"]) else 1
         self._sizes: OrderedDict[int, _Sized] = OrderedDict({batch: _Sized(first, batch)})
+        self._last = self._sizes[batch]  # the size of the previous call: no LRU update
         self._in_name = d_in[0]["name"]
         self._lock = threading.Lock()
 
@@ -132,14 +145,16 @@ class TFLiteEngine(Engine):
                 first = feeds.get(self._in_name)
                 if first is None:
                     first = next(iter(feeds.values()))
-                s = self._sized(first.shape[0] if first.ndim else 1)
+                n = first.shape[0] if first.ndim else 1
+                s = self._last
+                if s.batch != n:
+                    s = self._last = self._sized(n)
                 interp = s.interp
                 if len(s.inputs) == 1:  # the common case: no dict walking
-                    d = s.inputs[0]
                     arr = first
-                    if arr.dtype != d["dtype"] or not arr.flags.c_contiguous:
-                        arr = np.ascontiguousarray(arr, dtype=d["dtype"])
-                    interp.set_tensor(d["index"], arr)
+                    if arr.dtype != s.in_dtype or not arr.flags.c_contiguous:
+                        arr = np.ascontiguousarray(arr, dtype=s.in_dtype)
+                    interp.set_tensor(s.in_index, arr)
                 else:
                     values = list(feeds.values())
                     for i, d in enumerate(s.inputs):
@@ -149,7 +164,7 @@ class TFLiteEngine(Engine):
                         interp.set_tensor(d["index"], np.ascontiguousarray(arr, dtype=d["dtype"]))
                 interp.invoke()
                 # get_tensor already returns a copy (tensor() would be the view)
-                return [interp.get_tensor(d["index"]) for d in s.outputs]
+                return [interp.get_tensor(i) for i in s.out_indices]
             except EngineError:
                 raise
             except Exception as exc:
@@ -158,3 +173,4 @@ class TFLiteEngine(Engine):
     def close(self) -> None:
         with self._lock:
             self._sizes.clear()
+            self._last = _Closed()

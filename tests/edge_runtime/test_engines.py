@@ -243,3 +243,5 @@ def test_tflite_keeps_an_interpreter_per_recent_batch_size(cancer_tflite, cancer
     tfl.score_array(x[:64])
     assert eng._sizes[64] is kept and kept.batch == 64  # reused as is
     tfl.close()
+    assert not eng._sizes
+    np.testing.assert_allclose(tfl.score_array(x[:3]).probability, want[:3], atol=1e-4)
