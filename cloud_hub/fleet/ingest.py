@@ -65,7 +65,7 @@ def _instance_slot(data_dir) -> tuple[int, Any]:
 
 
 class IngestSubscriber:
-    def __init__(self, fleet, *, batch_size: int = 500, max_wait_s: float = 0.05,
+    def __init__(self, fleet, *, batch_size: int = 2000, max_wait_s: float = 0.05,
                  session_expiry: int = 3600, group: str = "hub") -> None:
         self.fleet = fleet
         self.cfg = _hub_config(fleet)
