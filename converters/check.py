@@ -422,14 +422,12 @@ def _machine() -> dict[str, Any]:
     info = {"platform": platform.platform(), "processor": cpu_model(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__}
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        from importlib.metadata import version
-
-        import ai_edge_litert  # noqa: F401
-
         info["ai_edge_litert"] = version("ai-edge-litert")
-    except Exception:
-        pass
+    except PackageNotFoundError:
+        info["ai_edge_litert"] = None
     return info
 
 
@@ -461,9 +459,9 @@ def format_table(r: Report) -> str:
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
     cpus = r.machine.get("cpu_count") or 0
     over = f" (more than this machine's {cpus} cores)" if cpus and r.threads > cpus else ""
-    out = [f"reference: {r.reference}   sample: {r.sample} ({r.rows} rows"
-           f"{', labelled' if r.labelled else ''})   threads: {r.threads}{over}   "
-           f"machine: {r.machine.get('processor')} ×{cpus}",
+    out = [(f"reference: {r.reference}   sample: {r.sample} ({r.rows} rows"
+            f"{', labelled' if r.labelled else ''})   threads: {r.threads}{over}   "
+            f"machine: {r.machine.get('processor')} ×{cpus}"),
            line(head), line(["-" * w for w in widths])]
     out += [line(row) for row in rows]
     notes = [f"  {v.name}:{v.version} ({v.format}): {v.note}" for v in r.variants if v.note]

@@ -82,7 +82,7 @@ def load_sample(source: Any, *, label_column: str | None = None,
         sample = _load_path(Path(source), label_column, feature_names)
         label_column = None
     elif isinstance(source, tuple) and len(source) == 2:
-        if isinstance(source[0], np.ndarray) or isinstance(source[0], list):
+        if isinstance(source[0], (np.ndarray, list)):
             sample = _from_array(source[0], feature_names)
         else:  # a DataFrame / Arrow table keeps its column names
             sample = _from_table(_to_arrow(source[0]), "DataFrame", None)

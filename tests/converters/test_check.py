@@ -15,7 +15,7 @@ from converters.quantize import QuantizeConfig, quantize_bundle
 from edge_runtime.bundle import read_bundle, write_bundle
 from edge_runtime.errors import NotFoundError, ValidationError
 
-FAST = dict(single_runs=20, batch_runs=5)
+FAST = {"single_runs": 20, "batch_runs": 5}
 
 
 @pytest.fixture(scope="module")

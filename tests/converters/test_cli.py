@@ -42,11 +42,12 @@ def test_console_script_runs(tmp_path):
     """The installed entry point, in a real subprocess."""
     exe = Path(sys.executable).with_name("edge-convert")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "converters.cli"]
-    res = subprocess.run(cmd + ["quantize", "--help"], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(cmd + ["quantize", "--help"], capture_output=True, text=True, timeout=60,
+                         check=False)
     assert res.returncode == 0 and "--mode {dynamic,static,fp16}" in res.stdout
     res = subprocess.run(cmd + ["export", str(tmp_path / "nope.joblib"), "--sample", "x.csv",
                                 "--out", str(tmp_path / "o"), "--key", "k"],
-                         capture_output=True, text=True, timeout=60,
+                         capture_output=True, text=True, timeout=60, check=False,
                          env={**os.environ, "EDGE_CONVERT_KEY": ""})
     assert res.returncode == 1
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
