@@ -20,7 +20,9 @@ to measure: INT8 can be slower than FP32 for tiny models.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import threading
 import tempfile
 import time
 from collections import Counter
@@ -168,13 +170,19 @@ def _check_quantizable(bundle: Bundle, mode: QuantMode) -> None:
 
 # ---- modes ------------------------------------------------------------------------------
 
+_CWD_LOCK = threading.Lock()
+
+
 def _pre_process(src: Path, tmpd: Path, info: dict) -> Path:
     """``quant_pre_process``: shape inference + graph optimisation before quantizing."""
     from onnxruntime.quantization import quant_pre_process
 
     pre = tmpd / "pre.onnx"
     try:
-        quant_pre_process(str(src), str(pre))
+        # onnxruntime's symbolic shape inference drops "sym_shape_infer_temp.onnx" into the
+        # current directory when it gives up: run it from our temp dir so nothing leaks.
+        with _CWD_LOCK, contextlib.chdir(tmpd):
+            quant_pre_process(str(src.resolve()), str(pre.resolve()))
         info["pre_process"] = "full"
     except Exception:
         # ai.onnx.ml ops defeat symbolic shape inference; the ONNX one still runs
