@@ -33,10 +33,10 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
-
+from typing import Any
 
 from edge_runtime.errors import EdgeError, EngineError, ValidationError
 
@@ -141,7 +141,7 @@ def _daemon_class():
 
 # ---- devices -------------------------------------------------------------------------------------
 class SimDevice:
-    def __init__(self, fleet: "Fleet", index: int, device_id: str, tags: dict[str, str], profile: str,
+    def __init__(self, fleet: Fleet, index: int, device_id: str, tags: dict[str, str], profile: str,
                  password: str | None) -> None:
         self.fleet = fleet
         self.index = index
@@ -326,7 +326,7 @@ class Fleet:
         self.started = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
-    def start(self, *, wait: bool = True, timeout: float = 60.0) -> "Fleet":
+    def start(self, *, wait: bool = True, timeout: float = 60.0) -> Fleet:
         if self._shared is not None:
             self._shared.install()
         from concurrent.futures import ThreadPoolExecutor
@@ -375,17 +375,17 @@ class Fleet:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self.started = False
 
-    def __enter__(self) -> "Fleet":
+    def __enter__(self) -> Fleet:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def device(self, device_id: str) -> SimDevice:
         return self._by_id[device_id]
 
     # ---- faults ------------------------------------------------------------------------------------
-    def inject(self, fault: str, devices: Iterable[str] | int | float | None = None, *,
+    def inject(self, fault: str, devices: Iterable[str] | float | None = None, *,
                duration: float | None = None, latency_ms: float = 0.0, rate: float = 0.0,
                sha256: str | None = None) -> list[str]:
         """Apply ``fault`` to ``devices`` (ids, a count, a fraction, or all); returns the ids.
@@ -406,11 +406,11 @@ class Fleet:
             elif fault == "slow":
                 d.faults.sha256 = sha256
                 d.faults.extra_latency_s = latency_ms / 1000.0
-                undo = lambda d=d: setattr(d.faults, "extra_latency_s", 0.0)  # noqa: E731
+                undo = lambda d=d: setattr(d.faults, "extra_latency_s", 0.0)
             elif fault == "errors":
                 d.faults.sha256 = sha256
                 d.faults.error_rate = rate
-                undo = lambda d=d: setattr(d.faults, "error_rate", 0.0)  # noqa: E731
+                undo = lambda d=d: setattr(d.faults, "error_rate", 0.0)
             elif fault == "crash":
                 d.crash()
                 undo = d.boot
@@ -440,7 +440,7 @@ class Fleet:
                     log.exception("undoing a fault failed")
         return run
 
-    def _select(self, devices: Iterable[str] | int | float | None) -> list[SimDevice]:
+    def _select(self, devices: Iterable[str] | float | None) -> list[SimDevice]:
         if devices is None:
             return list(self.devices)
         if isinstance(devices, float) and 0 < devices <= 1:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,13 @@ from edge_runtime.buffer import Outbox
 from edge_runtime.errors import EdgeError, NotFoundError
 from edge_runtime.link import DeviceLink
 from edge_runtime.mqtt import MqttConfig
-from edge_runtime.protocol import DEFAULT_PREFIX, DesiredState, DeviceEvent, DeviceState, RunningBundle
+from edge_runtime.protocol import (
+    DEFAULT_PREFIX,
+    DesiredState,
+    DeviceEvent,
+    DeviceState,
+    RunningBundle,
+)
 from edge_runtime.reconcile import Reconciler, new_event_id
 from edge_runtime.shadow_compare import ShadowComparator
 from edge_runtime.telemetry import TelemetryRecorder
@@ -198,7 +205,7 @@ class FleetAgent:
         self.observe(record.model, record.x, record.scores, record.latency_s, slot=record.slot)
 
     @classmethod
-    def for_daemon(cls, daemon: Any, **overrides: Any) -> "FleetAgent":
+    def for_daemon(cls, daemon: Any, **overrides: Any) -> FleetAgent:
         """Build the agent from the daemon's settings and hook it in (service + observer)."""
         s = daemon.settings
         m = s.mqtt

@@ -19,7 +19,8 @@ import logging
 import select
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -59,7 +60,7 @@ class DeviceLink:
         self.sent = 0
         self.refused: str | None = None  # last CONNACK refusal (bad credentials, …)
         self._started = False
-        self.net_loop: "NetworkLoop | None" = None  # shared epoll loop (simulator); None: paho's own thread
+        self.net_loop: NetworkLoop | None = None  # shared epoll loop (simulator); None: paho's own thread
         self._net_attempts = 0
         self.client = make_client(cfg, client_id=client_id_for(device_id, prefix))
         self.client.on_connect = self._on_connect

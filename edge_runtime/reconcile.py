@@ -22,8 +22,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edge_runtime.errors import EdgeError
 from edge_runtime.protocol import DesiredBundle, DesiredState

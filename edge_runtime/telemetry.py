@@ -45,8 +45,21 @@ def add_many(hist: Histogram, values: np.ndarray) -> None:
 
 
 class SlotAccumulator:
-    __slots__ = ("slot", "name", "version", "sha256", "requests", "errors", "latency", "scores",
-                 "decisions", "compared", "decision_changed", "divergence", "dropped")
+    __slots__ = (
+        "compared",
+        "decision_changed",
+        "decisions",
+        "divergence",
+        "dropped",
+        "errors",
+        "latency",
+        "name",
+        "requests",
+        "scores",
+        "sha256",
+        "slot",
+        "version",
+    )
 
     def __init__(self, slot: str, name: str, version: str, sha256: str) -> None:
         self.slot, self.name, self.version, self.sha256 = slot, name, version, sha256

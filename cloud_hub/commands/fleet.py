@@ -60,7 +60,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         chg = "-" if g["decision_change_rate"] is None else f"{100 * g['decision_change_rate']:.2f}"
         p50 = "-" if g["p50_ms"] is None else f"{g['p50_ms']:.3f}"
         p99 = "-" if g["p99_ms"] is None else f"{g['p99_ms']:.3f}"
-        print(f"{str(k):<22} {g['name']:<14} {g['slot']:<7} {g['devices_reporting']:>7} {g['requests']:>9} "
+        print(f"{k!s:<22} {g['name']:<14} {g['slot']:<7} {g['devices_reporting']:>7} {g['requests']:>9} "
               f"{err:>6} {p50:>8} {p99:>8} {g['compared']:>9} {chg:>8}")
     if not body["groups"]:
         print("no telemetry windows yet", file=sys.stderr)

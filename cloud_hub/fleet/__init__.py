@@ -3,4 +3,4 @@
 from cloud_hub.fleet.aggregate import SlotAggregate
 from cloud_hub.fleet.service import DeviceRecord, FleetService
 
-__all__ = ["FleetService", "DeviceRecord", "SlotAggregate"]
+__all__ = ["DeviceRecord", "FleetService", "SlotAggregate"]

@@ -14,8 +14,8 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 ITERATIONS = 101
 SALT_LEN = 12

@@ -6,8 +6,9 @@ never from an average of per-device p99s; histograms merge by adding counts.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from edge_runtime.sketch import Histogram, Sketch
 

@@ -22,12 +22,17 @@ import threading
 import time
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge_runtime.mqtt import MqttConfig, make_client
-from edge_runtime.protocol import DeviceEvent, DeviceState, TelemetryWindow, hub_subscription, parse_topic
+from edge_runtime.protocol import (
+    DeviceEvent,
+    DeviceState,
+    TelemetryWindow,
+    hub_subscription,
+    parse_topic,
+)
 
 log = logging.getLogger("cloud_hub.fleet.ingest")
 

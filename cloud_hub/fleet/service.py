@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import and_, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from cloud_hub.fleet import tables as T
 from cloud_hub.fleet.acl import hash_password, new_password, write_acl_files
@@ -105,8 +107,8 @@ def insert_ignore(conn: Connection, table, rows: list[dict[str, Any]]) -> None:
             try:
                 with conn.begin_nested():
                     conn.execute(table.insert().values(**r))
-            except Exception:
-                pass
+            except IntegrityError:  # already stored: the dedupe
+                continue
         return
     conn.execute(insert(table).on_conflict_do_nothing(), rows)
 

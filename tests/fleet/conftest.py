@@ -78,7 +78,7 @@ class MosquittoProcess:
         self.passwd, self.acl = passwd, acl
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "MosquittoProcess":
+    def start(self) -> MosquittoProcess:
         conf = self.workdir / f"mosquitto-{self.port}.conf"
         lines = [f"listener {self.port} 127.0.0.1"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:  # as root, mosquitto would drop to a user that

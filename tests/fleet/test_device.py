@@ -89,7 +89,7 @@ def test_outbox_is_bounded_drops_oldest_and_counts(tmp_path):
 def test_window_has_resources_and_vectorised_histograms(make_agent, cancer_bundle, cancer_data):
     agent = make_agent("dev-w", url=None, prefix="p", bundle=cancer_bundle, interval_s=3600)
     x, _, names = cancer_data
-    model, out = agent.predict([dict(zip(names, map(float, r))) for r in x[:64]])
+    _model, out = agent.predict([dict(zip(names, map(float, r))) for r in x[:64]])
     w = agent.roll_window()
     assert w["seq"] == agent.outbox.first_seq and w["rss_bytes"] > 0
     (active,) = w["slots"]

@@ -4,7 +4,6 @@ real daemons that download the bundle from ``GET /v1/bundles/{sha256}``."""
 from __future__ import annotations
 
 import threading
-import time
 
 from edge_runtime.protocol import DesiredBundle, DesiredState
 from tests.conftest import free_port

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import random
-import subprocess
 import shutil
+import subprocess
 
 import pytest
 
 from edge_runtime.errors import NotFoundError, ValidationError
-from edge_runtime.protocol import DesiredBundle, DesiredState, DeviceEvent, SlotStats, TelemetryWindow
+from edge_runtime.protocol import (
+    DesiredBundle,
+    DesiredState,
+    DeviceEvent,
+    SlotStats,
+    TelemetryWindow,
+)
 from edge_runtime.sketch import Histogram, Sketch
 
 

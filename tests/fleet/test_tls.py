@@ -17,7 +17,7 @@ def _make_ca_and_server_cert(d: Path) -> tuple[Path, Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgefleet test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
@@ -62,7 +62,7 @@ def test_device_link_over_tls(own_mosquitto, prefix, make_hub, make_agent, cance
                             bundle=cancer_bundle)
     untrusting.start()
     x, _, names = cancer_data
-    model, out = untrusting.predict([dict(zip(names, map(float, x[0])))])
+    _model, out = untrusting.predict([dict(zip(names, map(float, x[0])))])
     assert 0.0 <= out[0]["probability"] <= 1.0
     time.sleep(1.5)
     assert not untrusting.link.connected.is_set()
