@@ -9,17 +9,17 @@ a reconnect (or delivered twice by the broker) is stored once.
 from __future__ import annotations
 
 from sqlalchemy import (
-                        JSON,
-                        BigInteger,
-                        Boolean,
-                        Column,
-                        Float,
-                        Index,
-                        Integer,
-                        String,
-                        Table,
-                        Text,
-                        UniqueConstraint,
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
 )
 
 from cloud_hub.db import create_tables, metadata, migration
