@@ -164,10 +164,14 @@ class Model:
         if "probabilities" in idx:
             probs = outs[idx["probabilities"]]
         elif "logits" in idx:
-            z = outs[idx["logits"]].astype(np.float64)
-            z = z - z.max(axis=1, keepdims=True)
-            e = np.exp(z)
-            probs = e / e.sum(axis=1, keepdims=True)
+            z = np.asarray(outs[idx["logits"]], dtype=np.float64)
+            if z.ndim == 1 or z.shape[1] == 1:  # one logit per row (binary): sigmoid, not a
+                with np.errstate(over="ignore"):  # softmax over one column (always 1.0)
+                    probs = 1.0 / (1.0 + np.exp(-z.reshape(-1)))
+            else:
+                z = z - z.max(axis=1, keepdims=True)
+                e = np.exp(z)
+                probs = e / e.sum(axis=1, keepdims=True)
         if probs is not None:
             probs = np.asarray(probs)
             if probs.ndim == 1 or probs.shape[1] == 1:  # single sigmoid column
