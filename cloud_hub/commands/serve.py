@@ -62,6 +62,12 @@ def app_factory():
     hub = Hub(settings)
     if settings.mqtt_url:  # several workers share a real broker (v5 shared subscription splits ingest)
         hub.fleet.start(embedded_ok=False)
+    else:
+        import logging
+
+        logging.getLogger("cloud_hub.fleet").warning(
+            "fleet MQTT ingest is off: with --workers > 1 set HUB_MQTT_URL (an embedded broker per "
+            "worker process cannot work)")
     app = create_app(hub)
     app.router.on_shutdown.append(hub.close)
     _freeze_startup_objects()
