@@ -47,51 +47,69 @@ FAULTS = ("disconnect", "slow", "errors", "crash", "restart", "clear")
 
 # ---- shared models ---------------------------------------------------------------------------
 class _SharedModels:
-    """Per-process cache of loaded models keyed by bundle digest (close() becomes a no-op)."""
+    """Process-wide cache of loaded models keyed by bundle digest, patched into the model store
+    while at least one fleet uses it (reference-counted, so fleets may overlap); a shared
+    model's ``close()`` is a no-op until the last fleet stops."""
+
+    _lock = threading.Lock()
+    _users = 0
+    _orig: Any = None
+    _cache: dict[tuple[str, str], Any] = {}
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cache: dict[tuple[str, str], Any] = {}
-        self._orig = None
+        self.active = False
 
     def install(self) -> None:
         import edge_runtime.store as store_mod
 
-        if self._orig is not None:
+        if self.active:
             return
-        self._orig = store_mod.Model
-        cache = self
+        self.active = True
+        cls_ = _SharedModels
+        with cls_._lock:
+            cls_._users += 1
+            if cls_._users > 1:
+                return
+            cls_._orig = orig = store_mod.Model
 
-        class SharedModel(self._orig):  # type: ignore[misc, valid-type]
-            @classmethod
-            def load(cls, path, options=None, *, warmup: bool = True):
-                from edge_runtime.bundle import Bundle, read_bundle
+            class SharedModel(orig):  # type: ignore[misc, valid-type]
+                @classmethod
+                def load(cls, path, options=None, *, warmup: bool = True):
+                    from edge_runtime.bundle import Bundle, read_bundle
 
-                b = path if isinstance(path, Bundle) else read_bundle(path)
-                key = (b.manifest.digest, repr(options))
-                with cache._lock:
-                    m = cache._cache.get(key)
-                    if m is None:
-                        m = cache._orig.load(b, options, warmup=warmup)
-                        m.close = lambda: None  # shared: closed when the fleet stops
-                        cache._cache[key] = m
-                return m
+                    b = path if isinstance(path, Bundle) else read_bundle(path)
+                    key = (b.manifest.digest, repr(options))
+                    with cls_._lock:
+                        m = cls_._cache.get(key)
+                        if m is None:
+                            m = orig.load(b, options, warmup=warmup)
+                            m.close = lambda: None  # shared: closed when the last fleet stops
+                            cls_._cache[key] = m
+                    return m
 
-        store_mod.Model = SharedModel
+            store_mod.Model = SharedModel
 
     def uninstall(self) -> None:
         import edge_runtime.store as store_mod
 
-        if self._orig is not None:
-            store_mod.Model = self._orig
-            self._orig = None
-        with self._lock:
-            for m in self._cache.values():
-                try:
-                    type(m).close(m)
-                except Exception:
-                    pass
-            self._cache.clear()
+        if not self.active:
+            return
+        self.active = False
+        cls_ = _SharedModels
+        with cls_._lock:
+            if cls_._users == 0:
+                return
+            cls_._users -= 1
+            if cls_._users > 0:
+                return
+            store_mod.Model = cls_._orig
+            cls_._orig = None
+            models, cls_._cache = list(cls_._cache.values()), {}
+        for m in models:
+            try:
+                type(m).close(m)
+            except Exception:  # closing a shared session must not stop the others
+                log.debug("closing a shared model failed", exc_info=True)
 
 
 # ---- faults ------------------------------------------------------------------------------------
