@@ -1,7 +1,7 @@
 """Hub REST benchmark: our /predict and /v2 infer vs a plain FastAPI+onnxruntime
 endpoint, MLServer and KServe — same ONNX model, same load generator, loopback.
 
-    python benchmarks/hub_rest.py [--duration 5] [--rounds 3] [--concurrency 16 64]
+    python benchmarks/hub_rest.py [--duration 2] [--rounds 8] [--concurrency 16 64] [--no-microbatch]
                                   [--benchvenv /work/benchvenv] [--json out.json]
 
 The load generator is ``wrk`` (C, keep-alive connections, one connection per
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benchvenv", type=Path, default=Path("/work/benchvenv"),
                     help="virtualenv with mlserver, kserve, onnxruntime")
     ap.add_argument("--only", nargs="*", help="run only these targets")
-    ap.add_argument("--microbatch", action="store_true", help="also run our hub with HUB_MICROBATCH=1")
+    ap.add_argument("--no-microbatch", action="store_true",
+                    help="also run our hub with HUB_MICROBATCH=0 (micro-batching is on by default)")
     ap.add_argument("--json", type=Path, help="write raw results here")
     args = ap.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -190,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
 
         py = sys.executable
         # ---- ours
-        hub_variants = [("hub", {})]
-        if args.microbatch:
-            hub_variants.append(("hub-microbatch", {"HUB_MICROBATCH": "1"}))
+        hub_variants = [("hub", {})]  # default settings
+        if args.no_microbatch:
+            hub_variants.append(("hub-nobatch", {"HUB_MICROBATCH": "0"}))
         for label, extra in hub_variants:
             env = {"HUB_DATA_DIR": str(work / f"{label}-data"), "HUB_TRUSTED_KEYS": json.dumps(
                 [str(work / "keys" / "bench.pub")]), "PYTHONPATH": str(ROOT), **extra}

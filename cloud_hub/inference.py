@@ -213,8 +213,9 @@ class PredictService:
         if self.microbatch:
             b = self._batchers.get(mv.digest)
             if b is None:
-                b = self._batchers[mv.digest] = MicroBatcher(model, self._mb_size, self._mb_wait,
-                                                             self.metrics.microbatch_size.labels(mv.name, mv.version))
+                b = self._batchers[mv.digest] = MicroBatcher(
+                    model, self._mb_size, self._mb_wait, self.metrics.microbatch_size.labels(mv.name, mv.version),
+                    inline_max_s=self.inline_max_s)
             return await b.submit(x)
         cost = self._cost.get(mv.digest, 0.0)
         if cost <= self.inline_max_s:
@@ -313,12 +314,17 @@ class MicroBatcher:
 
     Adaptive: the worker takes whatever is queued when it wakes; it waits up
     to ``max_wait`` for more only while the previous batch held more than one
-    request (i.e. there is concurrency to gain from). The engine runs in a
-    worker thread so the next batch fills while this one runs.
+    request (i.e. there is concurrency to gain from). A batch of one runs
+    inline when the model is fast (engine time EWMA <= ``inline_max_s``); a
+    larger batch, or a slow model, runs in a worker thread so the event loop
+    keeps parsing (and queueing) the next requests meanwhile.
     """
 
-    def __init__(self, model: Model, max_size: int, max_wait: float, size_metric=None) -> None:
+    def __init__(self, model: Model, max_size: int, max_wait: float, size_metric=None, *,
+                 inline_max_s: float = 0.002) -> None:
         self.model = model
+        self.inline_max_s = inline_max_s
+        self._cost = 0.0  # EWMA of the engine time of a lone request
         self.max_size = max_size
         self.max_wait = max_wait
         self.size_metric = size_metric
@@ -362,8 +368,14 @@ class MicroBatcher:
             self._last_n = len(items)
             xs = [it[0] for it in items]
             try:
-                x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
-                s = await asyncio.to_thread(self.model.score_array, x)
+                if len(xs) == 1 and self._cost <= self.inline_max_s:
+                    # a lone request on a small model: no thread hop (it costs more than the model)
+                    s, took = _timed_score(self.model, xs[0])
+                else:  # the engine runs while the event loop parses the next requests
+                    x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
+                    s, took = await asyncio.to_thread(_timed_score, self.model, x)
+                if len(xs) == 1:
+                    self._cost = took if self._cost == 0.0 else 0.9 * self._cost + 0.1 * took
             except BaseException as exc:  # hand the error to every waiter
                 for _, fut in items:
                     if not fut.done():

@@ -43,7 +43,9 @@ class HubSettings(BaseSettings):
     shadow_queue_size: int = Field(10_000, description="Bounded shadow mirror queue; overflow is dropped and counted.")
     shadow_executor: str = Field("thread", description="Where shadows run: 'thread' (worker thread in the hub "
                                  "process) or 'process' (a separate process: no GIL shared with the primary).")
-    microbatch: bool = Field(False, description="Adaptive micro-batching of concurrent predict calls.")
+    microbatch: bool = Field(True, description="Adaptive micro-batching of concurrent predict calls: "
+                             "a lone request runs at once, concurrent ones for the same bundle share one "
+                             "engine call (see Hub REST in benchmarks/RESULTS.md). 0 turns it off.")
     microbatch_max_size: int = Field(64, description="Largest micro-batch.")
     microbatch_max_wait_ms: float = Field(2.0, description="Longest wait to fill a micro-batch.")
     onnx_providers: list[str] = Field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
