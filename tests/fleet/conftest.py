@@ -149,7 +149,7 @@ def own_mosquitto(tmp_path):
         m.stop()
 
 
-def wait_for(cond, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+def wait_for(cond, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = cond()
