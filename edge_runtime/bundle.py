@@ -13,6 +13,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,13 +29,25 @@ from edge_runtime.manifest import FileEntry, Manifest, Signature
 MANIFEST = "manifest.json"
 
 
+class _UnpackedTar:
+    """Where a tar bundle is unpacked: removed by ``cleanup()``, or quietly when the
+    bundle is garbage-collected (``TemporaryDirectory`` warns then)."""
+
+    def __init__(self) -> None:
+        self.name = tempfile.mkdtemp(prefix="bundle-")
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.name, True)
+
+    def cleanup(self) -> None:
+        self._finalizer()
+
+
 @dataclass
 class Bundle:
     """A bundle on disk. ``root`` is a directory (tar bundles are unpacked)."""
 
     root: Path
     manifest: Manifest
-    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+    _tmp: _UnpackedTar | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -70,20 +83,26 @@ class VerifyReport:
 def read_bundle(path: str | Path) -> Bundle:
     """Open a bundle directory or tar and validate its manifest (no hash check)."""
     path = Path(path)
-    tmp = None
     if path.is_file() and tarfile.is_tarfile(path):
-        tmp = tempfile.TemporaryDirectory(prefix="bundle-")
-        root = Path(tmp.name)
-        _extract_tar(path, root)
-        inner = [p for p in root.iterdir()]
-        if not (root / MANIFEST).exists() and len(inner) == 1 and inner[0].is_dir():
-            root = inner[0]
-    elif path.is_dir():
-        root = path
-    elif not path.exists():
+        tmp = _UnpackedTar()
+        try:
+            root = Path(tmp.name)
+            _extract_tar(path, root)
+            inner = [p for p in root.iterdir()]
+            if not (root / MANIFEST).exists() and len(inner) == 1 and inner[0].is_dir():
+                root = inner[0]
+            return _read_manifest(path, root, tmp)
+        except BaseException:
+            tmp.cleanup()  # a refused tar leaves nothing behind
+            raise
+    if path.is_dir():
+        return _read_manifest(path, path, None)
+    if not path.exists():
         raise BundleError(f"bundle not found: {path}", field="bundle")
-    else:
-        raise BundleError(f"bundle is neither a directory nor a tar file: {path}", field="bundle")
+    raise BundleError(f"bundle is neither a directory nor a tar file: {path}", field="bundle")
+
+
+def _read_manifest(path: Path, root: Path, tmp: _UnpackedTar | None) -> Bundle:
     manifest_path = root / MANIFEST
     if not manifest_path.exists():
         raise BundleError(f"bundle {path} has no {MANIFEST}", field=MANIFEST)

@@ -171,3 +171,30 @@ def test_key_files_of_the_wrong_kind_are_named(keypair, tmp_path):
     with pytest.raises(BundleError, match=f"public key {garbage} is not a PEM"):
         load_public_key(garbage)
     assert load_public_key(Path(pubf).read_bytes()) is not None  # inline PEM still works
+
+
+def test_unpacked_tars_are_removed(cancer_bundle, tmp_path, monkeypatch):
+    """A refused tar leaves no unpacked copy; an accepted one goes with its Bundle."""
+    import gc
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    tar = pack_bundle(cancer_bundle, tmp_path / "ok.tar")
+    evil = tmp_path / "nomanifest.tar"
+    with tarfile.open(evil, "w") as t:
+        t.add(cancer_bundle / "model.onnx", arcname="model.onnx")
+    with pytest.raises(BundleError, match="has no manifest.json"):
+        read_bundle(evil)
+    assert list(scratch.iterdir()) == []
+    b = read_bundle(tar)
+    unpacked = b.root
+    assert unpacked.is_dir() and unpacked.parent == scratch
+    b._tmp.cleanup()  # what the hub registry does once it has copied the files
+    assert not unpacked.exists()
+    b = read_bundle(tar)
+    unpacked = b.root
+    del b
+    gc.collect()
+    assert not unpacked.exists()
