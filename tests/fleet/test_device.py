@@ -45,18 +45,15 @@ def test_shadow_queue_is_bounded_and_drops_are_counted(make_agent, cancer_bundle
     orig = slow.score_array
 
     def blocked(x):
-        gate.wait(10)
+        gate.wait(60)
         return orig(x)
 
     slow.score_array = blocked  # the candidate is stuck; the active path must not wait for it
     x, _, names = cancer_data
     try:
-        import time
-
-        t0 = time.perf_counter()
-        for r in x[:50]:
+        for r in x[:50]:  # all 50 answered while the candidate is still stuck on its first sample
             agent.predict([dict(zip(names, map(float, r)))])
-        assert time.perf_counter() - t0 < 5.0
+        assert not gate.is_set() and agent.shadow.compared == 0
     finally:
         gate.set()
         slow.score_array = orig
