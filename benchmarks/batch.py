@@ -51,8 +51,12 @@ def write_input(path: Path, n: int) -> None:
     for start in range(0, n, step):
         m = min(step, n - start)
         x = sample_rows(m, seed=start)
-        t = pa.table({"customer_id": pa.array(np.arange(start, start + m, dtype=np.int64)),
-                      **{nm: pa.array(x[:, j]) for j, nm in enumerate(names)}})
+        t = pa.table(
+            {
+                "customer_id": pa.array(np.arange(start, start + m, dtype=np.int64)),
+                **{nm: pa.array(x[:, j]) for j, nm in enumerate(names)},
+            }
+        )
         if writer is None:
             writer = pq.ParquetWriter(path, t.schema, compression="zstd")
         writer.write_table(t)
@@ -81,7 +85,7 @@ def raw_ort(bundle: Path, path: Path, batch: int, workers: int, repeats: int = 2
         return ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
 
     feed = session(1).get_inputs()[0].name
-    chunks = [x[i:i + batch] for i in range(0, len(x), batch)]
+    chunks = [x[i : i + batch] for i in range(0, len(x), batch)]
     s1 = session(1)
     s1.run(None, {feed: chunks[0]})
     best_threads = 0.0
@@ -100,8 +104,13 @@ def raw_ort(bundle: Path, path: Path, batch: int, workers: int, repeats: int = 2
         for c in chunks:
             sw.run(None, {feed: c})
         best_intra = max(best_intra, len(x) / (time.perf_counter() - t0))
-    return {"rows": len(x), "threads_rows_per_s": best_threads, "intra_op_rows_per_s": best_intra,
-            "rows_per_s": max(best_threads, best_intra), "cpu_s_per_million_rows": min(cpu)}
+    return {
+        "rows": len(x),
+        "threads_rows_per_s": best_threads,
+        "intra_op_rows_per_s": best_intra,
+        "rows_per_s": max(best_threads, best_intra),
+        "cpu_s_per_million_rows": min(cpu),
+    }
 
 
 def peak_rss_mb() -> float:
@@ -117,32 +126,65 @@ def child(args) -> None:
     from cloud_hub.batch import BatchSpec, run_batch
 
     c0 = time.process_time()
-    res = run_batch(BatchSpec(args.bundle, args.input, args.output, id_columns=["customer_id"],
-                              batch_size=args.batch_size, workers=args.workers, overwrite=True,
-                              processes=args.processes))
+    res = run_batch(
+        BatchSpec(
+            args.bundle,
+            args.input,
+            args.output,
+            id_columns=["customer_id"],
+            batch_size=args.batch_size,
+            workers=args.workers,
+            overwrite=True,
+            processes=args.processes,
+        )
+    )
     out = res.to_dict()
     out["cpu_s_per_million_rows"] = (time.process_time() - c0) / res.rows_in * 1e6
     out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 
-def pipeline(bundle: Path, src: Path, dst: Path, batch: int, workers: int,
-             processes: bool = False) -> dict:
-    r = subprocess.run([sys.executable, __file__, "--child", "--bundle", str(bundle), "--input",
-                        str(src), "--output", str(dst), "--batch-size", str(batch),
-                        "--workers", str(workers)] + (["--processes"] if processes else []),
-                       capture_output=True, text=True, check=True)
+def pipeline(
+    bundle: Path, src: Path, dst: Path, batch: int, workers: int, processes: bool = False
+) -> dict:
+    r = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            "--bundle",
+            str(bundle),
+            "--input",
+            str(src),
+            "--output",
+            str(dst),
+            "--batch-size",
+            str(batch),
+            "--workers",
+            str(workers),
+        ]
+        + (["--processes"] if processes else []),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--small", type=int, default=1_000_000, help="second, smaller size (RSS check)")
     ap.add_argument("--batch-size", type=int, default=65536)
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    ap.add_argument("--model", choices=["small", "large"], default="small",
-                    help="small: 30-64-64-2 MLP; large: 30-256-256-256-2 MLP")
+    ap.add_argument(
+        "--model",
+        choices=["small", "large"],
+        default="small",
+        help="small: 30-64-64-2 MLP; large: 30-256-256-256-2 MLP",
+    )
     ap.add_argument("--work", default=None, help="directory for the files (default: a temp dir)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -164,12 +206,19 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-batch-"))
     work.mkdir(parents=True, exist_ok=True)
     bundle = build_bundle(work / f"tabular-mlp-{args.model}", args.model)
-    report = {"machine": {"cpu": platform.processor() or platform.machine(),
-                          "cores_available": len(os.sched_getaffinity(0)),
-                          "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-                          "pyarrow": pyarrow.__version__},
-              "model": f"tabular-mlp-{args.model} (MLPClassifier, skl2onnx)",
-              "batch_size": args.batch_size, "workers": args.workers, "sizes": []}
+    report = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores_available": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__,
+            "pyarrow": pyarrow.__version__,
+        },
+        "model": f"tabular-mlp-{args.model} (MLPClassifier, skl2onnx)",
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "sizes": [],
+    }
     for n in sorted({args.small, args.rows}):
         src = work / f"in-{n}.parquet"
         if not src.exists():
@@ -178,22 +227,29 @@ def main() -> None:
             print(f"wrote {n:,} rows in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         raw1 = raw_ort(bundle, src, args.batch_size, args.workers)
         pipe = pipeline(bundle, src, work / f"out-{n}.parquet", args.batch_size, args.workers)
-        procs = pipeline(bundle, src, work / f"out-{n}-p.parquet", args.batch_size, args.workers,
-                         processes=True)
+        procs = pipeline(
+            bundle, src, work / f"out-{n}-p.parquet", args.batch_size, args.workers, processes=True
+        )
         raw2 = raw_ort(bundle, src, args.batch_size, args.workers)
         raw = max(raw1["rows_per_s"], raw2["rows_per_s"])
-        entry = {"rows": n, "input_mb": round(src.stat().st_size / 2**20, 1),
-                 "raw_ort_rows_per_s": round(raw), "raw_ort_runs": [raw1, raw2],
-                 "pipeline_rows_per_s": round(pipe["rows_per_s"]),
-                 "pipeline_seconds": round(pipe["seconds"], 2),
-                 "ratio": round(pipe["rows_per_s"] / raw, 3),
-                 "raw_ort_cpu_s_per_million_rows": round(min(raw1["cpu_s_per_million_rows"],
-                                                             raw2["cpu_s_per_million_rows"]), 2),
-                 "pipeline_cpu_s_per_million_rows": round(pipe["cpu_s_per_million_rows"], 2),
-                 "peak_rss_mb": round(pipe["peak_rss_mb"], 1), "rows_out": pipe["rows_out"],
-                 "processes_rows_per_s": round(procs["rows_per_s"]),
-                 "processes_ratio": round(procs["rows_per_s"] / raw, 3),
-                 "processes_main_peak_rss_mb": round(procs["peak_rss_mb"], 1)}
+        entry = {
+            "rows": n,
+            "input_mb": round(src.stat().st_size / 2**20, 1),
+            "raw_ort_rows_per_s": round(raw),
+            "raw_ort_runs": [raw1, raw2],
+            "pipeline_rows_per_s": round(pipe["rows_per_s"]),
+            "pipeline_seconds": round(pipe["seconds"], 2),
+            "ratio": round(pipe["rows_per_s"] / raw, 3),
+            "raw_ort_cpu_s_per_million_rows": round(
+                min(raw1["cpu_s_per_million_rows"], raw2["cpu_s_per_million_rows"]), 2
+            ),
+            "pipeline_cpu_s_per_million_rows": round(pipe["cpu_s_per_million_rows"], 2),
+            "peak_rss_mb": round(pipe["peak_rss_mb"], 1),
+            "rows_out": pipe["rows_out"],
+            "processes_rows_per_s": round(procs["rows_per_s"]),
+            "processes_ratio": round(procs["rows_per_s"] / raw, 3),
+            "processes_main_peak_rss_mb": round(procs["peak_rss_mb"], 1),
+        }
         report["sizes"].append(entry)
         print(json.dumps({k: v for k, v in entry.items() if k != "raw_ort_runs"}), file=sys.stderr)
     print(json.dumps(report, indent=2))

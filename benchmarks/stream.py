@@ -44,18 +44,39 @@ from benchmarks._tabular import build_bundle, feature_names, sample_rows
 def payloads(n: int, start: int = 0) -> list[dict]:
     names = feature_names()
     x = sample_rows(n, seed=start)
-    return [{"key": f"k{start + i}", "features": dict(zip(names, map(float, r)))}
-            for i, r in enumerate(x)]
+    return [
+        {"key": f"k{start + i}", "features": dict(zip(names, map(float, r)))}
+        for i, r in enumerate(x)
+    ]
 
 
 def encode(msg: dict) -> bytes:
     return json.dumps({**msg, "ts": time.time()}).encode()
 
 
-def start_worker(bundle: Path, source: str, sink: str, dlq: str, args, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cloud_hub.cli", "stream", "--source", source, "--sink", sink,
-           "--dead-letter", dlq, "--model", str(bundle), "--batch-size", str(args.batch_size),
-           "--max-wait-ms", str(args.max_wait_ms), "--group", f"bench{uuid.uuid4().hex[:6]}"]
+def start_worker(
+    bundle: Path, source: str, sink: str, dlq: str, args, log: Path
+) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "cloud_hub.cli",
+        "stream",
+        "--source",
+        source,
+        "--sink",
+        sink,
+        "--dead-letter",
+        dlq,
+        "--model",
+        str(bundle),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--group",
+        f"bench{uuid.uuid4().hex[:6]}",
+    ]
     fh = open(log, "wb")
     p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -108,8 +129,12 @@ class Receiver:
 
 def latency_stats(lat: list[float]) -> dict:
     a = np.array(lat) * 1000
-    return {"n": len(a), "p50_ms": round(float(np.percentile(a, 50)), 2),
-            "p99_ms": round(float(np.percentile(a, 99)), 2), "max_ms": round(float(a.max()), 2)}
+    return {
+        "n": len(a),
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p99_ms": round(float(np.percentile(a, 99)), 2),
+        "max_ms": round(float(a.max()), 2),
+    }
 
 
 def paced(publish, msgs: list[dict], rate: float) -> float:
@@ -142,6 +167,7 @@ def bench_nats(bundle: Path, args, work: Path) -> dict:
         js = nc.jetstream()
         for k in subj:
             await js.add_stream(name=streams[k], subjects=[subj[k]])
+
         async def on_out(m):
             rx.on(m.data)
 
@@ -152,14 +178,20 @@ def bench_nats(bundle: Path, args, work: Path) -> dict:
 
     async def preload(msgs):
         for i in range(0, len(msgs), 1000):
-            await asyncio.gather(*(js.publish(subj["in"], encode(m)) for m in msgs[i:i + 1000]))
+            await asyncio.gather(*(js.publish(subj["in"], encode(m)) for m in msgs[i : i + 1000]))
 
     base = "nats://127.0.0.1:4222/"
     try:
         n = args.messages
         run(preload(payloads(n)))
-        w = start_worker(bundle, base + subj["in"], base + subj["out"], base + subj["dlq"], args,
-                         work / "nats-worker.log")
+        w = start_worker(
+            bundle,
+            base + subj["in"],
+            base + subj["out"],
+            base + subj["dlq"],
+            args,
+            work / "nats-worker.log",
+        )
         try:
             rx.wait(n, 600)
             rate = (n - 1) / (rx.last - rx.first)
@@ -175,9 +207,15 @@ def bench_nats(bundle: Path, args, work: Path) -> dict:
             lat = latency_stats(rx.lat)
         finally:
             stop_worker(w)
-        return {"transport": "nats-jetstream", "messages": n, "sustained_msgs_per_s": round(rate),
-                "latency_at_rate_msgs_per_s": round(sent_rate), "latency": lat}
+        return {
+            "transport": "nats-jetstream",
+            "messages": n,
+            "sustained_msgs_per_s": round(rate),
+            "latency_at_rate_msgs_per_s": round(sent_rate),
+            "latency": lat,
+        }
     finally:
+
         async def teardown():
             for s in streams.values():
                 try:
@@ -201,10 +239,13 @@ def own_mosquitto(work: Path) -> tuple[subprocess.Popen, int]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_inflight_messages 1000\nmax_queued_messages 100000\n")
-    p = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_inflight_messages 1000\nmax_queued_messages 100000\n"
+    )
+    p = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -232,8 +273,9 @@ def bench_mqtt(bundle: Path, args, work: Path, port: int = 1883, label: str = "d
     pub.connect("127.0.0.1", port)
     pub.loop_start()
     base = f"mqtt://127.0.0.1:{port}/"
-    w = start_worker(bundle, base + t_in, base + t_out, base + t_dlq, args,
-                     work / f"mqtt-worker-{port}.log")
+    w = start_worker(
+        bundle, base + t_in, base + t_out, base + t_dlq, args, work / f"mqtt-worker-{port}.log"
+    )
     try:
         n = args.messages
         msgs = payloads(n)
@@ -264,19 +306,30 @@ def bench_mqtt(bundle: Path, args, work: Path, port: int = 1883, label: str = "d
         for c in (sub, pub):
             c.loop_stop()
             c.disconnect()
-    return {"transport": f"mqtt-mosquitto ({label})", "messages": n, "sustained_msgs_per_s": round(rate),
-            "publisher_msgs_per_s": round(pub_rate),
-            "latency_at_rate_msgs_per_s": round(sent_rate), "latency": lat}
+    return {
+        "transport": f"mqtt-mosquitto ({label})",
+        "messages": n,
+        "sustained_msgs_per_s": round(rate),
+        "publisher_msgs_per_s": round(pub_rate),
+        "latency_at_rate_msgs_per_s": round(sent_rate),
+        "latency": lat,
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--messages", type=int, default=30000)
     ap.add_argument("--latency-s", type=float, default=10.0)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
-    ap.add_argument("--window", type=int, default=800,
-                    help="MQTT: most inputs published ahead of the results (broker queue limit)")
+    ap.add_argument(
+        "--window",
+        type=int,
+        default=800,
+        help="MQTT: most inputs published ahead of the results (broker queue limit)",
+    )
     ap.add_argument("--only", choices=["nats", "mqtt"], default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -287,23 +340,33 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     bundle = build_bundle(work / "tabular-mlp-small", "small")
-    report = {"machine": {"cpu": platform.processor() or platform.machine(),
-                          "cores_available": len(os.sched_getaffinity(0)),
-                          "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-                          "paho_mqtt": paho.mqtt.__version__, "nats_py": version("nats-py")},
-              "model": "tabular-mlp-small (30-64-64-2)", "batch_size": args.batch_size,
-              "max_wait_ms": args.max_wait_ms, "results": []}
+    report = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores_available": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__,
+            "paho_mqtt": paho.mqtt.__version__,
+            "nats_py": version("nats-py"),
+        },
+        "model": "tabular-mlp-small (30-64-64-2)",
+        "batch_size": args.batch_size,
+        "max_wait_ms": args.max_wait_ms,
+        "results": [],
+    }
     if args.only in (None, "nats"):
         report["results"].append(bench_nats(bundle, args, work))
         print(json.dumps(report["results"][-1]), file=sys.stderr)
     if args.only in (None, "mqtt"):
-        report["results"].append(bench_mqtt(bundle, args, work, 1883,
-                                            "127.0.0.1:1883, broker defaults"))
+        report["results"].append(
+            bench_mqtt(bundle, args, work, 1883, "127.0.0.1:1883, broker defaults")
+        )
         print(json.dumps(report["results"][-1]), file=sys.stderr)
         broker, port = own_mosquitto(work)
         try:
-            report["results"].append(bench_mqtt(bundle, args, work, port,
-                                                "own broker, max_inflight_messages 1000"))
+            report["results"].append(
+                bench_mqtt(bundle, args, work, port, "own broker, max_inflight_messages 1000")
+            )
         finally:
             broker.terminate()
             broker.wait(timeout=10)

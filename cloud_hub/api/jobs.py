@@ -29,45 +29,63 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 class JobRequest(BaseModel):
     model: str = Field(description="REF: name, name@alias or name:version.", min_length=1)
     input: str = Field(description="Input file on the hub: .parquet, .csv or .jsonl.", min_length=1)
-    output: str = Field(description="Output file on the hub: .parquet, .csv or .jsonl.", min_length=1)
+    output: str = Field(
+        description="Output file on the hub: .parquet, .csv or .jsonl.", min_length=1
+    )
     id_columns: list[str] = Field(default_factory=list, description="Columns copied to the output.")
     batch_size: int = Field(65536, ge=1, le=10_000_000, description="Rows per batch.")
     engine: Literal["local", "ray"] = Field("local", description="Scoring engine.")
     workers: int | None = Field(None, ge=1, le=1024, description="Scoring threads / Ray actors.")
     processes: bool = Field(False, description="Local engine: score in worker processes.")
-    rejects: str | None = Field(None, description="Rejected rows file (default OUTPUT-stem.rejects.jsonl).")
+    rejects: str | None = Field(
+        None, description="Rejected rows file (default OUTPUT-stem.rejects.jsonl)."
+    )
     input_format: Literal["parquet", "csv", "jsonl"] | None = None
     output_format: Literal["parquet", "csv", "jsonl"] | None = None
     scoring_date: str | None = Field(None, description="ISO date/time written in scored_at.")
     overwrite: bool = Field(False, description="Replace an existing output file.")
 
 
-@router.post("/v1/jobs", status_code=202, responses=ERRORS,
-             summary="Submit a batch scoring job (runs in the background)")
+@router.post(
+    "/v1/jobs",
+    status_code=202,
+    responses=ERRORS,
+    summary="Submit a batch scoring job (runs in the background)",
+)
 def submit_job(body: JobRequest, hub: HubDep, role: Admin) -> dict[str, Any]:
     spec = BatchSpec(**body.model_dump())
     return JobService.of(hub).submit(spec, created_by=role)
 
 
 @router.get("/v1/jobs", responses=ERRORS, summary="List jobs, newest first")
-def list_jobs(hub: HubDep, _: Viewer, status: str | None = Query(None),
-              limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+def list_jobs(
+    hub: HubDep, _: Viewer, status: str | None = Query(None), limit: int = Query(100, ge=1, le=1000)
+) -> dict[str, Any]:
     return {"jobs": JobService.of(hub).list(status, limit)}
 
 
-@router.get("/v1/jobs/{job_id}", responses=ERRORS,
-            summary="Job status, progress (0..1 when the row count is known) and result location")
+@router.get(
+    "/v1/jobs/{job_id}",
+    responses=ERRORS,
+    summary="Job status, progress (0..1 when the row count is known) and result location",
+)
 def get_job(job_id: str, hub: HubDep, _: Viewer) -> dict[str, Any]:
     return JobService.of(hub).get(job_id)
 
 
-@router.post("/v1/jobs/{job_id}/cancel", responses=ERRORS,
-             summary="Cancel a queued or running job (its partial output is removed)")
+@router.post(
+    "/v1/jobs/{job_id}/cancel",
+    responses=ERRORS,
+    summary="Cancel a queued or running job (its partial output is removed)",
+)
 def cancel_job(job_id: str, hub: HubDep, _: Admin) -> dict[str, Any]:
     return JobService.of(hub).cancel(job_id)
 
 
-@router.post("/v1/jobs/{job_id}/resume", responses=ERRORS,
-             summary="Resume an interrupted or failed job from its last checkpoint")
+@router.post(
+    "/v1/jobs/{job_id}/resume",
+    responses=ERRORS,
+    summary="Resume an interrupted or failed job from its last checkpoint",
+)
 def resume_job(job_id: str, hub: HubDep, _: Admin) -> dict[str, Any]:
     return JobService.of(hub).resume(job_id)

@@ -33,7 +33,9 @@ class StreamRequest(BaseModel):
     model: str = Field(min_length=1, description="REF: name, name@alias or name:version.")
     source: str = Field(description="mqtt://host:port/topic or nats://host:port/subject")
     sink: str = Field(description="mqtt://host:port/topic or nats://host:port/subject")
-    dead_letter: str | None = Field(None, description="Dead-letter URL (default derived from sink).")
+    dead_letter: str | None = Field(
+        None, description="Dead-letter URL (default derived from sink)."
+    )
     batch_size: int = Field(256, ge=1, le=100_000)
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)
     key_field: str = Field("key")
@@ -42,10 +44,12 @@ class StreamRequest(BaseModel):
 @router.post("/v1/streams", status_code=201, summary="Start a managed stream worker")
 def create_stream(body: StreamRequest, hub: HubDep, _: Admin) -> dict[str, Any]:
     check_name(body.name)
-    opts = StreamOptions(batch_size=body.batch_size, max_wait_ms=body.max_wait_ms,
-                         key_field=body.key_field)
-    return StreamService.of(hub).create(body.name, body.model, body.source, body.sink,
-                                        body.dead_letter, opts)
+    opts = StreamOptions(
+        batch_size=body.batch_size, max_wait_ms=body.max_wait_ms, key_field=body.key_field
+    )
+    return StreamService.of(hub).create(
+        body.name, body.model, body.source, body.sink, body.dead_letter, opts
+    )
 
 
 @router.get("/v1/streams", summary="List managed stream workers")
@@ -73,6 +77,8 @@ def start_stream(stream_id: str, hub: HubDep, _: Admin) -> dict[str, Any]:
     return svc.get(row["id"])
 
 
-@router.delete("/v1/streams/{stream_id}", status_code=204, summary="Stop and forget a stream worker")
+@router.delete(
+    "/v1/streams/{stream_id}", status_code=204, summary="Stop and forget a stream worker"
+)
 def delete_stream(stream_id: str, hub: HubDep, _: Admin) -> None:
     StreamService.of(hub).delete(stream_id)

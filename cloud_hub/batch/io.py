@@ -23,8 +23,14 @@ import pyarrow.parquet as pq
 
 from edge_runtime.errors import ValidationError
 
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl",
-           ".ndjson": "jsonl", ".json": "jsonl"}
+FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
 
 #: JSONL/CSV rows that cannot be decoded carry their reason in these columns.
 ERROR_COL = "_reject_reason"
@@ -34,13 +40,17 @@ FIELD_COL = "_reject_field"
 def detect_format(path: str | Path, explicit: str | None = None) -> str:
     if explicit:
         if explicit not in ("parquet", "csv", "jsonl"):
-            raise ValidationError(f"unknown format {explicit!r}: use parquet, csv or jsonl",
-                                  field="format")
+            raise ValidationError(
+                f"unknown format {explicit!r}: use parquet, csv or jsonl", field="format"
+            )
         return explicit
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise ValidationError(f"cannot tell the format of {Path(path).name!r} from its extension; "
-                              "use .parquet, .csv or .jsonl (or pass the format)", field="format")
+        raise ValidationError(
+            f"cannot tell the format of {Path(path).name!r} from its extension; "
+            "use .parquet, .csv or .jsonl (or pass the format)",
+            field="format",
+        )
     return FORMATS[suffix]
 
 
@@ -53,16 +63,26 @@ class InputInfo:
     total_rows: int | None  # known for Parquet only
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"path": str(self.path), "format": self.format, "size": self.size,
-                "mtime_ns": self.mtime_ns}
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+        }
 
 
 class InputReader:
     """Opens one input file and checks its columns against the job before any work."""
 
-    def __init__(self, path: str | Path, features: Sequence[str], id_columns: Sequence[str],
-                 batch_size: int, fmt: str | None = None,
-                 feature_dtypes: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        features: Sequence[str],
+        id_columns: Sequence[str],
+        batch_size: int,
+        fmt: str | None = None,
+        feature_dtypes: dict[str, str] | None = None,
+    ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ValidationError(f"input file {str(self.path)!r} does not exist", field="input")
@@ -81,8 +101,9 @@ class InputReader:
                 # file (memory grows with the input size).
                 self._pf = pq.ParquetFile(self.path, pre_buffer=False)
             except Exception as exc:  # pyarrow raises ArrowInvalid / OSError
-                raise ValidationError(f"{self.path.name} is not a readable Parquet file: {exc}",
-                                      field="input") from exc
+                raise ValidationError(
+                    f"{self.path.name} is not a readable Parquet file: {exc}", field="input"
+                ) from exc
             total = self._pf.metadata.num_rows
             self._check_parquet_schema(self._pf.schema_arrow)
         elif self.format == "csv":
@@ -98,20 +119,30 @@ class InputReader:
         names = set(schema.names)
         for c in self.id_columns:
             if c not in names:
-                raise ValidationError(f"input has no id column {c!r} (columns: "
-                                      f"{', '.join(schema.names[:20])})", field=c)
+                raise ValidationError(
+                    f"input has no id column {c!r} (columns: {', '.join(schema.names[:20])})",
+                    field=c,
+                )
         missing = [f for f in self.features if f not in names]
         if missing:
-            raise ValidationError(f"input has no column for feature(s) {', '.join(missing[:10])} "
-                                  "required by the model", field=missing[0])
+            raise ValidationError(
+                f"input has no column for feature(s) {', '.join(missing[:10])} "
+                "required by the model",
+                field=missing[0],
+            )
         for f in self.features:
             t = schema.field(f).type
-            ok = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t) or (
-                pa.types.is_boolean(t) and self.feature_dtypes.get(f) == "bool") or (
-                pa.types.is_decimal(t))
+            ok = (
+                pa.types.is_integer(t)
+                or pa.types.is_floating(t)
+                or pa.types.is_null(t)
+                or (pa.types.is_boolean(t) and self.feature_dtypes.get(f) == "bool")
+                or (pa.types.is_decimal(t))
+            )
             if not ok:
-                raise ValidationError(f"column {f!r} has type {t}; the model needs numbers for "
-                                      "this feature", field=f)
+                raise ValidationError(
+                    f"column {f!r} has type {t}; the model needs numbers for this feature", field=f
+                )
 
     def _check_csv_header(self) -> None:
         with open(self.path, newline="", encoding="utf-8", errors="replace") as fh:
@@ -121,12 +152,16 @@ class InputReader:
         names = set(header)
         for c in self.id_columns:
             if c not in names:
-                raise ValidationError(f"input has no id column {c!r} (columns: "
-                                      f"{', '.join(header[:20])})", field=c)
+                raise ValidationError(
+                    f"input has no id column {c!r} (columns: {', '.join(header[:20])})", field=c
+                )
         missing = [f for f in self.features if f not in names]
         if missing:
-            raise ValidationError(f"input has no column for feature(s) {', '.join(missing[:10])} "
-                                  "required by the model", field=missing[0])
+            raise ValidationError(
+                f"input has no column for feature(s) {', '.join(missing[:10])} "
+                "required by the model",
+                field=missing[0],
+            )
 
     # ---- reading ---------------------------------------------------------------------
     def batches(self) -> Iterator[pa.RecordBatch]:
@@ -149,9 +184,12 @@ def csv_options(columns: Sequence[str], batch_size: int):
     from pyarrow import csv as pacsv
 
     read = pacsv.ReadOptions(block_size=max(1 << 20, min(64 << 20, batch_size * 512)))
-    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
-                                   include_columns=list(columns), strings_can_be_null=True,
-                                   null_values=["", "NULL", "null", "NA", "N/A"])
+    convert = pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in columns},
+        include_columns=list(columns),
+        strings_can_be_null=True,
+        null_values=["", "NULL", "null", "NA", "N/A"],
+    )
     return read, convert
 
 
@@ -169,8 +207,9 @@ def _csv_batches(path: Path, columns: Sequence[str], batch_size: int) -> Iterato
 _MISSING = object()
 
 
-def parse_jsonl_lines(lines: Sequence[bytes | str], features: Sequence[str],
-                      id_columns: Sequence[str]) -> pa.RecordBatch:
+def parse_jsonl_lines(
+    lines: Sequence[bytes | str], features: Sequence[str], id_columns: Sequence[str]
+) -> pa.RecordBatch:
     """Decode JSON lines into a batch: features as float64, ids as given, errors per row.
 
     Values keep the JSON contract of ``/predict``: numbers only (no strings,
@@ -232,8 +271,9 @@ def _id_array(values: list[Any]) -> pa.Array:
         return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 
-def _jsonl_batches(path: Path, features: Sequence[str], id_columns: Sequence[str],
-                   batch_size: int) -> Iterator[pa.RecordBatch]:
+def _jsonl_batches(
+    path: Path, features: Sequence[str], id_columns: Sequence[str], batch_size: int
+) -> Iterator[pa.RecordBatch]:
     buf: list[bytes] = []
     with open(path, "rb") as fh:
         for line in fh:

@@ -44,7 +44,9 @@ class BatchSpec:
 
     def check(self) -> None:
         if self.engine not in ENGINES:
-            raise ValidationError(f"unknown engine {self.engine!r}: use local or ray", field="engine")
+            raise ValidationError(
+                f"unknown engine {self.engine!r}: use local or ray", field="engine"
+            )
         if self.batch_size < 1 or self.batch_size > 10_000_000:
             raise ValidationError("batch size must be between 1 and 10,000,000", field="batch_size")
         if self.workers is not None and self.workers < 1:
@@ -107,8 +109,9 @@ def resolve_model(ref: str, hub: Any = None, *, threads: int = 1) -> ResolvedMod
     try:
         registry = getattr(hub, "registry", None)
         if registry is None:
-            raise ValidationError(f"{ref!r} is not a bundle path and this hub has no model registry",
-                                  field="model")
+            raise ValidationError(
+                f"{ref!r} is not a bundle path and this hub has no model registry", field="model"
+            )
         mv = registry.resolve(ref)
         path = Path(registry.artifact_path(mv))
         return ResolvedModel(Model.load(path, options), path, ref)
@@ -117,10 +120,15 @@ def resolve_model(ref: str, hub: Any = None, *, threads: int = 1) -> ResolvedMod
             hub.close()
 
 
-def run_batch(spec: BatchSpec, *, hub: Any = None, resolved: ResolvedModel | None = None,
-              on_start: Callable[[Progress, dict[str, Any]], None] | None = None,
-              on_progress: Callable[[Progress], None] | None = None,
-              cancelled: Callable[[], bool | str] = lambda: False) -> BatchResult:
+def run_batch(
+    spec: BatchSpec,
+    *,
+    hub: Any = None,
+    resolved: ResolvedModel | None = None,
+    on_start: Callable[[Progress, dict[str, Any]], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    cancelled: Callable[[], bool | str] = lambda: False,
+) -> BatchResult:
     """Run one job. ``cancelled()`` is polled between batches: truthy stops the job and
     discards its partial output; the string ``"interrupt"`` stops it but keeps the
     checkpoint so a rerun resumes (used when the hub shuts down)."""
@@ -129,25 +137,39 @@ def run_batch(spec: BatchSpec, *, hub: Any = None, resolved: ResolvedModel | Non
     rm = resolved or resolve_model(spec.model, hub)
     model = rm.model
     if model.codec is None:
-        raise ValidationError(f"model {model.name}:{model.version} takes raw tensors; batch jobs "
-                              "need named features", field="model")
+        raise ValidationError(
+            f"model {model.name}:{model.version} takes raw tensors; batch jobs need named features",
+            field="model",
+        )
     features = list(model.codec.names)
     dtypes = {f.name: f.dtype for f in model.manifest.inputs.features}
-    reader = InputReader(spec.input, features, spec.id_columns, spec.batch_size,
-                         spec.input_format, dtypes)
-    fingerprint = {"input": reader.info.fingerprint(), "model": model.digest,
-                   "batch_size": spec.batch_size, "id_columns": spec.id_columns,
-                   "scoring_date": spec.scoring_date}
-    writer = PartWriter(spec.output, spec.rejects, fingerprint, parse_scoring_date(spec.scoring_date),
-                        fmt=spec.output_format, overwrite=spec.overwrite,
-                        resume=spec.resume and spec.engine == "local")
+    reader = InputReader(
+        spec.input, features, spec.id_columns, spec.batch_size, spec.input_format, dtypes
+    )
+    fingerprint = {
+        "input": reader.info.fingerprint(),
+        "model": model.digest,
+        "batch_size": spec.batch_size,
+        "id_columns": spec.id_columns,
+        "scoring_date": spec.scoring_date,
+    }
+    writer = PartWriter(
+        spec.output,
+        spec.rejects,
+        fingerprint,
+        parse_scoring_date(spec.scoring_date),
+        fmt=spec.output_format,
+        overwrite=spec.overwrite,
+        resume=spec.resume and spec.engine == "local",
+    )
     try:
         meta = ScoringMeta(model.name, model.version, writer.scored_at, tuple(spec.id_columns))
         workers = spec.workers or available_cores()
         total = reader.info.total_rows
         skip = writer.resumed_from
-        progress = Progress(writer.cp.rows_in, total, writer.cp.rows_out, writer.cp.rows_rejected,
-                            writer.cp.batches)
+        progress = Progress(
+            writer.cp.rows_in, total, writer.cp.rows_out, writer.cp.rows_rejected, writer.cp.batches
+        )
         model_info = {"name": model.name, "version": model.version, "sha256": model.digest}
         if on_start:
             on_start(progress, model_info)
@@ -165,13 +187,25 @@ def run_batch(spec: BatchSpec, *, hub: Any = None, resolved: ResolvedModel | Non
         if spec.engine == "ray":
             from cloud_hub.batch.ray_engine import run_ray
 
-            finished = run_ray(reader, rm.bundle_path, spec, workers=workers,
-                               write=lambda i, n, s: write(i, n, s), cancelled=cancelled)
+            finished = run_ray(
+                reader,
+                rm.bundle_path,
+                spec,
+                workers=workers,
+                write=lambda i, n, s: write(i, n, s),
+                cancelled=cancelled,
+            )
         else:
             scorer = BatchScorer(model, spec.id_columns)
-            finished = run_local(reader.batches(), scorer, skip=skip, workers=workers,
-                                 write=lambda i, b, s: write(i, b.num_rows, s), cancelled=cancelled,
-                                 processes=rm.bundle_path if spec.processes else None)
+            finished = run_local(
+                reader.batches(),
+                scorer,
+                skip=skip,
+                workers=workers,
+                write=lambda i, b, s: write(i, b.num_rows, s),
+                cancelled=cancelled,
+                processes=rm.bundle_path if spec.processes else None,
+            )
         if not finished:
             if cancelled() == "interrupt":
                 status = "interrupted"
@@ -183,9 +217,19 @@ def run_batch(spec: BatchSpec, *, hub: Any = None, resolved: ResolvedModel | Non
                 raise ValidationError(f"input {spec.input!r} has no rows", field="input")
             writer.finalize()
             status = "succeeded"
-        return BatchResult(status, str(writer.output), str(writer.rejects_path), writer.cp.rows_in,
-                           writer.cp.rows_out, writer.cp.rows_rejected, skip,
-                           time.perf_counter() - t0, model_info, spec.engine, workers)
+        return BatchResult(
+            status,
+            str(writer.output),
+            str(writer.rejects_path),
+            writer.cp.rows_in,
+            writer.cp.rows_out,
+            writer.cp.rows_rejected,
+            skip,
+            time.perf_counter() - t0,
+            model_info,
+            spec.engine,
+            workers,
+        )
     finally:
         writer.release()
 

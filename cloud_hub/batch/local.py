@@ -52,9 +52,16 @@ def _proc_score(batch: pa.RecordBatch) -> pa.Table:
     return _PROC_SCORER.score(batch)
 
 
-def run_local(batches: Iterator[pa.RecordBatch], scorer: BatchScorer, *, skip: int,
-              workers: int, write: Callable[[int, pa.RecordBatch, pa.Table], None],
-              cancelled: Callable[[], bool], processes: Path | None = None) -> bool:
+def run_local(
+    batches: Iterator[pa.RecordBatch],
+    scorer: BatchScorer,
+    *,
+    skip: int,
+    workers: int,
+    write: Callable[[int, pa.RecordBatch, pa.Table], None],
+    cancelled: Callable[[], bool],
+    processes: Path | None = None,
+) -> bool:
     """Score every batch after the first ``skip``; call ``write(i, batch, scored)`` in order.
 
     ``processes``: a bundle path to score in ``workers`` spawned processes instead of
@@ -96,10 +103,12 @@ def run_local(batches: Iterator[pa.RecordBatch], scorer: BatchScorer, *, skip: i
     if processes is not None:
         import multiprocessing
 
-        pool_cm = ProcessPoolExecutor(max_workers=workers,
-                                      mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=_proc_init,
-                                      initargs=(str(processes), list(scorer.id_columns)))
+        pool_cm = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_proc_init,
+            initargs=(str(processes), list(scorer.id_columns)),
+        )
         score = _proc_score
     else:
         pool_cm = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batch-score")

@@ -60,28 +60,50 @@ class Checkpoint:
     parts: list[dict[str, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint,
-                "scored_at": self.scored_at, "batches": self.batches, "rows_in": self.rows_in,
-                "rows_out": self.rows_out, "rows_rejected": self.rows_rejected, "parts": self.parts}
+        return {
+            "version": CHECKPOINT_VERSION,
+            "fingerprint": self.fingerprint,
+            "scored_at": self.scored_at,
+            "batches": self.batches,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "rows_rejected": self.rows_rejected,
+            "parts": self.parts,
+        }
 
 
 class PartWriter:
     """Writes one part per batch, checkpoints, and merges the parts at the end."""
 
-    def __init__(self, output: str | Path, rejects: str | Path | None, fingerprint: dict[str, Any],
-                 scored_at: dt.datetime, *, fmt: str | None = None, overwrite: bool = False,
-                 resume: bool = True) -> None:
+    def __init__(
+        self,
+        output: str | Path,
+        rejects: str | Path | None,
+        fingerprint: dict[str, Any],
+        scored_at: dt.datetime,
+        *,
+        fmt: str | None = None,
+        overwrite: bool = False,
+        resume: bool = True,
+    ) -> None:
         self.output = Path(output).absolute()
         self.format = detect_format(self.output, fmt)
-        self.rejects_path = Path(rejects).absolute() if rejects else default_rejects_path(self.output)
+        self.rejects_path = (
+            Path(rejects).absolute() if rejects else default_rejects_path(self.output)
+        )
         if self.rejects_path == self.output:
-            raise ValidationError("the rejects file must differ from the output file", field="rejects")
+            raise ValidationError(
+                "the rejects file must differ from the output file", field="rejects"
+            )
         if not self.output.parent.is_dir():
-            raise ValidationError(f"output directory {str(self.output.parent)!r} does not exist",
-                                  field="output")
+            raise ValidationError(
+                f"output directory {str(self.output.parent)!r} does not exist", field="output"
+            )
         if self.output.exists() and not overwrite:
-            raise ConflictError(f"output {str(self.output)!r} already exists; pass --overwrite to "
-                                "replace it", field="output")
+            raise ConflictError(
+                f"output {str(self.output)!r} already exists; pass --overwrite to replace it",
+                field="output",
+            )
         self.dir = work_dir_for(self.output)
         self.dir.mkdir(exist_ok=True)
         self._lock = open(self.dir / "lock", "w")
@@ -89,7 +111,9 @@ class PartWriter:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             self._lock.close()
-            raise ConflictError(f"another job is writing {str(self.output)!r}", field="output") from exc
+            raise ConflictError(
+                f"another job is writing {str(self.output)!r}", field="output"
+            ) from exc
         fp = dict(fingerprint, output_format=self.format)
         self.resumed_from = 0
         cp = self._load() if resume else None
@@ -112,9 +136,15 @@ class PartWriter:
             data = json.loads((self.dir / CHECKPOINT).read_text())
             if data.get("version") != CHECKPOINT_VERSION:
                 return None
-            return Checkpoint(data["fingerprint"], data["scored_at"], data["batches"],
-                              data["rows_in"], data["rows_out"], data["rows_rejected"],
-                              data.get("parts", []))
+            return Checkpoint(
+                data["fingerprint"],
+                data["scored_at"],
+                data["batches"],
+                data["rows_in"],
+                data["rows_out"],
+                data["rows_rejected"],
+                data.get("parts", []),
+            )
         except (OSError, ValueError, KeyError):
             return None
 
@@ -240,8 +270,9 @@ class FinalWriter:
             try:
                 table = table.cast(self.schema)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise ValidationError(f"output columns changed type between batches: {exc}",
-                                      field="input") from exc
+                raise ValidationError(
+                    f"output columns changed type between batches: {exc}", field="input"
+                ) from exc
         if self._fh is not None:
             for row in table.to_pylist():
                 self._fh.write(json.dumps(row, default=_json_default, ensure_ascii=False))

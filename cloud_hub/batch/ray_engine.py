@@ -38,7 +38,9 @@ def _bundle_files(path: Path) -> dict[str, bytes]:
 class RayScorer:
     """Ray actor: materialise the bundle, load the model once, score batches."""
 
-    def __init__(self, files_ref: Any, id_columns: list[str], features: list[str], fmt: str) -> None:
+    def __init__(
+        self, files_ref: Any, id_columns: list[str], features: list[str], fmt: str
+    ) -> None:
         import ray
 
         from cloud_hub.batch.scoring import BatchScorer
@@ -59,30 +61,43 @@ class RayScorer:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         if self.fmt == "jsonl":
-            batch = parse_jsonl_lines(table.column("text").to_pylist(), self.features,
-                                      self.id_columns)
+            batch = parse_jsonl_lines(
+                table.column("text").to_pylist(), self.features, self.id_columns
+            )
         else:
             batches = table.combine_chunks().to_batches()
             batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
         return self.scorer.score(batch)
 
 
-def run_ray(reader: InputReader, bundle_path: Path, spec, *, workers: int,
-            write: Callable[[int, int, pa.Table], None], cancelled: Callable[[], bool]) -> bool:
+def run_ray(
+    reader: InputReader,
+    bundle_path: Path,
+    spec,
+    *,
+    workers: int,
+    write: Callable[[int, int, pa.Table], None],
+    cancelled: Callable[[], bool],
+) -> bool:
     try:
         import ray
         import ray.data
     except ImportError as exc:  # pragma: no cover - ray is an optional extra
-        raise RayEngineError("the ray engine needs Ray: pip install 'edgefleet[ray]'",
-                             field="engine") from exc
+        raise RayEngineError(
+            "the ray engine needs Ray: pip install 'edgefleet[ray]'", field="engine"
+        ) from exc
     started = False
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            ray.init(
+                num_cpus=workers,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
         started = True
     try:
         ctx = ray.data.DataContext.get_current()
@@ -100,13 +115,22 @@ def run_ray(reader: InputReader, bundle_path: Path, spec, *, workers: int,
         cpus = float(ray.cluster_resources().get("CPU", workers))
         actor_cpus = min(1.0, max(0.1, (cpus - 1) / workers)) if cpus > 1 else 0.5
         files_ref = ray.put(_bundle_files(Path(bundle_path)))
-        ds = ds.map_batches(RayScorer, fn_constructor_kwargs={
-            "files_ref": files_ref, "id_columns": list(reader.id_columns),
-            "features": list(reader.features), "fmt": reader.format},
-            batch_size=spec.batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=actor_cpus)
-        batches = ds.iter_batches(batch_size=spec.batch_size, batch_format="pyarrow",
-                                  prefetch_batches=2)
+        ds = ds.map_batches(
+            RayScorer,
+            fn_constructor_kwargs={
+                "files_ref": files_ref,
+                "id_columns": list(reader.id_columns),
+                "features": list(reader.features),
+                "fmt": reader.format,
+            },
+            batch_size=spec.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=actor_cpus,
+        )
+        batches = ds.iter_batches(
+            batch_size=spec.batch_size, batch_format="pyarrow", prefetch_batches=2
+        )
         for i, table in enumerate(batches):
             if cancelled():
                 return False

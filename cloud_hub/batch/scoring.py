@@ -43,8 +43,11 @@ class BatchScorer:
         if model.codec is None:
             from edge_runtime.errors import ValidationError
 
-            raise ValidationError(f"model {model.name}:{model.version} takes raw tensors; batch "
-                                  "scoring needs a model with named features", field="model")
+            raise ValidationError(
+                f"model {model.name}:{model.version} takes raw tensors; batch "
+                "scoring needs a model with named features",
+                field="model",
+            )
         self.model = model
         self.codec = model.codec
         self.names = list(self.codec.names)
@@ -57,8 +60,10 @@ class BatchScorer:
         self.classes = None
         if classes:
             as_int = all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
-            self.classes = pa.array(classes if as_int else [str(c) for c in classes],
-                                    pa.int64() if as_int else pa.string())
+            self.classes = pa.array(
+                classes if as_int else [str(c) for c in classes],
+                pa.int64() if as_int else pa.string(),
+            )
         self.risk_levels = list(model.risk_levels)
         self.risk_names = pa.array([r[0] for r in self.risk_levels], pa.string())
 
@@ -94,8 +99,10 @@ class BatchScorer:
             for i in rows.tolist():
                 if i not in problems:
                     name = self.names[self.reject_cols[int(nanm[:, i].argmax())]]
-                    problems[i] = (f"{name}: missing value (null/NaN) is not allowed for "
-                                   f"this feature", name)
+                    problems[i] = (
+                        f"{name}: missing value (null/NaN) is not allowed for this feature",
+                        name,
+                    )
         if self.has_range:
             with np.errstate(invalid="ignore"):
                 out = (xt < self.codec.mins[:, None]) | (xt > self.codec.maxs[:, None])
@@ -103,8 +110,11 @@ class BatchScorer:
                 if i not in problems:
                     c = int(out[:, i].argmax())
                     lo, hi = self.codec.mins[c], self.codec.maxs[c]
-                    problems[i] = (f"{self.names[c]}: {xt[c, i]:g} is outside the allowed "
-                                   f"range [{lo:g}, {hi:g}]", self.names[c])
+                    problems[i] = (
+                        f"{self.names[c]}: {xt[c, i]:g} is outside the allowed "
+                        f"range [{lo:g}, {hi:g}]",
+                        self.names[c],
+                    )
         x = np.ascontiguousarray(xt.T)
         return x, problems
 
@@ -115,7 +125,8 @@ class BatchScorer:
         if pa.types.is_string(t) or pa.types.is_large_string(t):
             try:
                 return pc.cast(pc.utf8_trim_whitespace(col), pa.float64()).to_numpy(
-                    zero_copy_only=False)
+                    zero_copy_only=False
+                )
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 pass
             out = np.full(len(col), np.nan)
@@ -187,7 +198,7 @@ class BatchScorer:
         idx = np.full(len(p), -1, dtype=np.int64)
         with np.errstate(invalid="ignore"):
             for k in range(len(self.risk_levels) - 1, -1, -1):  # highest min wins, like
-                idx[p >= self.risk_levels[k][1]] = k             # Model.risk_level
+                idx[p >= self.risk_levels[k][1]] = k  # Model.risk_level
         none = idx < 0
         if mask is not None:
             none |= mask
@@ -206,8 +217,14 @@ def split_scored(scored: pa.Table, first_row: int, meta: ScoringMeta) -> tuple[p
         out = out.add_column(0, ROW, rows)
     if n_bad:
         good = pc.is_null(reasons)
-        rejects = pa.table({ROW: rows, **{c: scored.column(c) for c in meta.id_columns},
-                            "reason": reasons, "field": scored.column(FIELD_COL)})
+        rejects = pa.table(
+            {
+                ROW: rows,
+                **{c: scored.column(c) for c in meta.id_columns},
+                "reason": reasons,
+                "field": scored.column(FIELD_COL),
+            }
+        )
         rejects = rejects.filter(pc.invert(good))
         out = out.filter(good)
     else:
@@ -215,8 +232,10 @@ def split_scored(scored: pa.Table, first_row: int, meta: ScoringMeta) -> tuple[p
     m = out.num_rows
     out = out.append_column(MODEL_NAME, _const_dict(meta.model_name, m))
     out = out.append_column(MODEL_VERSION, _const_dict(meta.model_version, m))
-    ts = pa.array(np.full(m, np.datetime64(meta.scored_at.replace(tzinfo=None), "us")),
-                  pa.timestamp("us", tz="UTC"))
+    ts = pa.array(
+        np.full(m, np.datetime64(meta.scored_at.replace(tzinfo=None), "us")),
+        pa.timestamp("us", tz="UTC"),
+    )
     out = out.append_column(SCORED_AT, ts)
     if rejects is None:
         rejects = _empty_rejects(scored, meta)
@@ -228,9 +247,14 @@ def _const_dict(value: str, n: int) -> pa.Array:
 
 
 def _empty_rejects(scored: pa.Table, meta: ScoringMeta) -> pa.Table:
-    return pa.table({ROW: pa.array([], pa.int64()),
-                     **{c: pa.array([], scored.schema.field(c).type) for c in meta.id_columns},
-                     "reason": pa.array([], pa.string()), "field": pa.array([], pa.string())})
+    return pa.table(
+        {
+            ROW: pa.array([], pa.int64()),
+            **{c: pa.array([], scored.schema.field(c).type) for c in meta.id_columns},
+            "reason": pa.array([], pa.string()),
+            "field": pa.array([], pa.string()),
+        }
+    )
 
 
 def rejects_to_jsonl(rejects: pa.Table) -> bytes:
@@ -254,7 +278,9 @@ def parse_scoring_date(value: str | None) -> dt.datetime:
     except ValueError as exc:
         from edge_runtime.errors import ValidationError
 
-        raise ValidationError(f"scoring date {value!r} is not an ISO date/time", field="scoring_date") from exc
+        raise ValidationError(
+            f"scoring date {value!r} is not an ISO date/time", field="scoring_date"
+        ) from exc
     if d.tzinfo is None:
         d = d.replace(tzinfo=dt.UTC)
     return d.astimezone(dt.UTC)

@@ -7,9 +7,12 @@ from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, St
 from cloud_hub.db import create_tables, metadata, migration
 
 batch_jobs = Table(
-    "batch_jobs", metadata,
+    "batch_jobs",
+    metadata,
     Column("id", String(32), primary_key=True),
-    Column("status", String(16), nullable=False),  # queued running succeeded failed cancelled interrupted
+    Column(
+        "status", String(16), nullable=False
+    ),  # queued running succeeded failed cancelled interrupted
     Column("model_ref", String(300), nullable=False),
     Column("model_name", String(200)),
     Column("model_version", String(100)),

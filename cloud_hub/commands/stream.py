@@ -11,27 +11,44 @@ import threading
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "stream", help="score a message stream (MQTT v5 or NATS JetStream)",
+        "stream",
+        help="score a message stream (MQTT v5 or NATS JetStream)",
         description="Consume JSON messages from SOURCE, score them in micro-batches with the "
         "model, publish one result per message to SINK and bad messages with their reason to "
         "the dead-letter destination; acknowledge inputs only after their results are "
         "confirmed (at-least-once). URLs: mqtt://host:1883/topic (QoS 1, shared subscription "
         "$share/GROUP/topic, persistent session) or nats://host:4222/subject (JetStream durable "
         "consumer GROUP, explicit ack). Options in the URL query: group, client_id, stream, "
-        "ack_wait, session_expiry, username, password.")
+        "ack_wait, session_expiry, username, password.",
+    )
     p.add_argument("--source", required=True, help="input URL (mqtt://… or nats://…)")
     p.add_argument("--sink", required=True, help="output URL (mqtt://… or nats://…)")
-    p.add_argument("--model", required=True, help="REF: name, name@alias, name:version (or a bundle path)")
-    p.add_argument("--dead-letter", default=None,
-                   help="dead-letter URL (default: SINK/dead-letter, or SINK.dead-letter for NATS)")
-    p.add_argument("--group", default="cloudhub",
-                   help="shared-subscription group / JetStream durable consumer (default cloudhub)")
-    p.add_argument("--name", default="0",
-                   help="this worker's name in the group: keep it across restarts so an MQTT "
-                   "worker gets its unacknowledged messages back (client id cloudhub-GROUP-NAME)")
+    p.add_argument(
+        "--model", required=True, help="REF: name, name@alias, name:version (or a bundle path)"
+    )
+    p.add_argument(
+        "--dead-letter",
+        default=None,
+        help="dead-letter URL (default: SINK/dead-letter, or SINK.dead-letter for NATS)",
+    )
+    p.add_argument(
+        "--group",
+        default="cloudhub",
+        help="shared-subscription group / JetStream durable consumer (default cloudhub)",
+    )
+    p.add_argument(
+        "--name",
+        default="0",
+        help="this worker's name in the group: keep it across restarts so an MQTT "
+        "worker gets its unacknowledged messages back (client id cloudhub-GROUP-NAME)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="largest micro-batch (default 256)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="longest wait to fill a micro-batch after its first message (default 5)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="longest wait to fill a micro-batch after its first message (default 5)",
+    )
     p.add_argument("--key-field", default="key", help="message field holding the key (default key)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.set_defaults(func=cmd_stream)
@@ -46,10 +63,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValidationError("--batch-size must be at least 1", field="batch_size")
     rm = resolve_model(args.model, threads=args.threads)
-    opts = StreamOptions(batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
-                         key_field=args.key_field)
-    worker = build_worker(rm.model, args.source, args.sink, args.dead_letter, opts,
-                          group=args.group, name=args.name)
+    opts = StreamOptions(
+        batch_size=args.batch_size, max_wait_ms=args.max_wait_ms, key_field=args.key_field
+    )
+    worker = build_worker(
+        rm.model, args.source, args.sink, args.dead_letter, opts, group=args.group, name=args.name
+    )
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -58,12 +77,25 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(json.dumps({"event": "ready", "source": args.source, "sink": args.sink,
-                      "dead_letter": worker.dead_letter.url, "model": rm.model.describe()["name"],
-                      "version": rm.model.version}), file=sys.stderr, flush=True)
+    print(
+        json.dumps(
+            {
+                "event": "ready",
+                "source": args.source,
+                "sink": args.sink,
+                "dead_letter": worker.dead_letter.url,
+                "model": rm.model.describe()["name"],
+                "version": rm.model.version,
+            }
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         worker.run()
     finally:
         worker.close()
-        print(json.dumps({"event": "stopped", **worker.stats.to_dict()}), file=sys.stderr, flush=True)
+        print(
+            json.dumps({"event": "stopped", **worker.stats.to_dict()}), file=sys.stderr, flush=True
+        )
     return 0

@@ -26,12 +26,22 @@ CONNECT_TIMEOUT_S = 10.0
 
 
 def _client(client_id: str, *, manual_ack: bool) -> mqtt.Client:
-    return mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                       protocol=mqtt.MQTTv5, manual_ack=manual_ack)
+    return mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+    )
 
 
-def _connect(client: mqtt.Client, ep: Endpoint, *, clean_start: bool, expiry: int,
-             receive_max: int | None = None) -> None:
+def _connect(
+    client: mqtt.Client,
+    ep: Endpoint,
+    *,
+    clean_start: bool,
+    expiry: int,
+    receive_max: int | None = None,
+) -> None:
     connected = threading.Event()
     failure: list[str] = []
 
@@ -55,8 +65,10 @@ def _connect(client: mqtt.Client, ep: Endpoint, *, clean_start: bool, expiry: in
     client.loop_start()
     if not connected.wait(CONNECT_TIMEOUT_S) or failure:
         client.loop_stop()
-        raise TransportError(f"MQTT broker {ep.host}:{ep.port} refused the connection: "
-                             f"{failure[0] if failure else 'timeout'}")
+        raise TransportError(
+            f"MQTT broker {ep.host}:{ep.port} refused the connection: "
+            f"{failure[0] if failure else 'timeout'}"
+        )
 
 
 class MqttSource:
@@ -71,14 +83,21 @@ class MqttSource:
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: subscribed.set()
         expiry = int(ep.options.get("session_expiry", 86400))
-        _connect(self.client, ep, clean_start=False, expiry=expiry,
-                 receive_max=int(ep.options.get("receive_max", 1000)))
+        _connect(
+            self.client,
+            ep,
+            clean_start=False,
+            expiry=expiry,
+            receive_max=int(ep.options.get("receive_max", 1000)),
+        )
         # (Re)subscribing is idempotent; on reconnects paho keeps the session's subscription.
         self.client.on_connect = lambda c, *a: c.subscribe(self.subscription, qos=1)
         self.client.subscribe(self.subscription, qos=1)
         if not subscribed.wait(CONNECT_TIMEOUT_S):
             self.close()
-            raise TransportError(f"MQTT broker did not confirm the subscription {self.subscription}")
+            raise TransportError(
+                f"MQTT broker did not confirm the subscription {self.subscription}"
+            )
 
     def fetch(self, max_messages: int, timeout: float) -> list[InMessage]:
         out: list[InMessage] = []
@@ -90,8 +109,11 @@ class MqttSource:
         deadline = time.monotonic() + min(timeout, 0.005)
         while len(out) < max_messages:
             try:
-                m = self._q.get_nowait() if time.monotonic() >= deadline else self._q.get(
-                    timeout=max(0.0, deadline - time.monotonic()))
+                m = (
+                    self._q.get_nowait()
+                    if time.monotonic() >= deadline
+                    else self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+                )
             except queue.Empty:
                 break
             out.append(InMessage(m.payload, handle=m))
@@ -122,8 +144,9 @@ class MqttSink:
         for info in infos:
             info.wait_for_publish(max(0.01, deadline - time.monotonic()))
             if not info.is_published():
-                raise TransportError(f"MQTT broker did not confirm a publish to {self.topic} "
-                                     f"(rc {info.rc})")
+                raise TransportError(
+                    f"MQTT broker did not confirm a publish to {self.topic} (rc {info.rc})"
+                )
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -53,9 +53,14 @@ class _Loop:
 
 async def _connect(ep: Endpoint):
     try:
-        return await nats.connect(f"nats://{ep.host}:{ep.port}", connect_timeout=5,
-                                  max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                  user=ep.options.get("username"), password=ep.options.get("password"))
+        return await nats.connect(
+            f"nats://{ep.host}:{ep.port}",
+            connect_timeout=5,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            user=ep.options.get("username"),
+            password=ep.options.get("password"),
+        )
     except Exception as exc:  # nats raises several error types (NoServers, OSError, ...)
         raise TransportError(f"cannot reach NATS at {ep.host}:{ep.port}: {exc}") from exc
 
@@ -90,12 +95,17 @@ class NatsSource:
         self.nc = await _connect(ep)
         self.js = self.nc.jetstream()
         self.stream = await _ensure_stream(self.js, ep)
-        cfg = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT,
-                             deliver_policy=DeliverPolicy.ALL, ack_wait=self.ack_wait,
-                             max_ack_pending=int(ep.options.get("max_ack_pending", 20000)),
-                             filter_subject=self.subject)
-        self.sub = await self.js.pull_subscribe(self.subject, durable=self.durable,
-                                                stream=self.stream, config=cfg)
+        cfg = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_ack_pending=int(ep.options.get("max_ack_pending", 20000)),
+            filter_subject=self.subject,
+        )
+        self.sub = await self.js.pull_subscribe(
+            self.subject, durable=self.durable, stream=self.stream, config=cfg
+        )
         self._pump_task = asyncio.get_running_loop().create_task(self._pump())
 
     async def _pump(self) -> None:
@@ -124,12 +134,12 @@ class NatsSource:
         # then take what is already there (fetch starts with a no_wait request).
         try:
             msgs = await self.sub.fetch(1, timeout=timeout)
-        except (NatsTimeout, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeout):
             return []
         if n > 1:
             try:
                 msgs += await self.sub.fetch(n - 1, timeout=0.002)
-            except (NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 pass
         return msgs
 
@@ -195,8 +205,10 @@ class NatsSink:
 
     async def _publish(self, payloads: list[bytes]) -> None:
         # Concurrent publishes, each confirmed by a PubAck from the stream.
-        results = await asyncio.gather(*(self.js.publish(self.subject, p, timeout=30)
-                                         for p in payloads), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self.js.publish(self.subject, p, timeout=30) for p in payloads),
+            return_exceptions=True,
+        )
         for r in results:
             if isinstance(r, BaseException):
                 raise TransportError(f"JetStream did not confirm a publish to {self.subject}: {r}")

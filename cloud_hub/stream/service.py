@@ -29,8 +29,16 @@ log = logging.getLogger("cloud_hub.stream")
 _lock = threading.Lock()
 
 
-def build_worker(model: Model, source: str, sink: str, dead_letter: str | None,
-                 options: StreamOptions, *, group: str = "cloudhub", name: str = "0") -> StreamWorker:
+def build_worker(
+    model: Model,
+    source: str,
+    sink: str,
+    dead_letter: str | None,
+    options: StreamOptions,
+    *,
+    group: str = "cloudhub",
+    name: str = "0",
+) -> StreamWorker:
     dlq_url = dead_letter or default_dead_letter(sink)
     opened = []
     try:
@@ -73,8 +81,15 @@ class StreamService:
 
     def _row(self, wid: str):
         with self.engine.connect() as conn:
-            row = conn.execute(select(stream_workers).where(
-                (stream_workers.c.id == wid) | (stream_workers.c.name == wid))).mappings().first()
+            row = (
+                conn.execute(
+                    select(stream_workers).where(
+                        (stream_workers.c.id == wid) | (stream_workers.c.name == wid)
+                    )
+                )
+                .mappings()
+                .first()
+            )
         if row is None:
             raise NotFoundError(f"unknown stream worker {wid}", field="stream_id")
         return row
@@ -82,44 +97,81 @@ class StreamService:
     def _to_dict(self, r) -> dict[str, Any]:
         live = self._workers.get(r["id"])
         stats = live[0].stats.to_dict() if live else json.loads(r["stats"] or "{}")
-        return {"id": r["id"], "name": r["name"], "model": r["model_ref"], "source": r["source"],
-                "sink": r["sink"], "dead_letter": r["dead_letter"],
-                "options": json.loads(r["options"]), "desired": r["desired"],
-                "status": r["status"], "error": r["error"], "stats": stats,
-                "created_at": r["created_at"].isoformat() if r["created_at"] else None}
+        return {
+            "id": r["id"],
+            "name": r["name"],
+            "model": r["model_ref"],
+            "source": r["source"],
+            "sink": r["sink"],
+            "dead_letter": r["dead_letter"],
+            "options": json.loads(r["options"]),
+            "desired": r["desired"],
+            "status": r["status"],
+            "error": r["error"],
+            "stats": stats,
+            "created_at": r["created_at"].isoformat() if r["created_at"] else None,
+        }
 
     def get(self, wid: str) -> dict[str, Any]:
         return self._to_dict(self._row(wid))
 
     def list(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(stream_workers).order_by(stream_workers.c.created_at)).mappings().all()
+            rows = (
+                conn.execute(select(stream_workers).order_by(stream_workers.c.created_at))
+                .mappings()
+                .all()
+            )
         return [self._to_dict(r) for r in rows]
 
-    def create(self, name: str, model: str, source: str, sink: str, dead_letter: str | None,
-               options: StreamOptions) -> dict[str, Any]:
+    def create(
+        self,
+        name: str,
+        model: str,
+        source: str,
+        sink: str,
+        dead_letter: str | None,
+        options: StreamOptions,
+    ) -> dict[str, Any]:
         parse_url(source, "source")
         parse_url(sink, "sink")
         dlq = dead_letter or default_dead_letter(sink)
         parse_url(dlq, "dead_letter")
         self.hub.registry.resolve(model)  # 404 naming the model/alias/version
         with self.engine.connect() as conn:
-            if conn.execute(select(stream_workers.c.id).where(stream_workers.c.name == name)).first():
+            if conn.execute(
+                select(stream_workers.c.id).where(stream_workers.c.name == name)
+            ).first():
                 raise ConflictError(f"a stream worker named {name!r} exists", field="name")
         wid = uuid.uuid4().hex[:16]
         now = _now()
         with self.engine.begin() as conn:
-            conn.execute(stream_workers.insert().values(
-                id=wid, name=name, model_ref=model, source=source, sink=sink, dead_letter=dlq,
-                options=json.dumps(options.__dict__), desired="running", status="starting",
-                runner=self.runner, created_at=now, updated_at=now))
+            conn.execute(
+                stream_workers.insert().values(
+                    id=wid,
+                    name=name,
+                    model_ref=model,
+                    source=source,
+                    sink=sink,
+                    dead_letter=dlq,
+                    options=json.dumps(options.__dict__),
+                    desired="running",
+                    status="starting",
+                    runner=self.runner,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
         self._start(wid)
         return self.get(wid)
 
     def _set(self, wid: str, **values: Any) -> None:
         with self.engine.begin() as conn:
-            conn.execute(update(stream_workers).where(stream_workers.c.id == wid).values(
-                updated_at=_now(), **values))
+            conn.execute(
+                update(stream_workers)
+                .where(stream_workers.c.id == wid)
+                .values(updated_at=_now(), **values)
+            )
 
     def _start(self, wid: str) -> None:
         r = self._row(wid)
@@ -127,14 +179,21 @@ class StreamService:
             _, model = self.hub.models.get(r["model_ref"])
             # MQTT client id cloudhub-cloudhub-NAME-HOST: stable across restarts of this
             # hub (its session and unacked messages come back), distinct per replica host.
-            worker = build_worker(model, r["source"], r["sink"], r["dead_letter"],
-                                  StreamOptions(**json.loads(r["options"])), group="cloudhub",
-                                  name=f"{r['name']}-{socket.gethostname()}")
+            worker = build_worker(
+                model,
+                r["source"],
+                r["sink"],
+                r["dead_letter"],
+                StreamOptions(**json.loads(r["options"])),
+                group="cloudhub",
+                name=f"{r['name']}-{socket.gethostname()}",
+            )
         except EdgeError as exc:
             self._set(wid, status="failed", error=exc.message)
             return
-        t = threading.Thread(target=self._run, args=(wid, worker), name=f"stream-{r['name']}",
-                             daemon=True)
+        t = threading.Thread(
+            target=self._run, args=(wid, worker), name=f"stream-{r['name']}", daemon=True
+        )
         with self._lock:
             self._workers[wid] = (worker, t)
         self._set(wid, status="running", error=None, runner=self.runner)
@@ -173,8 +232,13 @@ class StreamService:
     def restore(self) -> int:
         """Start the workers whose desired state is running (at hub start)."""
         with self.engine.connect() as conn:
-            ids = conn.execute(select(stream_workers.c.id).where(
-                stream_workers.c.desired == "running")).scalars().all()
+            ids = (
+                conn.execute(
+                    select(stream_workers.c.id).where(stream_workers.c.desired == "running")
+                )
+                .scalars()
+                .all()
+            )
         for wid in ids:
             if wid not in self._workers:
                 self._start(wid)

@@ -7,7 +7,8 @@ from sqlalchemy import Column, DateTime, String, Table, Text
 from cloud_hub.db import create_tables, metadata, migration
 
 stream_workers = Table(
-    "stream_workers", metadata,
+    "stream_workers",
+    metadata,
     Column("id", String(32), primary_key=True),
     Column("name", String(100), nullable=False, unique=True),
     Column("model_ref", String(300), nullable=False),

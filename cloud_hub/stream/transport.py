@@ -1,8 +1,8 @@
 """Stream transports behind one small, synchronous interface.
 
-    Source.fetch(max_messages, timeout) -> list[InMessage]   (a micro-batch, maybe empty)
-    Source.ack(messages)                                      (after their results are published)
-    Sink.publish(payloads)                                    (returns when the broker confirmed all)
+    Source.fetch(max_messages, timeout) -> list[InMessage]  (a micro-batch, maybe empty)
+    Source.ack(messages)                  (after their results are published)
+    Sink.publish(payloads)                (returns when the broker confirmed all)
 
 Implementations: MQTT v5 (``mqtt://host:port/topic``; QoS 1, shared
 subscription, persistent session, manual acks) in :mod:`.mqtt` and NATS
@@ -71,8 +71,10 @@ def parse_url(url: str, role: str) -> Endpoint:
     if u.scheme == "nats":
         target = target.replace("/", ".")
     if not target:
-        raise ValidationError(f"{role} URL {url!r} names no topic/subject (e.g. "
-                              f"{u.scheme}://host:port/scores)", field=role)
+        raise ValidationError(
+            f"{role} URL {url!r} names no topic/subject (e.g. {u.scheme}://host:port/scores)",
+            field=role,
+        )
     if not u.hostname:
         raise ValidationError(f"{role} URL {url!r} names no host", field=role)
     try:

@@ -63,11 +63,20 @@ def _iso(t: float) -> str:
 
 
 class StreamWorker:
-    def __init__(self, model: Model, source: Source, sink: Sink, dead_letter: Sink,
-                 options: StreamOptions | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        source: Source,
+        sink: Sink,
+        dead_letter: Sink,
+        options: StreamOptions | None = None,
+    ) -> None:
         if model.codec is None:
-            raise ValidationError(f"model {model.name}:{model.version} takes raw tensors; stream "
-                                  "scoring needs named features", field="model")
+            raise ValidationError(
+                f"model {model.name}:{model.version} takes raw tensors; stream "
+                "scoring needs named features",
+                field="model",
+            )
         self.model = model
         self.source, self.sink, self.dead_letter = source, sink, dead_letter
         self.opt = options or StreamOptions()
@@ -102,12 +111,19 @@ class StreamWorker:
             payload = m.data.hex()
         fld = exc.field
         if fld and fld.startswith("rows[0]."):
-            fld = fld[len("rows[0]."):]
+            fld = fld[len("rows[0].") :]
         reason = exc.message.replace("rows[0].", "").replace("rows[0]: ", "")
-        return json.dumps({"reason": reason, "code": exc.code, "field": fld,
-                           "source": self.source.url, "payload": payload,
-                           "received_at": _iso(m.received_at),
-                           "model": self._model_info}).encode()
+        return json.dumps(
+            {
+                "reason": reason,
+                "code": exc.code,
+                "field": fld,
+                "source": self.source.url,
+                "payload": payload,
+                "received_at": _iso(m.received_at),
+                "model": self._model_info,
+            }
+        ).encode()
 
     # ---- one micro-batch ------------------------------------------------------------
     def process(self, msgs: list[InMessage]) -> tuple[list[bytes], list[bytes]]:
@@ -147,9 +163,17 @@ class StreamWorker:
         scored_at = _iso(now)
         out = []
         for (m, key, _, ts), p, s in zip(good, preds, score.tolist()):
-            rec = {"key": key, "score": s, "flag": bool(s >= threshold), **p,
-                   "model": self._model_info, "threshold": threshold, "ts": ts,
-                   "received_at": _iso(m.received_at), "scored_at": scored_at}
+            rec = {
+                "key": key,
+                "score": s,
+                "flag": bool(s >= threshold),
+                **p,
+                "model": self._model_info,
+                "threshold": threshold,
+                "ts": ts,
+                "received_at": _iso(m.received_at),
+                "scored_at": scored_at,
+            }
             out.append(json.dumps(rec).encode())
         return out, dead
 
@@ -168,7 +192,10 @@ class StreamWorker:
             except EdgeError as exc:
                 o, d = [], [self._dead(m, exc)]
             except Exception as exc:  # never let one message stop the worker
-                o, d = [], [self._dead(m, EdgeError(f"scoring failed: {type(exc).__name__}: {exc}"))]
+                o, d = (
+                    [],
+                    [self._dead(m, EdgeError(f"scoring failed: {type(exc).__name__}: {exc}"))],
+                )
             out += o
             dead += d
         return out, dead
@@ -204,8 +231,13 @@ class StreamWorker:
         return len(msgs)
 
     def run(self) -> None:
-        log.info("stream worker: %s → %s with %s:%s", self.source.url, self.sink.url,
-                 self.model.name, self.model.version)
+        log.info(
+            "stream worker: %s → %s with %s:%s",
+            self.source.url,
+            self.sink.url,
+            self.model.name,
+            self.model.version,
+        )
         while not self.stop_event.is_set():
             try:
                 self.run_once()

@@ -24,8 +24,10 @@ def make_table(cancer_data, n: int, seed: int = 0) -> pa.Table:
     rng = np.random.default_rng(seed)
     idx = np.arange(n) % len(x)
     xs = x[idx].astype(np.float64) * rng.uniform(0.97, 1.03, size=(n, x.shape[1]))
-    cols = {"customer_id": pa.array([f"c{i:07d}" for i in range(n)]),
-            "segment": pa.array(np.where(idx % 2 == 0, "a", "b"))}
+    cols = {
+        "customer_id": pa.array([f"c{i:07d}" for i in range(n)]),
+        "segment": pa.array(np.where(idx % 2 == 0, "a", "b")),
+    }
     for j, name in enumerate(names):
         cols[name] = pa.array(xs[:, j])
     return pa.table(cols)

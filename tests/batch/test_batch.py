@@ -35,19 +35,35 @@ def read_any(path) -> pa.Table:
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
 @pytest.mark.parametrize("out_fmt", ["parquet", "csv", "jsonl"])
-def test_formats_score_like_predict_and_reject_bad_rows(tmp_path, cancer_bundle, features,
-                                                         clean_table, bad_rows_files, fmt, out_fmt):
+def test_formats_score_like_predict_and_reject_bad_rows(
+    tmp_path, cancer_bundle, features, clean_table, bad_rows_files, fmt, out_fmt
+):
     _, paths, expected_bad = bad_rows_files
     out = tmp_path / f"scored.{out_fmt}"
-    res = run_batch(BatchSpec(str(cancer_bundle), str(paths[fmt]), str(out),
-                              id_columns=["customer_id"], batch_size=256, scoring_date=DATE,
-                              workers=2))
+    res = run_batch(
+        BatchSpec(
+            str(cancer_bundle),
+            str(paths[fmt]),
+            str(out),
+            id_columns=["customer_id"],
+            batch_size=256,
+            scoring_date=DATE,
+            workers=2,
+        )
+    )
     bad = expected_bad[fmt]
     assert res.status == "succeeded"
     assert (res.rows_in, res.rows_out, res.rows_rejected) == (1500, 1500 - len(bad), len(bad))
     table = read_any(out)
-    assert table.column_names == ["customer_id", "score", "label", "risk_level", "model_name",
-                                  "model_version", "scored_at"]
+    assert table.column_names == [
+        "customer_id",
+        "score",
+        "label",
+        "risk_level",
+        "model_name",
+        "model_version",
+        "scored_at",
+    ]
     good = [i for i in range(1500) if i not in bad]
     ids = [f"c{i:07d}" for i in good]
     assert table.column("customer_id").to_pylist() == ids  # input order kept
@@ -61,8 +77,11 @@ def test_formats_score_like_predict_and_reject_bad_rows(tmp_path, cancer_bundle,
         assert g["label"] == w["label"] and g["risk_level"] == w["risk_level"]
     assert set(table.column("model_name").to_pylist()) == {"cancer"}
     assert set(map(str, table.column("model_version").to_pylist())) == {"1.0.0"}
-    assert str(table.column("scored_at")[0].as_py() if out_fmt == "parquet"
-               else table.column("scored_at")[0]).startswith("2026-01-31")
+    assert str(
+        table.column("scored_at")[0].as_py()
+        if out_fmt == "parquet"
+        else table.column("scored_at")[0]
+    ).startswith("2026-01-31")
     rejects = [json.loads(line) for line in open(res.rejects)]
     assert {r["row_number"]: r["field"] for r in rejects} == bad
     for r in rejects:
@@ -74,16 +93,30 @@ def test_formats_score_like_predict_and_reject_bad_rows(tmp_path, cancer_bundle,
 
 def test_reject_reasons_are_clear(tmp_path, cancer_bundle, bad_rows_files, features):
     _, paths, _ = bad_rows_files
-    res = run_batch(BatchSpec(str(cancer_bundle), str(paths["jsonl"]), str(tmp_path / "o.parquet"),
-                              id_columns=["customer_id"], batch_size=100))
+    res = run_batch(
+        BatchSpec(
+            str(cancer_bundle),
+            str(paths["jsonl"]),
+            str(tmp_path / "o.parquet"),
+            id_columns=["customer_id"],
+            batch_size=100,
+        )
+    )
     reasons = {r["row_number"]: r["reason"] for r in map(json.loads, open(res.rejects))}
     assert reasons[3] == f"missing feature {features[5]}"
     assert reasons[4] == f"{features[0]}: expected a number, got str"
     assert reasons[5] == f"{features[0]}: expected a number, got bool"
     assert reasons[6].startswith("line is not valid JSON")
     assert reasons[7] == "line is not a JSON object"
-    res = run_batch(BatchSpec(str(cancer_bundle), str(paths["csv"]), str(tmp_path / "o.csv"),
-                              id_columns=["customer_id"], batch_size=100))
+    res = run_batch(
+        BatchSpec(
+            str(cancer_bundle),
+            str(paths["csv"]),
+            str(tmp_path / "o.csv"),
+            id_columns=["customer_id"],
+            batch_size=100,
+        )
+    )
     reasons = {r["row_number"]: r["reason"] for r in map(json.loads, open(res.rejects))}
     assert reasons[20] == f"{features[0]}: expected a number, got 'abc'"
     assert "missing value" in reasons[1000]
@@ -120,8 +153,11 @@ def test_bad_input_is_refused_before_any_work(tmp_path, cancer_bundle, clean_tab
     assert e.value.field == features[0] and "type string" in e.value.message
     pq.write_table(clean_table, src)
     with pytest.raises(ValidationError) as e:
-        run_batch(BatchSpec(str(cancer_bundle), str(src), str(tmp_path / "o.parquet"),
-                            id_columns=["nope"]))
+        run_batch(
+            BatchSpec(
+                str(cancer_bundle), str(src), str(tmp_path / "o.parquet"), id_columns=["nope"]
+            )
+        )
     assert e.value.field == "nope"
     with pytest.raises(ValidationError) as e:
         run_batch(BatchSpec(str(cancer_bundle), str(src), str(tmp_path / "o.txt")))
@@ -133,15 +169,29 @@ def test_bad_input_is_refused_before_any_work(tmp_path, cancer_bundle, clean_tab
 
 
 def _cli(*args, env=None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cloud_hub.cli", *args], capture_output=True,
-                          text=True, timeout=120, env=env, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "cloud_hub.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        **kw,
+    )
 
 
 def test_cli_help_and_clean_errors(tmp_path, cancer_bundle):
     r = _cli("batch", "run", "--help")
     assert r.returncode == 0 and "--id-column" in r.stdout and "--engine" in r.stdout
-    r = _cli("batch", "run", "--model", str(cancer_bundle), "--input", str(tmp_path / "none.csv"),
-             "--output", str(tmp_path / "o.csv"))
+    r = _cli(
+        "batch",
+        "run",
+        "--model",
+        str(cancer_bundle),
+        "--input",
+        str(tmp_path / "none.csv"),
+        "--output",
+        str(tmp_path / "o.csv"),
+    )
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
     assert "Traceback" not in r.stderr
@@ -151,30 +201,79 @@ def test_cli_resolves_ref_through_registry(tmp_path, batch_hub, bad_rows_files):
     _, paths, _ = bad_rows_files
     env = {**os.environ, "HUB_DATA_DIR": str(batch_hub.data_dir)}
     out = tmp_path / "o.parquet"
-    r = _cli("batch", "run", "--model", "cancer:1.0.0", "--input", str(paths["parquet"]),
-             "--output", str(out), "--id-column", "customer_id", "--json", env=env)
+    r = _cli(
+        "batch",
+        "run",
+        "--model",
+        "cancer:1.0.0",
+        "--input",
+        str(paths["parquet"]),
+        "--output",
+        str(out),
+        "--id-column",
+        "customer_id",
+        "--json",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["rows_out"] == 1498 and res["model"]["version"] == "1.0.0"
     assert pq.read_table(out).num_rows == 1498
-    r = _cli("batch", "run", "--model", "cancer@nope", "--input", str(paths["parquet"]),
-             "--output", str(tmp_path / "o2.parquet"), env=env)
+    r = _cli(
+        "batch",
+        "run",
+        "--model",
+        "cancer@nope",
+        "--input",
+        str(paths["parquet"]),
+        "--output",
+        str(tmp_path / "o2.parquet"),
+        env=env,
+    )
     assert r.returncode == 1 and "alias" in r.stderr
 
 
-def test_killed_job_leaves_no_output_and_rerun_gives_exact_output(tmp_path, cancer_bundle,
-                                                                  cancer_data):
+def test_killed_job_leaves_no_output_and_rerun_gives_exact_output(
+    tmp_path, cancer_bundle, cancer_data
+):
     src = tmp_path / "big.parquet"
     pq.write_table(make_table(cancer_data, 120_000, seed=3), src, row_group_size=10_000)
     ref = tmp_path / "ref.parquet"
-    run_batch(BatchSpec(str(cancer_bundle), str(src), str(ref), id_columns=["customer_id"],
-                        batch_size=500, scoring_date=DATE))
+    run_batch(
+        BatchSpec(
+            str(cancer_bundle),
+            str(src),
+            str(ref),
+            id_columns=["customer_id"],
+            batch_size=500,
+            scoring_date=DATE,
+        )
+    )
     out = tmp_path / "out.parquet"
-    cmd = ["batch", "run", "--model", str(cancer_bundle), "--input", str(src), "--output", str(out),
-           "--id-column", "customer_id", "--batch-size", "500", "--workers", "1",
-           "--scoring-date", DATE, "--json"]
-    proc = subprocess.Popen([sys.executable, "-m", "cloud_hub.cli", *cmd],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cmd = [
+        "batch",
+        "run",
+        "--model",
+        str(cancer_bundle),
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--id-column",
+        "customer_id",
+        "--batch-size",
+        "500",
+        "--workers",
+        "1",
+        "--scoring-date",
+        DATE,
+        "--json",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloud_hub.cli", *cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     cp = tmp_path / ".out.parquet.partial" / "checkpoint.json"
     deadline = time.monotonic() + 60
     done = 0
@@ -210,15 +309,24 @@ def test_no_resume_restarts_cleanly(tmp_path, cancer_bundle, clean_table):
     src = tmp_path / "in.parquet"
     pq.write_table(clean_table, src)
     out = tmp_path / "o.csv"
-    spec = BatchSpec(str(cancer_bundle), str(src), str(out), id_columns=["customer_id"],
-                     batch_size=100, scoring_date=DATE)
+    spec = BatchSpec(
+        str(cancer_bundle),
+        str(src),
+        str(out),
+        id_columns=["customer_id"],
+        batch_size=100,
+        scoring_date=DATE,
+    )
     written = {"batches": 0}
 
     def progress(p):
         written["batches"] = p.batches
 
-    res = run_batch(spec, on_progress=progress,
-                    cancelled=lambda: "interrupt" if written["batches"] >= 3 else False)
+    res = run_batch(
+        spec,
+        on_progress=progress,
+        cancelled=lambda: "interrupt" if written["batches"] >= 3 else False,
+    )
     assert res.status == "interrupted" and not out.exists()
     res = run_batch(spec)
     assert res.status == "succeeded" and res.resumed_from_batch >= 3
@@ -235,9 +343,18 @@ def test_process_workers_equal_thread_workers(tmp_path, cancer_bundle, bad_rows_
     outs = []
     for processes in (False, True):
         out = tmp_path / f"o-{processes}.parquet"
-        res = run_batch(BatchSpec(str(cancer_bundle), str(paths["parquet"]), str(out),
-                                  id_columns=["customer_id"], batch_size=200, workers=2,
-                                  scoring_date=DATE, processes=processes))
+        res = run_batch(
+            BatchSpec(
+                str(cancer_bundle),
+                str(paths["parquet"]),
+                str(out),
+                id_columns=["customer_id"],
+                batch_size=200,
+                workers=2,
+                scoring_date=DATE,
+                processes=processes,
+            )
+        )
         assert res.rows_rejected == len(expected_bad["parquet"])
         outs.append((pq.read_table(out), open(res.rejects).read()))
     assert outs[0][0].equals(outs[1][0]) and outs[0][1] == outs[1][1]

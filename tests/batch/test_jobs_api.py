@@ -15,7 +15,9 @@ def _hub(tmp_path, keypair, cancer_bundle, db_url=None):
     from cloud_hub.hub import Hub
     from cloud_hub.settings import HubSettings
 
-    hub = Hub(HubSettings(data_dir=tmp_path / "hub", trusted_keys=[keypair[1]], database_url=db_url))
+    hub = Hub(
+        HubSettings(data_dir=tmp_path / "hub", trusted_keys=[keypair[1]], database_url=db_url)
+    )
     hub.registry.push(cancer_bundle)
     return hub
 
@@ -36,9 +38,16 @@ def _exercise(hub, tmp_path, bad_rows_files, cancer_data):
     _, paths, _ = bad_rows_files
     with TestClient(create_app(hub)) as client:
         out = tmp_path / "scored.parquet"
-        r = client.post("/v1/jobs", json={"model": "cancer", "input": str(paths["csv"]),
-                                          "output": str(out), "id_columns": ["customer_id"],
-                                          "batch_size": 200})
+        r = client.post(
+            "/v1/jobs",
+            json={
+                "model": "cancer",
+                "input": str(paths["csv"]),
+                "output": str(out),
+                "id_columns": ["customer_id"],
+                "batch_size": 200,
+            },
+        )
         assert r.status_code == 202, r.text
         job = r.json()
         assert job["status"] in ("queued", "running", "succeeded")
@@ -65,9 +74,16 @@ def _exercise(hub, tmp_path, bad_rows_files, cancer_data):
         big = tmp_path / "big.parquet"
         pq.write_table(make_table(cancer_data, 200_000, seed=1), big, row_group_size=20_000)
         out2 = tmp_path / "big-out.parquet"
-        job2 = client.post("/v1/jobs", json={"model": "cancer:1.0.0", "input": str(big),
-                                             "output": str(out2), "batch_size": 500,
-                                             "workers": 1}).json()
+        job2 = client.post(
+            "/v1/jobs",
+            json={
+                "model": "cancer:1.0.0",
+                "input": str(big),
+                "output": str(out2),
+                "batch_size": 500,
+                "workers": 1,
+            },
+        ).json()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             cur = client.get(f"/v1/jobs/{job2['id']}").json()
@@ -85,17 +101,33 @@ def _exercise(hub, tmp_path, bad_rows_files, cancer_data):
         # Errors: JSON body naming the field.
         r = client.get("/v1/jobs/nope")
         assert r.status_code == 404 and r.json()["field"] == "job_id"
-        r = client.post("/v1/jobs", json={"model": "cancer", "input": str(paths["csv"]),
-                                          "output": str(out)})
+        r = client.post(
+            "/v1/jobs", json={"model": "cancer", "input": str(paths["csv"]), "output": str(out)}
+        )
         assert r.status_code == 409 and r.json()["field"] == "output"
-        r = client.post("/v1/jobs", json={"model": "cancer", "input": str(tmp_path / "x.csv"),
-                                          "output": str(tmp_path / "y.csv")})
+        r = client.post(
+            "/v1/jobs",
+            json={
+                "model": "cancer",
+                "input": str(tmp_path / "x.csv"),
+                "output": str(tmp_path / "y.csv"),
+            },
+        )
         assert r.status_code == 422 and r.json()["field"] == "input"
-        r = client.post("/v1/jobs", json={"model": "nope", "input": str(paths["csv"]),
-                                          "output": str(tmp_path / "y.csv")})
+        r = client.post(
+            "/v1/jobs",
+            json={"model": "nope", "input": str(paths["csv"]), "output": str(tmp_path / "y.csv")},
+        )
         assert r.status_code == 404 and r.json()["field"] == "model"
-        r = client.post("/v1/jobs", json={"model": "cancer", "input": str(paths["csv"]),
-                                          "output": str(tmp_path / "y.csv"), "batch_size": 0})
+        r = client.post(
+            "/v1/jobs",
+            json={
+                "model": "cancer",
+                "input": str(paths["csv"]),
+                "output": str(tmp_path / "y.csv"),
+                "batch_size": 0,
+            },
+        )
         assert r.status_code == 422 and r.json()["field"] == "batch_size"
 
 
@@ -124,9 +156,17 @@ def test_interrupted_job_resumes_after_hub_restart(tmp_path, keypair, cancer_bun
     out = tmp_path / "o.parquet"
     hub = _hub(tmp_path, keypair, cancer_bundle)
     with TestClient(create_app(hub)) as client:
-        job = client.post("/v1/jobs", json={"model": "cancer", "input": str(big), "output": str(out),
-                                            "batch_size": 500, "workers": 1,
-                                            "scoring_date": "2026-01-01"}).json()
+        job = client.post(
+            "/v1/jobs",
+            json={
+                "model": "cancer",
+                "input": str(big),
+                "output": str(out),
+                "batch_size": 500,
+                "workers": 1,
+                "scoring_date": "2026-01-01",
+            },
+        ).json()
         deadline = time.monotonic() + 30
         while client.get(f"/v1/jobs/{job['id']}").json()["rows_done"] == 0:
             assert time.monotonic() < deadline

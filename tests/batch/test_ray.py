@@ -27,9 +27,18 @@ def test_ray_equals_local_row_for_row(local_ray, tmp_path, cancer_bundle, bad_ro
     outs = {}
     for engine in ("local", "ray"):
         out = tmp_path / f"{engine}.parquet"
-        res = run_batch(BatchSpec(str(cancer_bundle), str(paths[fmt]), str(out),
-                                  id_columns=["customer_id"], batch_size=250, engine=engine,
-                                  workers=2, scoring_date="2026-01-01"))
+        res = run_batch(
+            BatchSpec(
+                str(cancer_bundle),
+                str(paths[fmt]),
+                str(out),
+                id_columns=["customer_id"],
+                batch_size=250,
+                engine=engine,
+                workers=2,
+                scoring_date="2026-01-01",
+            )
+        )
         assert res.status == "succeeded" and res.rows_rejected == len(expected_bad[fmt])
         outs[engine] = (pq.read_table(out), open(res.rejects).read())
     assert outs["ray"][0].num_rows == 1500 - len(expected_bad[fmt])

@@ -40,8 +40,21 @@ def messages(cancer_data, n: int, start: int = 0, bad: dict[int, str] | None = N
 
 
 def worker_cmd(bundle: Path, source: str, sink: str, dlq: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "cloud_hub.cli", "stream", "--source", source, "--sink", sink,
-            "--dead-letter", dlq, "--model", str(bundle), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "cloud_hub.cli",
+        "stream",
+        "--source",
+        source,
+        "--sink",
+        sink,
+        "--dead-letter",
+        dlq,
+        "--model",
+        str(bundle),
+        *extra,
+    ]
 
 
 class WorkerProc:
@@ -49,8 +62,12 @@ class WorkerProc:
 
     def __init__(self, cmd: list[str], log: Path) -> None:
         self.log = open(log, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         self.path = log
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -94,8 +111,9 @@ class MqttCollector:
     def __init__(self, host: str, port: int, topics: list[str]) -> None:
         self.msgs: dict[str, list[bytes]] = {t: [] for t in topics}
         self.lock = threading.Lock()
-        self.c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-                             protocol=mqtt.MQTTv5)
+        self.c = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5
+        )
         self.c.on_message = self._on
         ready = threading.Event()
         self.c.on_subscribe = lambda *a: ready.set()
@@ -134,8 +152,11 @@ def mqtt_publish(host: str, port: int, topic: str, payloads: list[bytes]) -> Non
 
 def mqtt_forget_session(host: str, port: int, client_id: str) -> None:
     """Remove a persistent session left by a worker (clean start, expiry 0)."""
-    c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                    protocol=mqtt.MQTTv5)
+    c = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+    )
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 0
     c.connect(host, port, clean_start=True, properties=props)
@@ -174,6 +195,7 @@ def nats_publish(subject: str, payloads: list[bytes]) -> None:
 
 def nats_read_all(stream: str) -> list[bytes]:
     """Every message currently in a stream (by sequence, no consumer needed)."""
+
     async def go():
         nc = await _nats()
         js = nc.jetstream()
@@ -212,8 +234,15 @@ def nats_count(stream: str) -> int:
 def nats_names(nats_server):
     """Unique subjects and stream names; the streams are deleted after the test."""
     u = uuid.uuid4().hex[:10]
-    names = {"in": f"t{u}.in", "out": f"t{u}.out", "dlq": f"t{u}.dlq",
-             "s_in": f"T{u}_IN", "s_out": f"T{u}_OUT", "s_dlq": f"T{u}_DLQ", "group": f"g{u}"}
+    names = {
+        "in": f"t{u}.in",
+        "out": f"t{u}.out",
+        "dlq": f"t{u}.dlq",
+        "s_in": f"T{u}_IN",
+        "s_out": f"T{u}_OUT",
+        "s_dlq": f"T{u}_DLQ",
+        "group": f"g{u}",
+    }
 
     async def create():
         nc = await _nats()

@@ -12,15 +12,23 @@ from edge_runtime import ValidationError
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "cloud_hub.cli", *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "cloud_hub.cli", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_help_and_bad_url(cancer_bundle):
     r = _cli("stream", "--help")
     assert r.returncode == 0 and "--dead-letter" in r.stdout and "JetStream" in r.stdout
-    r = _cli("stream", "--source", "kafka://h/t", "--sink", "mqtt://127.0.0.1:1883/o",
-             "--model", str(cancer_bundle))
+    r = _cli(
+        "stream",
+        "--source",
+        "kafka://h/t",
+        "--sink",
+        "mqtt://127.0.0.1:1883/o",
+        "--model",
+        str(cancer_bundle),
+    )
     assert r.returncode == 1 and "scheme must be mqtt:// or nats://" in r.stderr
     assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
 

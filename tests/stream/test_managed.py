@@ -12,8 +12,9 @@ from tests.stream.conftest import messages, nats_publish, nats_read_all, wait_un
 pytestmark = pytest.mark.services
 
 
-def test_managed_worker_matches_hub_predict_and_survives_restart(tmp_path, keypair, cancer_bundle,
-                                                                 cancer_data, nats_names):
+def test_managed_worker_matches_hub_predict_and_survives_restart(
+    tmp_path, keypair, cancer_bundle, cancer_data, nats_names
+):
     from cloud_hub.app import create_app
     from cloud_hub.hub import Hub
     from cloud_hub.settings import HubSettings
@@ -23,8 +24,14 @@ def test_managed_worker_matches_hub_predict_and_survives_restart(tmp_path, keypa
     hub = Hub(settings)
     hub.registry.push(cancer_bundle)
     nats = "nats://127.0.0.1:4222/"
-    body = {"name": "scorer", "model": "cancer", "source": nats + n["in"] + "?ack_wait=2",
-            "sink": nats + n["out"], "dead_letter": nats + n["dlq"], "batch_size": 32}
+    body = {
+        "name": "scorer",
+        "model": "cancer",
+        "source": nats + n["in"] + "?ack_wait=2",
+        "sink": nats + n["out"],
+        "dead_letter": nats + n["dlq"],
+        "batch_size": 32,
+    }
     x, _, names = cancer_data
     try:
         with TestClient(create_app(hub)) as client:

@@ -22,14 +22,27 @@ from tests.stream.test_stream_nats import BAD, _check_outputs
 pytestmark = pytest.mark.services
 
 
-def test_mqtt_kill_restart_no_loss_and_dead_letter(mosquitto, mqtt_topics, workers, cancer_bundle,
-                                                   cancer_data):
+def test_mqtt_kill_restart_no_loss_and_dead_letter(
+    mosquitto, mqtt_topics, workers, cancer_bundle, cancer_data
+):
     host, port = mosquitto
     t = mqtt_topics
     group = t["base"].replace("/", "_")
     base = f"mqtt://{host}:{port}/"
-    cmd = worker_cmd(cancer_bundle, base + t["in"], base + t["out"], base + t["dlq"],
-                     "--group", group, "--name", "w1", "--batch-size", "8", "--max-wait-ms", "0")
+    cmd = worker_cmd(
+        cancer_bundle,
+        base + t["in"],
+        base + t["out"],
+        base + t["dlq"],
+        "--group",
+        group,
+        "--name",
+        "w1",
+        "--batch-size",
+        "8",
+        "--max-wait-ms",
+        "0",
+    )
     col = MqttCollector(host, port, [t["out"], t["dlq"]])
     try:
         w = workers(cmd)
@@ -44,8 +57,11 @@ def test_mqtt_kill_restart_no_loss_and_dead_letter(mosquitto, mqtt_topics, worke
         w2 = workers(cmd)  # same name → same client id → same session
         w2.wait_ready()
         total_valid = first + more - len(BAD)
-        wait_until(lambda: len({o["key"] for o in col.decoded(t["out"])}) >= total_valid, 90,
-                   "all outputs after restart")
+        wait_until(
+            lambda: len({o["key"] for o in col.decoded(t["out"])}) >= total_valid,
+            90,
+            "all outputs after restart",
+        )
         assert at_kill < total_valid
         _check_outputs(col.decoded(t["out"]), first + more, BAD, cancer_bundle, cancer_data)
         dead = col.decoded(t["dlq"])
@@ -64,9 +80,18 @@ def test_mqtt_shared_subscription_splits_work(mosquitto, mqtt_topics, cancer_bun
     base = f"mqtt://{host}:{port}/"
     model = Model.load(cancer_bundle)
     col = MqttCollector(host, port, [t["out"], t["dlq"]])
-    ws = [build_worker(model, base + t["in"], base + t["out"], base + t["dlq"],
-                       StreamOptions(batch_size=16, max_wait_ms=1), group=group, name=f"s{i}")
-          for i in range(2)]
+    ws = [
+        build_worker(
+            model,
+            base + t["in"],
+            base + t["out"],
+            base + t["dlq"],
+            StreamOptions(batch_size=16, max_wait_ms=1),
+            group=group,
+            name=f"s{i}",
+        )
+        for i in range(2)
+    ]
     threads = [threading.Thread(target=w.run, daemon=True) for w in ws]
     for th in threads:
         th.start()

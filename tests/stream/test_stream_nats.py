@@ -43,13 +43,23 @@ def _check_outputs(outs: list[dict], n: int, bad: dict, cancer_bundle, cancer_da
         assert isinstance(o["ts"], float)
 
 
-def test_jetstream_kill_restart_no_loss_and_dead_letter(nats_names, workers, cancer_bundle,
-                                                        cancer_data):
+def test_jetstream_kill_restart_no_loss_and_dead_letter(
+    nats_names, workers, cancer_bundle, cancer_data
+):
     n = nats_names
     src = f"nats://127.0.0.1:4222/{n['in']}?ack_wait=2"
-    cmd = worker_cmd(cancer_bundle, src, f"nats://127.0.0.1:4222/{n['out']}",
-                     f"nats://127.0.0.1:4222/{n['dlq']}", "--group", n["group"],
-                     "--batch-size", "8", "--max-wait-ms", "0")
+    cmd = worker_cmd(
+        cancer_bundle,
+        src,
+        f"nats://127.0.0.1:4222/{n['out']}",
+        f"nats://127.0.0.1:4222/{n['dlq']}",
+        "--group",
+        n["group"],
+        "--batch-size",
+        "8",
+        "--max-wait-ms",
+        "0",
+    )
     first = 1200
     nats_publish(n["in"], messages(cancer_data, first, bad=BAD))
     w = workers(cmd)
@@ -62,8 +72,11 @@ def test_jetstream_kill_restart_no_loss_and_dead_letter(nats_names, workers, can
     w2 = workers(cmd)
     w2.wait_ready()
     total_valid = first + more - len(BAD)
-    wait_until(lambda: len({json.loads(m)["key"] for m in nats_read_all(n["s_out"])})
-               >= total_valid, 90, "all outputs after restart")
+    wait_until(
+        lambda: len({json.loads(m)["key"] for m in nats_read_all(n["s_out"])}) >= total_valid,
+        90,
+        "all outputs after restart",
+    )
     outs = [json.loads(m) for m in nats_read_all(n["s_out"])]
     _check_outputs(outs, first + more, BAD, cancer_bundle, cancer_data)
     assert done_at_kill < total_valid
