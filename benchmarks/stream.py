@@ -79,12 +79,33 @@ def start_worker(
     ]
     fh = open(log, "wb")
     p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    p.client_id = f"cloudhub-{cmd[-1]}-0"  # the MQTT worker's persistent session
     deadline = time.monotonic() + 60
     while b'"event": "ready"' not in log.read_bytes():
         if p.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"worker did not start: {log.read_text()[-2000:]}")
         time.sleep(0.05)
     return p
+
+
+def forget_session(port: int, client_id: str) -> None:
+    """Drop the worker's persistent MQTT session (clean start, session expiry 0)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    c = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+    )
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    c.connect("127.0.0.1", port, clean_start=True, properties=props)
+    c.loop_start()
+    time.sleep(0.2)
+    c.disconnect()
+    c.loop_stop()
 
 
 def stop_worker(p: subprocess.Popen) -> None:
@@ -306,6 +327,7 @@ def bench_mqtt(bundle: Path, args, work: Path, port: int = 1883, label: str = "d
         for c in (sub, pub):
             c.loop_stop()
             c.disconnect()
+        forget_session(port, w.client_id)
     return {
         "transport": f"mqtt-mosquitto ({label})",
         "messages": n,
