@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import heapq
 import json
@@ -53,6 +54,7 @@ class DeviceLink:
         self._state_fn = state
         self.max_inflight = max_inflight
         self._lock = threading.RLock()
+        self._acked: collections.deque[int] = collections.deque()
         self._inflight: dict[int, int] = {}  # paho mid → outbox row id
         self._last_sent = 0  # highest outbox id handed to paho in this connection
         self.connected = threading.Event()
@@ -177,6 +179,7 @@ class DeviceLink:
         if not self.connected.is_set():
             return
         with self._lock:
+            self._drain_acks()
             room = self.max_inflight - len(self._inflight)
             if room <= 0:
                 return
@@ -212,12 +215,24 @@ class DeviceLink:
             self._last_sent = 0
 
     def _on_publish(self, _client, _u, mid, _reason_code=None, _props=None) -> None:
-        with self._lock:
+        # paho calls this with its out-message lock held, while pump() takes self._lock and then
+        # paho's lock: blocking on self._lock here would deadlock (lock-order inversion). Queue
+        # the ack; handle it now if the lock is free, else the thread inside pump() does.
+        self._acked.append(mid)
+        if self._lock.acquire(blocking=False):
+            try:
+                self.pump()
+            finally:
+                self._lock.release()
+
+    def _drain_acks(self) -> None:
+        """Apply queued PUBACKs (caller holds self._lock)."""
+        while self._acked:
+            mid = self._acked.popleft()
             row_id = self._inflight.pop(mid, None)
-        if row_id is not None:
-            self.outbox.ack(row_id)
-            self.sent += 1
-            self.pump()
+            if row_id is not None:
+                self.outbox.ack(row_id)
+                self.sent += 1
 
     def _on_message(self, _client, _u, msg) -> None:
         if msg.topic != self.topic("desired") or not msg.payload:  # stray message / document cleared
