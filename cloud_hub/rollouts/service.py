@@ -395,6 +395,7 @@ class RolloutService:
         states: dict[str, list[str]] = {"verified": [], "installing": [], "failed": [], "unknown": [],
                                         "champion": [], "reverting": []}
         stage_ids: list[str] = []
+        why: dict[str, str] = {}
         for did, m in members.items():
             rec = by_id.get(did)
             silent = rec is None or not rec.online or rec.last_seen is None or now - rec.last_seen > silent_after
@@ -407,11 +408,15 @@ class RolloutService:
             stage_ids.append(did)
             slot = "shadow" if m.target == "shadow" else "active"
             running = (rec.running(slot) or {}).get("sha256") if rec else None
+            if silent:
+                why[did] = ("unknown to the fleet" if rec is None else "offline" if not rec.online
+                            else f"silent for {now - (rec.last_seen or 0):.0f}s")
             if running == row.candidate_digest:
                 states["unknown" if silent else "verified"].append(did)
             elif did in failed:
                 states["failed"].append(did)
             elif silent or now - m.assigned_at > gates.install_timeout_s:
+                why.setdefault(did, f"not running the candidate {now - m.assigned_at:.0f}s after assignment")
                 states["unknown"].append(did)
             else:
                 states["installing"].append(did)
@@ -421,7 +426,7 @@ class RolloutService:
                   "champion": len(states["champion"]) + len(others)}
         out: dict[str, Any] = {"counts": counts, "states": {k: sorted(v)[:50] for k, v in states.items()},
                                "all_states": states, "online": {d for d, r in by_id.items() if r.online},
-                               "failed_reasons": failed, "verdict": None, "candidate": Aggregate(),
+                               "failed_reasons": failed, "unknown_reasons": why, "verdict": None, "candidate": Aggregate(),
                                "champion": None, "members": members}
         if rolling_back:
             out["next"] = "wait"
@@ -465,7 +470,13 @@ class RolloutService:
                          stage_devices=len(stage_ids), verified=counts["verified"],
                          pending=counts["installing"], failed=counts["failed"], unknown=counts["unknown"],
                          candidate=cand, champion=champion, champion_label=label)
-        out["verdict"] = evaluate(view, gates)
+        verdict = evaluate(view, gates)
+        for g in verdict.gates:  # name the devices behind the device gates
+            if g.name == "unknown_devices" and why:
+                g.data["devices"] = dict(sorted(why.items())[:20])
+            elif g.name == "install" and failed:
+                g.data["reasons"] = dict(sorted(failed.items())[:20])
+        out["verdict"] = verdict
         out["candidate"], out["champion"] = cand, champion
         return out
 

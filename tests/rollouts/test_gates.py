@@ -104,3 +104,14 @@ def test_verdict_paths():
     shifted = Aggregate(requests=2000, errors=0, p99_ms=10.0, scores=[900, 900] + [25] * 8)
     v = evaluate(_view(canary, candidate=shifted), g)
     assert v.decision == "rollback" and "score_divergence" in v.reason
+
+
+def test_divergence_needs_enough_scores():
+    g = Gates()
+    from cloud_hub.rollouts.gates import divergence_gate
+
+    few = Aggregate(requests=500, scores=[250, 250] + [0] * 8)
+    base = Aggregate(requests=5000, scores=[500] * 10)
+    assert divergence_gate(few, base, g, 100, "champion").status == WAIT
+    many = Aggregate(requests=2000, scores=[1000, 1000] + [0] * 8)
+    assert divergence_gate(many, base, g, 100, "champion").status == FAIL
