@@ -17,10 +17,11 @@ def test_faults_reach_the_hub(mosquitto, prefix, make_hub, keypair, cancer_bundl
     assert hub.fleet.ingest.wait_connected(10)
     fleet = Fleet(3, mqtt_url=hub.fleet.mqtt_url, prefix=prefix, bundle=cancer_bundle, public_keys=[keypair[1]],
                   interval_s=0.25, request_rate=40, tags=[{"region": "eu"}, {"region": "us"}, {"region": "us"}])
+    # faults set before the load starts, so every request of these devices carries them
+    assert fleet.inject("slow", ["sim-0000"], latency_ms=30) == ["sim-0000"]
+    fleet.inject("errors", ["sim-0001"], rate=1.0)
     fleet.start()
     try:
-        assert fleet.inject("slow", ["sim-0000"], latency_ms=30) == ["sim-0000"]
-        fleet.inject("errors", ["sim-0001"], rate=1.0)
         wait_for(lambda: hub.fleet.window_stats(["sim-0000"]).requests >= 20
                  and hub.fleet.window_stats(["sim-0001"]).errors >= 20, what="faulty windows")
         slow = hub.fleet.window_stats(["sim-0000"])
