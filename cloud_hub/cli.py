@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "cloud_hub.commands.devices",
     "cloud_hub.commands.fleet",
     "cloud_hub.commands.rollout",
+    "cloud_hub.commands.demo",
     "cloud_hub.commands.serve",
     "cloud_hub.commands.models",
     "cloud_hub.commands.split",
