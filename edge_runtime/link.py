@@ -167,6 +167,12 @@ class DeviceLink:
         return st.model_dump_json()
 
     def publish_state(self) -> None:
+        # Keep the last will in step with what runs, so a device that vanishes still shows
+        # (offline) which bundles it was running; paho sends it with the next CONNECT.
+        try:
+            self.client.will_set(self.topic("state"), self._state(False), qos=1, retain=True)
+        except Exception:  # a state callback failing must not stop the online report
+            log.exception("refreshing the last will failed")
         if self.connected.is_set():
             self.client.publish(self.topic("state"), self._state(True), qos=1, retain=True)
 

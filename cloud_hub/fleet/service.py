@@ -297,7 +297,13 @@ class FleetService:
                 vals: dict[str, Any] = {"last_seen": seen[dev_id]}
                 if dev_id in latest_state:
                     st, _ = latest_state[dev_id]
-                    vals.update(online=st.online, state=st.model_dump(mode="json"))
+                    doc = st.model_dump(mode="json")
+                    old = existing.get(dev_id)
+                    if not st.online and not st.bundles and old is not None and old.state:
+                        # a last will set before the device installed anything: keep the
+                        # last known running bundles, shown as offline
+                        doc["bundles"] = (old.state or {}).get("bundles", [])
+                    vals.update(online=st.online, state=doc)
                     if st.online or st.applied_desired_id:
                         vals["applied_desired_id"] = st.applied_desired_id
                 if dev_id in last_window:

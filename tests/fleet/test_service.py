@@ -157,3 +157,19 @@ def test_postgresql_dedupe_and_stats(postgres_url, make_hub, tmp_path):
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+def test_an_offline_will_without_bundles_keeps_the_last_known_running_bundles(make_hub):
+    from edge_runtime.protocol import DeviceState, RunningBundle
+
+    hub = make_hub()
+    running = RunningBundle(slot="active", name="cancer", version="1.0.0", sha256="a" * 64)
+    hub.fleet.write_batch(states=[(DeviceState(device_id="d1", online=True, bundles=[running]), 1.0)])
+    # a will registered at boot, before the first install: online false, no bundles
+    hub.fleet.write_batch(states=[(DeviceState(device_id="d1", online=False), 2.0)])
+    rec = hub.fleet.device("d1")
+    assert rec.online is False
+    assert rec.running("active")["sha256"] == "a" * 64
+    # an online state is always taken as it is (the device says what it runs now)
+    hub.fleet.write_batch(states=[(DeviceState(device_id="d1", online=True), 3.0)])
+    assert hub.fleet.device("d1").running("active") is None
