@@ -258,10 +258,27 @@ class FinalWriter:
             self._fh = open(path, "w", encoding="utf-8")
 
     def write(self, table: pa.Table) -> None:
+        if self.format != "parquet":
+            table = _decode_dictionaries(table)
         if self.schema is None:
             self.schema = table.schema
             if self.format == "parquet":
-                self._w = pq.ParquetWriter(self.path, self.schema, compression="snappy")
+                # Text columns arrive dictionary-encoded (labels, risk levels, model
+                # name/version): the writer stores their indices without hashing a
+                # string per row. Numeric columns (ids, scores: mostly distinct) skip
+                # the dictionary attempt, which would hash every value of every row
+                # group before falling back to plain. store_schema=False: readers
+                # see the Parquet types (plain strings), not Arrow's dictionary type.
+                dict_cols = [
+                    f.name for f in self.schema if pa.types.is_dictionary(f.type)
+                ] or False
+                self._w = pq.ParquetWriter(
+                    self.path,
+                    self.schema,
+                    compression="snappy",
+                    use_dictionary=dict_cols,
+                    store_schema=False,
+                )
             elif self.format == "csv":
                 from pyarrow import csv as pacsv
 
@@ -305,6 +322,20 @@ class FinalWriter:
                 self._w.close()
         except Exception:  # the file is thrown away anyway
             pass
+
+
+def _decode_dictionaries(table: pa.Table) -> pa.Table:
+    """Dictionary columns → their plain value type (CSV and JSON lines get the values)."""
+    if not any(pa.types.is_dictionary(t) for t in table.schema.types):
+        return table
+    return table.cast(
+        pa.schema(
+            [
+                f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                for f in table.schema
+            ]
+        )
+    )
 
 
 def _json_default(v: Any) -> Any:
