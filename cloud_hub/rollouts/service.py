@@ -60,6 +60,7 @@ class RolloutService:
         self.settings = hub.settings
         self._lock = threading.RLock()
         self.controller = None
+        self._agg_cache: dict[tuple, tuple] = {}
 
     # ---- collaborators ----------------------------------------------------------------
     @property
@@ -440,22 +441,21 @@ class RolloutService:
             return out
         since = row.stage_started_at
         slot = "shadow" if stage.kind == "shadow" else "active"
-        cand = Aggregate.from_fleet(self.fleet.window_stats(stage_ids, name=row.model_name,
-                                                            version=row.candidate_version, slot=slot,
-                                                            since=since)) if stage_ids else Aggregate()
+        cand = Aggregate.from_fleet(self._window_stats(row, stage_ids, row.candidate_version, slot, since)) \
+            if stage_ids else Aggregate()
         champion: Aggregate | None = None
         label = "champion"
         if row.champion_version:
             if stage.kind == "shadow":
-                champion = Aggregate.from_fleet(self.fleet.window_stats(
-                    stage_ids, name=row.model_name, version=row.champion_version, slot="active", since=since))
+                champion = Aggregate.from_fleet(self._window_stats(row, stage_ids, row.champion_version,
+                                                                   "active", since))
                 label = "champion (same devices, same requests)"
             else:
-                champ_ids = [d for d in cohort if d not in stage_ids]
+                in_stage = set(stage_ids)
+                champ_ids = [d for d in cohort if d not in in_stage]
                 if champ_ids:
-                    champion = Aggregate.from_fleet(self.fleet.window_stats(
-                        champ_ids, name=row.model_name, version=row.champion_version, slot="active",
-                        since=since))
+                    champion = Aggregate.from_fleet(self._window_stats(row, champ_ids, row.champion_version,
+                                                                       "active", since))
                     label = "champion devices"
                 if (champion is None or not champion.scores or sum(champion.scores) < stage.min_samples) \
                         and row.baseline:
@@ -479,6 +479,33 @@ class RolloutService:
         out["verdict"] = verdict
         out["candidate"], out["champion"] = cand, champion
         return out
+
+    def _window_stats(self, row: Any, device_ids: list[str], version: str, slot: str, since: float) -> Any:
+        """``fleet.window_stats`` made incremental: each tick folds in only the windows stored since
+        the previous tick (by row id), so a tick stays cheap however long the stage runs. The cache
+        is keyed on the stage and the exact device set; any change recomputes from scratch."""
+        from sqlalchemy import and_
+
+        from cloud_hub.fleet import tables as FT
+        from cloud_hub.fleet.aggregate import SlotAggregate
+
+        ids = frozenset(device_ids)
+        key = (row.id, row.stage_index, row.stage_started_at, version, slot)
+        cached = self._agg_cache.get(key)
+        if cached is None or cached[0] != ids:
+            cached = (ids, SlotAggregate(), 0)
+        members, agg, last_id = cached
+        t = FT.slot_stats
+        q = select(t).where(and_(t.c.name == row.model_name, t.c.version == version, t.c.slot == slot,
+                                 t.c.end >= float(since), t.c.id > last_id)).order_by(t.c.id)
+        with self.engine.connect() as conn:
+            for r in conn.execute(q):
+                last_id = r.id
+                if r.device_id in members:
+                    agg.add_row(r._mapping)
+        self._agg_cache = {k: v for k, v in self._agg_cache.items() if k[0] != row.id or k[1:3] == key[1:3]}
+        self._agg_cache[key] = (members, agg, last_id)
+        return agg
 
     def _assign(self, row: Any, changes: list[tuple[str, str]], idx: int, now: float,
                 members: dict[str, Any], persist: bool) -> dict[str, Any]:
