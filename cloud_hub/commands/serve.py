@@ -51,6 +51,13 @@ def load_settings():
         raise EdgeError(f"invalid setting {loc}: {err.get('msg')}", field=loc) from exc
 
 
+def _start_rollout_controller(hub) -> None:
+    """The rollout decision loop (one per database via a lease: safe with several workers)."""
+    from cloud_hub.rollouts.service import rollout_service
+
+    rollout_service(hub).start_controller()
+
+
 def app_factory():
     """uvicorn factory (``--workers`` > 1 imports this in each worker)."""
     from cloud_hub.app import create_app
@@ -68,6 +75,7 @@ def app_factory():
         logging.getLogger("cloud_hub.fleet").warning(
             "fleet MQTT ingest is off: with --workers > 1 set HUB_MQTT_URL (an embedded broker per "
             "worker process cannot work)")
+    _start_rollout_controller(hub)
     app = create_app(hub)
     app.router.on_shutdown.append(hub.close)
     _freeze_startup_objects()
@@ -132,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         print("cloud-hub: fleet MQTT " + (f"embedded broker (amqtt, MQTT 3.1.1) started on {mqtt_url}; set "
               "HUB_MQTT_URL for Mosquitto in production" if hub.fleet.broker else f"broker {mqtt_url}"),
               file=sys.stderr, flush=True)
+        _start_rollout_controller(hub)
         app = create_app(hub)
         app.router.on_shutdown.append(hub.close)  # uvicorn re-raises SIGTERM after shutdown
         _freeze_startup_objects()
