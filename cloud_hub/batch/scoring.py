@@ -27,6 +27,8 @@ from edge_runtime.model import Model
 
 SCORE, LABEL, RISK = "score", "label", "risk_level"
 _TRANSPOSE_BLOCK = 4096
+#: Rows per engine call inside a batch (bounds the engine's working memory).
+MODEL_CHUNK = 8192
 MODEL_NAME, MODEL_VERSION, SCORED_AT, ROW = "model_name", "model_version", "scored_at", "row_number"
 
 
@@ -73,6 +75,7 @@ class BatchScorer:
         self.risk_levels = list(model.risk_levels)
         self.risk_names = pa.array([r[0] for r in self.risk_levels], pa.string())
         self._buffers = threading.local()  # per scoring thread: reused feature matrices
+        self.model_chunk = MODEL_CHUNK
 
     # ---- features -------------------------------------------------------------------
     def features(
@@ -127,8 +130,10 @@ class BatchScorer:
                     c = int(out[:, i].argmax())
                     lo, hi = self.codec.mins[c], self.codec.maxs[c]
                     problems[i] = (
-                        f"{self.names[c]}: {xt[c, i]:g} is outside the allowed "
-                        f"range [{lo:g}, {hi:g}]",
+                        (
+                            f"{self.names[c]}: {xt[c, i]:g} is outside the allowed "
+                            f"range [{lo:g}, {hi:g}]"
+                        ),
                         self.names[c],
                     )
         # Feature-major → row-major in cache-sized blocks (a plain .T copy walks
@@ -190,17 +195,16 @@ class BatchScorer:
         label_idx = np.zeros(n, dtype=np.int64)
         has_label = self.model.task in ("binary_classification", "multiclass_classification")
         if n_ok:
-            s = self.model.score_array(x if ok is None else np.ascontiguousarray(x[ok]))
-            sc = np.asarray(s.score, dtype=np.float64)
-            has_label = s.label_index is not None
+            sc, li = self._run_model(x if ok is None else np.ascontiguousarray(x[ok]))
+            has_label = li is not None
             if ok is None:
                 score = sc
                 if has_label:
-                    label_idx = np.asarray(s.label_index, dtype=np.int64)
+                    label_idx = li
             else:
                 score[ok] = sc
                 if has_label:
-                    label_idx[ok] = s.label_index
+                    label_idx[ok] = li
         mask = None if ok is None else ~ok
         cols: dict[str, pa.Array] = {}
         for c in self.id_columns:
@@ -229,19 +233,50 @@ class BatchScorer:
             cols[FIELD_COL] = pa.nulls(n, pa.string())
         return pa.table(cols)
 
+    def _run_model(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores (float64) and label indices (int64 or None) of x, in slices of
+        ``model_chunk`` rows: the engine's working memory (activations, kept by ONNX
+        Runtime's arena for the next call) then follows the slice, not the batch, so
+        a wide model no longer adds hundreds of MB per scoring thread at 64k rows."""
+        n, step = len(x), self.model_chunk
+        if n <= step:
+            s = self.model.score_array(x)
+            li = None if s.label_index is None else np.asarray(s.label_index, dtype=np.int64)
+            return np.asarray(s.score, dtype=np.float64), li
+        score = np.empty(n, dtype=np.float64)
+        label_idx: np.ndarray | None = np.empty(n, dtype=np.int64)
+        for a in range(0, n, step):
+            s = self.model.score_array(x[a : a + step])
+            score[a : a + step] = s.score
+            if s.label_index is None:
+                label_idx = None
+            elif label_idx is not None:
+                label_idx[a : a + step] = s.label_index
+        return score, label_idx
+
     def _risk(self, p: np.ndarray, mask: np.ndarray | None) -> pa.Array:
-        idx = np.full(len(p), -1, dtype=np.int64)
-        with np.errstate(invalid="ignore"):
-            for k in range(len(self.risk_levels) - 1, -1, -1):  # highest min wins, like
-                idx[p >= self.risk_levels[k][1]] = k  # Model.risk_level
-        none = idx < 0
+        """Risk level per score, like Model.risk_level: the first level (in the bundle's
+        order) whose minimum the score reaches; null when none does or p is NaN."""
+        mins = np.array([r[1] for r in self.risk_levels], dtype=np.float64)
+        if len(mins) > 1 and np.all(np.diff(mins) < 0):
+            # Usual case, minimums in decreasing order: the first level reached is the
+            # number of minimums above p -- one binary search per row instead of a
+            # boolean mask pass per level.
+            above = len(mins) - np.searchsorted(mins[::-1], p, side="right")
+            idx = above.astype(np.int32)
+            none = (idx >= len(mins)) | np.isnan(p)
+        else:
+            idx = np.full(len(p), -1, dtype=np.int32)
+            with np.errstate(invalid="ignore"):
+                for k in range(len(mins) - 1, -1, -1):
+                    idx[p >= mins[k]] = k
+            none = idx < 0
         if mask is not None:
             none |= mask
         if none.any():
-            return pa.DictionaryArray.from_arrays(
-                pa.array(np.where(none, 0, idx).astype(np.int32), mask=none), self.risk_names
-            )
-        return pa.DictionaryArray.from_arrays(pa.array(idx.astype(np.int32)), self.risk_names)
+            idx[none] = 0
+            return pa.DictionaryArray.from_arrays(pa.array(idx, mask=none), self.risk_names)
+        return pa.DictionaryArray.from_arrays(pa.array(idx), self.risk_names)
 
 
 def split_scored(scored: pa.Table, first_row: int, meta: ScoringMeta) -> tuple[pa.Table, pa.Table]:

@@ -406,3 +406,31 @@ def test_parquet_output_has_plain_types(tmp_path, cancer_bundle, bad_rows_files)
     encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(7)}
     assert "RLE_DICTIONARY" in encodings["label"]
     assert "RLE_DICTIONARY" not in encodings["score"]
+
+
+@pytest.mark.parametrize(
+    "levels",
+    [
+        [("high", 0.7), ("medium", 0.4), ("low", 0.0)],
+        [("high", 0.7), ("medium", 0.4)],
+        [("a", 0.2), ("b", 0.5), ("c", 0.1)],  # not sorted: list order decides
+        [("only", 0.5)],
+    ],
+)
+def test_vectorised_risk_levels_match_model_risk_level(levels):
+    from cloud_hub.batch.scoring import BatchScorer
+
+    scorer = BatchScorer.__new__(BatchScorer)  # only the risk table is needed
+    scorer.risk_levels = levels
+    scorer.risk_names = pa.array([name for name, _ in levels])
+    p = np.array([0, 0.1, 0.2, 0.39999, 0.4, 0.5, 0.69, 0.7, 0.71, 1.0, np.nan, -0.1, np.inf])
+
+    def first_reached(x):
+        return next((name for name, lo in levels if x >= lo), None)
+
+    want = [first_reached(x) for x in p]
+    assert scorer._risk(p, None).to_pylist() == want
+    rejected = np.zeros(len(p), dtype=bool)
+    rejected[3] = True
+    want[3] = None
+    assert scorer._risk(p, rejected).to_pylist() == want
