@@ -135,6 +135,7 @@ class PredictService:
         s = hub.settings
         self.microbatch = bool(s.microbatch)
         self._batchers: dict[str, MicroBatcher] = {}
+        self._turn_busy = False
         self._mb_size = max(1, int(s.microbatch_max_size))
         self._mb_wait = max(0.0, float(s.microbatch_max_wait_ms)) / 1000.0
 
@@ -216,7 +217,13 @@ class PredictService:
                 b = self._batchers[mv.digest] = MicroBatcher(
                     model, self._mb_size, self._mb_wait, self.metrics.microbatch_size.labels(mv.name, mv.version),
                     inline_max_s=self.inline_max_s)
-            return await b.submit(x)
+            # The first request of an event-loop turn, with no batch queued or running, goes
+            # straight to the engine (below); requests that become ready in the same turn, or
+            # while a batch runs, are concurrent: they queue and share the next engine call.
+            if self._turn_busy or not b.idle():
+                return await b.submit(x)
+            self._turn_busy = True
+            asyncio.get_running_loop().call_soon(self._end_turn)
         cost = self._cost.get(mv.digest, 0.0)
         if cost <= self.inline_max_s:
             s, dt_s = _timed_score(model, x)
@@ -294,6 +301,9 @@ class PredictService:
         return asyncio.run(self.predict_body(ref, rows if isinstance(rows, dict) else {"rows": rows},
                                              key_field=key_field))
 
+    def _end_turn(self) -> None:
+        self._turn_busy = False
+
     def close(self) -> None:
         for b in self._batchers.values():
             b.close()
@@ -332,6 +342,11 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_n = 1
+        self._running = False
+
+    def idle(self) -> bool:
+        """Nothing queued and no batch running."""
+        return not self._running and (self.queue is None or self.queue.empty())
 
     async def submit(self, x: np.ndarray) -> Scores:
         loop = asyncio.get_running_loop()
@@ -367,6 +382,7 @@ class MicroBatcher:
                 rows += len(it[0])
             self._last_n = len(items)
             xs = [it[0] for it in items]
+            self._running = True
             try:
                 if len(xs) == 1 and self._cost <= self.inline_max_s:
                     # a lone request on a small model: no thread hop (it costs more than the model)
@@ -377,12 +393,14 @@ class MicroBatcher:
                 if len(xs) == 1:
                     self._cost = took if self._cost == 0.0 else 0.9 * self._cost + 0.1 * took
             except BaseException as exc:  # hand the error to every waiter
+                self._running = False
                 for _, fut in items:
                     if not fut.done():
                         fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
+            self._running = False
             if self.size_metric is not None:
                 self.size_metric.observe(rows)
             a = 0

