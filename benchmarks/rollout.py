@@ -181,9 +181,9 @@ def bench_live(n: int, mqtt_url: str | None, stage_s: float) -> dict:
         with tarfile.open(fileobj=buf, mode="w") as tar:
             for f in sorted(b[k].iterdir()):
                 tar.add(f, arcname=f.name)
-        r = http.post("/v1/models", content=buf.getvalue(), headers={"content-type": "application/x-tar"})
+        r = http.post("/v1/models", content=buf.getvalue(), headers={"content-type": "application/x-tar"},
+                      params={"alias": "champion"} if k == "champion" else None)
         r.raise_for_status()
-    http.post("/v1/models/cancer-risk/aliases", json={"champion": "1.0.0"})
     ps = psutil.Process(proc.pid)
     samples: list[tuple[float, float, int]] = []
     stop = threading.Event()
@@ -219,7 +219,7 @@ def bench_live(n: int, mqtt_url: str | None, stage_s: float) -> dict:
         out["start_to_100pct_verified_s"] = round(time.time() - t0, 1)
         out["stage_min_duration_s"] = stage_s
         out["last_stage_start_to_all_verified_s"] = round(time.time() - last_adv, 1)
-        bad = http.get("/v1/models/cancer-risk/versions/3.0.0").json()
+        bad = http.get("/v1/models/cancer-risk:3.0.0").json()
         fleet.inject("errors", rate=0.3, sha256=bad.get("digest") or bad.get("sha256"))
         plan2 = {**plan, "stages": [100]}
         rid2 = http.post("/v1/rollouts", json={"model": "cancer-risk:3.0.0", "plan": plan2}).json()["id"]
