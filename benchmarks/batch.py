@@ -11,8 +11,9 @@ features; then, side by side on the same machine:
    session with ``intra_op_num_threads = workers``; the fastest counts;
 2. pipeline: ``run_batch`` (local engine) Parquet → Parquet, in a fresh child
    process that reports its own peak RSS (``VmHWM``); the time includes loading
-   the model and writing the output file; once with scoring threads (default)
-   and once with scoring processes (``--processes``; RSS is the main process's).
+   the model and writing the output file; ``--pipeline-runs`` times with scoring
+   threads (default; the best run counts, the highest RSS is reported) and once
+   with scoring processes (``--processes``; RSS is the main process's).
 
 Also reported: CPU seconds per million rows for both (process CPU time, all
 threads), which a busy shared machine disturbs much less than wall time.
@@ -195,6 +196,9 @@ def main() -> None:
         default="small",
         help="small: 30-64-64-2 MLP; large: 30-256-256-256-2 MLP",
     )
+    ap.add_argument(
+        "--pipeline-runs", type=int, default=2, help="pipeline runs per size (best counts)"
+    )
     ap.add_argument("--work", default=None, help="directory for the files (default: a temp dir)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -236,7 +240,15 @@ def main() -> None:
             write_input(src, n)
             print(f"wrote {n:,} rows in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         raw1 = raw_ort(bundle, src, args.batch_size, args.workers)
-        pipe = pipeline(bundle, src, work / f"out-{n}.parquet", args.batch_size, args.workers)
+        # Best of --pipeline-runs (raw ORT is already a best of many passes): on a
+        # shared machine a single run mostly measures the neighbours' load.
+        runs = [
+            pipeline(bundle, src, work / f"out-{n}.parquet", args.batch_size, args.workers)
+            for _ in range(args.pipeline_runs)
+        ]
+        pipe = max(runs, key=lambda r: r["rows_per_s"])
+        pipe["cpu_s_per_million_rows"] = min(r["cpu_s_per_million_rows"] for r in runs)
+        pipe["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
         procs = pipeline(
             bundle, src, work / f"out-{n}-p.parquet", args.batch_size, args.workers, processes=True
         )
@@ -254,6 +266,14 @@ def main() -> None:
                 min(raw1["cpu_s_per_million_rows"], raw2["cpu_s_per_million_rows"]), 2
             ),
             "pipeline_cpu_s_per_million_rows": round(pipe["cpu_s_per_million_rows"], 2),
+            "pipeline_runs_rows_per_s": [round(r["rows_per_s"]) for r in runs],
+            # raw CPU-s / pipeline CPU-s per row: the throughput ratio both would reach
+            # with the same cores, much less disturbed by the machine's load than wall time
+            "cpu_ratio": round(
+                min(raw1["cpu_s_per_million_rows"], raw2["cpu_s_per_million_rows"])
+                / pipe["cpu_s_per_million_rows"],
+                3,
+            ),
             "peak_rss_mb": round(pipe["peak_rss_mb"], 1),
             "rows_out": pipe["rows_out"],
             "processes_rows_per_s": round(procs["rows_per_s"]),
