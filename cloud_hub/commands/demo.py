@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Runs a real hub (embedded MQTT broker, SQLite, HTTP API on a free port, "
                                    "rollout controller) and a simulated fleet running the real device daemon. "
                                    "Trains a champion and a challenger on scikit-learn's breast-cancer data, "
-                                   "rolls the challenger out (shadow, canary 10/50/100 %%) to promotion, then "
+                                   "rolls the challenger out (shadow, canary 10/50/100 %) to promotion, then "
                                    "rolls out a bad model and shows the automatic rollback. Exit code 0 only if "
                                    "the promotion happened and the bad model was rolled back.")
     p.add_argument("--devices", type=int, default=50, help="simulated devices (default 50)")

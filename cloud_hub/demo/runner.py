@@ -167,6 +167,8 @@ class Demo:
             bad = reg.push(bundles["bad"])
             self.say(f"2/5 hub on {hub.url} (MQTT {hub.hub.fleet.mqtt_url}); registry: "
                      f"{MODEL}:1.0.0 (@champion), 2.0.0, 3.0.0")
+            self.say(f"   dashboard: {hub.url}/ui  (live while the demo runs; --keep-serving SECONDS "
+                     f"keeps it up afterwards)")
             fleet = Fleet(cfg.devices, hub_url=hub.url, mqtt_url=hub.hub.fleet.mqtt_url,
                           prefix=hub.hub.settings.mqtt_prefix, bundle=bundles["champion"],
                           public_keys=[pub, hub.hub_public_key], interval_s=cfg.interval_s,
@@ -255,7 +257,8 @@ class Demo:
             self.say("[bold green]DEMO OK[/]: promotion happened and the bad model was rolled back"
                      if ok else "[bold red]DEMO FAILED[/]")
             if cfg.keep_serving > 0:
-                self.say(f"hub still serving on {hub.url} for {cfg.keep_serving:g} s (Ctrl-C to stop)")
+                self.say(f"hub still serving on {hub.url} (dashboard {hub.url}/ui) for "
+                         f"{cfg.keep_serving:g} s (Ctrl-C to stop)")
                 try:
                     time.sleep(cfg.keep_serving)
                 except KeyboardInterrupt:

@@ -52,8 +52,10 @@ class EmbeddedBroker:
     def _run(self) -> None:
         from amqtt.broker import Broker
 
-        for name in ("amqtt", "transitions"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        for name in ("amqtt", "transitions"):  # quieter, unless the caller chose a level already
+            lg = logging.getLogger(name)
+            if lg.level < logging.WARNING:
+                lg.setLevel(logging.WARNING)
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
