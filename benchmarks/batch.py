@@ -20,6 +20,8 @@ threads), which a busy shared machine disturbs much less than wall time.
 
 Usage: python benchmarks/batch.py --rows 5000000 --small 1000000 [--model small|large]
        [--workers N] [--json F]
+       python benchmarks/batch.py --stages --small 1000000 [--model small|large]
+       (CPU-s per million rows of each stage, one after the other on one thread)
 """
 
 from __future__ import annotations
@@ -182,6 +184,64 @@ def pipeline(
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def stages(bundle: Path, src: Path, batch: int, out_dir: Path) -> dict:
+    """CPU seconds per million rows of each pipeline stage, run one after the other on
+    one thread (no overlap, no competition between stages): where the time goes."""
+    import pyarrow as pa
+
+    from cloud_hub.batch.io import InputReader
+    from cloud_hub.batch.output import FinalWriter
+    from cloud_hub.batch.scoring import BatchScorer, ScoringMeta, split_scored, utc_now
+    from edge_runtime.engines import EngineOptions
+    from edge_runtime.model import Model
+
+    model = Model.load(bundle, EngineOptions(intra_op_threads=1, inter_op_threads=1))
+    names = list(model.codec.names)
+    reader = InputReader(src, names, ["customer_id"], batch)
+    scorer = BatchScorer(model, ["customer_id"])
+    meta = ScoringMeta(model.name, model.version, utc_now(), ("customer_id",))
+    final = FinalWriter(out_dir / "stages.parquet", "parquet")
+    cost = dict.fromkeys(
+        ["read", "score", "score.features", "score.model", "split", "ipc_part", "parquet"], 0.0
+    )
+    rows = 0
+    clock = time.process_time  # all threads: Parquet decoding runs on Arrow's pool
+    it = reader.batches()
+    while True:
+        c = clock()
+        b = next(it, None)
+        cost["read"] += clock() - c
+        if b is None:
+            break
+        rows += b.num_rows
+        c = clock()
+        scored = scorer.score(b)  # features + model + output columns
+        cost["score"] += clock() - c
+        c = clock()
+        x, _ = scorer.features(b, reuse=True)  # the two main parts of score, again
+        cost["score.features"] += clock() - c
+        c = clock()
+        scorer._run_model(x)
+        cost["score.model"] += clock() - c
+        c = clock()
+        out, _ = split_scored(scored, rows, meta)
+        cost["split"] += clock() - c
+        c = clock()
+        with (
+            pa.OSFile(str(out_dir / "stages.arrow"), "wb") as sink,
+            pa.ipc.new_file(sink, out.schema) as w,
+        ):
+            w.write_table(out)
+        cost["ipc_part"] += clock() - c
+        c = clock()
+        final.write(out)
+        cost["parquet"] += clock() - c
+    c = clock()
+    final.close()
+    cost["parquet"] += clock() - c
+    return {k: round(v / rows * 1e6, 3) for k, v in cost.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,6 +258,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--pipeline-runs", type=int, default=2, help="pipeline runs per size (best counts)"
+    )
+    ap.add_argument(
+        "--stages",
+        action="store_true",
+        help="only print CPU-s per million rows of each stage (one thread, --small rows)",
     )
     ap.add_argument("--work", default=None, help="directory for the files (default: a temp dir)")
     ap.add_argument("--json", default=None)
@@ -220,6 +285,12 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-batch-"))
     work.mkdir(parents=True, exist_ok=True)
     bundle = build_bundle(work / f"tabular-mlp-{args.model}", args.model)
+    if args.stages:
+        src = work / f"in-{args.small}.parquet"
+        if not src.exists():
+            write_input(src, args.small)
+        print(json.dumps(stages(bundle, src, args.batch_size, work), indent=2))
+        return
     report = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
