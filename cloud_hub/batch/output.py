@@ -269,9 +269,7 @@ class FinalWriter:
                 # the dictionary attempt, which would hash every value of every row
                 # group before falling back to plain. store_schema=False: readers
                 # see the Parquet types (plain strings), not Arrow's dictionary type.
-                dict_cols = [
-                    f.name for f in self.schema if pa.types.is_dictionary(f.type)
-                ] or False
+                dict_cols = [f.name for f in self.schema if pa.types.is_dictionary(f.type)] or False
                 self._w = pq.ParquetWriter(
                     self.path,
                     self.schema,
