@@ -109,17 +109,23 @@ class BatchScorer:
             xt[j] = self._numeric(batch.column(idx[name]), name, problems)
         if len(self.reject_cols):
             sub = xt if len(self.reject_cols) == k else xt[self.reject_cols]
-            # Fast screen: a row's sum is NaN if one of its values is (or if +inf meets
-            # -inf); only the rows it flags get the exact per-value check.
+            # Fast screen: a row's sum is not finite if one of its values is not (or if large
+            # values overflow); only the rows it flags get the exact per-value check. Like
+            # /predict, a feature that refuses NaN refuses every non-finite value (±inf too).
             with np.errstate(invalid="ignore", over="ignore"):
-                rows = np.flatnonzero(np.isnan(sub.sum(axis=0)))
+                rows = np.flatnonzero(~np.isfinite(sub.sum(axis=0)))
             if len(rows):
-                nanm = np.isnan(sub[:, rows])
+                block = sub[:, rows]
+                badm = ~np.isfinite(block)
                 for r_i, i in enumerate(rows.tolist()):
-                    if i not in problems and nanm[:, r_i].any():
-                        name = self.names[self.reject_cols[int(nanm[:, r_i].argmax())]]
+                    if i not in problems and badm[:, r_i].any():
+                        c = int(badm[:, r_i].argmax())
+                        name = self.names[self.reject_cols[c]]
+                        v = float(block[c, r_i])
                         problems[i] = (
-                            f"{name}: missing value (null/NaN) is not allowed for this feature",
+                            f"{name}: missing value (null/NaN) is not allowed for this feature"
+                            if np.isnan(v)
+                            else f"{name}: {v:g} is not allowed for this feature (not a finite number)",
                             name,
                         )
         if self.has_range:

@@ -362,9 +362,8 @@ def test_process_workers_equal_thread_workers(tmp_path, cancer_bundle, bad_rows_
 
 def test_feature_matrix_fast_path_matches_row_checks(cancer_bundle, clean_table, features):
     """The vectorised NaN screen flags exactly the rows a per-row check would, the reused
-    per-thread buffer gives the same matrix as a fresh one, and +inf/-inf in one row
-    (whose sum is NaN) is not mistaken for a missing value (the batch path has always
-    let infinities through to the model; only null/NaN is a missing value here)."""
+    per-thread buffer gives the same matrix as a fresh one, and +inf/-inf are refused like
+    /predict refuses them (a non-finite value for a feature whose NaN policy is reject)."""
     from cloud_hub.batch.scoring import BatchScorer
 
     scorer = BatchScorer(Model.load(cancer_bundle), ["customer_id"])
@@ -384,9 +383,10 @@ def test_feature_matrix_fast_path_matches_row_checks(cancer_bundle, clean_table,
     want = np.column_stack([cols[c] for c in features]).astype(np.float32)
     np.testing.assert_array_equal(x_fresh, want)
     assert problems == problems2
-    assert sorted(problems) == [7, 1499]
+    assert sorted(problems) == [7, 8, 1499]
     assert problems[7][1] == features[3] and problems[1499][1] == features[29]
     assert "missing value" in problems[7][0]
+    assert problems[8][1] == features[0] and "inf is not allowed" in problems[8][0]
 
 
 def test_parquet_output_has_plain_types(tmp_path, cancer_bundle, bad_rows_files):
