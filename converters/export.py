@@ -587,7 +587,7 @@ def _write(out: Path, name: str, conv: _Converted, smp: Sample, cfg: ExportConfi
         "golden": golden, "provenance": provenance,
     }
     write_bundle(out, manifest, {"model.onnx": conv.onnx_bytes}, key=key)
-    _self_test_or_remove(out)
+    self_test_or_remove(out)
 
 
 def _inputs(smp: Sample, conv: _Converted, cfg: ExportConfig) -> dict[str, Any]:
@@ -682,7 +682,9 @@ def _sample_accuracy(smp: Sample, got, conv, post, task, n_par) -> float | None:
     return round(float(np.mean([a == b for a, b in zip(pred, truth)])), 6)
 
 
-def _self_test_or_remove(out: Path) -> None:
+def self_test_or_remove(out: Path, what: str = "the new bundle failed its own self-test") -> None:
+    """Load the bundle just written at ``out`` with the edge runtime and run its golden
+    self-test; on failure remove ``out`` and raise ``EngineError("<what> and was removed: …")``."""
     import shutil
 
     from edge_runtime.model import Model
@@ -693,5 +695,4 @@ def _self_test_or_remove(out: Path) -> None:
         model.close()
     except (EngineError, BundleError) as exc:
         shutil.rmtree(out, ignore_errors=True)
-        raise EngineError(f"the new bundle failed its own self-test and was removed: "
-                          f"{exc.message}", field=exc.field) from exc
+        raise EngineError(f"{what} and was removed: {exc.message}", field=exc.field) from exc

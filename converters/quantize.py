@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from converters.export import check_out_dir, resolve_key
+from converters.export import check_out_dir, resolve_key, self_test_or_remove
 from converters.sample import Sample, finalize, load_sample
 from edge_runtime.bundle import Bundle, read_bundle, verify_bundle, write_bundle
 from edge_runtime.errors import BundleError, EdgeError, EngineError, ValidationError
@@ -144,7 +144,7 @@ def quantize_bundle(src: str | Path | Bundle, out: str | Path,
         info["onnxruntime"] = _ort_version()
         manifest = _manifest(bundle, dst, version, cfg, info, mode)
         write_bundle(out, manifest, {m.model_file: dst}, key=key)
-    _self_test_or_remove(Path(out))
+    self_test_or_remove(Path(out), "the quantized bundle failed its self-test")
     return Path(out)
 
 
@@ -478,21 +478,6 @@ def _expected(m, sess, feeds) -> dict[str, list]:
         v = np.asarray(outs[roles["value"]], dtype=np.float64)
         res["expected_value"] = v.reshape(len(v), -1)[:, 0].tolist()
     return res
-
-
-def _self_test_or_remove(out: Path) -> None:
-    import shutil
-
-    from edge_runtime.model import Model
-
-    try:
-        model = Model.load(read_bundle(out), warmup=False)
-        model.self_test()
-        model.close()
-    except (EngineError, BundleError) as exc:
-        shutil.rmtree(out, ignore_errors=True)
-        raise EngineError(f"the quantized bundle failed its self-test and was removed: "
-                          f"{exc.message}", field=exc.field) from exc
 
 
 def _ort_version() -> str:
