@@ -430,11 +430,7 @@ def _convert_torch(module: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
     if raw2.shape[1] < 2:
         raise ValidationError("a torch classifier must output one column per class "
                               f"(got {raw2.shape[1]})", field="task")
-    if cfg.output_role == "logits":
-        z = raw2 - raw2.max(axis=1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    else:
-        probs = raw2
+    probs = _class_probabilities(raw2, cfg.output_role)
     classes = list(range(raw2.shape[1]))
     return _Converted(buf.getvalue(), task, "input", [{"name": "output", "role": cfg.output_role}],
                       classes, {"probabilities": probs, "label": probs.argmax(axis=1)},
@@ -480,16 +476,16 @@ def _wrap_onnx(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
             raise ValidationError(f"cannot tell what output {head!r} ({width} columns) is: pass "
                                   "--task binary|multiclass (and output_role logits or "
                                   "probabilities) or --task regression", field="task")
-        role = "value" if (cfg.task and TASK_ALIASES[cfg.task] == "regression") or width == 1 \
+        given = TASK_ALIASES[cfg.task] if cfg.task else None
+        # one column is a value, unless --task binary says it is the positive class's
+        # logit (or probability)
+        role = "value" if given == "regression" or (width == 1 and given != "binary_classification") \
             else cfg.output_role
     raw = np.asarray(by_name[head], dtype=np.float64).reshape(len(x32), -1)
     if role == "value":
         return _Converted(data, "regression", name, [{"name": head, "role": "value"}], [],
                           {"value": raw[:, 0]}, converter="onnx file (wrapped as is)")
-    probs = raw
-    if role == "logits":
-        z = raw - raw.max(axis=1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    probs = _class_probabilities(raw, role)
     task = TASK_ALIASES[cfg.task] if cfg.task else (
         "binary_classification" if probs.shape[1] == 2 else "multiclass_classification")
     outputs = [{"name": head, "role": role}]
@@ -498,6 +494,25 @@ def _wrap_onnx(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
     return _Converted(data, task, name, outputs, list(range(probs.shape[1])),
                       {"probabilities": probs, "label": probs.argmax(axis=1)},
                       converter="onnx file (wrapped as is)")
+
+
+def _class_probabilities(head: Any, role: str) -> np.ndarray:
+    """A classifier head's output → (rows, classes) probabilities, scored as the edge runtime
+    scores it (``edge_runtime.model``): a softmax over several logit columns, a sigmoid over a
+    single logit column (binary; a softmax over one column is always 1.0), and a single
+    column (logit or probability) read as the positive class: ``[1 - p, p]``."""
+    raw = np.asarray(head, dtype=np.float64)
+    raw = raw.reshape(len(raw), -1)
+    if raw.shape[1] == 1:
+        p1 = raw[:, 0]
+        if role == "logits":
+            with np.errstate(over="ignore"):
+                p1 = 1.0 / (1.0 + np.exp(-p1))
+        return np.stack([1.0 - p1, p1], axis=1)
+    if role == "logits":
+        e = np.exp(raw - raw.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    return raw
 
 
 def _plain(v: Any) -> Any:
@@ -541,10 +556,7 @@ def _write(out: Path, name: str, conv: _Converted, smp: Sample, cfg: ExportConfi
         agreement = parity["within_tolerance"]
     else:
         role = next(o for o in conv.outputs if o["role"] in ("probabilities", "logits"))
-        probs = np.asarray(got[role["name"]], dtype=np.float64).reshape(n_par, -1)
-        if role["role"] == "logits":
-            z = probs - probs.max(axis=1, keepdims=True)
-            probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        probs = _class_probabilities(got[role["name"]], role["role"])
         ref_p = conv.ref["probabilities"][:n_par]
         if ref_p.shape != probs.shape:
             raise EngineError(f"the converted model gives {probs.shape[1]} probabilities per row, "
@@ -620,10 +632,7 @@ def _golden(smp: Sample, conv: _Converted, got: dict[str, np.ndarray], out_names
         score = np.asarray(got[out_names[0]], dtype=np.float64).reshape(n_par, -1)[:, 0]
     else:
         role = next(o for o in conv.outputs if o["role"] in ("probabilities", "logits"))
-        probs = np.asarray(got[role["name"]], dtype=np.float64).reshape(n_par, -1)
-        if role["role"] == "logits":
-            z = probs - probs.max(axis=1, keepdims=True)
-            probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        probs = _class_probabilities(got[role["name"]], role["role"])
         classes = post["classes"]
         if task == "binary_classification":
             pos = classes.index(post["positive_class"])
@@ -669,7 +678,7 @@ def _sample_accuracy(smp: Sample, got, conv, post, task, n_par) -> float | None:
     if smp.y is None or task == "regression":
         return None
     role = next(o for o in conv.outputs if o["role"] in ("probabilities", "logits"))
-    probs = np.asarray(got[role["name"]], dtype=np.float64).reshape(n_par, -1)
+    probs = _class_probabilities(got[role["name"]], role["role"])
     classes = post["classes"]
     if task == "binary_classification":
         pos = classes.index(post["positive_class"])

@@ -399,6 +399,50 @@ def test_onnx_file_made_elsewhere(tmp_path, keys, public_key):
     assert not (tmp_path / "c").exists()
 
 
+def test_onnx_file_with_one_logit_column_is_a_binary_classifier(tmp_path, keys, public_key):
+    """A binary head with one logit per row (BCE-with-logits style): with --task binary it is
+    scored with a sigmoid, not a softmax over one column (which is always 1.0), and the
+    bundle's golden vectors and parity agree with the file."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    frame = cancer_frame()
+    x = frame.drop(columns=["target"]).to_numpy(dtype=np.float64)
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.normal(size=(30, 1)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logit"])], "lin1",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 30])],
+                          [helper.make_tensor_value_info("logit", TensorProto.FLOAT, [None, 1])],
+                          [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "lin1.onnx"))
+
+    # without --task a single column stays a value (regression), as before
+    m = read_bundle(export_model(tmp_path / "lin1.onnx", x, tmp_path / "r",
+                                 ExportConfig(key=keys[0]))).manifest
+    assert m.task == "regression" and m.outputs[0].role == "value"
+
+    out = export_model(tmp_path / "lin1.onnx", x, tmp_path / "b",
+                       ExportConfig(key=keys[0], task="binary", class_names=["benign", "malignant"]))
+    verify_bundle(out, public_key)
+    m = read_bundle(out).manifest
+    assert m.task == "binary_classification" and m.outputs[0].role == "logits"
+    assert m.postprocess.classes == ["benign", "malignant"]
+    assert m.postprocess.positive_class == "malignant"
+    assert m.provenance["parity"]["label_agreement"] == 1.0
+    z = (x.astype(np.float32) @ numpy_helper.to_array(w)).astype(np.float64)[:, 0]
+    want = 1.0 / (1.0 + np.exp(-z))
+    golden = m.golden[0]
+    assert 0.0 < min(golden.expected_probability) < 0.5 < max(golden.expected_probability) < 1.0
+    model = Model.load(out)
+    model.self_test()
+    got = model.score_array(x.astype(np.float32))
+    np.testing.assert_allclose(got.probabilities[:, 1], want, atol=1e-5)
+    assert 0 < (got.label_index == 1).sum() < len(x)  # both classes predicted, not always 1.0
+    model.close()
+
+
 def test_missing_values_allowed_where_the_sample_has_them(tmp_path, keys):
     """A pipeline that imputes NaN: columns with gaps get nan=allow, the others keep
     rejecting NaN, and golden rows are complete rows."""
