@@ -46,6 +46,14 @@ class _Loop:
     def run(self, coro, timeout: float | None = 60.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def run_or_stop(self, coro, timeout: float | None = 60.0) -> Any:
+        """``run`` a start-up coroutine; if it fails, stop the loop (no thread left behind)."""
+        try:
+            return self.run(coro, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
@@ -74,6 +82,13 @@ async def _ensure_stream(js, ep: Endpoint) -> str:
         return name
 
 
+async def _open(ep: Endpoint) -> tuple[Any, Any, str]:
+    """Connect, get the JetStream context and the stream that covers ``ep.target``."""
+    nc = await _connect(ep)
+    js = nc.jetstream()
+    return nc, js, await _ensure_stream(js, ep)
+
+
 class NatsSource:
     def __init__(self, ep: Endpoint, *, group: str) -> None:
         self.url = ep.url
@@ -85,16 +100,10 @@ class NatsSource:
         self._closing = False
         self.pump_error: str | None = None
         self._loop = _Loop()
-        try:
-            self._loop.run(self._start(ep))
-        except BaseException:
-            self._loop.stop()
-            raise
+        self._loop.run_or_stop(self._start(ep))
 
     async def _start(self, ep: Endpoint) -> None:
-        self.nc = await _connect(ep)
-        self.js = self.nc.jetstream()
-        self.stream = await _ensure_stream(self.js, ep)
+        self.nc, self.js, self.stream = await _open(ep)
         cfg = ConsumerConfig(
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
@@ -192,16 +201,10 @@ class NatsSink:
         self.url = ep.url
         self.subject = ep.target
         self._loop = _Loop()
-        try:
-            self._loop.run(self._start(ep))
-        except BaseException:
-            self._loop.stop()
-            raise
+        self._loop.run_or_stop(self._start(ep))
 
     async def _start(self, ep: Endpoint) -> None:
-        self.nc = await _connect(ep)
-        self.js = self.nc.jetstream()
-        self.stream = await _ensure_stream(self.js, ep)
+        self.nc, self.js, self.stream = await _open(ep)
 
     async def _publish(self, payloads: list[bytes]) -> None:
         # Concurrent publishes, each confirmed by a PubAck from the stream.
