@@ -23,7 +23,7 @@ from sqlalchemy import delete, select
 from cloud_hub.routing.writer import BatchWriter
 from cloud_hub.shadow.segments import SegmentSpec, parse_segment
 from cloud_hub.shadow.tables import shadow_comparisons, shadow_targets
-from cloud_hub.shadow.worker import BatchStats, child_main, compare_group, group_items
+from cloud_hub.shadow.worker import BatchStats, child_main, compare_group, group_items, take_batch
 from edge_runtime.errors import NotFoundError, ValidationError
 from edge_runtime.hashing import bucket
 
@@ -291,19 +291,10 @@ class ShadowService:
             item = self._q.get()
             if item is None:
                 break
-            items = [item]
             # Under load, run each shadow once for everything queued: one engine call and one
             # writer hand-over per batch, so the worker holds the GIL (shared with the primary)
             # for less time per mirrored request.
-            while len(items) < self.max_batch:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                items.append(nxt)
+            items, stop = take_batch(self._q, item, self.max_batch)
             with self._lock:
                 self._busy += 1
             if (g := self._m("shadow_queue_depth")) is not None:

@@ -119,6 +119,21 @@ def group_items(items: list) -> list[list]:
     return list(groups.values())
 
 
+def take_batch(q: Any, first: Any, max_batch: int) -> tuple[list, bool]:
+    """``first`` and what is already waiting in ``q``, up to ``max_batch`` items, without
+    blocking. The flag is True when the stop sentinel (``None``) was taken: stop after this batch."""
+    items = [first]
+    while len(items) < max_batch:
+        try:
+            nxt = q.get_nowait()
+        except queue.Empty:
+            break
+        if nxt is None:
+            return items, True
+        items.append(nxt)
+    return items, False
+
+
 def child_main(settings: dict[str, Any], q: Any, processed: Any, stats_q: Any, max_batch: int) -> None:
     """Entry point of the shadow process: load shadows on demand, compare, store, count."""
     import signal
@@ -141,16 +156,7 @@ def child_main(settings: dict[str, Any], q: Any, processed: Any, stats_q: Any, m
             item = q.get()
             if item is None:
                 break
-            items = [item]
-            while len(items) < max_batch:
-                try:
-                    nxt = q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                items.append(nxt)
+            items, stop = take_batch(q, item, max_batch)
             records: list[dict[str, Any]] = []
             stats = []
             for group in group_items(items):
