@@ -143,12 +143,7 @@ def hub_main(args) -> int:
                    silent_after_s=60, port=args.port, mqtt_prefix=args.prefix)
     hub.start()
     print("READY", hub.hub_public_key, hub.hub.fleet.mqtt_url, flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        while True:
-            time.sleep(1)
-    finally:
-        hub.stop()
+    hub.serve_until_terminated()
 
 
 def bench_live(n: int, mqtt_url: str | None, stage_s: float) -> dict:

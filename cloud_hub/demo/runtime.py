@@ -8,11 +8,13 @@ bundles from ``/v1/bundles/{digest}``) and the rollout controller.
 
 from __future__ import annotations
 
+import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 
 def free_port() -> int:
@@ -95,6 +97,16 @@ class LocalHub:
         if self.hub is not None:
             self.hub.close()
             self.hub = None
+
+    def serve_until_terminated(self) -> NoReturn:
+        """Block until SIGTERM (or Ctrl-C), then stop: a started hub run as its own process
+        (the rollout kill -9 test, the live rollout benchmark)."""
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            while True:
+                time.sleep(1)
+        finally:
+            self.stop()
 
     def __enter__(self) -> "LocalHub":
         return self.start()

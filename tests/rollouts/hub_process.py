@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import time
 
 from cloud_hub.demo.runtime import LocalHub
 
@@ -25,12 +23,7 @@ def main() -> int:
     for i, path in enumerate(args.push):
         hub.hub.registry.push(path, aliases=["champion"] if i == 0 else None)
     print("READY", hub.hub_public_key, flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        while True:
-            time.sleep(1)
-    finally:
-        hub.stop()
+    hub.serve_until_terminated()
 
 
 if __name__ == "__main__":
