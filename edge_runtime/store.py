@@ -28,9 +28,10 @@ interrupted installs in the journal, empties ``tmp/`` and removes bundles no
 slot refers to. Any failure raises :class:`StoreError` naming the step and the
 reason, and the old active model keeps serving.
 
-For the crash-safety test, ``EDGE_STORE_PAUSE_AT=<point>`` makes the process
-write the point name to ``EDGE_STORE_PAUSE_FILE`` and sleep there, so a test
-can kill it at that exact step (points: ``INSTALL_POINTS``).
+For the crash-safety test, ``EDGE_STORE_PAUSE_AT=<point>`` together with
+``EDGE_STORE_PAUSE_FILE=<path>`` makes the process write the point name to that
+file and wait there (at most 10 minutes), so a test can kill it at that exact
+step (points: ``INSTALL_POINTS``). One variable alone does nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -63,6 +65,8 @@ INSTALL_STEPS = ("stage", "verify", "load", "self_test", "budget", "commit", "sw
 # Points where the pause hook can stop an install (the start of each step, plus
 # the moments inside commit/switch where a crash is most interesting).
 INSTALL_POINTS = INSTALL_STEPS + ("commit:renamed", "switch:in_transaction", "switch:committed")
+
+log = logging.getLogger("edge_runtime.store")
 
 PAUSE_ENV = "EDGE_STORE_PAUSE_AT"
 PAUSE_FILE_ENV = "EDGE_STORE_PAUSE_FILE"
@@ -571,15 +575,16 @@ class ModelStore:
     def _point(self, name: str) -> None:
         if self._checkpoint_hook is not None:
             self._checkpoint_hook(name)
-        if self._pause_at == name:
-            marker = os.environ.get(PAUSE_FILE_ENV)
-            if marker:
-                with open(marker, "w") as fh:
-                    fh.write(f"{name} {os.getpid()}\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            while True:  # wait here to be killed
-                time.sleep(3600)
+        marker = os.environ.get(PAUSE_FILE_ENV) if self._pause_at == name else None
+        if marker:  # test hook: both variables must be set, and the pause is bounded
+            with open(marker, "w") as fh:
+                fh.write(f"{name} {os.getpid()}\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            log.warning("store paused at %s for a crash test (%s=%s)", name, PAUSE_ENV, name)
+            deadline = time.monotonic() + 600.0
+            while time.monotonic() < deadline:  # wait here to be killed
+                time.sleep(1.0)
 
     def _step(self, jid: int, step: str) -> str:
         self._db.execute("UPDATE journal SET step=? WHERE id=?", (step, jid))
