@@ -145,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
         app.router.on_shutdown.append(hub.close)  # uvicorn re-raises SIGTERM after shutdown
         _freeze_startup_objects()
         print(f"cloud-hub: serving on http://{settings.host}:{settings.port} (data {settings.data_dir}, "
-              f"hub key {hub.registry.hub_key.key_id})", file=sys.stderr, flush=True)
+              f"hub key {hub.registry.hub_key.key_id}); dashboard http://{settings.host}:{settings.port}/ui, "
+              f"API docs /docs", file=sys.stderr, flush=True)
         uvicorn.run(app, **kw)
     finally:
         hub.close()
