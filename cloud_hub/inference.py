@@ -12,6 +12,18 @@ shadow deployments (``cloud_hub/routing``, ``cloud_hub/shadow``):
   scores; it must not block (the shadow mirror puts the result on a bounded
   queue and returns). An observer that raises is logged and counted, never
   seen by the client.
+* **error observers** (``add_error_observer``): ``fn(failure)`` is called when
+  the model a request was routed to fails (:class:`PredictFailure`: request,
+  target with its group, version when known, exception, error code), so the
+  champion/challenger stats and the per-group Prometheus counter
+  ``hub_predict_model_errors`` see a failing challenger. What counts as a model
+  failure: any error with HTTP status >= 500 (engine run failure, model load
+  failure, an unexpected exception), and for a *routed* target (one with a
+  group) a failure before its rows reach the model (its alias cannot be
+  resolved or its bundle loaded, or it takes raw tensors): the client asked for
+  the bare model name and cannot fix that. Client errors (4xx: a bad row, a
+  missing feature, an unknown model asked for directly) are the caller's fault
+  and only go to ``hub_predict_errors``. Nothing of this runs on success.
 
 Small models run inline on the event loop (a thread hop costs more than the
 model); a model whose recent calls average above ``inline_max_ms`` runs in a
@@ -97,11 +109,24 @@ class PredictResult:
                 "group": p.target.group, "predictions": self.predictions}
 
 
+@dataclass
+class PredictFailure:
+    """The routed model failed for a request (see the module docstring for what counts)."""
+
+    request: PredictRequest
+    target: Target
+    version: ModelVersion | None   # None when the reference could not be resolved
+    error: BaseException
+    code: str                      # EdgeError code, or "internal_error"
+    latency_s: float               # from the target's start to the failure
+
+
 class Router(Protocol):
     def route(self, request: PredictRequest) -> list[Target] | None: ...
 
 
 Observer = Callable[[PredictResult], None]
+ErrorObserver = Callable[[PredictFailure], None]
 
 
 _RID_PREFIX = os.urandom(6).hex()
@@ -130,6 +155,7 @@ class PredictService:
         self.metrics = hub.metrics
         self.router: Router | None = None
         self.observers: list[Observer] = []
+        self.error_observers: list[ErrorObserver] = []
         self.inline_max_s = inline_max_ms / 1000.0
         self._cost: dict[str, float] = {}  # digest -> EWMA seconds per engine call
         s = hub.settings
@@ -149,6 +175,13 @@ class PredictService:
     def remove_observer(self, fn: Observer) -> None:
         if fn in self.observers:
             self.observers.remove(fn)
+
+    def add_error_observer(self, fn: ErrorObserver) -> None:
+        self.error_observers.append(fn)
+
+    def remove_error_observer(self, fn: ErrorObserver) -> None:
+        if fn in self.error_observers:
+            self.error_observers.remove(fn)
 
     # ---- request parsing -----------------------------------------------------------------
     def parse(self, ref: str, body: Any, *, key_field: str | None = None,
@@ -242,20 +275,25 @@ class PredictService:
         if not targets:
             targets = [Target(req.ref)]
         parts: list[PartResult] = []
+        t = mv = None
+        t0 = req.started
+        encoding = False  # True once the rows are the model's business (client errors possible)
         try:
             for t in targets:
+                mv, encoding = None, False
                 mv, model = await self.pair(t.ref)
                 if model.codec is None:
                     raise ValidationError(f"{mv.name}:{mv.version} takes raw tensors; call "
                                           f"/v2/models/{mv.name}/infer instead", field="rows")
                 rows = req.rows if t.rows is None else [req.rows[i] for i in t.rows]
                 t0 = time.perf_counter()
+                encoding = True
                 x = model.codec.encode(rows)
                 s = await self.score(mv, model, x)
                 preds = model.to_rows(s)
                 parts.append(PartResult(t, mv, model, x, s, preds, time.perf_counter() - t0))
-        except EdgeError as exc:
-            self.metrics.observe_error(req.name, req.endpoint, exc.code)
+        except Exception as exc:
+            self._failed(req, t, mv, exc, encoding, t0)
             raise
         if len(parts) == 1 and parts[0].target.rows is None:
             predictions = parts[0].predictions
@@ -279,6 +317,32 @@ class PredictService:
         result = PredictResult(req, parts, predictions, _utc_now())
         self.notify(result)
         return result
+
+    def _failed(self, req: PredictRequest, target: Target | None, mv: ModelVersion | None,
+                exc: Exception, encoding: bool, t0: float) -> None:
+        """Error path (never on success): count the failure and, when the model is at fault, tell
+        the error observers with the group and version."""
+        is_edge = isinstance(exc, EdgeError)
+        code = exc.code if is_edge else "internal_error"
+        self.metrics.observe_error(req.name, req.endpoint, code)
+        status = exc.status_code if is_edge else 500
+        if target is None or not (status >= 500 or (target.group is not None and not encoding)):
+            return  # the caller's fault (bad rows, unknown model asked for directly)
+        if mv is None:
+            try:  # a load failure after a good resolve still names its version
+                mv = self.models.resolve(target.ref)
+            except EdgeError:
+                mv = None
+        self.metrics.observe_model_error(req.name, "" if mv is None else mv.version, target.group or "",
+                                         req.endpoint, code)
+        if not self.error_observers:
+            return
+        failure = PredictFailure(req, target, mv, exc, code, time.perf_counter() - t0)
+        for fn in self.error_observers:
+            try:
+                fn(failure)
+            except Exception:  # observers never change the error the client gets
+                log.exception("predict error observer failed")
 
     def notify(self, result: PredictResult) -> None:
         for fn in self.observers:

@@ -34,6 +34,10 @@ class HubMetrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.errors = Counter("hub_predict_errors", "Failed prediction requests by model, endpoint "
                               "and error code.", ["model", "endpoint", "code"], registry=r)
+        self.model_errors = Counter("hub_predict_model_errors", "Predictions the model failed (engine "
+                                    "failure, model load failure, 5xx; not client 4xx errors), per model/"
+                                    "version/group, endpoint and error code: a failing challenger shows "
+                                    "here.", ["model", "version", "group", "endpoint", "code"], registry=r)
         self.http_requests = Counter("hub_http_requests", "HTTP responses by method and status.",
                                      ["method", "status"], registry=r)
         self.http_latency = Histogram("hub_http_request_duration_seconds", "HTTP request duration "
@@ -71,6 +75,9 @@ class HubMetrics:
 
     def observe_error(self, model: str, endpoint: str, code: str) -> None:
         self.errors.labels(model, endpoint, code).inc()
+
+    def observe_model_error(self, model: str, version: str, group: str, endpoint: str, code: str) -> None:
+        self.model_errors.labels(model, version, group, endpoint, code).inc()
 
     def observe_http(self, method: str, status: int, seconds: float) -> None:
         key = (method, status)

@@ -169,6 +169,7 @@ async def _infer(hub, request: Request, ref: str) -> Response:
     svc = hub.inference
     started = time.perf_counter()
     model_name = ref.split("@")[0].split(":")[0]
+    mv = None
     try:
         raw = await request.body()
         header, binary = _split_body(raw, request.headers.get(HEADER_LEN))
@@ -187,8 +188,11 @@ async def _infer(hub, request: Request, ref: str) -> Response:
             outs = {o.name: a for o, a in zip(model.engine.outputs, raw_outs)}
         latency = time.perf_counter() - t0
         body, tail = _encode_outputs(header, outs)
-    except EdgeError as exc:
-        svc.metrics.observe_error(model_name, "oip", exc.code)
+    except Exception as exc:  # counted, then the app's handlers answer (4xx JSON / opaque 500)
+        code = exc.code if isinstance(exc, EdgeError) else "internal_error"
+        svc.metrics.observe_error(model_name, "oip", code)
+        if not isinstance(exc, EdgeError) or exc.status_code >= 500:  # the model's failure, not the caller's
+            svc.metrics.observe_model_error(model_name, "" if mv is None else mv.version, "", "oip", code)
         raise
     resp: dict[str, Any] = {"model_name": mv.name, "model_version": mv.version, "outputs": body}
     if "id" in header:

@@ -22,5 +22,7 @@ def attach(hub: Hub) -> None:
         inference.set_router(hub.routing)
         if hub.routing.observe not in inference.observers:
             inference.add_observer(hub.routing.observe)
+        if hub.routing.observe_error not in inference.error_observers:
+            inference.add_error_observer(hub.routing.observe_error)
         if hub.shadow.observe not in inference.observers:
             inference.add_observer(hub.shadow.observe)

@@ -9,7 +9,9 @@ against a direct computation. Verdict rules (all thresholds configurable):
 * ``PROMOTE`` — the challenger is better on ``decide_on`` (accuracy | auc |
   business) with p < ``alpha``, and not significantly worse on the business
   metric (the guardrail);
-* ``KEEP_CHAMPION`` — otherwise, with the reason.
+* ``KEEP_CHAMPION`` — otherwise, with the reason; also when the challenger's error
+  rate (failed rows / all routed rows, ``tests.error_rate``) is significantly higher
+  than the champion's, however good its answers.
 """
 
 from __future__ import annotations
@@ -89,7 +91,10 @@ class GroupData:
     def summary(self) -> dict[str, Any]:
         n, nl = len(self.scores), len(self.outcomes)
         correct = int((self.labelled_positives == self.outcomes).sum()) if nl else 0
-        return {"requests": int(n), "errors": int(self.errors), "versions": sorted(set(self.versions)),
+        total = n + int(self.errors)  # answered rows + failed rows
+        return {"requests": int(n), "errors": int(self.errors),
+                "error_rate": int(self.errors) / total if total else None,
+                "versions": sorted(set(self.versions)),
                 "positive_rate": float(self.positives.mean()) if n else None,
                 "mean_score": float(self.scores.mean()) if n else None,
                 "labelled": int(nl), "accuracy": correct / nl if nl else None,
@@ -126,11 +131,14 @@ def evaluate(cfg: EvaluationConfig, champion: GroupData, challenger: GroupData) 
                                      int((b.labelled_positives == b.outcomes).sum()), len(b.outcomes))
     auc = stats.delong_auc_test(a.outcomes, a.labelled_scores, b.outcomes, b.labelled_scores)
     biz = business_test(cfg, a, b)
+    errs = stats.two_proportion_ztest(int(a.errors), len(a.scores) + int(a.errors),
+                                      int(b.errors), len(b.scores) + int(b.errors))
     business_goal = "min" if cfg.business_metric == "cost" else cfg.business_goal
     out: dict[str, Any] = {
         "groups": {CHAMPION: a.summary(), CHALLENGER: b.summary()},
         "tests": {"accuracy": acc.to_dict(), "auc": auc.to_dict(),
-                  "business": {**biz.to_dict(), "metric": cfg.business_metric, "goal": business_goal}},
+                  "business": {**biz.to_dict(), "metric": cfg.business_metric, "goal": business_goal},
+                  "error_rate": errs.to_dict()},
         "config": cfg.model_dump(),
     }
     out["warnings"] = [f"{g} group answered with several versions ({', '.join(sorted(set(d.versions)))}): "
@@ -156,7 +164,10 @@ def evaluate(cfg: EvaluationConfig, champion: GroupData, challenger: GroupData) 
     biz_worse = (_better(-(biz.difference or 0.0), business_goal) and biz.p_value is not None
                  and biz.p_value < cfg.alpha and biz.difference != 0)
     guarded = cfg.decide_on != "business" and cfg.business_guardrail and biz_worse
-    if _better(primary.difference, goal) and significant and not guarded:
+    # a challenger that fails significantly more often is never promoted, whatever its answers
+    fails_more = (errs.difference is not None and errs.difference > 0 and errs.p_value is not None
+                  and errs.p_value < cfg.alpha)
+    if _better(primary.difference, goal) and significant and not guarded and not fails_more:
         out.update(verdict=PROMOTE, reasons=[
             (f"challenger {cfg.decide_on} {primary.challenger:.4f} vs champion {primary.champion:.4f} "
              f"(p={primary.p_value:.3g} < {cfg.alpha})")])
@@ -164,6 +175,9 @@ def evaluate(cfg: EvaluationConfig, champion: GroupData, challenger: GroupData) 
     if not _better(primary.difference, goal):
         reasons.append(f"challenger {cfg.decide_on} is not better ({_fmt(primary.challenger)} vs "
                        f"{_fmt(primary.champion)})")
+    elif fails_more:
+        reasons.append(f"challenger fails significantly more often (error rate {_fmt(errs.challenger)} vs "
+                       f"{_fmt(errs.champion)}, p={_fmt(errs.p_value)})")
     elif not significant:
         reasons.append(f"challenger {cfg.decide_on} better ({_fmt(primary.challenger)} vs "
                        f"{_fmt(primary.champion)}) but not significant (p={_fmt(primary.p_value)} >= {cfg.alpha})")

@@ -219,6 +219,24 @@ class RoutingService:
                         version=p.version.version, model=p.model, outputs=p.predictions,
                         latency_ms=p.latency_s * 1000.0)
 
+    def observe_error(self, failure: Any) -> None:
+        """Error-observer hook: log the failed group's rows as errors (its version when known).
+
+        Only the failing target's rows are logged: when a request split between both groups
+        fails on one, the client gets the error and no answer, so the other group's rows (if
+        already scored) are not predictions and are not logged.
+        """
+        t = failure.target
+        if t.group not in GROUPS:
+            return
+        req = failure.request
+        idx = list(range(len(req.rows))) if t.rows is None else list(t.rows)
+        keys = [None if req.keys is None or req.keys[i] is None else str(req.keys[i]) for i in idx]
+        version = failure.version.version if failure.version is not None else "unknown"
+        self.record(request_id=req.request_id, name=req.name, part=RoutePart(t.group, t.ref, idx, keys),
+                    version=version, model=None, outputs=None, latency_ms=failure.latency_s * 1000.0,
+                    error=True)
+
     def record(self, *, request_id: str, name: str, part: RoutePart, version: str, model: Any,
                outputs: Sequence[dict[str, Any]] | None, latency_ms: float, error: bool = False) -> None:
         """Log the part's rows (buffered) and count them per group; never blocks."""
@@ -259,6 +277,9 @@ class RoutingService:
         total = sum(g["requests"] for g in groups.values())
         for g in groups.values():
             g["share"] = g["requests"] / total if total else None
+            g["error_rate"] = g["errors"] / g["requests"] if g["requests"] else None
+            for v in g["versions"].values():
+                v["error_rate"] = v["errors"] / v["rows"] if v["rows"] else None
         return {"name": name, "split_id": cfg.split_id, "challenger_fraction": cfg.challenger_fraction,
                 "rows": total, "groups": groups}
 

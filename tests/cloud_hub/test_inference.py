@@ -83,5 +83,57 @@ def test_engine_failure_is_500_without_trace(server, cancer_bundle, cancer_data,
         r = httpx.post(url + path, json=body)
         assert r.status_code == 500 and r.json() == {"error": "internal error", "code": "internal_error"}
         assert "secret" not in r.text and "Traceback" not in r.text
+    text = hub.metrics.render()[0].decode()
+    for ep in ("predict", "oip"):  # a model failure on either endpoint, per version
+        assert (f'hub_predict_model_errors_total{{code="internal_error",endpoint="{ep}",group="",'
+                f'model="cancer",version="1.0.0"}} 1.0') in text
     monkeypatch.undo()
     assert httpx.post(url + "/v1/models/cancer/predict", json=row_of(cancer_data)).status_code == 200
+
+
+def test_error_observers_see_model_failures_not_client_errors(hub, cancer_bundle, cancer_data):
+    """Routed target without a resolvable alias, and a non-EdgeError engine crash, reach the error
+    observers with group and version; a bad row (422) and an unknown model asked for directly (404)
+    do not; nothing is called on success; a broken error observer never changes the client's error."""
+    from edge_runtime.errors import EdgeError, NotFoundError
+
+    hub.registry.push(cancer_bundle, aliases=["champion"])  # no challenger alias
+    svc = hub.inference
+    class NonEmpty(SplitByKey):  # only the groups that got rows
+        def route(self, req):
+            return [t for t in super().route(req) if t.rows]
+
+    svc.set_router(NonEmpty())
+    failures = []
+    svc.add_error_observer(failures.append)
+    svc.add_error_observer(lambda f: 1 / 0)
+    ok = [{**row_of(cancer_data, 0), "customer_id": "2"}]
+    assert svc.predict_sync("cancer", ok).predictions and failures == []
+    with pytest.raises(NotFoundError):  # challenger alias missing: the caller asked for "cancer"
+        svc.predict_sync("cancer", [{**row_of(cancer_data, 0), "customer_id": "1"}])
+    (f,) = failures
+    assert (f.target.group, f.version, f.code, f.target.rows) == ("challenger", None, "not_found", [0])
+    bad = {**row_of(cancer_data, 0), "customer_id": "2"}
+    del bad[next(iter(row_of(cancer_data, 0)))]
+    with pytest.raises(ValidationError):
+        svc.predict_sync("cancer", [bad])
+    svc.set_router(None)
+    with pytest.raises(EdgeError):
+        svc.predict_sync("nope", [row_of(cancer_data, 0)])
+    assert len(failures) == 1
+    mv, model = hub.models.get("cancer")
+
+    def crash(x):
+        raise RuntimeError("engine crashed")
+
+    model.score_array = crash
+    with pytest.raises(RuntimeError):
+        svc.predict_sync("cancer", [row_of(cancer_data, 0)])
+    assert len(failures) == 2 and failures[1].version.version == mv.version
+    assert failures[1].code == "internal_error" and failures[1].target.group is None
+    text = hub.metrics.render()[0].decode()
+    assert 'hub_predict_model_errors_total{code="not_found",endpoint="predict",group="challenger",' \
+           'model="cancer",version=""} 1.0' in text
+    assert (f'hub_predict_model_errors_total{{code="internal_error",endpoint="predict",group="",'
+            f'model="cancer",version="{mv.version}"}} 1.0') in text
+    assert 'code="invalid_input"' not in text.split("hub_predict_model_errors")[1].split("# HELP")[0]

@@ -10,6 +10,7 @@ import sys
 import time
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -265,3 +266,103 @@ def test_restart_sqlite(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_da
 
 def test_restart_postgres(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, pg_db):
     _restart_roundtrip(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, pg_db)
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def test_failing_challenger_counted_per_group_over_http(api, cancer_data):
+    """A challenger whose engine fails at run time on some inputs (rows with mean radius > 15):
+    its failures reach the client as 500 engine_error, and are counted per group in Prometheus,
+    the split stats (prediction log) and the evaluation; client 4xx errors are not."""
+    c, hub = api
+    x, y, names = cancer_data
+    assert c.put("/v1/models/cancer/split", json={"challenger_fraction": 0.5}, headers=H_ADMIN).status_code == 200
+    mv, model = hub.models.get("cancer@challenger")
+    assert mv.version == "1.0.0"
+    engine = model.engine
+    real_run = engine._public_run
+
+    def failing_run(feeds):  # fault injection on the loaded challenger only: ORT-style runtime failure
+        if (next(iter(feeds.values()))[:, 0] > 15.0).any():
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code "
+                               "returned while running MatMul node")
+        return real_run(feeds)
+
+    engine._run = engine._public_run = failing_run
+    n = 300
+    group_of = {f"k{i}": hub.routing.plan("cancer", 1, [f"k{i}"])[0].group for i in range(n)}
+    failed = {"champion": 0, "challenger": 0}
+    answered = {"champion": 0, "challenger": 0}
+    fb = []
+    for i in range(n):
+        key = f"k{i}"
+        r = c.post("/v1/models/cancer/predict", json={"rows": rows_of(x[i:i + 1], names, [key])},
+                   headers=H_CLIENT)
+        must_fail = group_of[key] == "challenger" and x[i, 0] > 15.0
+        if must_fail:
+            assert r.status_code == 500, r.text
+            body = r.json()
+            assert body["code"] == "engine_error" and "ONNX Runtime run failed" in body["error"]
+            assert "Traceback" not in r.text
+            failed[group_of[key]] += 1
+        else:
+            assert r.status_code == 200, r.text
+            assert r.json()["group"] == group_of[key]
+            answered[group_of[key]] += 1
+            fb.append({"request_id": r.json()["request_id"], "outcome": int(y[i])})
+    assert failed["challenger"] >= 20 and answered["challenger"] >= 20 and answered["champion"] >= 30
+    # the caller's fault is not the model's: a row missing a feature routed to the challenger → 422
+    ck = next(k for k, g in group_of.items() if g == "challenger")
+    bad = rows_of(x[:1], names, [ck])
+    del bad[0][names[3]]
+    r = c.post("/v1/models/cancer/predict", json={"rows": bad}, headers=H_CLIENT)
+    assert r.status_code == 422 and r.json()["field"], r.text
+    # one request split between the groups, with a failing challenger row: the whole request fails,
+    # only the challenger's rows are logged as errors (the client got no champion answer either)
+    hk = next(k for k, g in group_of.items() if g == "champion")
+    big = int(np.argmax(x[:, 0]))
+    r = c.post("/v1/models/cancer/predict",
+               json={"rows": rows_of(x[[0, big, big]], names, [hk, ck, ck])}, headers=H_CLIENT)
+    assert r.status_code == 500 and r.json()["code"] == "engine_error"
+    failed["challenger"] += 2
+
+    text = c.get("/metrics", headers=H_ADMIN).text
+    assert _metric(text, "hub_predict_model_errors_total", model="cancer", version="1.0.0",
+                   group="challenger", endpoint="predict", code="engine_error") == failed["challenger"] - 1
+    assert _metric(text, "hub_predict_model_errors_total", group="champion") == 0
+    assert _metric(text, "hub_predict_model_errors_total", code="invalid_input") == 0
+    assert _metric(text, "hub_predict_errors_total", model="cancer", code="invalid_input") == 1
+
+    st = c.get("/v1/models/cancer/split/stats", headers=H_VIEWER).json()
+    ch, cp = st["groups"]["challenger"], st["groups"]["champion"]
+    assert ch["errors"] == failed["challenger"] and cp["errors"] == 0
+    assert ch["requests"] == answered["challenger"] + failed["challenger"]
+    assert cp["requests"] == answered["champion"]
+    assert ch["error_rate"] == pytest.approx(failed["challenger"] / ch["requests"])
+    assert cp["error_rate"] == 0.0
+    assert ch["versions"]["1.0.0"]["errors"] == failed["challenger"]
+
+    assert c.post("/v1/models/cancer/feedback", json={"feedback": fb}, headers=H_CLIENT).status_code == 200
+    ev = c.post("/v1/models/cancer/evaluate", json={"decide_on": "auc", "min_samples": 10},
+                headers=H_VIEWER).json()
+    g = ev["groups"]
+    assert g["challenger"]["errors"] == failed["challenger"] and g["champion"]["errors"] == 0
+    assert g["challenger"]["error_rate"] == pytest.approx(
+        failed["challenger"] / (answered["challenger"] + failed["challenger"]))
+    assert g["champion"]["error_rate"] == 0.0
+    t = ev["tests"]["error_rate"]
+    assert t["difference"] > 0 and t["p_value"] < 0.05
+    # the stronger model answers better (AUC) but fails often: never promoted
+    assert ev["verdict"] == "KEEP_CHAMPION", ev
+    assert any("fails significantly more often" in r for r in ev["reasons"]), ev["reasons"]
+    r = c.post("/v1/models/cancer/promote", headers=H_ADMIN)
+    assert r.status_code == 409 and r.json()["field"] == "verdict"
