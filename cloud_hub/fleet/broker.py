@@ -4,6 +4,17 @@ amqtt speaks MQTT 3.1.1 only (no shared subscriptions, no session expiry), which
 fine for one hub process and a demo fleet; its URL carries ``?protocol=3.1.1`` so every
 client (hub ingest, devices, simulator) picks the right protocol. Production and the
 tests use Mosquitto (or any MQTT v5 broker) via ``HUB_MQTT_URL``.
+
+Memory: amqtt queues every PUBLISH it receives in an *unbounded* ``asyncio.Queue`` before fanning
+it out. When devices publish faster than the broker's single pure-Python loop can fan out (about
+1,000 simulated devices on a small machine, sharing the GIL with the hub), that queue grew without
+limit: the hub reached 12.6 GB in ~9 minutes (benchmarks/RESULTS.md, "Rollouts"). The queue is
+bounded here (``max_queued``): a full queue makes amqtt's ``await put()`` wait, so the publishing
+connections stop being read and TCP back-pressure slows the devices, which buffer their windows
+(``edge_runtime.buffer``) instead of the hub holding them in RAM. amqtt's reader spawns one task per
+PUBLISH and sends the PUBACK once the message is in the session's (also unbounded) delivery queue,
+so each session's delivery queue is bounded too (``max_session_queued``): a full one delays the
+PUBACK, and the device's MQTT in-flight window (paho: 20 QoS1 messages) stops it publishing.
 """
 
 from __future__ import annotations
@@ -27,10 +38,36 @@ class _SnapshotDict(dict):
         return iter(list(super().keys()))
 
 
+#: messages received but not yet fanned out; beyond this the broker stops reading publishers
+MAX_QUEUED = 2000
+#: QoS1 messages received from one client and not yet fanned out (PUBACK waits beyond this)
+MAX_SESSION_QUEUED = 50
+
+
+def _bounded_session_class(maxsize: int):
+    from amqtt.session import Session
+
+    class BoundedSession(Session):
+        def __init__(self, *a, **kw) -> None:
+            super().__init__(*a, **kw)
+            self.delivered_message_queue = asyncio.Queue(maxsize=maxsize)
+
+        def __setstate__(self, state) -> None:
+            super().__setstate__(state)
+            self.delivered_message_queue = asyncio.Queue(maxsize=maxsize)
+
+    return BoundedSession
+
+
 class EmbeddedBroker:
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, *, max_queued: int = MAX_QUEUED,
+                 max_session_queued: int = MAX_SESSION_QUEUED) -> None:
+        if max_queued < 1 or max_session_queued < 1:
+            raise ValueError("max_queued and max_session_queued must be at least 1")
+        self.max_session_queued = max_session_queued
         self.host = host
         self.port = port or _free_port(host)
+        self.max_queued = max_queued
         self._loop: asyncio.AbstractEventLoop | None = None
         self._broker = None
         self._thread: threading.Thread | None = None
@@ -50,7 +87,14 @@ class EmbeddedBroker:
             raise RuntimeError(f"the embedded MQTT broker failed to start: {self._error}") from self._error
 
     def _run(self) -> None:
+        import amqtt.broker
+        import amqtt.mqtt.protocol.broker_handler
         from amqtt.broker import Broker
+
+        # amqtt builds its sessions with the module-level name ``Session`` (one broker per hub)
+        bounded = _bounded_session_class(self.max_session_queued)
+        amqtt.broker.Session = bounded
+        amqtt.mqtt.protocol.broker_handler.Session = bounded
 
         for name in ("amqtt", "transitions"):  # quieter, unless the caller chose a level already
             lg = logging.getLogger(name)
@@ -69,6 +113,9 @@ class EmbeddedBroker:
             # client subscribing meanwhile raised "dictionary changed size during iteration" and
             # killed the connecting client's session. Iterate over a snapshot instead.
             self._broker._subscriptions = _SnapshotDict(self._broker._subscriptions)
+            # amqtt's broadcast queue is unbounded (memory grows without limit when publishers
+            # outpace the fan-out); bounded, its ``await put()`` back-pressures the publishers.
+            self._broker._broadcast_queue = asyncio.Queue(maxsize=self.max_queued)
             loop.run_until_complete(self._broker.start())
         except BaseException as exc:  # reported to start()
             self._error = exc
@@ -81,6 +128,11 @@ class EmbeddedBroker:
         except Exception:
             log.debug("embedded broker shutdown error", exc_info=True)
         loop.close()
+
+    @property
+    def queued(self) -> int:
+        """Messages received and not yet fanned out (at most ``max_queued``)."""
+        return self._broker._broadcast_queue.qsize() if self._broker is not None else 0
 
     def stop(self) -> None:
         if self._loop is not None and self._loop.is_running():

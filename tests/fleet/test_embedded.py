@@ -51,3 +51,42 @@ def test_embedded_broker_end_to_end(make_hub, prefix, keypair, cancer_bundle, ca
         fleet.stop()
         server.should_exit = True
         t.join(10)
+
+
+def test_embedded_broker_queues_are_bounded_and_lose_no_qos1_message():
+    """amqtt's fan-out queue and per-session delivery queues are unbounded; with 1,000 devices the hub
+    grew to 12.6 GB. Bounded, a full queue delays the PUBACK (back-pressure) and drops nothing."""
+    import paho.mqtt.client as mqtt
+
+    from cloud_hub.fleet.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(max_queued=4, max_session_queued=2)
+    broker.start()
+    received: list[bytes] = []
+    clients = []
+    try:
+        assert broker._broker._broadcast_queue.maxsize == 4
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bounded-sub", protocol=mqtt.MQTTv311)
+        sub.on_message = lambda _c, _u, msg: received.append(msg.payload)
+        subscribed = threading.Event()
+        sub.on_subscribe = lambda *_a: subscribed.set()
+        sub.on_connect = lambda c, *_a: c.subscribe("bounded/#", qos=1)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bounded-pub", protocol=mqtt.MQTTv311)
+        clients = [sub, pub]
+        for c in clients:
+            c.connect("127.0.0.1", broker.port)
+            c.loop_start()
+        assert subscribed.wait(10)
+        infos = [pub.publish("bounded/t", str(i).encode(), qos=1) for i in range(300)]
+        for info in infos:
+            info.wait_for_publish(20)
+        sessions = [s for s, _ in broker._broker._sessions.values()]
+        assert sessions and all(s.delivered_message_queue.maxsize == 2 for s in sessions)
+        wait_for(lambda: len(received) == 300, what="all 300 QoS1 messages fanned out")
+        assert sorted(int(p) for p in received) == list(range(300))
+        assert broker.queued <= 4
+    finally:
+        for c in clients:
+            c.disconnect()
+            c.loop_stop()
+        broker.stop()
