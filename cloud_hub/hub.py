@@ -8,7 +8,10 @@ hub attach their service in :meth:`Hub.start` / ``__init__`` (one line each).
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cloud_hub import db
 from cloud_hub.settings import HubSettings
@@ -23,6 +26,7 @@ class Hub:
         self.engine = db.connect(self.settings.db_url)
         self.applied_migrations = db.migrate(self.engine)
         self._closers: list = []
+        self._services_lock = threading.Lock()
         self._attach_registry_and_inference()
         from cloud_hub.fleet import FleetService
 
@@ -54,6 +58,23 @@ class Hub:
 
     def on_close(self, fn) -> None:
         self._closers.append(fn)
+
+    def service(self, name: str, factory: Callable[[Hub], Any]) -> Any:
+        """The hub's ``name`` service (``hub.<name>``), created once on first use.
+
+        Areas that need not start with the hub (jobs, streams, rollouts) attach this way;
+        a service with a ``close()`` is closed with the hub.
+        """
+        svc = getattr(self, name, None)
+        if svc is None:
+            with self._services_lock:
+                svc = getattr(self, name, None)
+                if svc is None:
+                    svc = factory(self)
+                    setattr(self, name, svc)
+                    if callable(getattr(svc, "close", None)):
+                        self.on_close(svc.close)
+        return svc
 
     def close(self) -> None:
         for fn in reversed(self._closers):

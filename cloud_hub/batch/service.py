@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,6 @@ from edge_runtime.errors import ConflictError, EdgeError, NotFoundError, Validat
 log = logging.getLogger("cloud_hub.batch")
 
 FINAL = ("succeeded", "failed", "cancelled", "interrupted")
-_lock = threading.Lock()
 
 
 def _now() -> dt.datetime:
@@ -58,15 +56,7 @@ class JobService:
     @classmethod
     def of(cls, hub: Any) -> JobService:
         """The hub's job service, created on first use."""
-        svc = getattr(hub, "jobs", None)
-        if svc is None:
-            with _lock:
-                svc = getattr(hub, "jobs", None)
-                if svc is None:
-                    svc = cls(hub)
-                    hub.jobs = svc
-                    hub.on_close(svc.close)
-        return svc
+        return hub.service("jobs", cls)
 
     # ---- queries -------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any]:

@@ -46,11 +46,7 @@ CHAMPION_ALIAS = "champion"
 
 def rollout_service(hub: Any) -> "RolloutService":
     """The hub's rollout service, created on first use (``hub.rollouts``)."""
-    svc = getattr(hub, "rollouts", None)
-    if svc is None:
-        svc = RolloutService(hub)
-        hub.rollouts = svc
-    return svc
+    return hub.service("rollouts", RolloutService)
 
 
 class RolloutService:

@@ -26,7 +26,6 @@ from edge_runtime.errors import ConflictError, EdgeError, NotFoundError, Validat
 from edge_runtime.model import Model
 
 log = logging.getLogger("cloud_hub.stream")
-_lock = threading.Lock()
 
 
 def build_worker(
@@ -69,15 +68,7 @@ class StreamService:
 
     @classmethod
     def of(cls, hub: Any) -> StreamService:
-        svc = getattr(hub, "streams", None)
-        if svc is None:
-            with _lock:
-                svc = getattr(hub, "streams", None)
-                if svc is None:
-                    svc = cls(hub)
-                    hub.streams = svc
-                    hub.on_close(svc.close)
-        return svc
+        return hub.service("streams", cls)
 
     def _row(self, wid: str):
         with self.engine.connect() as conn:
