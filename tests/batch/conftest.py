@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -104,21 +102,3 @@ def batch_hub(tmp_path, keypair, cancer_bundle):
     finally:
         hub.close()
 
-
-@pytest.fixture
-def fresh_pg(postgres_url) -> Iterator[str]:
-    """A fresh PostgreSQL database for this test (others share db 'test'), dropped after."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    base = make_url(postgres_url)
-    name = f"edgefleet_batch_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()

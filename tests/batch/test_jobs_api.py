@@ -140,8 +140,8 @@ def test_jobs_api_sqlite(tmp_path, keypair, cancer_bundle, bad_rows_files, cance
 
 
 @pytest.mark.services
-def test_jobs_api_postgres(tmp_path, keypair, cancer_bundle, bad_rows_files, cancer_data, fresh_pg):
-    hub = _hub(tmp_path, keypair, cancer_bundle, fresh_pg)
+def test_jobs_api_postgres(tmp_path, keypair, cancer_bundle, bad_rows_files, cancer_data, fresh_pg_url):
+    hub = _hub(tmp_path, keypair, cancer_bundle, fresh_pg_url)
     try:
         _exercise(hub, tmp_path, bad_rows_files, cancer_data)
     finally:

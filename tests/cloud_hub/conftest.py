@@ -3,8 +3,6 @@ port, and a fresh PostgreSQL database per test (dropped afterwards)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -61,24 +59,6 @@ def http(server):
     with httpx.Client(base_url=url, timeout=30) as c:
         yield c
 
-
-@pytest.fixture
-def pg_url(postgres_url) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test (other engineers share db 'test')."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    base = make_url(postgres_url)
-    name = f"edgefleet_hubcore_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ trained on 60 rows, weak). A ``slow`` bundle is a real ONNX graph with many
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -96,21 +95,3 @@ def rows_of(x: np.ndarray, names: list[str], ids=None, key: str = "customer_id")
             r[key] = i
     return rows
 
-
-@pytest.fixture
-def pg_db(postgres_url):
-    """A fresh PostgreSQL database for this test (dropped afterwards)."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(postgres_url)
-    name = f"routing_{uuid.uuid4().hex[:10]}"
-    admin = url.set(drivername="postgresql", database=url.database or "postgres")
-    dsn = admin.render_as_string(hide_password=False)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -76,8 +76,8 @@ def test_registry_sqlite(make_hub, cancer_bundle, cancer_bundle_v2):
 
 
 @pytest.mark.services
-def test_registry_postgres(make_hub, cancer_bundle, cancer_bundle_v2, pg_url):
-    _exercise_registry(make_hub, cancer_bundle, cancer_bundle_v2, database_url=pg_url)
+def test_registry_postgres(make_hub, cancer_bundle, cancer_bundle_v2, fresh_pg_url):
+    _exercise_registry(make_hub, cancer_bundle, cancer_bundle_v2, database_url=fresh_pg_url)
 
 
 def test_push_tar_and_refusals(hub, cancer_bundle, tmp_path, keypair):

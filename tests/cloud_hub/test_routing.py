@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cloud_hub.routing import stats
-from tests.cloud_hub.routing_support import make_hub, pg_db, rows_of, slow_bundle, weak_bundle  # noqa: F401
+from tests.cloud_hub.routing_support import make_hub, rows_of, slow_bundle, weak_bundle  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -230,8 +230,8 @@ def test_feedback_validation(hub):
     assert r == {"stored": 1, "matched": 0, "unmatched": 1}
 
 
-def test_evaluate_and_promote_on_postgres(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, pg_db):
-    h = make_hub(tmp_path / "pg", keypair, db_url=pg_db)
+def test_evaluate_and_promote_on_postgres(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, fresh_pg_url):
+    h = make_hub(tmp_path / "pg", keypair, db_url=fresh_pg_url)
     try:
         h.registry.push(cancer_bundle, aliases=["challenger"])
         h.registry.push(weak_bundle, aliases=["champion"])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.cloud_hub.routing_support import make_hub, pg_db, rows_of, weak_bundle  # noqa: F401
+from tests.cloud_hub.routing_support import make_hub, rows_of, weak_bundle  # noqa: F401
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -264,8 +264,8 @@ def test_restart_sqlite(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_da
     _restart_roundtrip(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, None)
 
 
-def test_restart_postgres(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, pg_db):
-    _restart_roundtrip(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, pg_db)
+def test_restart_postgres(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, fresh_pg_url):
+    _restart_roundtrip(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_data, fresh_pg_url)
 
 
 def _metric(text: str, name: str, **labels) -> float:
