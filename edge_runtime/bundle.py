@@ -1,8 +1,16 @@
 """Model bundles: a directory (or ``.tar`` of one) with ``manifest.json`` and files.
 
 ``read_bundle`` parses and validates the manifest; ``verify_bundle`` checks
-every file's sha256 and size and the ed25519 signature; ``write_bundle``
-creates a bundle atomically (temp dir + rename) and signs it.
+every file's sha256 and size, that the bundle holds exactly the files its
+manifest lists (an unlisted file is refused: the signature would not cover it),
+and the ed25519 signature; ``write_bundle`` creates a bundle atomically (temp
+dir + rename) and signs it.
+
+A tar is unpacked under bounds (:data:`MAX_UNPACKED_BYTES`, :data:`MAX_ENTRIES`,
+or the caller's): each entry's declared size is checked *before* it is written,
+so a decompression bomb is refused at the first header that passes the bound,
+without writing past it. Entry names must be relative and stay inside the
+bundle (no absolute names, no ``..``, no links or devices).
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ import shutil
 import tarfile
 import tempfile
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pydantic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -27,14 +36,20 @@ from edge_runtime.hashing import sha256_file
 from edge_runtime.manifest import FileEntry, Manifest, Signature
 
 MANIFEST = "manifest.json"
+MAX_UNPACKED_BYTES = 4 * 1024**3
+"""Default bound on the unpacked size of a tar bundle (the hub passes its upload limit)."""
+MAX_ENTRIES = 1000
+"""Default bound on the number of entries in a tar bundle."""
 
 
 class _UnpackedTar:
     """Where a tar bundle is unpacked: removed by ``cleanup()``, or quietly when the
     bundle is garbage-collected (``TemporaryDirectory`` warns then)."""
 
-    def __init__(self) -> None:
-        self.name = tempfile.mkdtemp(prefix="bundle-")
+    def __init__(self, work_dir: Path | None = None) -> None:
+        if work_dir is not None:
+            Path(work_dir).mkdir(parents=True, exist_ok=True)
+        self.name = tempfile.mkdtemp(prefix="bundle-", dir=work_dir)
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.name, True)
 
     def cleanup(self) -> None:
@@ -80,26 +95,34 @@ class VerifyReport:
     problems: list[str]
 
 
-def read_bundle(path: str | Path) -> Bundle:
-    """Open a bundle directory or tar and validate its manifest (no hash check)."""
+def read_bundle(path: str | Path, *, work_dir: str | Path | None = None,
+                max_bytes: int = MAX_UNPACKED_BYTES, max_entries: int = MAX_ENTRIES,
+                label: str | None = None) -> Bundle:
+    """Open a bundle directory or tar and validate its manifest (no hash check).
+
+    A tar is unpacked under ``work_dir`` (the system temp dir by default) within
+    ``max_bytes``/``max_entries``. ``label`` names the bundle in error messages
+    instead of its path (the hub does not show clients its server paths).
+    """
     path = Path(path)
+    shown = label or str(path)
     if path.is_file() and tarfile.is_tarfile(path):
-        tmp = _UnpackedTar()
+        tmp = _UnpackedTar(Path(work_dir) if work_dir is not None else None)
         try:
             root = Path(tmp.name)
-            _extract_tar(path, root)
+            _extract_tar(path, root, max_bytes=max_bytes, max_entries=max_entries, label=shown)
             inner = [p for p in root.iterdir()]
             if not (root / MANIFEST).exists() and len(inner) == 1 and inner[0].is_dir():
                 root = inner[0]
-            return _read_manifest(path, root, tmp)
+            return _read_manifest(Path(shown), root, tmp)
         except BaseException:
             tmp.cleanup()  # a refused tar leaves nothing behind
             raise
     if path.is_dir():
         return _read_manifest(path, path, None)
     if not path.exists():
-        raise BundleError(f"bundle not found: {path}", field="bundle")
-    raise BundleError(f"bundle is neither a directory nor a tar file: {path}", field="bundle")
+        raise BundleError(f"bundle not found: {shown}", field="bundle")
+    raise BundleError(f"bundle is neither a directory nor a tar file: {shown}", field="bundle")
 
 
 def _read_manifest(path: Path, root: Path, tmp: _UnpackedTar | None) -> Bundle:
@@ -132,6 +155,7 @@ def verify_bundle(bundle: Bundle | str | Path,
     if not isinstance(bundle, Bundle):
         bundle = read_bundle(bundle)
     m = bundle.manifest
+    check_exact_files(bundle)
     for name, entry in m.files.items():
         p = bundle.root / name
         if not p.is_file():
@@ -163,6 +187,23 @@ def verify_bundle(bundle: Bundle | str | Path,
                               "does not verify against any trusted public key", field="signature")
     return VerifyReport(ok=True, digest=m.digest, files={n: e.sha256 for n, e in m.files.items()},
                         signed=signed, key_id=key_used, problems=[])
+
+
+def check_exact_files(bundle: Bundle) -> None:
+    """Refuse anything in the bundle that its manifest does not list.
+
+    The signature covers the manifest and, through its hashes, the listed files
+    only: an extra file (a script, a second model) would ride along unsigned.
+    """
+    listed = set(bundle.manifest.files) | {MANIFEST}
+    for dirpath, dirnames, filenames in os.walk(bundle.root):
+        for name in sorted(filenames) + sorted(d for d in dirnames if os.path.islink(os.path.join(dirpath, d))):
+            rel = Path(dirpath, name).relative_to(bundle.root).as_posix()
+            if rel not in listed:
+                raise BundleError(f"bundle holds {rel[:200]!r}, which its manifest does not list "
+                                  "(a bundle is exactly its manifest's files)", field="files")
+            if os.path.islink(os.path.join(dirpath, name)):
+                raise BundleError(f"bundle file {rel[:200]!r} is a symbolic link", field=f"files.{rel}")
 
 
 def sign_bundle(path: str | Path, key: Ed25519PrivateKey | str | Path) -> Manifest:
@@ -201,7 +242,7 @@ def write_bundle(out_dir: str | Path, manifest_fields: dict[str, Any],
             entries[name] = {"sha256": sha256_file(dest), "size": dest.stat().st_size}
         draft = dict(manifest_fields)
         draft["files"] = entries
-        draft.setdefault("created_at", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        draft.setdefault("created_at", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
         draft.pop("signature", None)
         manifest = parse_manifest(draft)
         if key is not None:
@@ -254,16 +295,43 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _extract_tar(path: Path, dest: Path) -> None:
+def _extract_tar(path: Path, dest: Path, *, max_bytes: int = MAX_UNPACKED_BYTES,
+                 max_entries: int = MAX_ENTRIES, label: str | None = None) -> None:
+    """Unpack ``path`` into ``dest`` one entry at a time, within the bounds.
+
+    Members are read as a stream (never ``getmembers()``, which would inflate a
+    whole compressed bomb just to list it); each header's size is checked
+    against the remaining budget before its data is written.
+    """
+    shown = label or str(path)
+    total = entries = 0
     try:
         with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                if not (member.isfile() or member.isdir()):
-                    raise BundleError(f"tar member {member.name} is not a regular file",
+            for member in tar:
+                entries += 1
+                if entries > max_entries:
+                    raise BundleError(f"bundle tar {shown} has more than {max_entries} entries",
                                       field="bundle")
-            tar.extractall(dest, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        raise BundleError(f"cannot unpack bundle tar {path}: {exc}", field="bundle") from exc
+                name = member.name
+                parts = [p for p in name.split("/") if p not in ("", ".")]
+                if name.startswith("/") or "\\" in name or ".." in parts or "\x00" in name:
+                    raise BundleError(f"bundle tar {shown} has an unsafe entry name {name[:200]!r} "
+                                      "(absolute, or leaving the bundle)", field="bundle")
+                if not (member.isfile() or member.isdir()):
+                    raise BundleError(f"tar member {name[:200]} is not a regular file or directory",
+                                      field="bundle")
+                total += max(member.size, 0)
+                if total > max_bytes:
+                    raise BundleError(f"bundle tar {shown} unpacks to more than {max_bytes} bytes "
+                                      "(the unpacked size limit)", field="bundle")
+                if not parts:
+                    continue
+                tar.extract(member, dest, filter="data")
+    except tarfile.TarError as exc:
+        raise BundleError(f"cannot unpack bundle tar {shown}: {exc}", field="bundle") from exc
+    except OSError as exc:
+        raise BundleError(f"cannot unpack bundle tar {shown}: {exc.strerror or type(exc).__name__}",
+                          field="bundle") from exc
 
 
 def file_entry(path: Path) -> FileEntry:
