@@ -7,7 +7,7 @@ on a laptop, the simulator
 
 * drives the telemetry windows and the request load from a few shared threads
   instead of one timer thread per device, and every device's MQTT connection from one
-  epoll thread (:class:`edge_runtime.link.NetworkLoop`) instead of paho's thread per client
+  epoll thread (:class:`devices.network_loop.NetworkLoop`) instead of paho's thread per client
   (whose ``select()`` also cannot watch descriptors above 1024), and
 * (``share_models=True``) shares the loaded :class:`~edge_runtime.model.Model` of a
   bundle between devices: every device still stages, hashes, verifies the signature
@@ -321,7 +321,7 @@ class Fleet:
         self._shared = _SharedModels() if share_models else None
         self.net_loop = None
         if shared_network:
-            from edge_runtime.link import NetworkLoop
+            from devices.network_loop import NetworkLoop
 
             self.net_loop = NetworkLoop()
         rnd = random.Random(seed)

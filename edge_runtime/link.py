@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import heapq
 import json
 import logging
-import select
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
@@ -30,6 +28,16 @@ from edge_runtime.mqtt import MqttConfig, make_client
 from edge_runtime.protocol import DEFAULT_PREFIX, DesiredState, DeviceState, topic
 
 log = logging.getLogger("edge_runtime.link")
+
+
+class ExternalLoop(Protocol):
+    """A network loop that drives many links' paho clients from one thread (the fleet
+    simulator's :class:`devices.network_loop.NetworkLoop`); a link with none runs paho's own
+    thread."""
+
+    def attach(self, link: DeviceLink) -> None: ...
+
+    def detach(self, link: DeviceLink) -> None: ...
 
 
 def client_id_for(device_id: str, prefix: str) -> str:
@@ -62,8 +70,8 @@ class DeviceLink:
         self.sent = 0
         self.refused: str | None = None  # last CONNACK refusal (bad credentials, …)
         self._started = False
-        self.net_loop: NetworkLoop | None = None  # shared epoll loop (simulator); None: paho's own thread
-        self._net_attempts = 0
+        self.net_loop: ExternalLoop | None = None  # shared loop (simulator); None: paho's own thread
+        self.connect_failures = 0  # since the last CONNACK; an external loop's reconnect backoff
         self.client = make_client(cfg, client_id=client_id_for(device_id, prefix))
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -203,7 +211,7 @@ class DeviceLink:
             log.error("device %s: broker refused the connection: %s", self.device_id, reason_code)
             return
         self.refused = None
-        self._net_attempts = 0
+        self.connect_failures = 0
         with self._lock:
             self._inflight.clear()
             self._last_sent = 0
@@ -253,158 +261,3 @@ class DeviceLink:
                 self.on_desired(doc)
             except Exception:  # never let the network thread die
                 log.exception("device %s: desired handler failed", self.device_id)
-
-
-class NetworkLoop:
-    """One thread driving many paho clients through epoll (paho's external-loop API).
-
-    ``loop_start()`` costs a thread per client and paho's own loop uses ``select()``, which
-    cannot watch file descriptors above 1024; the fleet simulator runs a thousand devices in one
-    process, so it attaches their links here instead. Connects and reconnects (with the same
-    exponential backoff as paho's) also happen on this thread.
-    """
-
-    def __init__(self, reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0,
-                 misc_interval_s: float = 0.5) -> None:
-        self._ep = select.epoll()
-        self._lock = threading.RLock()
-        self._fds: dict[int, DeviceLink] = {}
-        self._links: dict[int, DeviceLink] = {}
-        self._due: list[tuple[float, int, int]] = []  # (when, seq, link key)
-        self._seq = 0
-        self._min, self._max = reconnect_min_s, reconnect_max_s
-        self._misc = misc_interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # ---- links --------------------------------------------------------------------------------
-    def attach(self, link: DeviceLink) -> None:
-        c = link.client
-        c.on_socket_open = lambda _c, _u, sock, link=link: self._register(link, sock)
-        c.on_socket_close = lambda _c, _u, sock: self._unregister(sock)
-        c.on_socket_register_write = lambda _c, _u, sock: self._modify(sock, True)
-        c.on_socket_unregister_write = lambda _c, _u, sock: self._modify(sock, False)
-        with self._lock:
-            self._links[id(link)] = link
-            self._schedule(link, 0.0)
-            if self._thread is None:
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._run, name="mqtt-network-loop", daemon=True)
-                self._thread.start()
-
-    def detach(self, link: DeviceLink) -> None:
-        with self._lock:
-            self._links.pop(id(link), None)
-            sock = link.client.socket()
-            if sock is not None:
-                self._unregister(sock)
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        self._ep.close()
-
-    def _schedule(self, link: DeviceLink, delay: float) -> None:
-        self._seq += 1
-        heapq.heappush(self._due, (time.monotonic() + delay, self._seq, id(link)))
-
-    # ---- epoll bookkeeping (called from any thread) -----------------------------------------
-    def _register(self, link: DeviceLink, sock) -> None:
-        with self._lock:
-            fd = sock.fileno()
-            self._fds[fd] = link
-            try:
-                self._ep.register(fd, select.EPOLLIN)
-            except (FileExistsError, OSError):
-                self._ep.modify(fd, select.EPOLLIN)
-
-    def _unregister(self, sock) -> None:
-        with self._lock:
-            try:
-                fd = sock.fileno()
-            except OSError:
-                return
-            if fd < 0:
-                return
-            self._fds.pop(fd, None)
-            try:
-                self._ep.unregister(fd)
-            except (KeyError, OSError, ValueError):
-                pass
-
-    def _modify(self, sock, write: bool) -> None:
-        with self._lock:
-            try:
-                fd = sock.fileno()
-                if fd in self._fds:
-                    self._ep.modify(fd, select.EPOLLIN | (select.EPOLLOUT if write else 0))
-            except (OSError, ValueError):
-                pass
-
-    # ---- the loop ---------------------------------------------------------------------------------
-    def _run(self) -> None:
-        last_misc = 0.0
-        while not self._stop.is_set():
-            self._connect_due()
-            try:
-                events = self._ep.poll(0.05)
-            except (OSError, ValueError):
-                if self._stop.is_set():
-                    return
-                continue
-            for fd, ev in events:
-                with self._lock:
-                    link = self._fds.get(fd)
-                if link is None:
-                    continue
-                c = link.client
-                try:
-                    if ev & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
-                        c.loop_read()
-                    if ev & select.EPOLLOUT and c.socket() is not None:
-                        c.loop_write()
-                except Exception:  # one broken client must not stop the others
-                    log.exception("network loop: client %s failed", link.device_id)
-            now = time.monotonic()
-            if now - last_misc >= self._misc:
-                last_misc = now
-                self._sweep()
-
-    def _connect_due(self) -> None:
-        now = time.monotonic()
-        while True:
-            with self._lock:
-                if not self._due or self._due[0][0] > now:
-                    return
-                _, _, key = heapq.heappop(self._due)
-                link = self._links.get(key)
-            if link is None or link.client.socket() is not None:
-                continue
-            try:
-                link.client.connect(link.cfg.host, link.cfg.port, keepalive=link.cfg.keepalive)
-            except (OSError, ValueError) as exc:
-                link._net_attempts += 1
-                delay = min(self._max, self._min * 2 ** min(link._net_attempts - 1, 16))
-                log.debug("device %s: connect failed (%s); retry in %.1fs", link.device_id, exc, delay)
-                with self._lock:
-                    self._schedule(link, delay)
-
-    def _sweep(self) -> None:
-        with self._lock:
-            links = list(self._links.values())
-            pending = {k for _, _, k in self._due}
-        for link in links:
-            c = link.client
-            if c.socket() is not None:
-                try:
-                    c.loop_misc()  # keep-alive pings, timeouts
-                except Exception:
-                    log.exception("network loop: loop_misc of %s failed", link.device_id)
-            elif id(link) not in pending:  # dropped: reconnect with backoff
-                link._net_attempts += 1
-                delay = min(self._max, self._min * 2 ** min(link._net_attempts - 1, 16))
-                with self._lock:
-                    if id(link) in self._links:
-                        self._schedule(link, delay)
