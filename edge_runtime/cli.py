@@ -7,6 +7,7 @@
     edge-runtime bundle inspect|verify|sign PATH
     edge-runtime keygen --out fleet.key
     edge-runtime store status|install|rollback|promote|remove --config device.toml
+    edge-runtime install-service [--config /etc/edgefleet/device.toml] [--user edgefleet] [--dry-run]
 
 Domain errors print one line on stderr (``error: …``) and exit 1; usage
 errors exit 2 (argparse).
@@ -322,6 +323,64 @@ def _bundle_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", help="device profile for thread settings (e.g. rpi4)")
 
 
+def cmd_install_service(args: argparse.Namespace) -> int:
+    """Write the systemd unit (and create the account and store directory) or print it."""
+    import os
+    import pwd
+    import shutil
+    import subprocess
+
+    from edge_runtime.systemd import UNIT_NAME, UnitOptions, render_unit
+
+    config = Path(args.config).resolve()
+    if config.is_file():
+        store_dir = Path(_settings(args).store.dir).resolve()
+    elif args.dry_run:
+        store_dir = Path("/var/lib/edgefleet")
+    else:
+        raise ValidationError(f"config file not found: {config} (write it first, or use "
+                              "--dry-run to see the unit)", field="config")
+    if args.store_dir:
+        store_dir = Path(args.store_dir).resolve()
+    exec_path = Path(sys.executable).with_name("edge-runtime")
+    if not exec_path.is_file():
+        found = shutil.which("edge-runtime")
+        if found is None:
+            raise ValidationError("cannot find the edge-runtime executable to run",
+                                  field="exec")
+        exec_path = Path(found).resolve()
+    unit = render_unit(UnitOptions(exec_path=exec_path, config=config, user=args.user,
+                                   store_dir=store_dir, watchdog_s=args.watchdog))
+    if args.dry_run:
+        sys.stdout.write(unit)
+        return 0
+    if os.geteuid() != 0:
+        raise ValidationError("install-service needs root (it creates a user and writes "
+                              f"{args.unit_dir}); use --dry-run to print the unit", field="user")
+    done: list[str] = []
+    try:
+        pwd.getpwnam(args.user)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                        "--home-dir", str(store_dir), "--shell", "/usr/sbin/nologin", args.user],
+                       check=True, capture_output=True)
+        done.append(f"created system user {args.user}")
+    account = pwd.getpwnam(args.user)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    for path in [store_dir, *store_dir.rglob("*")]:
+        os.chown(path, account.pw_uid, account.pw_gid)
+    done.append(f"store directory {store_dir} owned by {args.user} (the only writable path)")
+    unit_path = Path(args.unit_dir) / UNIT_NAME
+    unit_path.parent.mkdir(parents=True, exist_ok=True)
+    unit_path.write_text(unit)
+    done.append(f"wrote {unit_path}")
+    for line in done:
+        print(line)
+    print(f"next: systemctl daemon-reload && systemctl enable --now {UNIT_NAME.split('.')[0]}")
+    print(f"logs: journalctl -u {UNIT_NAME.split('.')[0]} -f")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edge-runtime",
                                  description="On-device inference: run, serve and check model bundles.")
@@ -415,6 +474,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slot", choices=("shadow", "previous"), help="the slot to empty")
     p.add_argument("--config", required=True, help="device.toml")
     p.set_defaults(func=cmd_store_remove)
+    p = sub.add_parser("install-service", help="install the daemon as a systemd service",
+                       description="Write a hardened systemd unit that runs `edge-runtime run` "
+                       "under a dedicated user (read-only system, the store directory writable, "
+                       "restart on failure, watchdog, journald logs); create the user and the "
+                       "store directory. --dry-run only prints the unit.")
+    p.add_argument("--config", default="/etc/edgefleet/device.toml",
+                   help="device.toml the service runs with (default /etc/edgefleet/device.toml)")
+    p.add_argument("--user", default="edgefleet", help="account to run as (default edgefleet)")
+    p.add_argument("--store-dir", help="writable store directory (default: [store] dir of the config)")
+    p.add_argument("--unit-dir", default="/etc/systemd/system",
+                   help="where to write edgefleet-device.service (default /etc/systemd/system)")
+    p.add_argument("--watchdog", type=_positive_int, default=30, metavar="SECONDS",
+                   help="systemd WatchdogSec (default 30)")
+    p.add_argument("--dry-run", action="store_true", help="print the unit, change nothing")
+    p.set_defaults(func=cmd_install_service)
     return ap
 
 

@@ -228,10 +228,18 @@ class Daemon:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self._stop_event.set())
+        from edge_runtime.systemd import sd_notify, watchdog_interval_s
+
         self.start()
+        sd_notify("READY=1")
+        ping_s = watchdog_interval_s()
         try:
-            self._stop_event.wait()
+            # Under systemd with WatchdogSec the main loop feeds the watchdog: a daemon whose
+            # main thread hangs stops pinging and systemd restarts it.
+            while not self._stop_event.wait(ping_s):
+                sd_notify("WATCHDOG=1")
         finally:
+            sd_notify("STOPPING=1")
             self.stop()
 
     def __enter__(self) -> Daemon:

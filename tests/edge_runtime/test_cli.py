@@ -20,7 +20,8 @@ from edge_runtime.cli import build_parser, main
 
 COMMANDS = [["predict"], ["serve"], ["run"], ["bench"], ["bundle"], ["bundle", "inspect"],
             ["bundle", "verify"], ["bundle", "sign"], ["keygen"], ["store"], ["store", "status"],
-            ["store", "install"], ["store", "rollback"], ["store", "promote"], ["store", "remove"]]
+            ["store", "install"], ["store", "rollback"], ["store", "promote"], ["store", "remove"],
+            ["install-service"]]
 
 
 @pytest.mark.parametrize("cmd", [[]] + COMMANDS, ids=lambda c: " ".join(c) or "top")
@@ -57,7 +58,8 @@ def test_every_option_and_command_is_documented():
 def test_all_subcommands_are_listed():
     ap = build_parser()
     names = set(ap._subparsers._group_actions[0].choices)
-    assert names == {"predict", "serve", "run", "bench", "bundle", "keygen", "store"}
+    assert names == {"predict", "serve", "run", "bench", "bundle", "keygen", "store",
+                     "install-service"}
 
 
 def run_cli(capsys, *argv):
