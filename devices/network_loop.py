@@ -150,7 +150,7 @@ class NetworkLoop:
                 link.client.connect(link.cfg.host, link.cfg.port, keepalive=link.cfg.keepalive)
             except (OSError, ValueError) as exc:
                 link.connect_failures += 1
-                delay = min(self._max, self._min * 2 ** min(link.connect_failures - 1, 16))
+                delay = link.backoff.next()  # jittered: a fleet does not reconnect in lockstep
                 log.debug("device %s: connect failed (%s); retry in %.1fs", link.device_id, exc, delay)
                 with self._lock:
                     self._schedule(link, delay)
@@ -168,7 +168,7 @@ class NetworkLoop:
                     log.exception("network loop: loop_misc of %s failed", link.device_id)
             elif id(link) not in pending:  # dropped: reconnect with backoff
                 link.connect_failures += 1
-                delay = min(self._max, self._min * 2 ** min(link.connect_failures - 1, 16))
+                delay = link.backoff.next()  # jittered: a fleet does not reconnect in lockstep
                 with self._lock:
                     if id(link) in self._links:
                         self._schedule(link, delay)

@@ -6,7 +6,8 @@
 * Events and telemetry windows go through the :class:`~edge_runtime.buffer.Outbox`:
   stored first, sent in order, deleted on PUBACK; unacknowledged rows are resent after
   a reconnect (the hub dedupes), so nothing is lost while the broker is away.
-* paho reconnects with exponential backoff (``reconnect_min_s`` … ``reconnect_max_s``);
+* reconnects back off exponentially with jitter (``reconnect_min_s`` … ``reconnect_max_s``,
+  :mod:`edge_runtime.backoff`), so a fleet that lost its broker does not return in lockstep;
   nothing on the inference path ever waits for the broker.
 """
 
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 
 from edge_runtime.buffer import Outbox
-from edge_runtime.mqtt import MqttConfig, make_client
+from edge_runtime.mqtt import MqttConfig, make_client, use_backoff
 from edge_runtime.protocol import DEFAULT_PREFIX, DesiredState, DeviceState, topic
 
 log = logging.getLogger("edge_runtime.link")
@@ -77,7 +78,7 @@ class DeviceLink:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
-        self.client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        self.backoff = use_backoff(self.client, reconnect_min_s, reconnect_max_s)
         self.client.max_inflight_messages_set(max(max_inflight, 20))
         offline = DeviceState(device_id=device_id, online=False)
         if state is not None:
@@ -212,6 +213,7 @@ class DeviceLink:
             return
         self.refused = None
         self.connect_failures = 0
+        self.backoff.reset()
         with self._lock:
             self._inflight.clear()
             self._last_sent = 0

@@ -8,11 +8,13 @@ embedded amqtt broker speaks only 3.1.1); ``"auto"`` tries v5 and falls back onc
 from __future__ import annotations
 
 import ssl
+import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlparse
 
 import paho.mqtt.client as mqtt
 
+from edge_runtime.backoff import Backoff
 from edge_runtime.errors import ValidationError
 
 PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
@@ -76,3 +78,31 @@ def make_client(cfg: MqttConfig, client_id: str, protocol: str | None = None,
         if cfg.tls_insecure:
             client.tls_insecure_set(True)
     return client
+
+
+def use_backoff(client: mqtt.Client, min_s: float, max_s: float) -> Backoff:
+    """Make paho's own reconnect loop (``loop_start``/``loop_forever``) wait with jitter.
+
+    paho doubles a fixed delay, so clients that lost the same broker retry in lockstep; this
+    replaces its wait with :class:`~edge_runtime.backoff.Backoff`, reset by every CONNACK that
+    accepted the connection (paho clears ``_reconnect_delay`` then)."""
+    backoff = Backoff(min_s, max_s)
+
+    def wait() -> None:
+        with client._reconnect_delay_mutex:
+            if client._reconnect_delay is None:  # connected since the last wait
+                backoff.reset()
+            delay = backoff.next()
+            client._reconnect_delay = delay
+        deadline = time.monotonic() + delay
+        while not client._thread_terminate and client._state not in _STOPPING:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.2))
+
+    client._reconnect_wait = wait
+    return backoff
+
+
+_STOPPING = (mqtt._ConnectionState.MQTT_CS_DISCONNECTING, mqtt._ConnectionState.MQTT_CS_DISCONNECTED)

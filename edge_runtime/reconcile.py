@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.backoff import Backoff
 from edge_runtime.errors import EdgeError
 from edge_runtime.protocol import DesiredBundle, DesiredState
 
@@ -103,7 +104,7 @@ class Reconciler:
 
     # ---- worker --------------------------------------------------------------------------------
     def _run(self) -> None:
-        delay = self.retry_min_s
+        backoff = Backoff(self.retry_min_s, self.retry_max_s)
         while not self._stopped:
             with self._lock:
                 doc, self._pending = self._pending, None
@@ -126,10 +127,9 @@ class Reconciler:
                     if self._pending is None:
                         self._pending = doc
                 self._wake.clear()
-                self._wake.wait(delay)
-                delay = min(delay * 2, self.retry_max_s)
+                self._wake.wait(backoff.next())
             else:
-                delay = self.retry_min_s
+                backoff.reset()
 
     def apply(self, doc: DesiredState) -> bool:
         """Apply one desired document; True when every slot now runs what it asks."""

@@ -25,7 +25,8 @@ from typing import Any
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_runtime.mqtt import MqttConfig, make_client
+from edge_runtime.backoff import Backoff
+from edge_runtime.mqtt import MqttConfig, make_client, use_backoff
 from edge_runtime.protocol import (
     DeviceEvent,
     DeviceState,
@@ -93,7 +94,7 @@ class IngestSubscriber:
         # reconnect faster than devices do (0.5 s … 30 s): Mosquitto 2.0.x does not restore *shared*
         # subscriptions from its persistence file, so after a broker restart the hub must be
         # subscribed again before the devices replay their buffered windows.
-        self.client.reconnect_delay_set(0.1, 1)
+        use_backoff(self.client, 0.1, 1.0)
 
     def start(self) -> None:
         kw: dict[str, Any] = {}
@@ -190,17 +191,17 @@ class IngestSubscriber:
                 log.warning("hub ingest: %s message on %s claims device %s; rejected", kind, dev, msg.device_id)
                 continue
             (states if kind == "state" else events if kind == "events" else windows).append((msg, at))
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         while True:
             try:
                 self.fleet.write_batch(states, events, windows)
                 break
             except Exception:
                 self.stats["db_errors"] += 1
+                delay = backoff.next()
                 log.exception("hub ingest: database write failed; retrying in %.1fs", delay)
-                if self._stop.wait(delay) and delay > 5:
+                if self._stop.wait(delay) and backoff.attempts > 5:
                     return  # stopping: leave the messages unacknowledged; the broker redelivers
-                delay = min(delay * 2, 10.0)
         self.stats["batches"] += 1
         self.stats["written_states"] += len(states)
         self.stats["written_events"] += len(events)
@@ -217,7 +218,7 @@ class DesiredPublisher:
         self.cfg = _hub_config(fleet)
         self.client = make_client(self.cfg, _client_id(fleet, "desired") + f"-{id(self) % 100000}")
         self.client.on_connect = self._on_connect
-        self.client.reconnect_delay_set(0.5, 10)
+        use_backoff(self.client, 0.5, 10.0)
         self.connected = threading.Event()
 
     def start(self) -> None:

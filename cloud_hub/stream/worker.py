@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cloud_hub.stream.transport import InMessage, Sink, Source, TransportError
+from edge_runtime.backoff import Backoff
 from edge_runtime.errors import EdgeError, ValidationError
 from edge_runtime.model import Model
 
@@ -40,7 +41,8 @@ class StreamOptions:
     batch_size: int = 256
     max_wait_ms: float = 5.0
     key_field: str = "key"
-    retry_s: float = 1.0
+    retry_s: float = 1.0  # first retry delay; later ones grow with jitter (edge_runtime.backoff)
+    retry_max_s: float = 30.0
 
 
 @dataclass
@@ -211,6 +213,7 @@ class StreamWorker:
             msgs += more
         self.stats.received += len(msgs)
         out, dead = self._process_safely(msgs)
+        backoff = Backoff(self.opt.retry_s, max(self.opt.retry_s, self.opt.retry_max_s))
         while True:  # publish until confirmed; never ack what is not published
             try:
                 if out:
@@ -220,8 +223,9 @@ class StreamWorker:
                 break
             except (TransportError, OSError, RuntimeError, ValueError) as exc:
                 self.stats.publish_retries += 1
-                log.warning("publish failed (%s); retrying in %.1f s", exc, self.opt.retry_s)
-                if self.stop_event.wait(self.opt.retry_s):
+                delay = backoff.next()
+                log.warning("publish failed (%s); retrying in %.1f s", exc, delay)
+                if self.stop_event.wait(delay):
                     return 0  # not acked: the broker redelivers to the next worker
         self.source.ack(msgs)
         self.stats.published += len(out)
@@ -238,16 +242,19 @@ class StreamWorker:
             self.model.name,
             self.model.version,
         )
+        backoff = Backoff(self.opt.retry_s, max(self.opt.retry_s, self.opt.retry_max_s))
         while not self.stop_event.is_set():
             try:
                 self.run_once()
+                backoff.reset()
             except TransportError as exc:
-                log.warning("transport error: %s", exc.message)
-                self.stop_event.wait(self.opt.retry_s)
+                delay = backoff.next()
+                log.warning("transport error: %s; retrying in %.1f s", exc.message, delay)
+                self.stop_event.wait(delay)
             except Exception:  # a worker never dies of one bad batch; unacked = redelivered
                 self.stats.errors += 1
                 log.exception("stream batch failed; its messages will be redelivered")
-                self.stop_event.wait(self.opt.retry_s)
+                self.stop_event.wait(backoff.next())
 
     def stop(self) -> None:
         self.stop_event.set()
