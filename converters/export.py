@@ -15,9 +15,14 @@ observed min/max), the task (binary / multiclass / regression), the
 post-processing (classes, positive class, threshold, risk levels high /
 medium / low at 0.7 / 0.4 for binary), golden vectors drawn from the sample,
 and provenance with the parity measured between the ONNX graph and the
-source model on the whole sample. A conversion that does not answer like the
-source (label agreement under ``min_label_agreement``) is refused, and
-nothing is left at ``out_dir``.
+source model (:mod:`converters.gate`): on the sample rows and on held-out-like
+rows (:mod:`converters.heldout`: each feature resampled within the sample's
+range, missing values where the feature allows them), every output compared
+(max |Δ| <= ``parity_tolerance``, default 1e-4; values relative to
+max(1, |value|)) and labels compared with the model's own ``predict``. A
+conversion that does not answer like the source is refused naming the worst
+row, and nothing is left at ``out_dir``. Tree ensembles are converted with
+scikit-learn's exact routing (:mod:`converters.trees`).
 """
 
 from __future__ import annotations
@@ -27,14 +32,16 @@ import os
 import pickle
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from converters import gate, heldout
 from converters.sample import Sample, finalize, load_sample
+from converters.trees import exact_trees, refuse_unsupported
 from edge_runtime.bundle import MANIFEST, read_bundle, write_bundle
 from edge_runtime.errors import BundleError, EdgeError, EngineError, ValidationError
 
@@ -67,6 +74,9 @@ class ExportConfig:
     output_role: Literal["logits", "probabilities"] = "logits"  # torch classifiers
     min_label_agreement: float = 0.99  # refuse a conversion that agrees less with the source
     parity_rows: int = 2000  # sample rows used for the parity check
+    heldout_rows: int = 1000  # held-out-like rows (converters.heldout) also checked
+    heldout_seed: int = 0
+    parity_tolerance: float = gate.DEFAULT_TOLERANCE  # max |Δ| per output (values: relative)
     target_opset: int = TARGET_OPSET
     overwrite: bool = False  # replace an existing bundle at out_dir
     description: str | None = None
@@ -251,6 +261,10 @@ class _Converted:
     ref: dict[str, np.ndarray]  # source-model answers on the parity rows
     converter: str
     seconds: float = 0.0
+    # the source model's answers on any float64 rows (the parity gate's reference):
+    # {"probabilities", "label" (class index, from the model's own predict)} or {"value"}
+    reference: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None
+    label_output: bool = False  # labels come from the graph's label output (see _label_source)
 
 
 _REGISTERED = False
@@ -319,12 +333,13 @@ def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
         raise ValidationError(f"{type(model).__name__} is neither a classifier nor a regressor",
                               field="model")
     _register_boosters()
+    refuse_unsupported(model)
     source = model
     model = _xgboost_without_names(model)
     options = {id(m): {"zipmap": False} for m in _walk(model) if is_classifier(m)}
     x32 = smp.x.astype(np.float32)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), exact_trees():
             warnings.simplefilter("ignore")
             onx = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, len(smp.names)]))],
                                   options=options,
@@ -357,7 +372,26 @@ def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
         raise ValidationError(f"task {cfg.task!r} does not match the model, which is a "
                               f"{task.replace('_', ' ')} model", field="task")
     return _Converted(onx.SerializeToString(), task, "input", outputs, classes, ref,
-                      converter=_converter_name(model))
+                      converter=_converter_name(model),
+                      reference=_sklearn_reference(model, smp.names, classifier))
+
+
+def _sklearn_reference(model: Any, names: list[str], classifier: bool):
+    classes = [_plain(c) for c in getattr(model, "classes_", [])]
+
+    def reference(x: np.ndarray) -> dict[str, np.ndarray]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            xin = _as_model_input(model, x, names)
+            if not classifier:
+                v = np.asarray(model.predict(xin), dtype=np.float64).reshape(len(x), -1)[:, 0]
+                return {"value": v}
+            p = np.asarray(model.predict_proba(xin), dtype=np.float64)
+            pred = [_plain(c) for c in np.asarray(model.predict(xin)).tolist()]
+        index = {c: i for i, c in enumerate(classes)}
+        return {"probabilities": p, "label": np.array([index.get(c, -1) for c in pred])}
+
+    return reference
 
 
 def _xgboost_without_names(model: Any) -> Any:
@@ -426,7 +460,8 @@ def _convert_torch(module: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
         "binary_classification" if raw2.shape[1] == 2 else "multiclass_classification")
     if task == "regression":
         return _Converted(buf.getvalue(), task, "input", [{"name": "output", "role": "value"}], [],
-                          {"value": raw2[:, 0]}, converter=f"torch.onnx {torch.__version__}")
+                          {"value": raw2[:, 0]}, converter=f"torch.onnx {torch.__version__}",
+                          reference=_torch_reference(module, task, "value"))
     if raw2.shape[1] < 2:
         raise ValidationError("a torch classifier must output one column per class "
                               f"(got {raw2.shape[1]})", field="task")
@@ -434,7 +469,25 @@ def _convert_torch(module: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
     classes = list(range(raw2.shape[1]))
     return _Converted(buf.getvalue(), task, "input", [{"name": "output", "role": cfg.output_role}],
                       classes, {"probabilities": probs, "label": probs.argmax(axis=1)},
-                      converter=f"torch.onnx {torch.__version__}")
+                      converter=f"torch.onnx {torch.__version__}",
+                      reference=_torch_reference(module, task, cfg.output_role))
+
+
+def _torch_reference(module: Any, task: str, role: str):
+    import torch
+
+    def reference(x: np.ndarray) -> dict[str, np.ndarray]:
+        x32 = x.astype(np.float32)
+        with torch.no_grad():
+            raw = np.concatenate([module(torch.from_numpy(x32[i:i + 256])).numpy()
+                                  for i in range(0, len(x32), 256)]).astype(np.float64)
+        raw = raw.reshape(len(raw), -1)
+        if task == "regression":
+            return {"value": raw[:, 0]}
+        p = _class_probabilities(raw, role)
+        return {"probabilities": p, "label": p.argmax(axis=1)}
+
+    return reference
 
 
 def _wrap_onnx(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
@@ -547,23 +600,7 @@ def _write(out: Path, name: str, conv: _Converted, smp: Sample, cfg: ExportConfi
         classes = [_plain(c) for c in cfg.class_names]
     task = conv.task
     post: dict[str, Any] = {}
-    parity: dict[str, Any] = {"rows": n_par}
-    if task == "regression":
-        value = np.asarray(got[out_names[0]], dtype=np.float64).reshape(n_par, -1)[:, 0]
-        diff = np.abs(value - conv.ref["value"][:n_par])
-        tol = 1e-3 * np.maximum(1.0, np.abs(conv.ref["value"][:n_par]))
-        parity.update(max_abs_diff=float(diff.max()), within_tolerance=float((diff <= tol).mean()))
-        agreement = parity["within_tolerance"]
-    else:
-        role = next(o for o in conv.outputs if o["role"] in ("probabilities", "logits"))
-        probs = _class_probabilities(got[role["name"]], role["role"])
-        ref_p = conv.ref["probabilities"][:n_par]
-        if ref_p.shape != probs.shape:
-            raise EngineError(f"the converted model gives {probs.shape[1]} probabilities per row, "
-                              f"the source model {ref_p.shape[1]}", field="model")
-        diff = np.abs(probs - ref_p)
-        agreement = float((probs.argmax(axis=1) == ref_p.argmax(axis=1)).mean())
-        parity.update(max_abs_diff=float(diff.max()), label_agreement=agreement)
+    if task != "regression":
         post["classes"] = classes
         if task == "binary_classification":
             pos = cfg.positive_class if cfg.positive_class is not None else classes[1]
@@ -575,12 +612,13 @@ def _write(out: Path, name: str, conv: _Converted, smp: Sample, cfg: ExportConfi
             post.update(positive_class=pos, threshold=cfg.threshold)
             if cfg.risk_levels:
                 post["risk_levels"] = [{"name": n, "min": float(m)} for n, m in cfg.risk_levels]
-    if agreement < cfg.min_label_agreement:
+    parity = _parity_gate(sess, conv, smp, cfg, task, post, n_par)
+    agreement = parity.get("label_agreement", 1.0)
+    if conv.reference is None and agreement < cfg.min_label_agreement:
         raise EngineError(f"the ONNX model disagrees with the source model on "
                           f"{(1 - agreement) * 100:.2f}% of {n_par} sample rows (max |diff| "
                           f"{parity['max_abs_diff']:.3g}); refusing to write a bundle that does "
                           "not answer like the source", field="model")
-    parity["max_abs_diff"] = round(parity["max_abs_diff"], 9)
 
     inputs = _inputs(smp, conv, cfg)
     golden = _golden(smp, conv, got, out_names, task, post, cfg)
@@ -589,6 +627,8 @@ def _write(out: Path, name: str, conv: _Converted, smp: Sample, cfg: ExportConfi
         "converter": conv.converter, "opset": cfg.target_opset, "sample": Path(smp.source).name,
         "sample_rows": len(smp), "parity": parity, "conversion_seconds": round(conv.seconds, 3),
     }
+    if not smp.is_tensor:
+        provenance["sample_profile"] = heldout.profile(smp.x, smp.names, smp.dtypes)
     acc = _sample_accuracy(smp, got, conv, post, task, n_par)
     if acc is not None:
         provenance["sample_accuracy"] = acc
@@ -600,6 +640,69 @@ def _write(out: Path, name: str, conv: _Converted, smp: Sample, cfg: ExportConfi
     }
     write_bundle(out, manifest, {"model.onnx": conv.onnx_bytes}, key=key)
     self_test_or_remove(out)
+
+
+def _bundle_answers(sess: Any, conv: _Converted, x: np.ndarray, task: str,
+                    post: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The written graph's answers post-processed as ``edge_runtime.model`` does."""
+    names = [o["name"] for o in conv.outputs]
+    outs = []
+    for i in range(0, len(x), 4096):
+        feed = {sess.get_inputs()[0].name: x[i:i + 4096].astype(np.float32)}
+        outs.append(sess.run(names, feed))
+    got = {n: np.concatenate([o[k] for o in outs]) for k, n in enumerate(names)}
+    if task == "regression":
+        return {"value": np.asarray(got[names[0]], np.float64).reshape(len(x), -1)[:, 0]}
+    role = next(o for o in conv.outputs if o["role"] in ("probabilities", "logits"))
+    probs = _class_probabilities(got[role["name"]], role["role"])
+    if task == "binary_classification":
+        pos = post["classes"].index(post["positive_class"])
+        label = np.where(probs[:, pos] >= post["threshold"], pos, 1 - pos)
+    else:
+        label = probs.argmax(axis=1)
+    return {"probabilities": probs, "label": label}
+
+
+def _parity_gate(sess: Any, conv: _Converted, smp: Sample, cfg: ExportConfig, task: str,
+                 post: dict[str, Any], n_par: int) -> dict[str, Any]:
+    """Measure the graph being written against the source model on the sample rows and on
+    held-out-like rows (:mod:`converters.heldout`); refuse past ``cfg.parity_tolerance``."""
+    xs = smp.x[:n_par].astype(np.float32).astype(np.float64)
+    split = {"sample": len(xs)}
+    x = xs
+    if not smp.is_tensor and cfg.heldout_rows > 0:
+        xh = heldout.rows(heldout.columns_of(smp.x, smp.names, smp.dtypes), cfg.heldout_rows,
+                          seed=cfg.heldout_seed)
+        x = np.concatenate([xs, xh])
+        split["heldout"] = len(xh)
+    if conv.reference is None:  # an ONNX file wrapped as is: it is its own reference
+        ref = {k: np.asarray(v)[:n_par] for k, v in conv.ref.items()}
+        got = _bundle_answers(sess, conv, xs, task, post)
+        x, split = xs, {"sample": len(xs)}
+        if "label" in ref and "probabilities" in ref:
+            ref["label"] = got["label"] if task == "binary_classification" else ref["label"]
+    else:
+        try:
+            ref = conv.reference(x)
+        except Exception as exc:  # the user's model refusing a held-out row is its own bug
+            raise ValidationError(f"the source model fails on held-out rows drawn from the "
+                                  f"sample: {type(exc).__name__}: {str(exc)[:200]}",
+                                  field="sample") from exc
+        got = _bundle_answers(sess, conv, x, task, post)
+        if task == "binary_classification" and post["threshold"] != 0.5:
+            # a threshold the user chose: the decision is theirs, not predict()'s
+            p = ref["probabilities"][:, post["classes"].index(post["positive_class"])]
+            pos = post["classes"].index(post["positive_class"])
+            ref["label"] = np.where(p >= post["threshold"], pos, 1 - pos)
+    names = smp.names or [conv.input_name]
+    xs_show = x if not smp.is_tensor else np.zeros((len(x), 0))
+    pos = post["classes"].index(post["positive_class"]) if "positive_class" in post else 1
+    res = gate.measure(ref, got, xs_show, names if not smp.is_tensor else [], tol=cfg.parity_tolerance,
+                       threshold=post.get("threshold"), pos=pos, split=split)
+    gate.enforce(res, "the ONNX model",
+                 fix=" (raise parity_tolerance / --tolerance to accept a known difference)")
+    res.pop("worst_row", None)
+    return res
 
 
 def _inputs(smp: Sample, conv: _Converted, cfg: ExportConfig) -> dict[str, Any]:

@@ -51,7 +51,9 @@ def test_classifier_bundle_verifies_and_answers_like_the_model(kind, tmp_path, k
             ("high", 0.7), ("medium", 0.4), ("low", 0.0)]
     assert len(m.golden[0].rows) == 8 and m.golden[0].expected_label
     par = m.provenance["parity"]
-    assert par["rows"] == len(x) and par["label_agreement"] >= 0.99
+    assert par["rows_by_set"] == {"sample": len(x), "heldout": 1000}
+    assert par["label_agreement"] >= 0.99 and par["label_disagreements"] == 0
+    assert par["max_abs_diff"] <= 1e-4 and par["heldout_max_abs_diff"] <= 1e-4
     assert m.provenance["sample_accuracy"] > 0.9
 
     loaded = Model.load(out)
