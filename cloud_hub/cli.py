@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "cloud_hub.commands.split",
     "cloud_hub.commands.evaluate",
     "cloud_hub.commands.shadow",
+    "cloud_hub.commands.artifacts",
 ]
 
 

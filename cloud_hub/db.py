@@ -5,14 +5,19 @@ SQLite is the embedded default; PostgreSQL by URL. Each area of the hub
 own module and registers a migration with :func:`migration`. ``migrate`` runs
 the ones not yet recorded in ``schema_migrations``, each in its own
 transaction, in id order.
+
+Several replicas may start together on one empty PostgreSQL database: the
+migrations then run under a PostgreSQL advisory lock (session level, held for
+the whole run), so one replica migrates and the others wait, then find every
+migration recorded and apply nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Callable
+from collections.abc import Callable
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, create_engine, event, select
+from sqlalchemy import Column, DateTime, MetaData, String, Table, create_engine, event, select, text
 from sqlalchemy.engine import Connection, Engine
 
 metadata = MetaData()
@@ -65,9 +70,25 @@ def connect(url: str) -> Engine:
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
+MIGRATION_LOCK = 0x65646765  # pg_advisory_lock class of the migrations ("edge"), per database
+
+
 def migrate(engine: Engine) -> list[str]:
     """Apply pending migrations; return the ids applied now."""
     _import_table_modules()
+    if engine.dialect.name != "postgresql":
+        return _migrate(engine)
+    with engine.connect() as lock_conn:
+        lock_conn.execute(text("SELECT pg_advisory_lock(:k, hashtext(current_database()))"), {"k": MIGRATION_LOCK})
+        lock_conn.commit()
+        try:
+            return _migrate(engine)
+        finally:
+            lock_conn.execute(text("SELECT pg_advisory_unlock(:k, hashtext(current_database()))"), {"k": MIGRATION_LOCK})
+            lock_conn.commit()
+
+
+def _migrate(engine: Engine) -> list[str]:
     schema_migrations.create(engine, checkfirst=True)
     with engine.connect() as conn:
         done = set(conn.execute(select(schema_migrations.c.id)).scalars())
@@ -77,7 +98,7 @@ def migrate(engine: Engine) -> list[str]:
             continue
         with engine.begin() as conn:
             _MIGRATIONS[mid](conn)
-            conn.execute(schema_migrations.insert().values(id=mid, applied_at=dt.datetime.now(dt.timezone.utc)))
+            conn.execute(schema_migrations.insert().values(id=mid, applied_at=dt.datetime.now(dt.UTC)))
         applied.append(mid)
     return applied
 
@@ -90,6 +111,8 @@ TABLE_MODULES: list[str] = [
     "cloud_hub.routing.tables",
     "cloud_hub.shadow.tables",
     "cloud_hub.registry",
+    "cloud_hub.artifacts_db",
+    "cloud_hub.startup",
     "cloud_hub.fleet.tables",
 ]
 

@@ -41,11 +41,20 @@ class Hub:
         from cloud_hub.metrics import HubMetrics
         from cloud_hub.models import ModelCache
         from cloud_hub.registry import Registry
+        from cloud_hub.startup import check_replica
+        from cloud_hub.workdir import WorkDir
         from edge_runtime.engines import EngineOptions
 
         s = self.settings
+        self.workdir = WorkDir(s.data_dir / "tmp")  # uploads/unpacked bundles; swept at start
+        self.on_close(self.workdir.close)
         self.metrics = HubMetrics()
-        self.registry = Registry.from_settings(self.engine, s)
+        self.registry = Registry.from_settings(self.engine, s, work_dir=self.workdir.path)
+        try:
+            check_replica(self.registry)  # same signing key and artifacts as the other replicas
+        except Exception:
+            self.close()
+            raise
         self.models = ModelCache(self.registry, EngineOptions(intra_op_threads=s.threads,
                                                               providers=tuple(s.onnx_providers)))
         self.inference = PredictService(self)

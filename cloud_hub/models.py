@@ -90,7 +90,7 @@ class ModelCache:
             if model is not None:
                 return model
             t0 = time.perf_counter()
-            model = Model.load(self.registry.artifact_path(mv), self.options)
+            model = Model.load(self.registry.open_bundle(mv), self.options)
             log.info("loaded %s:%s (%s) in %.0f ms", mv.name, mv.version, mv.digest[:12],
                      (time.perf_counter() - t0) * 1000)
             with self._lock:

@@ -58,6 +58,7 @@ from cloud_hub.artifacts import ArtifactStore, LocalArtifactStore
 from edge_runtime import signing
 from edge_runtime.bundle import (
     MANIFEST,
+    MAX_UNPACKED_BYTES,
     Bundle,
     pack_bundle,
     read_bundle,
@@ -75,8 +76,9 @@ from edge_runtime.errors import (
 log = logging.getLogger("cloud_hub.registry")
 
 DEFAULT_ALIAS = "champion"
-NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9_.\-+]+$")
+NAME_MAX = 200  # the column width of name/version
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9_.\-+]{1,200}$")
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 
 model_versions = Table(
@@ -186,8 +188,8 @@ def parse_ref(ref: str) -> Ref:
                                   field="model")
         return Ref(name, version=version)
     if not NAME_RE.match(ref):
-        raise ValidationError(f"bad model name {ref[:200]!r}: letters, digits, '_', '.', '-'",
-                              field="model")
+        raise ValidationError(f"bad model name {ref[:200]!r}: a letter or digit, then letters, digits, "
+                              f"'_', '.', '-' (at most {NAME_MAX})", field="model")
     return Ref(ref)
 
 
@@ -257,19 +259,31 @@ class Registry:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         self._listeners: list[Callable[[str], None]] = []
         self._push_lock = threading.Lock()
+        self.max_unpacked_bytes = MAX_UNPACKED_BYTES
+        self._own_workdir = None
 
     @classmethod
-    def from_settings(cls, engine: Engine, settings) -> Registry:
+    def from_settings(cls, engine: Engine, settings, *, work_dir: Path | None = None) -> Registry:
+        """The registry of a hub's settings. ``work_dir`` is the process's scratch
+        directory (:class:`cloud_hub.workdir.WorkDir`); one is claimed if not given."""
         data_dir = Path(settings.data_dir)
+        workdir = None
+        if work_dir is None:
+            from cloud_hub.workdir import WorkDir
+
+            workdir = WorkDir(data_dir / "tmp")
+            work_dir = workdir.path
         key_path = settings.signing_key or data_dir / "keys" / "hub.key"
         hub_key = HubKey(key_path, create=settings.signing_key is None or settings.dev)
         trusted = [signing.load_public_key(p) for p in settings.trusted_keys]
         trusted_dir = data_dir / "keys" / "trusted"
         if trusted_dir.is_dir():
             trusted += [signing.load_public_key(p) for p in sorted(trusted_dir.glob("*.pub"))]
-        return cls(engine, LocalArtifactStore(data_dir / "artifacts"), hub_key,
-                   trusted_keys=trusted, allow_unsigned=settings.allow_unsigned,
-                   work_dir=data_dir / "tmp")
+        reg = cls(engine, make_store(engine, settings, work_dir), hub_key,
+                  trusted_keys=trusted, allow_unsigned=settings.allow_unsigned, work_dir=work_dir)
+        reg.max_unpacked_bytes = int(settings.max_upload_bytes)
+        reg._own_workdir = workdir
+        return reg
 
     # ---- listeners (the loaded-model cache drops resolutions on alias changes) -----
     def on_change(self, fn: Callable[[str], None]) -> None:
@@ -295,26 +309,46 @@ class Registry:
 
     def push_ex(self, path: str | Path, *, created_by: str | None = None,
                 aliases: list[str] | None = None) -> tuple[ModelVersion, bool]:
-        """Like :meth:`push`; also says whether a new version was created."""
+        """Like :meth:`push`; also says whether a new version was created.
+
+        The tar is unpacked in the work dir within ``max_unpacked_bytes``; error
+        messages name the bundle, never a server path. A push that fails, or
+        loses a race, leaves no artifact behind; an identical push that races
+        another one answers with the version the other one registered.
+        """
         for a in aliases or []:
             _check_alias(a)
-        bundle = read_bundle(path)
+        bundle = None
         try:
-            m = bundle.manifest
-            signer = self._verify(bundle)
-            existing = self._by_digest(m.digest)
-            if existing is not None:
-                for a in aliases or []:
-                    self.set_alias(existing.name, a, existing.version, reason="push")
-                return self.get(existing.name, existing.version), False
-            self_test = self._self_test(bundle)
-            with self._push_lock:
-                other = self._row(m.name, m.version)
-                if other is not None:
-                    raise ConflictError(f"{m.name}:{m.version} is already registered with different "
-                                        f"content (sha256 {other['digest'][:12]}…); bump the version",
-                                        field="version")
-                art_sha, size = self._store_signed(bundle)
+            bundle = read_bundle(path, work_dir=self.work_dir, max_bytes=self.max_unpacked_bytes,
+                                 label="the uploaded bundle")
+            return self._push_bundle(bundle, created_by, aliases or [])
+        except EdgeError as exc:
+            _scrub(exc, [p for p in (bundle.root if bundle else None, self.work_dir, Path(path).parent) if p])
+            raise
+        finally:
+            if bundle is not None and bundle._tmp is not None:
+                bundle._tmp.cleanup()
+
+    def _push_bundle(self, bundle: Bundle, created_by: str | None,
+                     aliases: list[str]) -> tuple[ModelVersion, bool]:
+        m = bundle.manifest
+        _check_name(m.name, m.version)
+        signer = self._verify(bundle)
+        existing = self._by_digest(m.digest)
+        if existing is not None:
+            return self._existing(existing, aliases), False
+        self_test = self._self_test(bundle)
+        with self._push_lock:
+            other = self._row(m.name, m.version)
+            if other is not None:
+                if other["digest"] == m.digest:
+                    return self._existing(self.get(m.name, m.version), aliases), False
+                raise _version_conflict(m.name, m.version, other["digest"])
+            tmp = Path(tempfile.mkdtemp(prefix="push-", dir=self.work_dir))
+            try:
+                tar = self._signed_tar(bundle, tmp)
+                art_sha, size = self.store.put_file(tar)
                 row = {"name": m.name, "version": m.version, "digest": m.digest, "format": m.format,
                        "task": m.task, "size": size, "artifact_sha256": art_sha,
                        "manifest": json.dumps(m.model_dump(mode="json", exclude_none=True)),
@@ -323,17 +357,41 @@ class Registry:
                 try:
                     with self.engine.begin() as conn:
                         conn.execute(insert(model_versions).values(**row))
-                except IntegrityError as exc:  # a concurrent push from another replica
-                    raise ConflictError(f"{m.name}:{m.version} was registered concurrently",
-                                        field="version") from exc
-        finally:
-            if bundle._tmp is not None:
-                bundle._tmp.cleanup()
+                except IntegrityError as exc:  # a concurrent push from another replica won
+                    self._drop_unreferenced(art_sha)
+                    winner = self._by_digest(m.digest)
+                    if winner is not None:  # the same bundle: idempotent
+                        return self._existing(winner, aliases), False
+                    other = self._row(m.name, m.version)
+                    raise _version_conflict(m.name, m.version, other["digest"] if other else "") from exc
+                except BaseException:
+                    self._drop_unreferenced(art_sha)
+                    raise
+                if not self.store.exists(art_sha):  # an identical blob was dropped by a failed twin
+                    self.store.put_file(tar)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         log.info("registered %s:%s sha256=%s", m.name, m.version, m.digest)
-        for a in aliases or []:
+        for a in aliases:
             self.set_alias(m.name, a, m.version, reason="push")
         self._changed(m.name)
         return self.get(m.name, m.version), True
+
+    def _existing(self, mv: ModelVersion, aliases: list[str]) -> ModelVersion:
+        for a in aliases:
+            self.set_alias(mv.name, a, mv.version, reason="push")
+        return self.get(mv.name, mv.version) if aliases else mv
+
+    def _drop_unreferenced(self, art_sha: str) -> None:
+        """Delete a blob no version references (what a failed push stored)."""
+        try:
+            with self.engine.connect() as conn:
+                used = conn.execute(select(model_versions.c.id).where(
+                    model_versions.c.artifact_sha256 == art_sha).limit(1)).first()
+            if used is None:
+                self.store.delete(art_sha)
+        except Exception:  # the push already failed; `cloud-hub artifacts gc` removes it later
+            log.exception("could not remove the artifact of a failed push")
 
     def _verify(self, bundle: Bundle) -> str | None:
         m = bundle.manifest
@@ -369,16 +427,17 @@ class Registry:
             model.close()
         return f"passed ({n} golden)" if n else "loaded (no golden vectors)"
 
-    def _store_signed(self, bundle: Bundle) -> tuple[str, int]:
-        tmp = Path(tempfile.mkdtemp(prefix="push-", dir=self.work_dir))
-        try:
-            d = tmp / "bundle"
-            shutil.copytree(bundle.root, d)
-            sign_bundle(d, self.hub_key.private)
-            tar = pack_bundle(d, tmp / "bundle.tar")
-            return self.store.put_file(tar)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    def _signed_tar(self, bundle: Bundle, tmp: Path) -> Path:
+        """The hub-signed tar of ``bundle``, written under ``tmp``."""
+        d = tmp / "bundle"
+        shutil.copytree(bundle.root, d)
+        sign_bundle(d, self.hub_key.private)
+        return pack_bundle(d, tmp / "bundle.tar")
+
+    def open_bundle(self, mv: ModelVersion):
+        """The version's bundle, unpacked in the work dir (what the model cache loads)."""
+        return read_bundle(self.artifact_path(mv), work_dir=self.work_dir,
+                           max_bytes=max(self.max_unpacked_bytes, mv.size), label=mv.ref)
 
     # ---- reads -------------------------------------------------------------------------
     def _row(self, name: str, version: str):
@@ -557,6 +616,41 @@ class Registry:
         if still is None:
             self.store.delete(mv.artifact_sha256)
         self._changed(name)
+
+
+def _check_name(name: str, version: str) -> None:
+    if not NAME_RE.match(name):
+        raise BundleError(f"bad model name {name[:80]!r}: a letter or digit, then letters, digits, "
+                          f"'_', '.', '-' (at most {NAME_MAX} characters)", field="manifest.name")
+    if not VERSION_RE.match(version):
+        raise BundleError(f"bad version {version[:80]!r}: letters, digits, '_', '.', '-', '+' "
+                          f"(at most {NAME_MAX} characters)", field="manifest.version")
+
+
+def _version_conflict(name: str, version: str, digest: str) -> ConflictError:
+    return ConflictError(f"{name}:{version} is already registered with different content "
+                         f"(sha256 {digest[:12]}…); bump the version", field="version")
+
+
+def _scrub(exc: EdgeError, paths: list[Path]) -> None:
+    """Replace server paths in an error's message (clients never see them)."""
+    msg = exc.message
+    for p in sorted({str(p) for p in paths} | {str(Path(p).resolve()) for p in paths}, key=len, reverse=True):
+        if len(p) > 1:
+            msg = msg.replace(p, "<bundle>")
+    exc.message = msg
+    exc.args = (msg,)
+
+
+def make_store(engine: Engine, settings, work_dir: Path) -> ArtifactStore:
+    """The artifact store ``HUB_ARTIFACTS`` names: ``local`` (files under the data dir)
+    or ``database`` (blobs in the hub database, so replicas need only the database)."""
+    kind = getattr(settings, "artifacts", "local")
+    if kind == "database":
+        from cloud_hub.artifacts_db import DatabaseArtifactStore
+
+        return DatabaseArtifactStore(engine, Path(settings.data_dir) / "cache" / "artifacts")
+    return LocalArtifactStore(Path(settings.data_dir) / "artifacts")
 
 
 def _check_alias(alias: str) -> None:

@@ -7,6 +7,7 @@ them. Placeholder secrets are refused outside dev mode.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,7 +40,11 @@ class HubSettings(BaseSettings):
     viewer_keys: list[str] = Field(default_factory=list, description="API keys with the read-only role.")
     dev: bool = Field(False, description="Dev mode: generate keys and accept placeholder API keys.")
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body accepted (413 above).")
-    max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest bundle upload accepted.")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest bundle upload accepted; "
+                                  "also the largest size a bundle tar may unpack to.")
+    artifacts: Literal["local", "database"] = Field(
+        "local", description="Where bundle artifacts live: 'local' (<data_dir>/artifacts; replicas must "
+        "share that directory) or 'database' (blobs in the hub database, so replicas need only it).")
     shadow_queue_size: int = Field(10_000, description="Bounded shadow mirror queue; overflow is dropped and counted.")
     shadow_executor: str = Field("thread", description="Where shadows run: 'thread' (worker thread in the hub "
                                  "process) or 'process' (a separate process: no GIL shared with the primary).")

@@ -81,9 +81,7 @@ async def push_model(request: Request, hub: HubDep, role: Admin,
     Pushing the same bundle again answers 200 with the existing version; the
     same name:version with different content is 409.
     """
-    tmp_dir = hub.data_dir / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".tar", dir=tmp_dir)
+    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".tar", dir=hub.workdir.path)
     os.close(fd)
     path = Path(name)
     try:
@@ -165,28 +163,33 @@ def alias_history(name: str, hub: HubDep, _: Viewer,
 
 @router.get("/v1/models/{ref}/bundle", responses=ERRORS, response_class=FileResponse,
             summary="Download the hub-signed bundle tar of a reference")
-def download_model(ref: str, hub: HubDep, _: Viewer) -> FileResponse:
+def download_model(ref: str, request: Request, hub: HubDep, _: Viewer) -> Response:
     mv = hub.registry.resolve(ref)
-    return _tar_response(hub, mv)
+    return _tar_response(hub, mv, request)
 
 
 @router.get("/v1/bundles/{digest}", responses=ERRORS, response_class=FileResponse,
             summary="Download a bundle tar by its sha256 (what devices fetch)")
-def download_bundle(digest: str, hub: HubDep) -> FileResponse:
+def download_bundle(digest: str, request: Request, hub: HubDep) -> Response:
     """The bundle is addressed by its manifest sha256 and signed by the hub key;
     devices verify both before activating it, so this route needs no API key."""
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ValidationError("digest must be 64 lowercase hex digits (the bundle sha256)", field="digest")
-    return _tar_response(hub, hub.registry.by_digest(digest))
+    return _tar_response(hub, hub.registry.by_digest(digest), request)
 
 
-def _tar_response(hub, mv) -> FileResponse:
+def _tar_response(hub, mv, request: Request) -> Response:
+    """The bundle tar; immutable (its sha256 names it), so a proxy or CDN may keep it
+    for a year, and ``If-None-Match`` with its ETag answers 304 without a body."""
+    headers = {"ETag": f'"{mv.digest}"', "X-Bundle-Sha256": mv.digest,
+               "X-Artifact-Sha256": mv.artifact_sha256,
+               "Cache-Control": "public, max-age=31536000, immutable"}
+    tags = [t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")]
+    if f'"{mv.digest}"' in tags or "*" in tags:
+        return Response(status_code=304, headers=headers)
     path = hub.registry.artifact_path(mv)
     return FileResponse(path, media_type="application/x-tar",
-                        filename=f"{mv.name}-{mv.version}.tar",
-                        headers={"ETag": f'"{mv.digest}"', "X-Bundle-Sha256": mv.digest,
-                                 "X-Artifact-Sha256": mv.artifact_sha256,
-                                 "Cache-Control": "public, max-age=31536000, immutable"})
+                        filename=f"{mv.name}-{mv.version}.tar", headers=headers)
 
 
 @router.get("/v1/keys/hub.pub", response_class=Response, summary="The hub's public key (PEM) devices trust",

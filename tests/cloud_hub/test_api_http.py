@@ -163,7 +163,7 @@ def test_bad_uploads_store_nothing(server, cancer_bundle, tmp_path, make_hub):
     r = http.post("/v1/models", files={"other": ("x", b"abc")}, data={"bundle": "notafile"})
     assert r.status_code in (400, 422)
     assert [v.digest for v in hub.registry.list()] == before
-    assert list((hub.data_dir / "tmp").iterdir()) == []  # no temp files left behind
+    assert list(hub.workdir.path.iterdir()) == []  # no temp files left behind
     http.close()
 
 

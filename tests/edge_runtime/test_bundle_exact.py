@@ -3,10 +3,10 @@ tar is unpacked within bounds (a decompression bomb is refused without being wri
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import tarfile
-import zlib
 from pathlib import Path
 
 import pytest
@@ -64,26 +64,23 @@ def test_store_install_refuses_an_unlisted_file(store, cancer_bundle, tmp_path):
 
 
 def gzip_bomb(path: Path, unpacked: int, *, first: tuple[str, bytes] | None = None) -> Path:
-    """A .tar.gz whose single big member is ``unpacked`` zero bytes, written in a
-    streaming way (the bomb itself is never held in memory or on disk unpacked)."""
-    comp = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip container
-    zeros = bytes(1024 * 1024)
+    """A .tar.gz whose big member is ``unpacked`` zero bytes. A gzip file may hold several
+    members back to back, so one compressed 16 MiB block of zeros is repeated: the bomb is
+    never held unpacked, in memory or on disk."""
+    block = 16 * 1024 * 1024
+    assert unpacked % block == 0
+    head = b""
+    if first is not None:
+        info = tarfile.TarInfo(first[0])
+        info.size = len(first[1])
+        head = info.tobuf(format=tarfile.GNU_FORMAT) + first[1] + bytes(-len(first[1]) % 512)
+    info = tarfile.TarInfo("model.onnx")
+    info.size = unpacked
+    zeros = gzip.compress(bytes(block), compresslevel=9)
     with open(path, "wb") as fh:
-        if first is not None:
-            info = tarfile.TarInfo(first[0])
-            info.size = len(first[1])
-            hdr = info.tobuf(format=tarfile.GNU_FORMAT) + first[1] + bytes(-len(first[1]) % 512)
-            fh.write(comp.compress(hdr))
-        info = tarfile.TarInfo("model.onnx")
-        info.size = unpacked
-        fh.write(comp.compress(info.tobuf(format=tarfile.GNU_FORMAT)))
-        left = unpacked
-        while left:
-            n = min(left, len(zeros))
-            fh.write(comp.compress(zeros[:n]))
-            left -= n
-        fh.write(comp.compress(bytes(1024)))  # end-of-archive blocks
-        fh.write(comp.flush())
+        fh.write(gzip.compress(head + info.tobuf(format=tarfile.GNU_FORMAT)))
+        fh.writelines(zeros for _ in range(unpacked // block))
+        fh.write(gzip.compress(bytes(1024)))  # end-of-archive blocks
     return path
 
 
