@@ -2,7 +2,8 @@
 
 Roles, weakest first: ``viewer`` (read-only), ``client`` (inference + read),
 ``admin`` (fleet manager: registry writes, rollouts). Keys come as
-``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. When no key of any role is
+``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; the dashboard's session
+cookie counts only on a request with neither header (see ``cloud_hub/ui/csrf.py``). When no key of any role is
 configured (zero-config dev hub), every caller is admin.
 """
 
@@ -46,10 +47,14 @@ async def caller_role(request: Request, hub: HubDep) -> str:
     if not keys:
         return "admin"
     token = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
-    if not token and auth.lower().startswith("bearer "):
+    auth = request.headers.get("authorization")
+    if not token and auth is not None:
+        if not auth.lower().startswith("bearer "):
+            raise AuthError("unsupported Authorization scheme: send 'Authorization: Bearer KEY'")
         token = auth[7:].strip()
-    if not token:
+    if token is None and auth is None:
+        # the dashboard's session cookie, only when no key header is sent: the CSRF
+        # middleware checks the session's token exactly for these requests
         token = request.cookies.get("edgefleet_key")
     if not token:
         raise AuthError("missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")

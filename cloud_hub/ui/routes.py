@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from cloud_hub.api.deps import AuthError, HubDep, Viewer, caller_role
 from cloud_hub.ui import data
+from cloud_hub.ui.csrf import csrf_token
 from edge_runtime.errors import NotFoundError
 
 STATIC = Path(__file__).parent / "static"
@@ -53,7 +53,7 @@ async def login(body: Login, request: Request, hub: HubDep) -> JSONResponse:
     resp = JSONResponse({"role": role})
     secure = request.url.scheme == "https"
     resp.set_cookie(KEY_COOKIE, body.api_key, httponly=True, samesite="strict", secure=secure, path="/")
-    resp.set_cookie(CSRF_COOKIE, secrets.token_urlsafe(24), httponly=False, samesite="strict",
+    resp.set_cookie(CSRF_COOKIE, csrf_token(hub, body.api_key), httponly=False, samesite="strict",
                     secure=secure, path="/")
     return resp
 
@@ -73,8 +73,9 @@ async def whoami(request: Request, hub: HubDep) -> JSONResponse:
     except AuthError as exc:
         return JSONResponse(exc.to_dict() | {"auth_required": True}, status_code=401)
     resp = JSONResponse({"role": role, "auth_required": _keys_configured(hub)})
-    if CSRF_COOKIE not in request.cookies:  # open hubs: still give the page a CSRF token
-        resp.set_cookie(CSRF_COOKIE, secrets.token_urlsafe(24), httponly=False, samesite="strict", path="/")
+    token = csrf_token(hub, request.cookies.get(KEY_COOKIE))
+    if request.cookies.get(CSRF_COOKIE) != token:  # open hubs too: give the page its session's token
+        resp.set_cookie(CSRF_COOKIE, token, httponly=False, samesite="strict", path="/")
     return resp
 
 
