@@ -47,7 +47,8 @@ class FleetAgent:
                  prefix: str = DEFAULT_PREFIX, hub_url: str | None = None, interval_s: float = 10.0,
                  sample_rate: float = 1.0, shadow_queue: int = 1024, buffer_max_windows: int = 10_000,
                  profile: str = "", tags: Mapping[str, str] | None = None, own_timer: bool = True,
-                 resources: bool = True, download_headers: dict[str, str] | None = None) -> None:
+                 resources: bool = True, download_headers: dict[str, str] | None = None,
+                 allow_file_urls: bool = False) -> None:
         self.device_id = device_id
         self.store = store
         self.profile = profile
@@ -61,7 +62,8 @@ class FleetAgent:
                                        sample_rate=sample_rate, queue_size=shadow_queue)
         self.reconciler = Reconciler(device_id, store, self.emit, meta_get=self.outbox.get_meta,
                                      meta_set=self.outbox.set_meta, on_change=self._state_changed,
-                                     hub_url=hub_url, download_dir=self.data_dir, headers=download_headers)
+                                     hub_url=hub_url, download_dir=self.data_dir, headers=download_headers,
+                                     allow_file_urls=allow_file_urls)
         self.link: DeviceLink | None = None
         if mqtt is not None:
             self.link = DeviceLink(mqtt, device_id, self.outbox, prefix=prefix,
@@ -106,8 +108,11 @@ class FleetAgent:
         self.outbox.close()
 
     def _timer_loop(self) -> None:
-        while not self._stop.wait(max(0.0, self._next_roll - time.monotonic())):
+        # wakes at least every second: the link resends what the hub has not acknowledged in time
+        while not self._stop.wait(min(1.0, max(0.0, self._next_roll - time.monotonic()))):
             self.tick()
+            if self.link is not None:
+                self.link.pump()
 
     def tick(self, now: float | None = None) -> bool:
         """Roll the window when its interval is over (for callers that drive time themselves)."""
@@ -216,6 +221,7 @@ class FleetAgent:
                          key_file=str(m.keyfile) if m.keyfile else None, keepalive=m.keepalive_s)
         kw: dict[str, Any] = dict(
             mqtt=cfg, data_dir=Path(s.store.dir) / "fleet", prefix=m.prefix, hub_url=s.hub.url,
+            allow_file_urls=s.hub.allow_file_urls,
             interval_s=s.telemetry.interval_s, buffer_max_windows=s.telemetry.buffer_max_windows,
             sample_rate=s.shadow.sample_rate, profile=daemon.profile.name, tags=s.device.tags)
         kw.update(overrides)

@@ -45,7 +45,7 @@ class Reconciler:
                  on_change: Callable[[], None] = lambda: None, hub_url: str | None = None,
                  download_dir: str | Path | None = None, download_timeout_s: float = 60.0,
                  retry_min_s: float = 1.0, retry_max_s: float = 60.0,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, allow_file_urls: bool = False) -> None:
         self.device_id = device_id
         self.store = store
         self.emit = emit
@@ -56,6 +56,7 @@ class Reconciler:
         self.download_timeout_s = download_timeout_s
         self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
         self.headers = headers or {}
+        self.allow_file_urls = allow_file_urls
         self._lock = threading.Lock()
         self._pending: DesiredState | None = None
         self._busy = False
@@ -178,6 +179,11 @@ class Reconciler:
                     return True
                 except EdgeError as exc:
                     log.warning("local rollback failed (%s); downloading instead", exc.message)
+        problem = self.url_problem(want.url)
+        if problem is not None:  # a signed bundle does not make any URL safe to read
+            self.emit("failed", slot=slot, bundle=_bundle(want), reason=problem, **ctx)
+            self.last_error = problem
+            return False
         self.emit("downloading", slot=slot, bundle=_bundle(want), **ctx)
         tmp = Path(tempfile.mkdtemp(prefix="edge-dl-", dir=self.download_dir))
         try:
@@ -214,6 +220,26 @@ class Reconciler:
             return True
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def url_problem(self, url: str) -> str | None:
+        """Why a desired document's bundle URL is refused, or None.
+
+        ``file://`` would let whoever writes the desired document make the device
+        read any local path; it is allowed only with ``[hub] allow_file_urls = true``.
+        Otherwise http(s) only, and https only when the hub URL is https (no
+        downgrade of the download)."""
+        full = self.hub_url + url if url.startswith("/") and self.hub_url else url
+        scheme = full.split(":", 1)[0].lower() if ":" in full else ""
+        if scheme == "file":
+            if self.allow_file_urls:
+                return None
+            return (f"bundle URL {url[:200]!r} is a local file URL; refused unless the device sets "
+                    "[hub] allow_file_urls = true")
+        if scheme not in ("http", "https"):
+            return f"bundle URL {url[:200]!r} is not an http(s) URL"
+        if self.hub_url and self.hub_url.lower().startswith("https:") and scheme != "https":
+            return f"bundle URL {url[:200]!r} is not https, but the hub is (no downgrade)"
+        return None
 
     def _download(self, want: DesiredBundle, tmp: Path) -> Path:
         url = want.url

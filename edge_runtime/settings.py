@@ -59,6 +59,8 @@ class MqttSection(_Section):
 class HubSection(_Section):
     url: str | None = Field(None, description="Hub base URL; bundles are downloaded from "
                             "{url}/v1/bundles/{sha256}.")
+    allow_file_urls: bool = Field(False, description="Accept file:// bundle URLs in desired documents "
+                                  "(a local path; development and air-gapped setups only).")
 
 
 class StoreSection(_Section):
