@@ -69,12 +69,7 @@ def stop_stream(stream_id: str, hub: HubDep, _: Admin) -> dict[str, Any]:
 
 @router.post("/v1/streams/{stream_id}/start", summary="Start a stopped stream worker again")
 def start_stream(stream_id: str, hub: HubDep, _: Admin) -> dict[str, Any]:
-    svc = StreamService.of(hub)
-    row = svc.get(stream_id)
-    svc._set(row["id"], desired="running")
-    if row["id"] not in svc._workers:
-        svc._start(row["id"])
-    return svc.get(row["id"])
+    return StreamService.of(hub).start(stream_id)
 
 
 @router.delete(

@@ -41,6 +41,7 @@ class BatchSpec:
     scoring_date: str | None = None
     overwrite: bool = False
     resume: bool = True
+    public_keys: list[str] = field(default_factory=list)  # trusted keys for a bundle path
 
     def check(self) -> None:
         if self.engine not in ENGINES:
@@ -95,12 +96,19 @@ class ResolvedModel:
     ref: str
 
 
-def resolve_model(ref: str, hub: Any = None, *, threads: int = 1) -> ResolvedModel:
-    """A bundle path, or a registry REF resolved through the hub's registry."""
+def resolve_model(ref: str, hub: Any = None, *, threads: int = 1,
+                  public_keys: list[str] | None = None) -> ResolvedModel:
+    """A bundle path (verified against the trusted keys first: :mod:`cloud_hub.trust`), or a
+    registry REF resolved through the hub's registry (its artifact checked against its sha256)."""
     options = EngineOptions(intra_op_threads=threads, inter_op_threads=1)
     p = Path(ref)
     if p.exists():
-        return ResolvedModel(Model.load(p, options), p.absolute(), ref)
+        from cloud_hub.trust import load_trusted_bundle
+
+        settings = getattr(hub, "settings", None)
+        model = load_trusted_bundle(p, public_keys=public_keys or (), settings=settings,
+                                    options=options)
+        return ResolvedModel(model, p.absolute(), ref)
     own = hub is None
     if own:
         from cloud_hub.hub import Hub
@@ -134,7 +142,7 @@ def run_batch(
     checkpoint so a rerun resumes (used when the hub shuts down)."""
     spec.check()
     t0 = time.perf_counter()
-    rm = resolved or resolve_model(spec.model, hub)
+    rm = resolved or resolve_model(spec.model, hub, public_keys=spec.public_keys)
     model = rm.model
     if model.codec is None:
         raise ValidationError(

@@ -52,6 +52,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", help="print the result as JSON")
+    r.add_argument(
+        "--public-key",
+        action="append",
+        default=[],
+        metavar="KEY.pub",
+        help="with a bundle path: trust only this key (repeatable); default HUB_TRUSTED_KEYS, "
+        "<data_dir>/keys/trusted/*.pub and the hub key. A bundle whose hashes or signature do "
+        "not check out is refused before any row is scored",
+    )
     r.set_defaults(func=cmd_run)
 
     s = bsub.add_parser("submit", help="submit a job to the hub (paths are on the hub's machine)")
@@ -150,6 +159,7 @@ def _spec(args: argparse.Namespace):
         overwrite=args.overwrite,
         resume=not getattr(args, "no_resume", False),
         processes=getattr(args, "processes", False),
+        public_keys=getattr(args, "public_key", None) or [],
     )
 
 

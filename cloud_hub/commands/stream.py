@@ -51,23 +51,67 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--key-field", default="key", help="message field holding the key (default key)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.add_argument(
+        "--public-key",
+        action="append",
+        default=[],
+        metavar="KEY.pub",
+        help="with a bundle path: trust only this key (repeatable); default HUB_TRUSTED_KEYS, "
+        "<data_dir>/keys/trusted/*.pub and the hub key. A bundle whose hashes or signature do "
+        "not check out is refused before any message is read",
+    )
     p.set_defaults(func=cmd_stream)
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from cloud_hub.batch.job import resolve_model
-    from cloud_hub.stream.service import build_worker
-    from cloud_hub.stream.worker import StreamOptions
+    """A bundle path is verified and scored as is; a registry REF is followed: before each
+    micro-batch the worker asks this process's model cache, which re-reads the registry at
+    most every ``resolve_ttl_s`` (1 s), so an alias move reaches the stream within about a
+    second plus one micro-batch, without a restart."""
+    from pathlib import Path
+
+    from cloud_hub.stream.transport import default_dead_letter, parse_url
     from edge_runtime.errors import ValidationError
 
     if args.batch_size < 1:
         raise ValidationError("--batch-size must be at least 1", field="batch_size")
-    rm = resolve_model(args.model, threads=args.threads)
+    parse_url(args.source, "source")  # bad URLs before any model work
+    parse_url(args.sink, "sink")
+    parse_url(args.dead_letter or default_dead_letter(args.sink), "dead_letter")
+    if Path(args.model).exists():
+        from cloud_hub.batch.job import resolve_model
+
+        model = resolve_model(args.model, threads=args.threads, public_keys=args.public_key).model
+        return _run(args, model, None)
+    from cloud_hub.hub import Hub
+    from edge_runtime.engines import EngineOptions
+
+    hub = Hub()
+    try:
+        hub.models.options = EngineOptions(intra_op_threads=args.threads, inter_op_threads=1)
+        ref = args.model
+        _, model = hub.models.get(ref)
+        return _run(args, model, lambda: hub.models.get(ref)[1])
+    finally:
+        hub.close()
+
+
+def _run(args: argparse.Namespace, model, follow) -> int:
+    from cloud_hub.stream.service import build_worker
+    from cloud_hub.stream.worker import StreamOptions
+
     opts = StreamOptions(
         batch_size=args.batch_size, max_wait_ms=args.max_wait_ms, key_field=args.key_field
     )
     worker = build_worker(
-        rm.model, args.source, args.sink, args.dead_letter, opts, group=args.group, name=args.name
+        model,
+        args.source,
+        args.sink,
+        args.dead_letter,
+        opts,
+        group=args.group,
+        name=args.name,
+        follow=follow,
     )
     stop = threading.Event()
 
@@ -84,8 +128,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
                 "source": args.source,
                 "sink": args.sink,
                 "dead_letter": worker.dead_letter.url,
-                "model": rm.model.describe()["name"],
-                "version": rm.model.version,
+                "model": model.describe()["name"],
+                "version": model.version,
+                "follows": args.model if follow is not None else None,
             }
         ),
         file=sys.stderr,

@@ -5,6 +5,12 @@ while running, a thread in the hub. ``restore()`` restarts the workers whose
 desired state is ``running`` when the hub starts, so workers survive a hub
 restart; because inputs are acknowledged only after their results are
 published, a hub crash loses no message either.
+
+A worker follows its model reference: before each micro-batch it asks the hub's
+model cache for ``REF`` (``name``, ``name@alias``, ``name:version``). An alias
+moved through this hub reaches the next micro-batch; one moved through another
+replica within the cache's ``resolve_ttl_s`` (1 s) plus one micro-batch. Each
+output names the version that scored it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import logging
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select, update
@@ -37,7 +44,9 @@ def build_worker(
     *,
     group: str = "cloudhub",
     name: str = "0",
+    follow: Callable[[], Model] | None = None,
 ) -> StreamWorker:
+    """Open the transports and the worker (``follow``: see :class:`StreamWorker`)."""
     dlq_url = dead_letter or default_dead_letter(sink)
     opened = []
     try:
@@ -51,7 +60,12 @@ def build_worker(
         for t in opened:
             t.close()
         raise
-    return StreamWorker(model, src, snk, dlq, options)
+    try:
+        return StreamWorker(model, src, snk, dlq, options, follow=follow)
+    except BaseException:
+        for t in opened:
+            t.close()
+        raise
 
 
 def _now() -> dt.datetime:
@@ -153,7 +167,7 @@ class StreamService:
                     updated_at=now,
                 )
             )
-        self._start(wid)
+        self._launch(wid)
         return self.get(wid)
 
     def _set(self, wid: str, **values: Any) -> None:
@@ -164,10 +178,19 @@ class StreamService:
                 .values(updated_at=_now(), **values)
             )
 
-    def _start(self, wid: str) -> None:
+    def start(self, wid: str) -> dict[str, Any]:
+        """Start a stopped worker again (desired state ``running``); a running one is left as is."""
         r = self._row(wid)
+        self._set(r["id"], desired="running")
+        if r["id"] not in self._workers:
+            self._launch(r["id"])
+        return self.get(r["id"])
+
+    def _launch(self, wid: str) -> None:
+        r = self._row(wid)
+        ref = r["model_ref"]
         try:
-            _, model = self.hub.models.get(r["model_ref"])
+            _, model = self.hub.models.get(ref)
             # MQTT client id cloudhub-cloudhub-NAME-HOST: stable across restarts of this
             # hub (its session and unacked messages come back), distinct per replica host.
             worker = build_worker(
@@ -178,6 +201,7 @@ class StreamService:
                 StreamOptions(**json.loads(r["options"])),
                 group="cloudhub",
                 name=f"{r['name']}-{socket.gethostname()}",
+                follow=lambda: self.hub.models.get(ref)[1],
             )
         except EdgeError as exc:
             self._set(wid, status="failed", error=exc.message)
@@ -232,7 +256,7 @@ class StreamService:
             )
         for wid in ids:
             if wid not in self._workers:
-                self._start(wid)
+                self._launch(wid)
         return len(ids)
 
     def close(self) -> None:

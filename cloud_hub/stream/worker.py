@@ -25,6 +25,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -72,20 +73,36 @@ class StreamWorker:
         sink: Sink,
         dead_letter: Sink,
         options: StreamOptions | None = None,
+        *,
+        follow: Callable[[], Model] | None = None,
     ) -> None:
+        """``follow``: asked before every micro-batch for the model to score it with (a stream
+        on ``name@alias`` follows the alias: the hub's model cache answers from memory and
+        drops its answer when the alias moves); ``None`` scores with ``model`` throughout."""
+        self.source, self.sink, self.dead_letter = source, sink, dead_letter
+        self.opt = options or StreamOptions()
+        self.stats = StreamStats()
+        self.stop_event = threading.Event()
+        self.follow = follow
+        self._use(model)
+
+    def _use(self, model: Model) -> None:
+        """Score the next micro-batches with ``model``; its outputs name its version."""
         if model.codec is None:
             raise ValidationError(
                 f"model {model.name}:{model.version} takes raw tensors; stream "
                 "scoring needs named features",
                 field="model",
             )
+        if getattr(self, "model", None) is not None and self.model.digest != model.digest:
+            log.info(
+                "stream worker: now scoring with %s:%s (was %s)",
+                model.name,
+                model.version,
+                self.model.version,
+            )
         self.model = model
-        self.source, self.sink, self.dead_letter = source, sink, dead_letter
-        self.opt = options or StreamOptions()
-        self.stats = StreamStats()
-        self.stop_event = threading.Event()
         self._model_info = {"name": model.name, "version": model.version, "sha256": model.digest}
-        self._features = set(model.codec.names)
 
     # ---- decoding -------------------------------------------------------------------
     def _decode(self, m: InMessage) -> tuple[Any, dict[str, Any], Any]:
@@ -212,6 +229,10 @@ class StreamWorker:
             more = self.source.fetch(self.opt.batch_size - len(msgs), wait)
             msgs += more
         self.stats.received += len(msgs)
+        if self.follow is not None:  # before scoring: a failure leaves the batch unacked
+            model = self.follow()
+            if model is not self.model:
+                self._use(model)
         out, dead = self._process_safely(msgs)
         backoff = Backoff(self.opt.retry_s, max(self.opt.retry_s, self.opt.retry_max_s))
         while True:  # publish until confirmed; never ack what is not published

@@ -60,13 +60,13 @@ def worker_cmd(bundle: Path, source: str, sink: str, dlq: str, *extra: str) -> l
 class WorkerProc:
     """A real `cloud-hub stream` subprocess; killed (by its own PID) at teardown."""
 
-    def __init__(self, cmd: list[str], log: Path) -> None:
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = open(log, "ab")
         self.proc = subprocess.Popen(
             cmd,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self.path = log
 
@@ -91,11 +91,14 @@ class WorkerProc:
 
 
 @pytest.fixture
-def workers(tmp_path):
+def workers(tmp_path, keypair):
+    """Start `cloud-hub stream` processes; they trust the test fleet key (HUB_TRUSTED_KEYS)
+    unless ``env`` says otherwise."""
     procs: list[WorkerProc] = []
 
-    def start(cmd: list[str]) -> WorkerProc:
-        w = WorkerProc(cmd, tmp_path / f"worker-{len(procs)}.log")
+    def start(cmd: list[str], env: dict[str, str] | None = None) -> WorkerProc:
+        env = {"HUB_TRUSTED_KEYS": json.dumps([str(keypair[1])]), **(env or {})}
+        w = WorkerProc(cmd, tmp_path / f"worker-{len(procs)}.log", env)
         procs.append(w)
         return w
 
