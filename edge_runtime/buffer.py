@@ -1,8 +1,11 @@
 """Store-and-forward outbox for a device (SQLite): telemetry windows and events.
 
-Every window is written here *before* it is sent and deleted only when the broker
-acknowledged it (PUBACK), so a broker restart, a network cut or a daemon crash
-loses nothing that fit in the buffer. The buffer is bounded: past
+Every window and event is written here *before* it is sent and deleted only when the
+*hub* acknowledged storing it (the ``…/ack`` message, :class:`~edge_runtime.protocol.Ack`);
+a broker's PUBACK proves nothing (Mosquitto accepts a message even while no hub is
+subscribed). Everything not acknowledged is sent again after each reconnect and restart,
+so a broker restart, a network cut, a hub outage or a daemon crash loses nothing that fit in
+the buffer. The buffer is bounded: past
 ``max_windows`` telemetry windows the *oldest* are dropped and the drop is
 counted (the count travels in every later window as ``dropped_windows``).
 The per-device window sequence number lives here too, so it keeps growing
@@ -146,9 +149,28 @@ class Outbox:
             return self._db.execute("SELECT id, kind, body FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
                                     (after_id, limit)).fetchall()
 
-    def ack(self, row_id: int) -> None:
+    def delete_windows(self, ranges: list[tuple[int, int]]) -> list[int]:
+        """Delete the telemetry windows whose seq lies in one of the inclusive ``ranges`` (the hub
+        stored them); returns the deleted row ids."""
+        deleted: list[int] = []
         with self._lock:
-            self._db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
+            for lo, hi in ranges:
+                deleted += [r[0] for r in self._db.execute(
+                    "DELETE FROM outbox WHERE kind='telemetry' AND seq BETWEEN ? AND ? RETURNING id",
+                    (int(lo), int(hi)))]
+        return deleted
+
+    def delete_events(self, event_ids: list[str]) -> list[int]:
+        """Delete the events with these ids (the hub stored them); returns the deleted row ids."""
+        deleted: list[int] = []
+        with self._lock:
+            for i in range(0, len(event_ids), 500):
+                chunk = [str(e) for e in event_ids[i:i + 500]]
+                marks = ",".join("?" * len(chunk))
+                deleted += [r[0] for r in self._db.execute(
+                    f"DELETE FROM outbox WHERE kind='events' AND json_extract(body, '$.event_id') IN ({marks}) "
+                    "RETURNING id", chunk)]
+        return deleted
 
     def count(self, kind: str | None = None) -> int:
         with self._lock:

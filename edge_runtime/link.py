@@ -2,10 +2,14 @@
 
 * ``state`` is published retained (QoS 1) on every (re)connect and change; the last
   will (also retained) says ``online: false`` when the device vanishes.
-* The device subscribes to its own retained ``desired`` document.
+* The device subscribes to its own retained ``desired`` document and to its ``ack`` topic.
 * Events and telemetry windows go through the :class:`~edge_runtime.buffer.Outbox`:
-  stored first, sent in order, deleted on PUBACK; unacknowledged rows are resent after
-  a reconnect (the hub dedupes), so nothing is lost while the broker is away.
+  stored first, sent in order, deleted only when the *hub* acknowledges it stored them
+  (:class:`~edge_runtime.protocol.Ack`; a broker's PUBACK only means the broker took them, and
+  Mosquitto takes them even while no hub is subscribed). Everything not acknowledged is sent
+  again after every reconnect and restart, and after ``ack_timeout_s`` (jittered, growing while
+  no ack comes) on a live connection; the hub dedupes on (device, seq) and event id. At most
+  ``max_unacked`` rows wait for the hub at a time, so a hub outage does not flood the broker.
 * reconnects back off exponentially with jitter (``reconnect_min_s`` … ``reconnect_max_s``,
   :mod:`edge_runtime.backoff`), so a fleet that lost its broker does not return in lockstep;
   nothing on the inference path ever waits for the broker.
@@ -24,9 +28,10 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
+from edge_runtime.backoff import Backoff
 from edge_runtime.buffer import Outbox
 from edge_runtime.mqtt import MqttConfig, make_client, use_backoff
-from edge_runtime.protocol import DEFAULT_PREFIX, DesiredState, DeviceState, topic
+from edge_runtime.protocol import DEFAULT_PREFIX, Ack, DesiredState, DeviceState, topic
 
 log = logging.getLogger("edge_runtime.link")
 
@@ -54,7 +59,8 @@ class DeviceLink:
     def __init__(self, cfg: MqttConfig, device_id: str, outbox: Outbox, *, prefix: str = "edgefleet/v1",
                  on_desired: Callable[[DesiredState], None] | None = None,
                  state: Callable[[], DeviceState] | None = None, max_inflight: int = 20,
-                 reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0) -> None:
+                 reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0, max_unacked: int = 500,
+                 ack_timeout_s: float = 10.0, ack_timeout_max_s: float = 300.0) -> None:
         self.cfg = cfg
         self.device_id = device_id
         self.prefix = prefix
@@ -64,8 +70,16 @@ class DeviceLink:
         self.max_inflight = max_inflight
         self._lock = threading.RLock()
         self._acked: collections.deque[int] = collections.deque()
-        self._inflight: dict[int, int] = {}  # paho mid → outbox row id
+        self._inflight: dict[int, int] = {}  # paho mid → outbox row id (waiting for the broker's PUBACK)
         self._last_sent = 0  # highest outbox id handed to paho in this connection
+        # rows sent in this connection and not yet acknowledged by the hub: row id → monotonic send time
+        self._awaiting: collections.OrderedDict[int, float] = collections.OrderedDict()
+        self._hub_acked: collections.deque[list[int]] = collections.deque()  # deleted row ids, to forget
+        self.max_unacked = max(1, int(max_unacked))
+        self._ack_backoff = Backoff(ack_timeout_s, max(ack_timeout_s, ack_timeout_max_s))
+        self._ack_wait: float | None = None  # current resend timeout (drawn from _ack_backoff)
+        self.hub_acked = 0  # rows the hub acknowledged (deleted from the outbox)
+        self.resends = 0  # times unacknowledged rows were sent again on a live connection
         self.connected = threading.Event()
         self.connects = 0
         self.sent = 0
@@ -190,20 +204,43 @@ class DeviceLink:
         self.pump()
 
     def pump(self) -> None:
-        """Hand the next outbox rows to paho, up to ``max_inflight`` unacknowledged."""
+        """Hand the next outbox rows to paho: at most ``max_inflight`` waiting for the broker's
+        PUBACK and ``max_unacked`` waiting for the hub's ack; resend what the hub did not
+        acknowledge within the ack timeout."""
         if not self.connected.is_set():
             return
         with self._lock:
             self._drain_acks()
-            room = self.max_inflight - len(self._inflight)
+            self._resend_overdue()
+            room = min(self.max_inflight - len(self._inflight), self.max_unacked - len(self._awaiting))
             if room <= 0:
                 return
+            now = time.monotonic()
             for row_id, kind, body in self.outbox.pending(self._last_sent, room):
                 info = self.client.publish(self.topic(kind), body, qos=1)
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     break  # disconnected meanwhile: resent from the outbox after reconnect
                 self._inflight[info.mid] = row_id
+                self._awaiting[row_id] = now
                 self._last_sent = row_id
+
+    def _resend_overdue(self) -> None:
+        """The hub has not acknowledged the oldest row in time (it was down, or the broker took the
+        message while no hub was subscribed): send everything unacknowledged again, from the oldest
+        row on, and wait longer next time (jittered) until an ack comes. Caller holds self._lock."""
+        if not self._awaiting:
+            return
+        if self._ack_wait is None:
+            self._ack_wait = self._ack_backoff.next()
+        first_row, sent_at = next(iter(self._awaiting.items()))
+        if time.monotonic() - sent_at < self._ack_wait:
+            return
+        log.info("device %s: the hub has not acknowledged %d row(s) for %.0fs; sending them again",
+                 self.device_id, len(self._awaiting), self._ack_wait)
+        self.resends += 1
+        self._awaiting.clear()
+        self._last_sent = min(self._last_sent, first_row - 1)
+        self._ack_wait = self._ack_backoff.next()
 
     # ---- paho callbacks ------------------------------------------------------------------------
     def _on_connect(self, client, _u, _flags, reason_code, _props=None) -> None:
@@ -214,11 +251,12 @@ class DeviceLink:
         self.refused = None
         self.connect_failures = 0
         self.backoff.reset()
-        with self._lock:
+        with self._lock:  # a new connection: everything still in the outbox is sent again
             self._inflight.clear()
+            self._awaiting.clear()
             self._last_sent = 0
         self.connects += 1
-        client.subscribe(self.topic("desired"), qos=1)
+        client.subscribe([(self.topic("desired"), 1), (self.topic("ack"), 1)])
         client.publish(self.topic("state"), self._state(True), qos=1, retain=True)
         self.connected.set()
         log.info("device %s connected to %s", self.device_id, self.cfg.url)
@@ -228,6 +266,7 @@ class DeviceLink:
         self.connected.clear()
         with self._lock:
             self._inflight.clear()
+            self._awaiting.clear()
             self._last_sent = 0
 
     def _on_publish(self, _client, _u, mid, _reason_code=None, _props=None) -> None:
@@ -242,15 +281,41 @@ class DeviceLink:
                 self._lock.release()
 
     def _drain_acks(self) -> None:
-        """Apply queued PUBACKs (caller holds self._lock)."""
+        """Apply queued PUBACKs (the broker took the row: room for the next) and hub acks (the
+        hub stored it: already deleted from the outbox, stop waiting for it). Caller holds
+        self._lock."""
         while self._acked:
             mid = self._acked.popleft()
-            row_id = self._inflight.pop(mid, None)
-            if row_id is not None:
-                self.outbox.ack(row_id)
+            if self._inflight.pop(mid, None) is not None:
                 self.sent += 1
+        while self._hub_acked:
+            for row_id in self._hub_acked.popleft():
+                self._awaiting.pop(row_id, None)
+
+    def _on_ack(self, payload: bytes) -> None:
+        try:
+            ack = Ack.model_validate(json.loads(payload))
+        except Exception as exc:
+            log.warning("device %s: ignoring a malformed ack: %s", self.device_id, str(exc)[:200])
+            return
+        if ack.device_id != self.device_id:
+            log.warning("device %s: ignoring an ack for device %s", self.device_id, ack.device_id)
+            return
+        deleted = self.outbox.delete_windows(ack.windows) + self.outbox.delete_events(ack.events)
+        self.hub_acked += len(deleted)
+        self._hub_acked.append(deleted)
+        self._ack_backoff.reset()
+        self._ack_wait = None
+        if self._lock.acquire(blocking=False):  # same rule as _on_publish: never block paho's thread
+            try:
+                self.pump()
+            finally:
+                self._lock.release()
 
     def _on_message(self, _client, _u, msg) -> None:
+        if msg.topic == self.topic("ack") and msg.payload:
+            self._on_ack(msg.payload)
+            return
         if msg.topic != self.topic("desired") or not msg.payload:  # stray message / document cleared
             return
         try:

@@ -7,6 +7,9 @@ Topic layout, per device ``D`` under a configurable prefix (default
     {prefix}/devices/D/desired    hub→dev  QoS1 retained
     {prefix}/devices/D/events     dev→hub  QoS1
     {prefix}/devices/D/telemetry  dev→hub  QoS1, per-device seq number
+    {prefix}/devices/D/ack        hub→dev  QoS1, what the hub has *stored* (window seq ranges,
+                                           event ids): the device deletes only these from its
+                                           outbox; a broker's PUBACK proves nothing about the hub
 
 Payloads are JSON objects built by the pydantic models below, so device and
 hub agree on every field name.
@@ -15,6 +18,7 @@ hub agree on every field name.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -114,6 +118,30 @@ class SlotStats(_Msg):
     decision_changed: int = 0
     divergence: dict[str, Any] = Field(default_factory=dict)  # Histogram of |p_shadow - p_active|
     dropped: int = 0
+
+
+class Ack(_Msg):
+    """Hub → device: the windows (inclusive seq ranges) and events (ids) the hub has committed.
+
+    Sent after the hub's database transaction, for every window and event it received — newly
+    stored, already stored (a replay) or refused for good at ingest (counted there) — so the device
+    never resends them. Anything not acknowledged stays in the device's outbox and is sent again."""
+
+    device_id: str
+    windows: list[tuple[int, int]] = Field(default_factory=list)
+    events: list[str] = Field(default_factory=list)
+    ts: float = Field(default_factory=time.time)
+
+
+def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted, merged inclusive ranges: [5, 1, 2, 3, 7] → [(1, 3), (5, 5), (7, 7)]."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(set(seqs)):
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
 
 
 class TelemetryWindow(_Msg):

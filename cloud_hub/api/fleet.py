@@ -57,7 +57,12 @@ def show_device(device_id: str, hub: HubDep, _: Viewer,
     rec = hub.fleet.device(device_id)
     out = rec.to_dict()
     out["events"] = [e.model_dump(mode="json") for e in hub.fleet.events(device_id=device_id, limit=events)]
-    out["windows"] = hub.fleet.window_count(device_id)
+    summary = hub.fleet.window_summary([device_id]).get(device_id, {})
+    out["windows"] = summary.get("windows", 0)  # stored at the hub
+    out["first_seq"] = summary.get("first_seq")
+    out["last_seq"] = summary.get("last_seq")
+    out["missing_windows"] = summary.get("missing", 0)
+    out["missing_seqs"] = [list(r) for r in hub.fleet.missing_seqs(device_id)] if out["missing_windows"] else []
     return out
 
 

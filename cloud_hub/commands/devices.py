@@ -104,6 +104,10 @@ def cmd_show(args) -> int:
         slots = ", ".join(f"{s}={b['name']}:{b['version']}" if b else f"{s}=(empty)" for s, b in des["bundles"].items())
         print(f"desired     {des['id']} {slots} ({'converged' if body['converged'] else 'not applied yet'})")
     print(f"windows     {body['windows']} received, {body['dropped_windows']} dropped by the device buffer")
+    if body.get("last_seq") is not None:
+        gaps = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in body.get("missing_seqs", [])[:10])
+        print(f"seqs        {body['first_seq']}..{body['last_seq']} stored, {body.get('missing_windows', 0)} missing"
+              + (f": {gaps}" if gaps else ""))
     for e in body.get("events", []):
         b = e.get("bundle") or {}
         print(f"  {time.strftime('%H:%M:%S', time.localtime(e['ts']))} {e['step']:<17} {e.get('slot') or '':<7} "

@@ -8,6 +8,11 @@
   the session is persistent (``clean_start=False`` + session expiry), so a hub crash or
   restart loses nothing: the broker redelivers. Duplicates are absorbed by the
   (device_id, seq) / event_id unique constraints.
+* After each commit the hub tells every device in the batch what it stored
+  (``…/devices/D/ack``, :class:`~edge_runtime.protocol.Ack`: window seq ranges, event ids);
+  the device deletes only those rows from its outbox and sends the rest again. This is the
+  end-to-end commit point: the broker's PUBACK to the device proves nothing (Mosquitto 2.0
+  accepts a message while no hub is subscribed, e.g. right after its own restart).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from edge_runtime.protocol import (
     TelemetryWindow,
     hub_subscription,
     parse_topic,
+    seq_ranges,
+    topic,
 )
 
 log = logging.getLogger("cloud_hub.fleet.ingest")
@@ -85,9 +92,10 @@ class IngestSubscriber:
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
         self.stats = {"received": 0, "written_windows": 0, "written_events": 0, "written_states": 0,
-                      "rejected": 0, "batches": 0, "db_errors": 0}
+                      "rejected": 0, "batches": 0, "db_errors": 0, "acks_sent": 0}
         self.instance, self._slot_fh = _instance_slot(fleet.settings.data_dir)
         self.client = make_client(self.cfg, f"{_client_id(fleet, 'ingest')}-{self.instance}", manual_ack=True)
+        self.client.max_inflight_messages_set(1000)  # one ack per device per batch, QoS 1
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -206,8 +214,29 @@ class IngestSubscriber:
         self.stats["written_states"] += len(states)
         self.stats["written_events"] += len(events)
         self.stats["written_windows"] += len(windows)
+        self._send_acks(events, windows)
         for mid, qos in acks:
             self.client.ack(mid, qos)
+
+    def _send_acks(self, events: list[tuple[DeviceEvent, float]],
+                   windows: list[tuple[TelemetryWindow, float]]) -> None:
+        """Tell each device which of its windows and events are committed (after the commit).
+
+        Every window handed to ``write_batch`` is acknowledged: stored now, stored before (a
+        replay) or refused for good at ingest (counted on the device's record) — resending any of
+        them could not change the outcome. A window refused before ``write_batch`` (unparseable,
+        wrong device) is not: there is no trustworthy seq to acknowledge."""
+        per_device: dict[str, tuple[list[int], list[str]]] = {}
+        for w, _ in windows:
+            per_device.setdefault(w.device_id, ([], []))[0].append(w.seq)
+        for ev, _ in events:
+            per_device.setdefault(ev.device_id, ([], []))[1].append(ev.event_id)
+        now = time.time()
+        for dev, (seqs, ids) in per_device.items():
+            body = {"device_id": dev, "windows": seq_ranges(seqs), "events": ids, "ts": now}
+            self.client.publish(topic(self.fleet.prefix, dev, "ack"), json.dumps(body, separators=(",", ":")),
+                                qos=1)
+        self.stats["acks_sent"] += len(per_device)
 
 
 class DesiredPublisher:

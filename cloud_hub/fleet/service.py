@@ -419,6 +419,34 @@ class FleetService:
             return sorted(conn.execute(select(T.windows.c.seq).where(T.windows.c.device_id == device_id))
                           .scalars())
 
+    def window_summary(self, device_ids: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+        """Per device: stored windows, first and last seq, and ``missing`` — seqs between the first
+        and the last that the hub never stored (lost, or dropped by a full device buffer, which the
+        device counts in ``dropped_windows``; windows still in flight after the last one are not
+        counted). One grouped query, so the whole fleet's gaps are cheap to list."""
+        from sqlalchemy import func
+
+        w = T.windows
+        q = select(w.c.device_id, func.count(), func.min(w.c.seq), func.max(w.c.seq)).group_by(w.c.device_id)
+        if device_ids is not None:
+            q = q.where(w.c.device_id.in_(list(device_ids)))
+        with self.engine.connect() as conn:
+            return {d: {"windows": int(n), "first_seq": int(lo), "last_seq": int(hi),
+                        "missing": int(hi) - int(lo) + 1 - int(n)}
+                    for d, n, lo, hi in conn.execute(q)}
+
+    def missing_seqs(self, device_id: str, limit: int = 100) -> list[tuple[int, int]]:
+        """The first ``limit`` gaps (inclusive seq ranges) between the device's stored windows."""
+        gaps: list[tuple[int, int]] = []
+        prev: int | None = None
+        for s in self.window_seqs(device_id):
+            if prev is not None and s > prev + 1:
+                gaps.append((prev + 1, s - 1))
+                if len(gaps) >= limit:
+                    break
+            prev = s
+        return gaps
+
     # ---- ACL ----------------------------------------------------------------------------
     def write_acl(self, out_dir, hub_user: str | None = None, hub_password: str | None = None):
         """Write mosquitto ``passwd`` + ``acl`` files for the registered devices (and the hub's user)."""

@@ -116,7 +116,7 @@ def test_windows_replayed_in_order_and_deduped(mosquitto, prefix, make_hub, make
     assert agent.outbox.count("telemetry") == 5
     agent.start()
     wait_for(lambda: hub.fleet.window_count("dev-1") == 5, what="replayed windows")
-    assert agent.outbox.count("telemetry") == 0
+    wait_for(lambda: agent.outbox.count("telemetry") == 0, what="the hub's ack empties the outbox")
     from sqlalchemy import select
 
     from cloud_hub.fleet.tables import windows
