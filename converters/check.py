@@ -79,6 +79,7 @@ class VariantReport:
     single: Latency | None = None
     batch: Latency | None = None
     within_budget: bool | None = None  # the profile's latency and memory budgets
+    not_a_variant: bool = False  # quantized, yet bit-for-bit the first bundle's answers
 
     @property
     def label(self) -> str:
@@ -104,6 +105,7 @@ class Report:
     variants: list[VariantReport]
     profile: dict[str, Any] | None = None
     pick: Pick | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +158,17 @@ def check_bundles(bundles: Sequence[str | Path | Bundle], sample: Any,
                                   f"({reports[0].note}); list a runnable bundle first",
                                   field="bundles")
         ref_probs, ref_labels, ref_value = outputs[0]
+    warnings_: list[str] = []
+    if smp.y is not None and first.task in ("binary_classification",
+                                            "multiclass_classification"):
+        classes = [str(c) for c in first.postprocess.classes] or None
+        truth = sorted({str(_plain(v)) for v in smp.y[: len(smp)]})
+        if classes is not None and not set(truth) <= set(classes):
+            unknown = [t for t in truth if t not in classes]
+            shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
+            warnings_.append(f"label column values ({shown}) are not the model's classes "
+                             f"({', '.join(classes[:10])}): accuracy is not shown")
+            smp = Sample(smp.x, smp.names, None, smp.dtypes, smp.source)
     ref_acc = _accuracy(ref_labels, smp)
     for rep, (probs, labels, value) in zip(reports, outputs):
         if not rep.runnable:
@@ -176,6 +189,15 @@ def check_bundles(bundles: Sequence[str | Path | Bundle], sample: Any,
             rep.accuracy_drop = round((ref_acc - rep.accuracy) * 100, 4)
         elif rep.label_agreement is not None:
             rep.accuracy_drop = round((1 - rep.label_agreement) * 100, 4)
+    # a quantized variant answering bit-for-bit like the first bundle changed nothing
+    base = outputs[0]
+    for rep, out in zip(reports[1:], outputs[1:]):
+        if rep.runnable and reports[0].runnable and rep.quantization != "fp32" \
+                and _same(out, base):
+            rep.not_a_variant = True
+            rep.note = (rep.note + "; " if rep.note else "") + (
+                f"answers bit-for-bit like {Path(reports[0].path).name}: not a real "
+                f"{rep.quantization} variant, never picked")
     if profile is not None:
         for rep in reports:
             if rep.runnable and rep.single is not None:
@@ -184,7 +206,7 @@ def check_bundles(bundles: Sequence[str | Path | Bundle], sample: Any,
     report = Report(reference=ref_name, sample=Path(smp.source).name, rows=len(smp),
                     labelled=smp.y is not None, threads=threads, batch_size=cfg.batch_size,
                     machine=_machine(), variants=reports,
-                    profile=profile.to_dict() if profile else None)
+                    profile=profile.to_dict() if profile else None, warnings=warnings_)
     if cfg.pick:
         report.pick = pick_variant(reports, cfg, profile)
     return report
@@ -194,7 +216,7 @@ def pick_variant(reports: list[VariantReport], cfg: CheckConfig, profile=None) -
     """The fastest variant within the accuracy tolerance (preferred format first)."""
     # a bundle failing its own golden vectors would never activate on a device
     ok = [r for r in reports if r.runnable and r.accuracy_drop is not None
-          and r.accuracy_drop <= cfg.max_accuracy_drop
+          and r.accuracy_drop <= cfg.max_accuracy_drop and not r.not_a_variant
           and not (r.golden or "").startswith("failed")]
     if profile is not None:
         within = [r for r in ok if r.within_budget]
@@ -277,6 +299,16 @@ def _check_one(src, b: Bundle, smp: Sample, cfg: CheckConfig, threads: int, pub)
         return rep, none
     finally:
         model.close()
+
+
+def _same(a, b) -> bool:
+    """Both variants' (probabilities, labels, values) identical, bit for bit."""
+    for x, y in zip(a, b):
+        if (x is None) != (y is None):
+            return False
+        if x is not None and not np.array_equal(np.asarray(x), np.asarray(y)):
+            return False
+    return a[0] is not None or a[2] is not None
 
 
 def _input_for(model, smp: Sample) -> np.ndarray:
@@ -477,6 +509,8 @@ def format_table(r: Report) -> str:
         out.append(f"profile {r.profile['name']}: {r.profile['threads']} threads, 1-row p99 budget "
                    f"{r.profile['latency_budget_ms']} ms, memory {r.profile['memory_budget_mb']} MB, "
                    f"prefers {r.profile['preferred_format']}")
+    for w in r.warnings:
+        out.append(f"warning: {w}")
     if r.pick is not None:
         out.append(f"pick: {r.pick.chosen or 'none'} — {r.pick.reason}")
     out.append("speed × = reference batch p50 / variant batch p50; size × = reference size / size")

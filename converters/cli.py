@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ranges", action="store_true",
                    help="record the sample's min/max per feature; devices then reject rows "
                    "outside them")
+    e.add_argument("--tolerance", type=float, default=1e-4,
+                   help="max |Δ| per output vs the model on sample + held-out rows (default "
+                   "1e-4; values relative to max(1, |value|))")
+    e.add_argument("--heldout-rows", type=int, default=1000,
+                   help="held-out-like rows checked besides the sample (default 1000)")
     e.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     e.set_defaults(func=cmd_export)
 
@@ -90,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--reduce-range", action="store_true",
                    help="7-bit weights (for x86 CPUs without VNNI)")
     q.add_argument("--calibration-rows", type=int, default=256)
+    q.add_argument("--tolerance", type=float,
+                   help="max |Δ| vs the source (default: INT8 0.5, fp16 0.01)")
+    q.add_argument("--min-agreement", type=float,
+                   help="share of rows decided like the source (default: INT8 0.95, fp16 0.99)")
     q.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     q.set_defaults(func=cmd_quantize)
 
@@ -173,8 +182,8 @@ def cmd_export(args) -> int:
                        positive_class=_maybe_int(args.positive_class), threshold=args.threshold,
                        risk_levels=None if args.no_risk_levels else DEFAULT_RISK_LEVELS,
                        golden_rows=args.golden_rows, record_ranges=args.ranges,
-                       output_role=args.output_role,
-                       overwrite=args.force)
+                       output_role=args.output_role, parity_tolerance=args.tolerance,
+                       heldout_rows=args.heldout_rows, overwrite=args.force)
     out = export_model(args.model, args.sample, args.out, cfg)
     _print_bundle(out)
     return 0
@@ -186,6 +195,7 @@ def cmd_quantize(args) -> int:
     cfg = QuantizeConfig(mode=args.mode, sample=args.sample, key=args.key, version=args.version,
                          per_channel=args.per_channel, reduce_range=args.reduce_range,
                          calibration_rows=args.calibration_rows, label_column=args.label_column,
+                         tolerance=args.tolerance, min_label_agreement=args.min_agreement,
                          overwrite=args.force)
     out = quantize_bundle(args.bundle, args.out, cfg)
     _print_bundle(out)
@@ -299,8 +309,13 @@ def _print_bundle(path: Path) -> None:
     if isinstance(par, dict) and {"rows", "max_abs_diff"} <= set(par):
         extra = (f", label agreement {par['label_agreement'] * 100:.2f}%"
                  if "label_agreement" in par else "")
-        print(f"parity vs source on {par['rows']} sample rows: max |diff| "
-              f"{par['max_abs_diff']:.3g}{extra}")
+        sets = par.get("rows_by_set")
+        what = (" + ".join(f"{v} {k}" for k, v in sets.items()) if isinstance(sets, dict)
+                else f"{par['rows']} golden + held-out")
+        held = (f" (held-out max |diff| {par['heldout_max_abs_diff']:.3g})"
+                if "heldout_max_abs_diff" in par else "")
+        print(f"parity of this bundle vs its source on {what} rows: max |diff| "
+              f"{par['max_abs_diff']:.3g}{held}{extra}")
     q = m.provenance.get("quantization")
     if isinstance(q, dict):
         print(f"quantization: {q.get('mode')} ops={q.get('quantized_ops')}")

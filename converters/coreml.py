@@ -149,7 +149,7 @@ class MilGraph:
         return list(reversed(keep))
 
     def scan(self) -> list[str]:
-        from converters.tflite.graph import HINTS, op_label
+        from converters.tflite.graph import STRING_INPUT_HINT, hint_for, op_label
 
         problems: dict[str, list[str]] = {}
         const = set(self.consts)
@@ -161,7 +161,7 @@ class MilGraph:
             label = op_label(node)
             if (node.domain or "") not in ("", "ai.onnx", "ai.onnx.ml") or \
                     node.op_type not in COREML_OPS:
-                hint = HINTS.get(node.op_type)
+                hint = hint_for(node.op_type, "Core ML")
                 problems.setdefault(label + (f" ({hint})" if hint else ""), []).append(
                     node.name or f"#{i}")
         for inp in self.graph.input:
@@ -170,7 +170,10 @@ class MilGraph:
             from onnx import helper
 
             dt = np.dtype(helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type))
-            if dt != np.float32:
+            if dt.kind in "OUS":
+                problems.setdefault(f"graph input {inp.name!r}: {STRING_INPUT_HINT} (Core ML "
+                                    "takes numeric tensors only)", []).append(inp.name)
+            elif dt != np.float32:
                 problems.setdefault(f"graph input {inp.name!r}: dtype {dt} (float32 only)", []).append(
                     inp.name)
         return [f"{k} [{len(v)} node{'s' if len(v) > 1 else ''}: {', '.join(v[:3])}"

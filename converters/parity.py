@@ -2,8 +2,9 @@
 
 Both bundles run through the edge runtime's :class:`~edge_runtime.model.Model`
 (so post-processing is the one devices use) on the golden inputs plus a seeded
-synthetic batch: uniform within declared feature ranges, else normal around the
-golden rows' per-feature mean and spread. The synthetic rows test that the two
+batch of held-out-like rows drawn from the sample profile the exporter recorded
+(:mod:`converters.heldout`; older bundles: uniform within declared feature
+ranges, else normal around the golden rows' per-feature mean and spread). The synthetic rows test that the two
 graphs compute the same function; accuracy on real data is ``edge-convert check``'s job.
 """
 
@@ -64,7 +65,17 @@ def max_abs_diff(got: Any, want: Any) -> float:
 
 
 def synthetic_rows(model: Model, n: int, seed: int = 0) -> np.ndarray:
+    """Held-out-like rows from the sample profile the exporter recorded
+    (:mod:`converters.heldout`); bundles without one: around the golden rows."""
+    from converters import heldout
+
     feats = model.manifest.inputs.features
+    cols = heldout.columns_from_profile(heldout.find_profile(model.manifest.provenance) or {},
+                                        [f.name for f in feats])
+    if cols is not None:
+        for c, f in zip(cols, feats):
+            c.nan = c.nan and f.nan == "allow"
+        return heldout.rows(cols, n, seed).astype(model.codec.dtype)
     rng = np.random.default_rng(seed)
     golden = [r for g in model.manifest.golden if g.rows for r in g.rows]
     gx = model.codec.encode(golden).astype(np.float64) if golden else None

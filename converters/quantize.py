@@ -67,6 +67,18 @@ class QuantizeConfig:
     calibrate_method: str = "minmax"  # minmax | entropy | percentile
     label_column: str | None = None  # ignored column in the calibration sample
     overwrite: bool = False
+    # max |Δ| (values: relative) vs the source on golden + held-out-like rows; None: the
+    # mode's declared tolerance (DEFAULT_TOLERANCE)
+    tolerance: float | None = None
+    min_label_agreement: float | None = None  # None: the mode's MIN_AGREEMENT
+    parity_rows: int = 512
+
+
+#: what each variant declares it may differ from its FP32 source by (probabilities / values)
+DEFAULT_TOLERANCE = {"dynamic": 0.5, "static": 0.5, "fp16": 1e-2}
+#: ... and the share of rows it must decide like its source (INT8 moves probabilities a lot
+#: on rows near a boundary; what it must not do is change many decisions)
+MIN_AGREEMENT = {"dynamic": 0.95, "static": 0.95, "fp16": 0.99}
 
 
 def _mode(value: Any) -> QuantMode:
@@ -130,22 +142,138 @@ def quantize_bundle(src: str | Path | Bundle, out: str | Path,
                                   f"onnxruntime ({str(exc).splitlines()[0][:200]}); retry "
                                   "without --per-channel", field="per_channel") from exc
             raise EngineError(f"{mode.value} quantization of {m.name} failed: "
-                              f"{str(exc).splitlines()[0][:300]}", field="mode") from exc
+                              f"{ort_failure(exc)}", field="mode") from exc
         qmodel = onnx.load(str(dst))
         ops = Counter(n.op_type for n in qmodel.graph.node)
         info["quantized_ops"] = {k: v for k, v in sorted(ops.items())
                                  if k in INT8_OPS or (mode == QuantMode.FP16 and k == "Cast")}
-        if mode != QuantMode.FP16 and not (set(ops) & INT8_OPS):
+        changed, total = _changed_weights(onnx.load(str(fp32)), qmodel, mode)
+        info["quantized_weights"] = f"{changed} of {total}"
+        if changed == 0:
+            what = "float16" if mode == QuantMode.FP16 else "int8"
             raise ValidationError(
-                f"nothing to quantize in {m.name}: it has no MatMul/Gemm/Conv in the standard ONNX "
-                "domain (tree ensembles and ai.onnx.ml linear models cannot be quantized by "
-                "onnxruntime)", field="bundle")
+                f"nothing to quantize in {m.name}: 0 of {total} weights became {what} (tree "
+                "ensembles and ai.onnx.ml ops stay float32 in onnxruntime); a variant identical "
+                "to its source is not written", field="bundle")
         info["seconds"] = round(time.perf_counter() - t0, 3)
         info["onnxruntime"] = _ort_version()
         manifest = _manifest(bundle, dst, version, cfg, info, mode)
+        # measured on the bundle being written, against its source: golden + held-out rows
+        staged = write_bundle(tmpd / "staged", manifest, {m.model_file: dst}, key=key)
+        parity = _measure(bundle, staged, cfg, mode, m.name, smp)
+        manifest["provenance"]["parity"] = parity
+        info["parity"] = parity
         write_bundle(out, manifest, {m.model_file: dst}, key=key)
     self_test_or_remove(Path(out), "the quantized bundle failed its self-test")
     return Path(out)
+
+
+def _sample_parity(src: Bundle, dst: Bundle, x: np.ndarray) -> dict[str, Any]:
+    from converters.parity import _main_output, _stats
+    from edge_runtime.model import Model
+
+    ms, md = Model.load(src, warmup=False), Model.load(dst, warmup=False)
+    try:
+        if ms.codec is not None:
+            xx = x.astype(ms.codec.dtype)
+            sa, sb = ms.score_array(xx), md.score_array(xx)
+        else:
+            feeds = {ms.engine.inputs[0].name: x.astype(np.float32)}
+            sa, sb = ms._scores(ms.engine.run(feeds)), md._scores(md.engine.run(feeds))
+        return _stats([_main_output(sa)], [_main_output(sb)], [ms.decision(sa)],
+                      [md.decision(sb)])
+    finally:
+        ms.close()
+        md.close()
+
+
+def ort_failure(exc: BaseException) -> str:
+    """An ONNX Runtime error as one line that names the op (its messages bury it)."""
+    import re
+
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    m = re.search(r"implementation for (\w+)\((\d+)\) node with name '([^']*)'", text)
+    if m:
+        return (f"no CPU kernel for op {m.group(1)} (opset {m.group(2)}, node "
+                f"{m.group(3)!r}) with these input types")
+    m = re.search(r"[Nn]ode \(([^)]*)\) Op \((\w+)\)[^:]*:?\s*(.*)", text)
+    if m:
+        return f"op {m.group(2)} (node {m.group(1)!r}) failed: {m.group(3).splitlines()[0][:200]}"
+    return text.splitlines()[0][:300]
+
+
+def _changed_weights(src: onnx.ModelProto, dst: onnx.ModelProto, mode: QuantMode
+                     ) -> tuple[int, int]:
+    """(weights that became int8 / float16, float weights of MatMul/Gemm/Conv/… in the source)."""
+    g = src.graph
+    inits = {t.name: t for t in g.initializer if t.data_type == TensorProto.FLOAT}
+    weights = {i for n in g.node if n.domain in ("", "ai.onnx") and n.op_type in WEIGHT_OPS
+               for i in n.input if i in inits}
+    if mode == QuantMode.FP16:
+        want = {TensorProto.FLOAT16}
+        compute = FP16_OPS - {"Identity", "Flatten", "Reshape", "Concat", "Transpose", "Squeeze",
+                              "Unsqueeze"}
+        total = max(len(weights), sum(1 for n in g.node if n.domain in ("", "ai.onnx")
+                                      and n.op_type in compute))
+        half_nodes = 0
+        for n in dst.graph.node:
+            if n.domain in ("", "ai.onnx") and n.op_type in compute and any(
+                    i.endswith("__fp16") for i in n.input):
+                half_nodes += 1
+        halves = sum(1 for t in dst.graph.initializer if t.data_type in want)
+        return (half_nodes if half_nodes else min(halves, len(weights))), total
+    want = {TensorProto.INT8, TensorProto.UINT8}
+    q = sum(1 for t in dst.graph.initializer if t.data_type in want and t.dims
+            and int(np.prod(t.dims)) > 1)
+    return min(q, len(weights)), len(weights)
+
+
+def _measure(src: Bundle, staged: Bundle, cfg: QuantizeConfig, mode: QuantMode,
+             name: str, smp: Sample | None = None) -> dict[str, Any]:
+    from converters.parity import compare_bundles
+
+    tol = cfg.tolerance if cfg.tolerance is not None else DEFAULT_TOLERANCE[mode.value]
+    try:
+        par = compare_bundles(src, staged, rows=cfg.parity_rows)
+    except EdgeError as exc:
+        raise EngineError(f"the {mode.value} model of {name} does not run in ONNX Runtime: "
+                          f"{ort_failure(exc)}; nothing written", field="mode") from exc
+    allp = par["all"]
+    res = {"rows": allp["rows"], "max_abs_diff": round(allp["max_abs_diff"], 9),
+           "max_rel_diff": round(allp["max_rel_diff"], 9),
+           "label_agreement": allp["label_agreement"],
+           "golden_max_abs_diff": round(par["golden"]["max_abs_diff"], 9), "tolerance": tol}
+    judged = allp
+    where = "golden + held-out"
+    if smp is not None and (mode == QuantMode.STATIC or smp.is_tensor):
+        # static INT8 clips activations to the ranges calibrated on the sample: held-out rows
+        # mixing features independently leave them; it is judged on the calibration sample's
+        # rows (held-out numbers recorded beside, as heldout_*)
+        samp = _sample_parity(src, staged, smp.x[: cfg.parity_rows])
+        res.update(heldout_max_abs_diff=res.pop("max_abs_diff"),
+                   heldout_label_agreement=res.pop("label_agreement"),
+                   rows=samp["rows"], max_abs_diff=round(samp["max_abs_diff"], 9),
+                   max_rel_diff=round(samp["max_rel_diff"], 9),
+                   label_agreement=samp["label_agreement"], judged_on="sample")
+        judged = allp = samp
+        where = "calibration sample"
+    elif src.manifest.inputs.kind == "tensors":
+        where = "golden + random-tensor"
+    if judged["max_abs_diff"] == 0.0:
+        raise ValidationError(f"the {mode.value} variant of {name} answers bit-for-bit like its "
+                              f"source on {allp['rows']} rows: nothing was quantized, not "
+                              "written", field="bundle")
+    agree = cfg.min_label_agreement if cfg.min_label_agreement is not None \
+        else MIN_AGREEMENT[mode.value]
+    res["min_label_agreement"] = agree
+    if not allp["max_rel_diff"] <= tol or allp["label_agreement"] < agree:
+        raise EngineError(f"the {mode.value} variant of {name} differs from its source by max "
+                          f"|Δ| {allp['max_abs_diff']:.3g} on {allp['rows']} {where} "
+                          f"rows, label agreement {allp['label_agreement']:.4f}: its tolerance is "
+                          f"|Δ| <= {tol:g} and agreement >= {agree:g}; nothing written (pass "
+                          "--tolerance / --min-agreement to accept)",
+                          field="tolerance", parity=res)
+    return res
 
 
 WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LSTM", "GRU", "Attention"}
@@ -431,6 +559,7 @@ def _manifest(bundle: Bundle, model_path: Path, version: str, cfg: QuantizeConfi
         golden.append(gd)
     info["golden_max_abs_diff_vs_source"] = round(worst, 6)
     prov = dict(m.provenance)
+    prov.pop("parity", None)  # the source's export parity is not this variant's
     prov["quantization"] = info
     prov["source_bundle"] = {"name": m.name, "version": m.version, "sha256": m.digest}
     data["provenance"] = prov

@@ -105,6 +105,12 @@ def convert_model(model, config: TFLiteConfig) -> tuple[bytes, dict[str, Any]]:
     if problems:
         raise UnsupportedOpsError("TFLite", problems)
     data = gc.convert()
+    if config.int8_weights and not gc.quantized:
+        raise ConversionError(f"nothing to quantize: 0 weights have int8_min_elements "
+                              f"({config.int8_min_elements}) or more elements, so an --int8 "
+                              "bundle would be the FP32 model labelled int8; not written (lower "
+                              "--int8-min-elements, or convert without --int8)",
+                              field="int8_weights")
     facts = {"tflite_ops": dict(sorted(gc.op_counts.items())),
              "dropped_outputs": gc.dropped_outputs,
              "quantized_weights": len(gc.quantized)}

@@ -31,12 +31,19 @@ from converters.tflite.builder import ModelBuilder, Quantization
 SUPPORTED_DOMAINS = {"": "", "ai.onnx": "", "ai.onnx.ml": "ai.onnx.ml"}
 PERM_TO_NHWC = (0, 2, 3, 1)
 PERM_TO_NCHW = (0, 3, 1, 2)
-#: hints shown next to an unsupported op
+#: hints shown next to an unsupported op; ``{target}`` is the format being written
 HINTS = {
     "ZipMap": "export with options={id(model): {'zipmap': False}} (edge-convert export does)",
-    "TreeEnsembleClassifier": "tree ensembles have no TFLite builtin; ship the ONNX bundle",
-    "TreeEnsembleRegressor": "tree ensembles have no TFLite builtin; ship the ONNX bundle",
+    "TreeEnsembleClassifier": "tree ensembles have no {target} op here; ship the ONNX bundle",
+    "TreeEnsembleRegressor": "tree ensembles have no {target} op here; ship the ONNX bundle",
 }
+#: a graph input of text (string features): neither TFLite nor Core ML takes one here
+STRING_INPUT_HINT = "string features: ship the ONNX bundle"
+
+
+def hint_for(op_type: str, target: str) -> str | None:
+    h = HINTS.get(op_type)
+    return h.format(target=target) if h else None
 
 
 #: Stands for the free batch size inside a folded shape tensor (``Shape`` of a batched value),
@@ -243,7 +250,7 @@ class GraphConverter:
                 continue
             handler = REGISTRY.get(node.op_type) if (node.domain or "") in SUPPORTED_DOMAINS else None
             if handler is None:
-                hint = HINTS.get(node.op_type)
+                hint = hint_for(node.op_type, "TFLite")
                 problems[label + (f" ({hint})" if hint else "")].append(name)
                 continue
             if handler.check is not None:
@@ -261,7 +268,9 @@ class GraphConverter:
         tt = inp.type.tensor_type
         if not inp.type.HasField("tensor_type"):
             return "only tensor inputs are supported"
-        dtype = self.onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        dtype = np.dtype(self.onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        if dtype.kind in "OUS":
+            return f"{STRING_INPUT_HINT} (TFLite takes numeric tensors only)"
         if dtype not in (np.float32, np.int32, np.int64):
             return f"dtype {dtype} (convert the model with float32 inputs)"
         dims = list(tt.shape.dim)
