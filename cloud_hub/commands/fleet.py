@@ -27,13 +27,24 @@ def register(sub) -> None:
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(func=cmd_stats)
 
-    acl = fsub.add_parser("acl", help="write mosquitto passwd + acl files for the registered devices",
-                          description="Write DIR/passwd (mosquitto_passwd format, from the stored hashes) "
-                          "and DIR/acl (pattern ACL: a device publishes only under its own id). Reads "
-                          "the hub database directly (HUB_DATABASE_URL / HUB_DATA_DIR).")
+    acl = fsub.add_parser("acl", help="write a ready Mosquitto configuration for the registered devices",
+                          description="Write DIR/mosquitto.conf (start it with `mosquitto -c DIR/mosquitto.conf`), "
+                          "DIR/dynamic-security.json (accounts, per-device topic rules checked on publish, "
+                          "subscribe and delivery, each device bound to its own client id), DIR/passwd "
+                          "(mosquitto_passwd format) and DIR/acl (pattern ACL) from the stored hashes. A device "
+                          "may publish only its own state/events/telemetry and read only its own desired/ack; "
+                          "it cannot subscribe to $share/… or to other devices' topics. Without a hub password "
+                          "(HUB_MQTT_PASSWORD / --hub-password) one is created and written to DIR/hub.env. "
+                          "Reads the hub database directly (HUB_DATABASE_URL / HUB_DATA_DIR).")
     acl.add_argument("--out", type=Path, required=True, help="output directory")
+    acl.add_argument("--port", type=int, default=1883, help="listener port (default 1883)")
+    acl.add_argument("--bind", default="", help="listener address (default: all interfaces)")
     acl.add_argument("--hub-user", default=None, help="broker user of the hub (default HUB_MQTT_USERNAME or hub)")
     acl.add_argument("--hub-password", default=None, help="its password (default HUB_MQTT_PASSWORD)")
+    acl.add_argument("--plugin", default=None,
+                     help="path of mosquitto_dynamic_security.so (default: searched in the usual places)")
+    acl.add_argument("--run-as", default=None, metavar="USER",
+                     help="`user` line: the account mosquitto runs as when started as root")
     acl.set_defaults(func=cmd_acl)
 
 
@@ -69,13 +80,29 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_acl(args: argparse.Namespace) -> int:
     from cloud_hub.commands.serve import load_settings
+    from cloud_hub.fleet.acl import new_password
     from cloud_hub.hub import Hub
 
-    hub = Hub(load_settings())
+    settings = load_settings()
+    hub = Hub(settings)
+    created = None
     try:
-        passwd, acl = hub.fleet.write_acl(args.out, args.hub_user, args.hub_password)
-        n = sum(1 for _ in passwd.read_text().splitlines())
+        pw = args.hub_password if args.hub_password is not None else settings.mqtt_password
+        user = args.hub_user or settings.mqtt_username or "hub"
+        if not pw:
+            created = pw = new_password()
+        out = hub.fleet.write_broker_config(args.out, port=args.port, bind=args.bind, hub_user=user,
+                                            hub_password=pw, plugin=args.plugin, run_as=args.run_as)
     finally:
         hub.close()
-    print(f"wrote {passwd} ({n} users) and {acl}; in mosquitto.conf: password_file {passwd} / acl_file {acl}")
+    if created:
+        env = Path(args.out) / "hub.env"
+        env.write_text(f"HUB_MQTT_USERNAME={user}\nHUB_MQTT_PASSWORD={created}\n")
+        env.chmod(0o600)
+        print(f"created the hub's broker password: {env} (HUB_MQTT_USERNAME / HUB_MQTT_PASSWORD)")
+    print(f"wrote {out['conf']}, {out['dynamic_security']}, {out['passwd']} and {out['acl']}: "
+          f"{out['devices']} device(s) + hub user {out['hub_user']}; start: mosquitto -c {out['conf']}")
+    if out["without_password"]:
+        print(f"{len(out['without_password'])} registered device(s) have no password and cannot connect: "
+              + ", ".join(out["without_password"][:10]), file=sys.stderr)
     return 0

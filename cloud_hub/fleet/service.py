@@ -458,6 +458,25 @@ class FleetService:
         hub_users = {user: hash_password(pw) if pw else ""}
         return write_acl_files(out_dir, self.prefix, hashes, hub_users)
 
+    def write_broker_config(self, out_dir, *, port: int = 1883, bind: str = "", hub_user: str | None = None,
+                            hub_password: str | None = None, plugin: str | None = None,
+                            run_as: str | None = None) -> dict[str, Any]:
+        """Write ``passwd``, ``acl``, ``dynamic-security.json`` and a ready ``mosquitto.conf``
+        (:func:`cloud_hub.fleet.acl.write_broker_config`); devices without a password are left out."""
+        from cloud_hub.fleet.acl import write_broker_config
+        from edge_runtime.link import client_id_for
+
+        with self.engine.connect() as conn:
+            hashes = {r.id: r.credentials_hash for r in conn.execute(select(T.devices)) if r.credentials_hash}
+            without = [r.id for r in conn.execute(select(T.devices.c.id, T.devices.c.credentials_hash))
+                       if not r.credentials_hash]
+        user = hub_user or self.settings.mqtt_username or "hub"
+        pw = hub_password if hub_password is not None else self.settings.mqtt_password
+        paths = write_broker_config(out_dir, self.prefix, hashes, {user: hash_password(pw) if pw else ""},
+                                    {d: client_id_for(d, self.prefix) for d in hashes}, port=port, bind=bind,
+                                    plugin=plugin, run_as=run_as)
+        return {**paths, "devices": len(hashes), "without_password": without, "hub_user": user}
+
     # ---- MQTT lifecycle -------------------------------------------------------------------
     def start(self, *, ingest: bool = True, embedded_ok: bool = True, session_expiry: int = 3600) -> str:
         """Start the embedded broker (when no ``HUB_MQTT_URL``), the ingest and the publisher."""

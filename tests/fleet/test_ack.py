@@ -69,6 +69,25 @@ def test_a_broker_puback_without_a_hub_is_not_a_commit(own_mosquitto, prefix, ma
     assert hub.fleet.window_summary(["dev-1"])["dev-1"]["missing"] == 0
 
 
+def test_device_record_reports_stored_windows_last_seq_and_missing_seqs(make_hub):
+    from fastapi.testclient import TestClient
+
+    from cloud_hub.app import create_app
+    from edge_runtime.protocol import TelemetryWindow
+
+    hub = make_hub()
+    now = time.time()
+    seqs = [10, 11, 12, 15, 16, 20]
+    hub.fleet.write_batch(windows=[(TelemetryWindow(device_id="dev-g", seq=s, start=s, end=s + 1), now)
+                                   for s in seqs])
+    hub.fleet.write_batch(windows=[(TelemetryWindow(device_id="dev-g", seq=15, start=15, end=16), now)])  # replay
+    assert hub.fleet.window_summary() == {"dev-g": {"windows": 6, "first_seq": 10, "last_seq": 20, "missing": 5}}
+    assert hub.fleet.missing_seqs("dev-g") == [(13, 14), (17, 19)]
+    body = TestClient(create_app(hub)).get("/v1/devices/dev-g").json()
+    assert (body["windows"], body["first_seq"], body["last_seq"], body["missing_windows"]) == (6, 10, 20, 5)
+    assert body["missing_seqs"] == [[13, 14], [17, 19]]
+
+
 # ---- real daemons ---------------------------------------------------------------------------------
 class DaemonProcess:
     """``edge-runtime run`` with its own store and outbox; started, SIGTERMed or SIGKILLed by PID."""
