@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from edge_runtime.contract import Refusal
 from edge_runtime.errors import EdgeError, ValidationError
 from edge_runtime.model import Model, Scores
 
@@ -67,14 +68,39 @@ class Target:
 
 @dataclass
 class PredictRequest:
+    """One request, decoded by its transport: JSON ``rows`` (``/v1``), or a numeric feature
+    matrix ``x`` with its column ``names`` and the refusals its decoder found (OIP
+    tensors), or raw ``tensors`` (OIP, raw-tensor models). The contract check runs in
+    :meth:`PredictService.predict`, against the model each row is routed to."""
+
     ref: str                       # the reference the client asked for
     name: str                      # model name part of ref
-    rows: list[dict[str, Any]]     # feature rows (entity key removed)
+    rows: list[dict[str, Any]]     # feature rows (entity key removed); [] for matrix/tensor input
     keys: list[Any] | None         # entity key value per row (None when no key field)
     key_field: str | None
     request_id: str
     endpoint: str = "predict"      # predict | oip
     started: float = field(default_factory=time.perf_counter)
+    x: np.ndarray | None = None    # decoded feature matrix (columns: names), not yet checked
+    names: list[str] | None = None
+    decoded: dict[int, Refusal] | None = None  # refusals found while decoding x
+    tensors: dict[str, np.ndarray] | None = None  # raw-tensor input
+
+    @property
+    def n_rows(self) -> int:
+        if self.x is not None:
+            return len(self.x)
+        if self.tensors is not None:
+            return len(next(iter(self.tensors.values()))) if self.tensors else 0
+        return len(self.rows)
+
+    def row_dicts(self, idx: list[int] | None = None) -> list[dict[str, Any]]:
+        """The rows as feature dicts (segments of shadow records); built from x for matrix input."""
+        if self.x is None:
+            return self.rows if idx is None else [self.rows[i] for i in idx]
+        x = self.x if idx is None else self.x[idx]
+        names = self.names or []
+        return [dict(zip(names, r)) for r in x.tolist()]
 
 
 @dataclass
@@ -84,22 +110,57 @@ class PartResult:
     target: Target
     version: ModelVersion
     model: Model
-    x: np.ndarray          # encoded inputs, contract order (reusable by a shadow)
+    x: np.ndarray | None   # encoded inputs, contract order (reusable by a shadow); None: raw tensors
     scores: Scores
-    predictions: list[dict[str, Any]]
     latency_s: float
+    _predictions: list[dict[str, Any]] | None = None
+
+    @property
+    def predictions(self) -> list[dict[str, Any]]:
+        """One dict per row (built on first use: OIP answers from the scores directly)."""
+        if self._predictions is None:
+            self._predictions = self.model.post.rows(self.scores)
+        return self._predictions
+
+    @property
+    def n(self) -> int:
+        return len(self.scores.raw[0]) if self.scores.raw else 0
 
 
 @dataclass
 class PredictResult:
     request: PredictRequest
     parts: list[PartResult]
-    predictions: list[dict[str, Any]]
     timestamp: str
+    _predictions: list[dict[str, Any]] | None = None
 
     @property
     def primary(self) -> PartResult:
         return self.parts[0]
+
+    @property
+    def predictions(self) -> list[dict[str, Any]]:
+        """One dict per request row, in request order (group and version when split)."""
+        if self._predictions is not None:
+            return self._predictions
+        req, parts = self.request, self.parts
+        if len(parts) == 1 and parts[0].target.rows is None:
+            predictions = parts[0].predictions
+        else:
+            predictions = [None] * req.n_rows  # type: ignore[list-item]
+            for p in parts:
+                idx = range(req.n_rows) if p.target.rows is None else p.target.rows
+                for i, pred in zip(idx, p.predictions):
+                    pred["group"] = p.target.group
+                    pred["model_version"] = p.version.version
+                    predictions[i] = pred
+        if req.keys is not None:
+            kf = req.key_field
+            for pred, k in zip(predictions, req.keys):
+                if k is not None:
+                    pred[kf] = k
+        self._predictions = predictions
+        return predictions
 
     def to_dict(self) -> dict[str, Any]:
         p = self.parts[0]
@@ -268,7 +329,8 @@ class PredictService:
         return s
 
     async def predict(self, req: PredictRequest) -> PredictResult:
-        """Run a parsed request through the router, the model(s) and the observers."""
+        """Run a decoded request through the router, the contract, the model(s), the
+        post-processing and the observers — the same for every transport."""
         targets = None
         if self.router is not None:
             targets = self.router.route(req)
@@ -282,41 +344,73 @@ class PredictService:
             for t in targets:
                 mv, encoding = None, False
                 mv, model = await self.pair(t.ref)
+                t0 = time.perf_counter()
+                if req.tensors is not None:
+                    if model.codec is not None or t.rows is not None:
+                        raise ValidationError(f"{mv.name}:{mv.version} takes named features, not raw "
+                                              "tensors", field="inputs")
+                    encoding = True
+                    s = await self.score_tensors(mv, model, req.tensors)
+                    parts.append(PartResult(t, mv, model, None, s, time.perf_counter() - t0))
+                    continue
                 if model.codec is None:
                     raise ValidationError(f"{mv.name}:{mv.version} takes raw tensors; call "
                                           f"/v2/models/{mv.name}/infer instead", field="rows")
-                rows = req.rows if t.rows is None else [req.rows[i] for i in t.rows]
-                t0 = time.perf_counter()
                 encoding = True
-                x = model.codec.encode(rows)
+                x = self._encode(req, model, t.rows)
                 s = await self.score(mv, model, x)
-                preds = model.to_rows(s)
-                parts.append(PartResult(t, mv, model, x, s, preds, time.perf_counter() - t0))
+                parts.append(PartResult(t, mv, model, x, s, time.perf_counter() - t0))
         except Exception as exc:
             self._failed(req, t, mv, exc, encoding, t0)
             raise
-        if len(parts) == 1 and parts[0].target.rows is None:
-            predictions = parts[0].predictions
-        else:
-            predictions = [None] * len(req.rows)  # type: ignore[list-item]
-            for p in parts:
-                idx = range(len(req.rows)) if p.target.rows is None else p.target.rows
-                for i, pred in zip(idx, p.predictions):
-                    pred["group"] = p.target.group
-                    pred["model_version"] = p.version.version
-                    predictions[i] = pred
-        if req.keys is not None:
-            kf = req.key_field
-            for pred, k in zip(predictions, req.keys):
-                if k is not None:
-                    pred[kf] = k
         total = time.perf_counter() - req.started
         for p in parts:
             self.metrics.observe_predict(p.version.name, p.version.version, p.target.group or "",
-                                         req.endpoint, len(p.predictions), total)
-        result = PredictResult(req, parts, predictions, _utc_now())
+                                         req.endpoint, p.n, total)
+        result = PredictResult(req, parts, _utc_now())
         self.notify(result)
         return result
+
+    @staticmethod
+    def _encode(req: PredictRequest, model: Model, idx: list[int] | None) -> np.ndarray:
+        """The target's rows → the model's contract check → its input matrix."""
+        if req.x is None:
+            return model.codec.encode(req.rows if idx is None else [req.rows[i] for i in idx])
+        if idx is None:
+            return model.codec.check(req.x, req.names, req.decoded)
+        decoded = None
+        if req.decoded:
+            pos = {r: j for j, r in enumerate(idx)}
+            decoded = {pos[r]: ref for r, ref in req.decoded.items() if r in pos}
+            decoded = {j: Refusal(j, ref.feature, ref.reason, ref.whole_row) for j, ref in decoded.items()}
+        return model.codec.check(req.x[idx], req.names, decoded)
+
+    async def score_tensors(self, mv: ModelVersion, model: Model, feeds: dict[str, np.ndarray]) -> Scores:
+        """Raw tensors → Scores (inline for a fast model, else in a worker thread)."""
+        def run() -> tuple[Scores, float]:
+            t0 = time.perf_counter()
+            s = model.post.scores(model.engine.run(feeds))
+            return s, time.perf_counter() - t0
+
+        cost = self._cost.get(mv.digest, 0.0)
+        s, dt_s = run() if cost <= self.inline_max_s else await asyncio.to_thread(run)
+        self._cost[mv.digest] = dt_s if cost == 0.0 else 0.9 * cost + 0.1 * dt_s
+        return s
+
+    def count_failure(self, ref: str, endpoint: str, exc: BaseException) -> None:
+        """A request that failed before :meth:`predict` (decoding, its model's load): counted
+        like a failure inside it (``hub_predict_errors``; a 5xx also as the model's error)."""
+        is_edge = isinstance(exc, EdgeError)
+        code = exc.code if is_edge else "internal_error"
+        name = ref.split("@")[0].split(":")[0]
+        self.metrics.observe_error(name, endpoint, code)
+        if not is_edge or exc.status_code >= 500:
+            version = ""
+            try:
+                version = self.models.resolve(ref).version
+            except EdgeError:  # the failure being counted may be this one
+                version = ""
+            self.metrics.observe_model_error(name, version, "", endpoint, code)
 
     def _failed(self, req: PredictRequest, target: Target | None, mv: ModelVersion | None,
                 exc: Exception, encoding: bool, t0: float) -> None:
@@ -356,7 +450,7 @@ class PredictService:
         try:
             req = self.parse(ref, body, key_field=key_field, request_id=request_id)
         except EdgeError as exc:
-            self.metrics.observe_error(ref.split("@")[0].split(":")[0], "predict", exc.code)
+            self.count_failure(ref, "predict", exc)
             raise
         return await self.predict(req)
 
@@ -375,12 +469,7 @@ class PredictService:
 
 
 def slice_scores(s: Scores, a: int, b: int) -> Scores:
-    return Scores(
-        probability=None if s.probability is None else s.probability[a:b],
-        label_index=None if s.label_index is None else s.label_index[a:b],
-        probabilities=None if s.probabilities is None else s.probabilities[a:b],
-        value=None if s.value is None else s.value[a:b],
-        raw=[r[a:b] for r in s.raw])
+    return s.slice(a, b)
 
 
 class MicroBatcher:

@@ -137,9 +137,69 @@ class BoolKind(FeatureKind):
         return np.ones(a.shape, dtype=bool), f"expected true or false, got {a.dtype.name}"
 
 
+class CategoryKind(FeatureKind):
+    """A text category (``dtype: string``): the engine gets its index in the manifest's
+    ``categories`` (the exported graph maps it back to the text the model was trained on);
+    an unseen category is -1 where ``unknown: allow`` (the model's own handle_unknown), else
+    refused; null → NaN (refused unless ``nan: allow``). Added by issue 12 (converters)."""
+
+    name = "string"
+    plain = False
+
+    def __init__(self, categories: Sequence[str], unknown: str | None) -> None:
+        self.categories = list(categories)
+        self.codes = {c: float(i) for i, c in enumerate(self.categories)}
+        self.allow_unknown = unknown == "allow"
+
+    def from_value(self, v: Any) -> float:
+        if type(v) is str or isinstance(v, np.str_):
+            code = self.codes.get(str(v))
+            if code is not None:
+                return code
+            if self.allow_unknown:
+                return -1.0
+            shown = ", ".join(self.categories[:8]) + (" …" if len(self.categories) > 8 else "")
+            raise Refused(f"unknown category {str(v)[:40]!r} (the model knows: {shown})")
+        if v is None:
+            return math.nan
+        raise Refused(f"expected text (one of the categories), got {_type_name(v)}")
+
+    def refused_in(self, a: np.ndarray) -> tuple[np.ndarray | None, str]:
+        """A decoded column holds codes: whole numbers in [-1, n) (-1 only where unknown is
+        allowed), NaN for a missing value."""
+        if a.dtype.kind not in "fiu":
+            return np.ones(a.shape, dtype=bool), "expected text codes; decode with decode_column"
+        lo = -1 if self.allow_unknown else 0
+        with np.errstate(invalid="ignore"):
+            bad = ~(((a >= lo) & (a < len(self.categories)) & (a == np.floor(a)))
+                    | (np.isnan(a) if a.dtype.kind == "f" else False))
+        return (bad if bad.any() else None), "not a known category"
+
+    def decode_column(self, a: Any) -> tuple[np.ndarray, dict[int, str]]:
+        """Text values (numpy/Arrow/list) → float codes and {row: reason} for refused values."""
+        vals = a.to_pylist() if hasattr(a, "to_pylist") else list(a)
+        out = np.full(len(vals), np.nan)
+        bad: dict[int, str] = {}
+        for i, v in enumerate(vals):
+            if isinstance(v, bytes):
+                v = v.decode("utf-8", "replace")
+            try:
+                out[i] = self.from_value(v)
+            except Refused as exc:
+                bad[i] = str(exc)
+        return out, bad
+
+
 #: Feature dtype (manifest ``inputs.features[].dtype``) → how its values are decoded.
 KINDS: dict[str, FeatureKind] = {"float32": FeatureKind(), "float64": FeatureKind(), "int64": FeatureKind(),
                                  "int32": FeatureKind(), "bool": BoolKind()}
+
+
+def kind_of(feature: Any) -> FeatureKind:
+    """The kind of one manifest feature (text categories carry their own category list)."""
+    if feature.dtype == "string":
+        return CategoryKind(feature.categories or [], feature.unknown)
+    return KINDS[feature.dtype]
 
 
 def _as_float(v: float) -> float:
@@ -162,7 +222,7 @@ class FeatureContract:
         self.names = [f.name for f in feats]
         self.n = len(self.names)
         self.dtype = np.dtype(dtype)
-        self.kinds = [KINDS[f.dtype] for f in feats]
+        self.kinds = [kind_of(f) for f in feats]
         self.index = {name: j for j, name in enumerate(self.names)}
         self.mins = np.array([-np.inf if f.min is None else f.min for f in feats], dtype=np.float64)
         self.maxs = np.array([np.inf if f.max is None else f.max for f in feats], dtype=np.float64)
@@ -401,12 +461,28 @@ class FeatureContract:
         return out
 
     # ---- to the engine -----------------------------------------------------------------------
-    def check(self, x: np.ndarray) -> np.ndarray:
-        """A numeric (n, k) matrix in contract order → the engine's dtype, or the first refusal."""
-        first = self.first_refusal(x)
+    def check(self, x: np.ndarray, names: Sequence[str] | None = None,
+              decoded: dict[int, Refusal] | None = None) -> np.ndarray:
+        """A numeric (n, k) matrix → the engine's dtype, or the first refusal (as a
+        :class:`ValidationError`). ``names``: the features of x's columns when they are not
+        this contract's order (inputs encoded for another model: shadows, routing);
+        ``decoded``: refusals a decoder found (a string in an OIP tensor), merged in."""
+        x = self.select(x, names)
+        first = self.first_refusal(x, decoded)
         if first is not None:
             raise first.error()
         return self.cast(x)
+
+    def select(self, x: np.ndarray, names: Sequence[str] | None) -> np.ndarray:
+        """Columns of ``x`` (features ``names``) in this contract's order; a feature of
+        this contract that x lacks refuses every row (the first one named)."""
+        if names is None or list(names) == self.names:
+            return x
+        pos = {n: i for i, n in enumerate(names)}
+        missing = [n for n in self.names if n not in pos]
+        if missing:
+            raise Refusal(0, missing[0], f"missing feature(s) {', '.join(missing)}", True).error()
+        return x[:, [pos[n] for n in self.names]]
 
     def cast(self, x: np.ndarray) -> np.ndarray:
         if x.dtype == self.dtype:

@@ -99,18 +99,11 @@ class Model:
 
     def score_features(self, x: np.ndarray, names: Sequence[str] | None = None) -> Scores:
         """Any numeric (n, k) matrix of features ``names`` (default: this contract's order) →
-        contract check → scores. For inputs another model already encoded (shadows): the
-        columns are picked by name, and this model's own contract decides."""
+        this model's contract check → scores. For inputs another model already encoded
+        (shadows): the columns are picked by name, and this model's own contract decides."""
         if self.codec is None:
             raise ValidationError("this model takes raw tensors, not feature rows", field="rows")
-        if names is not None and list(names) != self.codec.names:
-            pos = {n: i for i, n in enumerate(names)}
-            missing = [n for n in self.codec.names if n not in pos]
-            if missing:
-                raise ValidationError(f"rows[0]: missing feature(s) {', '.join(missing)}",
-                                      field=f"rows[0].{missing[0]}")
-            x = x[:, [pos[n] for n in self.codec.names]]
-        return self.score_array(self.codec.check(x))
+        return self.score_array(self.codec.check(x, names))
 
     def run_tensors(self, tensors: Mapping[str, Any]) -> list[np.ndarray]:
         """Raw tensors → raw outputs (in ``self.engine.outputs`` order)."""

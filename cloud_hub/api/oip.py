@@ -11,15 +11,22 @@ A feature model takes either its packed input tensor (e.g. ``X``, FP32,
 ``[n, n_features]``) or one tensor per feature named like the features
 (shape ``[n]`` or ``[n, 1]``). It answers with the engine's raw outputs plus
 post-processed ``probability`` (FP64), ``class`` (BYTES/INT64) and
-``risk_level`` (BYTES) — the same numbers as ``/v1/.../predict``. Errors are
-``{"error": "...", "code", "field"}`` with 400 (bad tensor) or 404 (unknown
-model/version).
+``risk_level`` (BYTES) — the same numbers as ``/v1/.../predict``.
+
+A thin adapter: tensors are decoded here, then the request goes through
+:class:`cloud_hub.inference.PredictService` like ``/v1`` (routing, the bundle's
+contract check, engine, post-processing, shadow mirroring, metrics and error
+observers with endpoint ``oip``). Errors are ``{"error": "...", "code", "field"}``:
+400 for a bad tensor (name, datatype, shape), 422 for a value the contract
+refuses — the same ``code`` and ``field`` (``rows[3].tenure``) as ``/v1`` —
+and 404 for an unknown model/version.
 """
 
 from __future__ import annotations
 
 import struct
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,8 +36,10 @@ from fastapi.responses import Response
 
 from cloud_hub.api.deps import HubDep, Viewer
 from cloud_hub.api.predict import ORJSONResponse, authorize
-from cloud_hub.inference import PartResult, PredictRequest, PredictResult, Target, _utc_now
-from edge_runtime.errors import EdgeError, ValidationError
+from cloud_hub.inference import PredictRequest, PredictResult, new_request_id
+from cloud_hub.registry import parse_ref
+from edge_runtime.contract import Refusal
+from edge_runtime.errors import ValidationError
 
 router = APIRouter(tags=["open inference protocol v2"])
 
@@ -102,19 +111,7 @@ def _metadata(mv, model) -> dict[str, Any]:
 
 
 def _extra_outputs(model) -> list[tuple[str, str]]:
-    if model.codec is None:
-        return []
-    task = model.task
-    out = []
-    if task in ("binary_classification", "multiclass_classification"):
-        out.append(("probability", "FP64"))
-        ints = model.classes and all(isinstance(c, int) for c in model.classes)
-        out.append(("class", "INT64" if (ints or not model.classes) else "BYTES"))
-        if model.risk_levels:
-            out.append(("risk_level", "BYTES"))
-    elif task == "regression":
-        out.append(("value", "FP64"))
-    return out
+    return [] if model.codec is None else model.post.column_types()
 
 
 @router.get("/v2/models/{name}", responses=ERRORS, summary="OIP: model metadata")
@@ -166,50 +163,70 @@ async def infer_version(name: str, version: str, request: Request) -> Response:
 
 
 async def _infer(hub, request: Request, ref: str) -> Response:
+    """decode (tensors) → PredictService (routing, contract, engine, post-processing,
+    observers, metrics: the same as ``/v1``) → encode (tensors)."""
     svc = hub.inference
     started = time.perf_counter()
-    model_name = ref.split("@")[0].split(":")[0]
-    mv = None
     try:
         raw = await request.body()
         header, binary = _split_body(raw, request.headers.get(HEADER_LEN))
-        mv, model = await svc.pair(ref)
         arrays = _decode_inputs(header, binary)
-        t0 = time.perf_counter()
+        _mv, model = await svc.pair(ref)  # the model whose inputs the tensors describe
+        req = PredictRequest(ref=ref, name=parse_ref(ref).name, rows=[], keys=None, key_field=None,
+                             request_id=request.scope["state"].get("request_id") or new_request_id(),
+                             endpoint="oip", started=started)
         if model.codec is not None:
-            x = _feature_matrix(model, arrays)
-            scores = await svc.score(mv, model, x)
-            outs = _feature_outputs(model, scores, _wanted(header))
+            req.x, req.decoded = _feature_matrix(model, arrays)
+            req.names = model.codec.names
         else:
-            x = None
-            feeds = _tensor_feeds(model, arrays)
-            raw_outs = model.engine.run(feeds)
-            scores = model._scores(raw_outs)
-            outs = {o.name: a for o, a in zip(model.engine.outputs, raw_outs)}
-        latency = time.perf_counter() - t0
-        body, tail = _encode_outputs(header, outs)
-    except Exception as exc:  # counted, then the app's handlers answer (4xx JSON / opaque 500)
-        code = exc.code if isinstance(exc, EdgeError) else "internal_error"
-        svc.metrics.observe_error(model_name, "oip", code)
-        if not isinstance(exc, EdgeError) or exc.status_code >= 500:  # the model's failure, not the caller's
-            svc.metrics.observe_model_error(model_name, "" if mv is None else mv.version, "", "oip", code)
+            req.tensors = _tensor_feeds(model, arrays)
+    except Exception as exc:  # counted like /v1, then the app's handlers answer (4xx JSON / opaque 500)
+        svc.count_failure(ref, "oip", exc)
         raise
+    result = await svc.predict(req)
+    try:
+        body, tail = _encode_outputs(header, _outputs(result, _wanted(header)))
+    except Exception as exc:
+        svc.count_failure(ref, "oip", exc)
+        raise
+    mv = result.primary.version
     resp: dict[str, Any] = {"model_name": mv.name, "model_version": mv.version, "outputs": body}
     if "id" in header:
         resp["id"] = header["id"]
-    n = len(next(iter(outs.values()))) if outs else 0
-    svc.metrics.observe_predict(mv.name, mv.version, "", "oip", n, time.perf_counter() - started)
-    if svc.observers and x is not None:
-        req = PredictRequest(ref=ref, name=mv.name, rows=[], keys=None, key_field=None,
-                             request_id=request.scope["state"]["request_id"], endpoint="oip",
-                             started=started)
-        part = PartResult(Target(ref), mv, model, x, scores, [], latency)
-        svc.notify(PredictResult(req, [part], [], _utc_now()))
     js = orjson.dumps(resp)
     if not tail:
         return Response(js, media_type="application/json")
     return Response(js + b"".join(tail), media_type="application/octet-stream",
                     headers={"Inference-Header-Content-Length": str(len(js))})
+
+
+def _outputs(result: PredictResult, wanted: set[str] | None) -> dict[str, np.ndarray]:
+    """Raw engine outputs plus the post-processed columns, in request row order."""
+    parts = result.parts
+    if len(parts) == 1 and parts[0].target.rows is None:
+        return _part_outputs(parts[0], wanted)
+    n = result.request.n_rows
+    merged: dict[str, np.ndarray] = {}
+    for p in parts:
+        outs = _part_outputs(p, wanted)
+        if merged and set(outs) != set(merged):
+            raise TensorError("the routed models answer with different outputs; ask for the ones "
+                              "they share with 'outputs'", field="outputs")
+        for name, a in outs.items():
+            a = np.asarray(a)
+            if name not in merged:
+                merged[name] = np.empty((n, *a.shape[1:]), dtype=a.dtype)
+            merged[name][p.target.rows] = a
+    return merged
+
+
+def _part_outputs(p, wanted: set[str] | None) -> dict[str, np.ndarray]:
+    model = p.model
+    outs: dict[str, Any] = {o.name: a for o, a in zip(model.engine.outputs, p.scores.raw)}
+    if model.codec is not None:
+        extra = model.post.columns(p.scores, lambda n: n not in outs and (wanted is None or n in wanted))
+        outs.update(extra)
+    return outs
 
 
 def _split_body(raw: bytes, header_len: str | None) -> tuple[dict[str, Any], bytes]:
@@ -238,8 +255,20 @@ def _split_body(raw: bytes, header_len: str | None) -> tuple[dict[str, Any], byt
     return header, binary
 
 
-def _decode_inputs(header: dict[str, Any], binary: bytes) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
+@dataclass
+class Tensor:
+    """One decoded input: its values, the datatype the client declared, and the values it
+    could not hold (JSON data: a string, a boolean in a numeric tensor; flat index → reason)."""
+
+    array: np.ndarray
+    datatype: str
+    bad: dict[int, str] = field(default_factory=dict)
+
+
+def _decode_inputs(header: dict[str, Any], binary: bytes) -> dict[str, Tensor]:
+    """Input tensors by name. JSON data of a floating datatype stays float64 (1e39 is not
+    silently inf before the contract sees it); null is NaN (the contract's NaN policy)."""
+    arrays: dict[str, Tensor] = {}
     offset = 0
     for i, t in enumerate(header["inputs"]):
         f = f"inputs[{i}]"
@@ -271,97 +300,128 @@ def _decode_inputs(header: dict[str, Any], binary: bytes) -> dict[str, np.ndarra
             if size != count * np_dtype.itemsize:
                 raise TensorError(f"input {name}: {size} bytes of binary data, shape {shape} of "
                                   f"{dtype} needs {count * np_dtype.itemsize}", field=f"{f}.shape")
-            arr = np.frombuffer(binary, dtype=np_dtype, count=count, offset=offset).reshape(shape)
+            arrays[name] = Tensor(np.frombuffer(binary, dtype=np_dtype, count=count, offset=offset)
+                                  .reshape(shape), dtype)
             offset += size
         else:
             if "data" not in t:
                 raise TensorError(f"input {name}: 'data' is missing", field=f"{f}.data")
-            try:
-                raw = np.asarray(t["data"])  # numbers only: numpy would parse "1.5" into a float
-            except (TypeError, ValueError) as exc:  # ragged nesting
-                raise TensorError(f"input {name}: data is not a regular array: {exc}", field=f"{f}.data") from exc
-            if raw.dtype.kind not in "fiub" or (raw.dtype.kind == "b" and np_dtype.kind != "b"):
-                raise TensorError(f"input {name}: data must be {'booleans' if dtype == 'BOOL' else 'numbers'}",
-                                  field=f"{f}.data")
-            try:
-                arr = raw.astype(np_dtype, copy=False)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise TensorError(f"input {name}: data is not {dtype}: {exc}", field=f"{f}.data") from exc
-            if arr.size != count:
-                raise TensorError(f"input {name}: {arr.size} values do not fill shape {shape} "
-                                  f"({count} values)", field=f"{f}.shape")
-            arr = arr.reshape(shape)
-        arrays[name] = arr
+            arrays[name] = _json_data(t["data"], name, f, dtype, np_dtype, count, shape)
     return arrays
 
 
-def _feature_matrix(model, arrays: dict[str, np.ndarray]) -> np.ndarray:
+def _json_data(data: Any, name: str, f: str, dtype: str, np_dtype: np.dtype, count: int,
+               shape: list[int]) -> Tensor:
+    flat = _flatten(data, name, f)
+    if len(flat) != count:
+        raise TensorError(f"input {name}: {len(flat)} values do not fill shape {shape} "
+                          f"({count} values)", field=f"{f}.shape")
+    types = set(map(type, flat))
+    if np_dtype.kind == "b":
+        if not types <= {bool}:
+            raise TensorError(f"input {name}: data must be booleans", field=f"{f}.data")
+        return Tensor(np.array(flat, dtype=bool).reshape(shape), dtype)
+    target = np.float64 if np_dtype.kind == "f" else np_dtype  # narrowed after the contract check
+    if types <= {int, float}:
+        try:
+            arr = np.array(flat, dtype=target)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TensorError(f"input {name}: data is not {dtype}: {exc}", field=f"{f}.data") from exc
+        return Tensor(arr.reshape(shape), dtype)
+    # nulls, strings, booleans: NaN in the array, the reason per value for the contract
+    arr = np.full(count, np.nan)
+    bad: dict[int, str] = {}
+    for i, v in enumerate(flat):
+        t = type(v)
+        if t is int or t is float:
+            arr[i] = v
+        elif v is not None:
+            bad[i] = f"expected a number, got {_JSON_TYPE.get(t, t.__name__)}"
+    return Tensor(arr.reshape(shape), dtype, bad)
+
+
+_JSON_TYPE = {bool: "bool", str: "str", dict: "object"}
+
+
+def _flatten(data: Any, name: str, f: str) -> list[Any]:
+    """Nested JSON lists → one flat row-major list (the shape is checked by the caller)."""
+    if not isinstance(data, list):
+        return [data]
+    if not any(isinstance(v, list) for v in data):
+        return data
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                if len(stack) > 32:
+                    raise TensorError(f"input {name}: data is nested too deeply", field=f"{f}.data")
+                stack.append(iter(v))
+                break
+            out.append(v)
+        else:
+            stack.pop()
+    return out
+
+
+def _feature_matrix(model, arrays: dict[str, Tensor]) -> tuple[np.ndarray, dict[int, Refusal]]:
+    """Feature tensors → (n, k) numeric matrix in contract order and the refusals of values
+    the tensors could not hold (type problems). The contract check itself runs in
+    PredictService, for the model each row is routed to."""
     codec = model.codec
     feed = model._feed_name
+    decoded: dict[int, Refusal] = {}
     if feed in arrays:
         if len(arrays) != 1:
             extra = sorted(set(arrays) - {feed})
             raise TensorError(f"unknown input(s) {', '.join(extra)} next to {feed}", field=f"inputs.{extra[0]}")
-        x = arrays[feed]
-        want = np.dtype(codec.dtype)
-        if x.dtype != want:
-            raise TensorError(f"input {feed}: datatype {NP_TO_OIP.get(x.dtype.str, x.dtype.name)} does "
-                              f"not match the model's {NP_TO_OIP.get(want.str, want.name)}",
+        t = arrays[feed]
+        x = t.array
+        want = CONTRACT_TO_OIP.get(codec.dtype.name, codec.dtype.name)
+        if t.datatype != want:
+            raise TensorError(f"input {feed}: datatype {t.datatype} does not match the model's {want}",
                               field=f"inputs.{feed}.datatype")
         if x.ndim != 2 or x.shape[1] != codec.n or x.shape[0] == 0:
             raise TensorError(f"input {feed}: expected shape [n, {codec.n}] with n >= 1, got "
                               f"{list(x.shape)}", field=f"inputs.{feed}.shape")
-    else:
-        missing = [n for n in codec.names if n not in arrays]
-        unknown = sorted(set(arrays) - set(codec.names))
-        if unknown:
-            raise TensorError(f"unknown input(s) {', '.join(unknown[:5])}: send {feed} "
-                              f"[n, {codec.n}] or one tensor per feature", field=f"inputs.{unknown[0]}")
-        if missing:
-            raise TensorError(f"missing feature tensor(s) {', '.join(missing[:5])}",
-                              field=f"inputs.{missing[0]}")
-        cols = []
-        n = None
-        for name in codec.names:
-            a = arrays[name]
-            if a.dtype.kind not in "fiub":
-                raise TensorError(f"input {name}: datatype must be numeric", field=f"inputs.{name}.datatype")
-            if a.ndim == 2 and a.shape[1] == 1:
-                a = a[:, 0]
-            if a.ndim != 1 or a.shape[0] == 0:
-                raise TensorError(f"input {name}: expected shape [n] or [n, 1], got {list(a.shape)}",
-                                  field=f"inputs.{name}.shape")
-            if n is None:
-                n = a.shape[0]
-            elif a.shape[0] != n:
-                raise TensorError(f"input {name}: {a.shape[0]} rows, other features have {n}",
-                                  field=f"inputs.{name}.shape")
-            cols.append(a.astype(np.float64, copy=False))
-        x = np.stack(cols, axis=1)
-    _check_contract(codec, x, feed)
-    return np.ascontiguousarray(x, dtype=codec.dtype)
+        for i, why in sorted(t.bad.items(), reverse=True):  # the first bad value of a row wins
+            r, c = divmod(i, codec.n)
+            decoded[r] = Refusal(r, codec.names[c], why)
+        return x, decoded
+    missing = [n for n in codec.names if n not in arrays]
+    unknown = sorted(set(arrays) - set(codec.names))
+    if unknown:
+        raise TensorError(f"unknown input(s) {', '.join(unknown[:5])}: send {feed} "
+                          f"[n, {codec.n}] or one tensor per feature", field=f"inputs.{unknown[0]}")
+    if missing:
+        raise TensorError(f"missing feature tensor(s) {', '.join(missing[:5])}",
+                          field=f"inputs.{missing[0]}")
+    cols = []
+    n = None
+    for j, name in enumerate(codec.names):
+        t = arrays[name]
+        a = t.array
+        if a.ndim == 2 and a.shape[1] == 1:
+            a = a[:, 0]
+        if a.ndim != 1 or a.shape[0] == 0:
+            raise TensorError(f"input {name}: expected shape [n] or [n, 1], got {list(a.shape)}",
+                              field=f"inputs.{name}.shape")
+        if n is None:
+            n = a.shape[0]
+        elif a.shape[0] != n:
+            raise TensorError(f"input {name}: {a.shape[0]} rows, other features have {n}",
+                              field=f"inputs.{name}.shape")
+        problems = dict(t.bad)
+        bad, why = codec.kinds[j].refused_in(a) if a.dtype.kind == "b" else (None, "")
+        if bad is not None:  # a BOOL tensor for a number feature
+            problems.update((int(r), why) for r in np.flatnonzero(bad))
+        for r, reason in problems.items():
+            decoded.setdefault(r, Refusal(r, name, reason))  # per row, the first feature wins
+        cols.append(a.astype(np.float64, copy=False))
+    return np.stack(cols, axis=1), decoded
 
 
-def _check_contract(codec, x: np.ndarray, feed: str) -> None:
-    """The same NaN and range rules the row codec applies to JSON rows."""
-    if x.dtype.kind != "f":
-        return
-    if codec.any_reject_nan:
-        bad = np.argwhere(np.isnan(x) & codec.reject_nan)
-        if len(bad):
-            r, c = bad[0]
-            raise TensorError(f"{feed}[{r}][{c}] ({codec.names[c]}): NaN is not allowed for this feature",
-                              field=f"inputs.{codec.names[c]}")
-    if codec.has_range:
-        with np.errstate(invalid="ignore"):
-            out = (x < codec.mins) | (x > codec.maxs)
-        if out.any():
-            r, c = np.argwhere(out)[0]
-            raise TensorError(f"{feed}[{r}][{c}] ({codec.names[c]}): {x[r, c]:g} is outside "
-                              f"[{codec.mins[c]:g}, {codec.maxs[c]:g}]", field=f"inputs.{codec.names[c]}")
-
-
-def _tensor_feeds(model, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _tensor_feeds(model, arrays: dict[str, Tensor]) -> dict[str, np.ndarray]:
     from edge_runtime.codec import check_shape
 
     specs = model.contract.tensors
@@ -373,42 +433,26 @@ def _tensor_feeds(model, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     for spec in specs:
         if spec.name not in arrays:
             raise TensorError(f"missing input {spec.name}", field=f"inputs.{spec.name}")
-        a = arrays[spec.name]
-        if a.dtype != np.dtype(spec.dtype):
-            raise TensorError(f"input {spec.name}: datatype {NP_TO_OIP.get(a.dtype.str)} does not match the "
+        t = arrays[spec.name]
+        if t.datatype != CONTRACT_TO_OIP.get(spec.dtype):
+            raise TensorError(f"input {spec.name}: datatype {t.datatype} does not match the "
                               f"model's {CONTRACT_TO_OIP.get(spec.dtype)}", field=f"inputs.{spec.name}.datatype")
+        if t.bad:
+            i, why = min(t.bad.items())
+            raise TensorError(f"input {spec.name}: value {i}: {why}", field=f"inputs.{spec.name}.data")
+        a = t.array
+        if a.dtype != np.dtype(spec.dtype):
+            if a.dtype.kind == "f" and np.isnan(a).any():
+                raise TensorError(f"input {spec.name}: null is not a {spec.dtype} value",
+                                  field=f"inputs.{spec.name}.data")
+            with np.errstate(over="ignore", invalid="ignore"):
+                a = a.astype(spec.dtype)
         try:
             check_shape(spec, a.shape, f"inputs.{spec.name}.shape")
         except ValidationError as exc:
             raise TensorError(exc.message, field=exc.field) from exc
         feeds[spec.name] = a
     return feeds
-
-
-def _feature_outputs(model, s, wanted: set[str] | None) -> dict[str, Any]:
-    """Raw engine outputs, plus post-processed ones; only what the request asks for is built."""
-    outs: dict[str, Any] = {o.name: a for o, a in zip(model.engine.outputs, s.raw)}
-
-    def want(name: str) -> bool:
-        return name not in outs and (wanted is None or name in wanted)
-
-    if s.probability is not None:
-        if want("probability"):
-            outs["probability"] = s.probability.astype(np.float64, copy=False)
-        if want("class"):
-            idx = s.label_index
-            if model.classes:
-                classes = np.asarray(model.classes, dtype=object)
-                ints = all(isinstance(c, int) for c in model.classes)
-                outs["class"] = classes[idx].astype(np.int64) if ints else classes[idx]
-            else:
-                outs["class"] = np.asarray(idx, dtype=np.int64)
-        if model.risk_levels and want("risk_level"):
-            outs["risk_level"] = np.asarray([model.risk_level(p) or "" for p in s.probability.tolist()],
-                                            dtype=object)
-    elif s.value is not None and want("value"):
-        outs["value"] = s.value.astype(np.float64, copy=False)
-    return outs
 
 
 def _wanted(header: dict[str, Any]) -> set[str] | None:

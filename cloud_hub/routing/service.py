@@ -67,6 +67,8 @@ def score_of(output: dict[str, Any]) -> float | None:
     return None if s is None else float(s)
 
 
+ENTITY_KEY_MAX = 200  # routing_predictions.entity_key
+
 class RoutingService:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -181,7 +183,7 @@ class RoutingService:
         """
         from cloud_hub.inference import Target
 
-        parts = self.plan(req.ref, len(req.rows), req.keys)
+        parts = self.plan(req.ref, req.n_rows, req.keys)
         if parts is None:
             return None
         if len(parts) == 1:  # whole request in one group: top-level group/model are exact
@@ -199,6 +201,11 @@ class RoutingService:
         for i in range(n_rows):
             key = keys[i] if keys is not None and i < len(keys) else None
             key = None if key is None or key == "" else str(key)
+            if key is not None and (len(key) > ENTITY_KEY_MAX or "\x00" in key):
+                # the prediction log could not store it: refuse rather than answer unlogged
+                raise ValidationError(f"row {i}: entity key {cfg.entity_key!r} must be at most "
+                                      f"{ENTITY_KEY_MAX} characters without NUL (got {len(key)})",
+                                      field=f"rows.{i}.{cfg.entity_key}")
             g = cfg.group_of(key)
             part = parts.setdefault(g, RoutePart(g, cfg.ref(g), [], []))
             part.indices.append(i)
@@ -211,7 +218,7 @@ class RoutingService:
         for p in result.parts:
             if p.target.group not in GROUPS:
                 continue
-            idx = list(range(len(req.rows))) if p.target.rows is None else list(p.target.rows)
+            idx = list(range(req.n_rows)) if p.target.rows is None else list(p.target.rows)
             keys = [None if req.keys is None else req.keys[i] for i in idx]
             self.record(request_id=req.request_id, name=req.name,
                         part=RoutePart(p.target.group, p.target.ref, idx,
@@ -230,7 +237,7 @@ class RoutingService:
         if t.group not in GROUPS:
             return
         req = failure.request
-        idx = list(range(len(req.rows))) if t.rows is None else list(t.rows)
+        idx = list(range(req.n_rows)) if t.rows is None else list(t.rows)
         keys = [None if req.keys is None or req.keys[i] is None else str(req.keys[i]) for i in idx]
         version = failure.version.version if failure.version is not None else "unknown"
         self.record(request_id=req.request_id, name=req.name, part=RoutePart(t.group, t.ref, idx, keys),

@@ -68,6 +68,14 @@ class MirrorItem:
     targets: list[tuple[ShadowTarget, list[SegmentSpec]]]
     row_ids: list[int] | None = None  # index of each row in the original request
     feature_names: tuple[str, ...] | None = None
+    x: Any = None  # the primary's checked input matrix (columns: feature_names); the shadow
+    # scores these values through its own contract, so OIP requests (no JSON rows) mirror too
+
+    def row_dicts(self) -> list[Mapping[str, Any]]:
+        """The rows (for segment values): as sent, or built from x for matrix input."""
+        if self.rows or self.x is None:
+            return self.rows
+        return [dict(zip(self.feature_names or (), r)) for r in self.x.tolist()]
 
 
 
@@ -184,12 +192,15 @@ class ShadowService:
         if not self._cached_targets(req.name):
             return
         for p in result.parts:
+            if p.x is None:  # raw tensors: no named features for a shadow to take
+                continue
             idx = None if p.target.rows is None else list(p.target.rows)
-            rows = req.rows if idx is None else [req.rows[i] for i in idx]
+            # JSON rows keep their extra fields for segments; matrix input (OIP) has only x
+            rows = [] if req.x is not None else req.rows if idx is None else [req.rows[i] for i in idx]
             tags = {"group": p.target.group or "none", "endpoint": req.endpoint}
             self.mirror(req.name, req.request_id, rows, p.predictions, p.version.version,
                         p.latency_s * 1000.0, tags, row_ids=idx, x=p.x,
-                        feature_names=tuple(p.model.codec.names) if p.model.codec is not None else None)
+                        feature_names=tuple(p.model.codec.names))
 
     def mirror(self, name: str, request_id: str, rows: Sequence[Mapping[str, Any]],
                outputs: Sequence[Mapping[str, Any]], primary_version: str, primary_latency_ms: float,
@@ -205,7 +216,7 @@ class ShadowService:
             return False
         self._ensure_workers()
         item = MirrorItem(name, request_id, list(rows), list(outputs), primary_version, primary_latency_ms,
-                          dict(tags) if tags else None, chosen, row_ids, feature_names)
+                          dict(tags) if tags else None, chosen, row_ids, feature_names, x)
         try:
             self._q.put_nowait(item)
         except queue.Full:

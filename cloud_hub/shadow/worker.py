@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from cloud_hub.shadow.segments import segment_values
 from edge_runtime.errors import ValidationError
 
@@ -73,15 +75,21 @@ def compare_group(models: Any, group: list) -> tuple[list[dict[str, Any]], Batch
         _, model = models.get(f"{first.name}:{target.version}")
         if model.codec is None:
             raise ValidationError("shadow takes raw tensors, not feature rows", field="rows")
-        names = tuple(model.codec.names)
-        keep = set(names)
-        rows: list[Mapping[str, Any]] = []
-        for it, _, _ in group:
-            if it.feature_names == names:  # same contract: the rows are valid as they are
-                rows.extend(it.rows)
-            else:
-                rows.extend({k: v for k, v in r.items() if k in keep} for r in it.rows)
-        shadow_out = model.predict(rows)  # (Model's single-row fast path applies to one row)
+        items = [it for it, _, _ in group]
+        names = items[0].feature_names
+        if all(it.x is not None and it.feature_names == names for it in items):
+            # the primary's checked inputs, through the shadow's own contract (by feature name)
+            x = items[0].x if len(items) == 1 else np.concatenate([it.x for it in items])
+            shadow_out = model.post.rows(model.score_features(x, names))
+        else:
+            keep = set(model.codec.names)
+            rows: list[Mapping[str, Any]] = []
+            for it in items:
+                if it.feature_names == tuple(model.codec.names):  # same contract: rows as they are
+                    rows.extend(it.rows)
+                else:
+                    rows.extend({k: v for k, v in r.items() if k in keep} for r in it.rows)
+            shadow_out = model.predict(rows)  # (Model's single-row fast path applies to one row)
     except Exception as exc:  # noqa: BLE001  (recorded, never raised to the primary)
         err = f"{type(exc).__name__}: {getattr(exc, 'message', str(exc))}"[:300]
     latency_ms = (time.perf_counter() - t0) * 1000.0
@@ -90,7 +98,9 @@ def compare_group(models: Any, group: list) -> tuple[list[dict[str, Any]], Batch
     records = []
     k = 0
     for it, _, specs in group:
-        for i, (row, p_out) in enumerate(zip(it.rows, it.outputs)):
+        rows = it.row_dicts() if specs else ()
+        for i, p_out in enumerate(it.outputs):
+            row = rows[i] if i < len(rows) else {}
             s_out = shadow_out[k] if k < len(shadow_out) else {}
             k += 1
             ps, ss = score_of(p_out), score_of(s_out)
