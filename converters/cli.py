@@ -1,6 +1,6 @@
 """``edge-convert``: trained model → verified, optimised, signed bundles.
 
-    edge-convert keygen --out fleet.key
+    edge-convert keygen --out fleet.key [--public-out fleet.pub] [--force]
     edge-convert export MODEL --sample DATA --out DIR [--name N] [--version V] [--key KEY]
     edge-convert quantize BUNDLE --out DIR [--mode dynamic|static|fp16] [--sample DATA]
     edge-convert tflite BUNDLE --out DIR [--int8]
@@ -18,14 +18,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.errors import EdgeError
+from edge_runtime import keygen
+from edge_runtime.errors import UnavailableError, run_cli
 
 PROG = "edge-convert"
 
@@ -38,13 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     key_help = "ed25519 private key file (default: $EDGE_CONVERT_KEY)"
 
-    k = sub.add_parser("keygen", help="create an ed25519 key pair to sign bundles",
-                       description="Create an ed25519 key pair: the private key signs bundles "
-                       "(keep it secret), the .pub file goes to devices and the hub.")
-    k.add_argument("--out", required=True, help="private key path (the public key gets .pub)")
-    k.add_argument("--public", help="public key path (default: OUT with suffix .pub)")
-    k.add_argument("--force", action="store_true", help="overwrite existing key files")
-    k.set_defaults(func=cmd_keygen)
+    keygen.register(sub)  # the same command as edge-runtime keygen
 
     e = sub.add_parser("export", help="export a trained model to a signed ONNX bundle",
                        description="Export a scikit-learn / LightGBM / XGBoost model (joblib or "
@@ -159,20 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---- commands -----------------------------------------------------------------------
 
-def cmd_keygen(args) -> int:
-    from edge_runtime.signing import generate_keypair, key_id, load_private_key
-
-    priv = Path(args.out)
-    pub = Path(args.public) if args.public else priv.with_suffix(".pub")
-    for path in (priv, pub):
-        if path.exists() and not args.force:
-            raise _usage(f"{path} exists; pass --force to overwrite it", "out")
-    priv, pub = generate_keypair(priv, pub)
-    print(f"private key: {priv} (keep secret)\npublic key:  {pub}\n"
-          f"key id:      {key_id(load_private_key(priv))}")
-    return 0
-
-
 def cmd_export(args) -> int:
     from converters.export import DEFAULT_RISK_LEVELS, ExportConfig, export_model
 
@@ -244,15 +224,6 @@ def cmd_check(args) -> int:
 
 # ---- helpers --------------------------------------------------------------------------
 
-class _UsageError(EdgeError):
-    status_code = 400
-    code = "usage"
-
-
-def _usage(msg: str, field: str) -> _UsageError:
-    return _UsageError(msg, field=field)
-
-
 def _lazy(module: str, func: str, what: str):
     """Import the format converter only when its command runs (optional dependencies)."""
     import importlib
@@ -260,11 +231,12 @@ def _lazy(module: str, func: str, what: str):
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
-        raise _usage(f"the {what} converter is not available: {exc}", "format") from exc
+        raise UnavailableError(f"the {what} converter is not available: {exc}",
+                               field="format") from exc
     fn = getattr(mod, func, None)
     if fn is None:
-        raise _usage(f"the {what} converter is not available ({module}.{func} is missing)",
-                     "format")
+        raise UnavailableError(f"the {what} converter is not available ({module}.{func} is "
+                               "missing)", field="format")
     return fn
 
 
@@ -338,22 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_onnxruntime()
-    try:
-        return int(args.func(args) or 0)
-    except EdgeError as exc:
-        field = f" [{exc.field}]" if exc.field else ""
-        print(f"{PROG} {args.command}: error{field}: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # never a traceback for users; EDGE_CONVERT_DEBUG=1 shows it
-        if os.environ.get("EDGE_CONVERT_DEBUG") == "1":
-            raise
-        msg = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"{PROG} {args.command}: internal error: {type(exc).__name__}: {msg}",
-              file=sys.stderr)
-        return 1
+    return run_cli(PROG, lambda: args.func(args))  # never a traceback (EDGEFLEET_DEBUG=1 shows it)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from converters import gate, heldout
+from converters import columns, gate, heldout
 from converters.sample import Sample, finalize, load_sample
 from converters.trees import exact_trees, refuse_unsupported
 from edge_runtime.bundle import MANIFEST, read_bundle, write_bundle
@@ -265,6 +265,7 @@ class _Converted:
     # {"probabilities", "label" (class index, from the model's own predict)} or {"value"}
     reference: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None
     label_output: bool = False  # labels come from the graph's label output (see _label_source)
+    unknown: dict[str, str] = field(default_factory=dict)  # text feature → allow | reject
 
 
 _REGISTERED = False
@@ -338,27 +339,36 @@ def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
     model = _xgboost_without_names(model)
     options = {id(m): {"zipmap": False} for m in _walk(model) if is_classifier(m)}
     x32 = smp.x.astype(np.float32)
+    by_column = columns.needs_columns(model, smp)
+    text = [n for n in smp.names if smp.dtypes.get(n) == "string"]
+    if text:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.predict(smp.frame(smp.x[:5]))
+        except Exception as exc:  # noqa: BLE001 - the model refusing text, in its own words
+            raise ValidationError(
+                f"sample column {text[0]!r} holds text, which {type(model).__name__} cannot take "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); it expects numeric "
+                "features there, or encode the text in the pipeline (OneHotEncoder, "
+                "OrdinalEncoder)", field=f"sample.{text[0]}", dtype="string") from exc
+    initial = (columns.initial_types(smp) if by_column
+               else [("input", FloatTensorType([None, len(smp.names)]))])
     try:
         with warnings.catch_warnings(), exact_trees():
             warnings.simplefilter("ignore")
-            onx = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, len(smp.names)]))],
-                                  options=options,
+            onx = convert_sklearn(model, initial_types=initial, options=options,
                                   target_opset={"": cfg.target_opset, "ai.onnx.ml": ML_OPSET})
+        if by_column:
+            onx = columns.with_front(onx, smp)
     except EdgeError:
         raise
     except Exception as exc:  # skl2onnx raises RuntimeError/NotImplementedError/… per converter
         raise EngineError(f"skl2onnx cannot convert {type(model).__name__}: "
-                          f"{str(exc).splitlines()[0][:300]}", field="model") from exc
+                          f"{_first_reason(exc)}", field="model") from exc
     model = source  # the reference answers come from the user's model, untouched
-    xr = x32[: cfg.parity_rows].astype(np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        xin = _as_model_input(model, xr, smp.names)
-        if classifier:
-            ref = {"probabilities": np.asarray(model.predict_proba(xin), dtype=np.float64),
-                   "label": np.asarray(model.predict(xin))}
-        else:
-            ref = {"value": np.asarray(model.predict(xin), dtype=np.float64).reshape(len(xr), -1)[:, 0]}
+    reference = _sklearn_reference(model, smp, classifier, by_column)
+    ref = reference(x32[: cfg.parity_rows].astype(np.float64))
     out_names = [o.name for o in onx.graph.output]
     if classifier:
         classes = [_plain(c) for c in model.classes_]
@@ -373,16 +383,27 @@ def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
                               f"{task.replace('_', ' ')} model", field="task")
     return _Converted(onx.SerializeToString(), task, "input", outputs, classes, ref,
                       converter=_converter_name(model),
-                      reference=_sklearn_reference(model, smp.names, classifier))
+                      reference=reference, unknown=columns.unknown_policy(source, smp))
 
 
-def _sklearn_reference(model: Any, names: list[str], classifier: bool):
+def _first_reason(exc: BaseException) -> str:
+    """skl2onnx's message without the attribute dump it appends (which hid the cause)."""
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    if "attributes=" in text and cause is not None:
+        return f"{text.split(' and attributes=')[0]}: {type(cause).__name__}: " \
+               f"{str(cause).splitlines()[0][:200]}"
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _sklearn_reference(model: Any, smp: Sample, classifier: bool, by_column: bool):
     classes = [_plain(c) for c in getattr(model, "classes_", [])]
+    names = smp.names
 
     def reference(x: np.ndarray) -> dict[str, np.ndarray]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            xin = _as_model_input(model, x, names)
+            xin = smp.frame(x) if by_column else _as_model_input(model, x, names)
             if not classifier:
                 v = np.asarray(model.predict(xin), dtype=np.float64).reshape(len(x), -1)[:, 0]
                 return {"value": v}
@@ -628,7 +649,8 @@ def _write(out: Path, name: str, conv: _Converted, smp: Sample, cfg: ExportConfi
         "sample_rows": len(smp), "parity": parity, "conversion_seconds": round(conv.seconds, 3),
     }
     if not smp.is_tensor:
-        provenance["sample_profile"] = heldout.profile(smp.x, smp.names, smp.dtypes)
+        provenance["sample_profile"] = heldout.profile(
+            smp.x, smp.names, smp.dtypes, {n: v == "allow" for n, v in conv.unknown.items()})
     acc = _sample_accuracy(smp, got, conv, post, task, n_par)
     if acc is not None:
         provenance["sample_accuracy"] = acc
@@ -671,8 +693,9 @@ def _parity_gate(sess: Any, conv: _Converted, smp: Sample, cfg: ExportConfig, ta
     split = {"sample": len(xs)}
     x = xs
     if not smp.is_tensor and cfg.heldout_rows > 0:
-        xh = heldout.rows(heldout.columns_of(smp.x, smp.names, smp.dtypes), cfg.heldout_rows,
-                          seed=cfg.heldout_seed)
+        unseen = {n: v == "allow" for n, v in conv.unknown.items()}
+        xh = heldout.rows(heldout.columns_of(smp.x, smp.names, smp.dtypes, unseen),
+                          cfg.heldout_rows, seed=cfg.heldout_seed)
         x = np.concatenate([xs, xh])
         split["heldout"] = len(xh)
     if conv.reference is None:  # an ONNX file wrapped as is: it is its own reference
@@ -713,12 +736,15 @@ def _inputs(smp: Sample, conv: _Converted, cfg: ExportConfig) -> dict[str, Any]:
     for j, n in enumerate(smp.names):
         col = smp.x[:, j]
         f: dict[str, Any] = {"name": n, "dtype": smp.dtypes.get(n, "float32")}
-        if f["dtype"] not in ("float32", "float64", "int64", "int32", "bool"):
+        if f["dtype"] not in ("float32", "float64", "int64", "int32", "bool", "string"):
             f["dtype"] = "float32"
         has_nan = bool(np.isnan(col).any())
         if has_nan:
             f["nan"] = "allow"
-        if cfg.record_ranges and not np.isnan(col).all():
+        if f["dtype"] == "string":
+            f["categories"] = list(smp.categories.get(n, []))
+            f["unknown"] = conv.unknown.get(n, "reject")
+        elif cfg.record_ranges and not np.isnan(col).all():
             lo, hi = float(np.nanmin(col)), float(np.nanmax(col))
             # golden rows carry float32-rounded values: keep both roundings inside the range
             f["min"] = min(lo, float(np.float32(lo)))
@@ -768,7 +794,7 @@ def _golden(smp: Sample, conv: _Converted, got: dict[str, np.ndarray], out_names
         g["tensors"] = {conv.input_name: smp.x[pick].astype(np.float32).tolist()}
     else:
         x32 = smp.x[pick].astype(np.float32).astype(np.float64)
-        g["rows"] = Sample(x32, smp.names, None, smp.dtypes).rows()
+        g["rows"] = Sample(x32, smp.names, None, smp.dtypes, smp.source, smp.categories).rows()
     if task == "regression":
         g["expected_value"] = [float(v) for v in score[pick]]
     else:

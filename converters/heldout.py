@@ -11,7 +11,8 @@ range:
   sample's min and max (integers stay integers, booleans 0/1);
 - a missing value (NaN) in 10 % of the cells of every feature whose contract
   allows NaN;
-- for text features, the sample's categories plus one unseen category.
+- for text features, the sample's categories plus one unseen category where
+  the model accepts one (``unknown: allow``).
 
 The sample's per-feature profile (a few dozen quantile values, the range, the
 NaN flag, the categories) is recorded in ``provenance.sample_profile`` so the
@@ -26,38 +27,37 @@ from typing import Any
 
 import numpy as np
 
-UNSEEN = "__unseen_category__"
+UNSEEN = "__unseen_category__"  # the text an unseen category (code -1) reaches the model as
 PROFILE_VALUES = 65  # quantile values kept per numeric feature in the manifest
 NAN_RATE = 0.1
 
 
 @dataclass
 class Column:
-    """What the generator needs to know about one feature."""
+    """What the generator needs to know about one feature (text: category codes)."""
 
     name: str
     kind: str  # float | int | bool | string
-    values: np.ndarray  # observed non-missing values (all of them, or quantiles)
+    values: np.ndarray  # observed non-missing values (all of them, or quantiles); text: codes
     nan: bool  # missing values allowed / seen
+    unseen: bool = False  # text: an unseen category (code -1) is a valid input
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "nan": self.nan}
+        v = np.sort(self.values.astype(np.float64))
         if self.kind == "string":
-            d["categories"] = sorted({str(v) for v in self.values})
-        else:
-            v = np.sort(self.values.astype(np.float64))
-            if len(v):
-                idx = np.unique(np.linspace(0, len(v) - 1, PROFILE_VALUES).round().astype(int))
-                d["values"] = [float(x) for x in v[idx]]
+            d["values"] = [float(x) for x in np.unique(v)]
+            d["unseen"] = self.unseen
+        elif len(v):
+            idx = np.unique(np.linspace(0, len(v) - 1, PROFILE_VALUES).round().astype(int))
+            d["values"] = [float(x) for x in v[idx]]
         return d
 
     @classmethod
     def from_json(cls, name: str, d: dict[str, Any]) -> Column:
-        if d.get("kind") == "string":
-            vals = np.asarray(d.get("categories", []), dtype=object)
-        else:
-            vals = np.asarray(d.get("values", []), dtype=np.float64)
-        return cls(name, str(d.get("kind", "float")), vals, bool(d.get("nan", False)))
+        vals = np.asarray(d.get("values", []), dtype=np.float64)
+        return cls(name, str(d.get("kind", "float")), vals, bool(d.get("nan", False)),
+                   bool(d.get("unseen", False)))
 
 
 def kind_of(dtype: str) -> str:
@@ -70,25 +70,22 @@ def kind_of(dtype: str) -> str:
     return "float"
 
 
-def columns_of(x: np.ndarray, names: list[str], dtypes: dict[str, str]) -> list[Column]:
-    """Columns from a sample matrix (float64 with NaN; object for text columns)."""
+def columns_of(x: np.ndarray, names: list[str], dtypes: dict[str, str],
+               unseen: dict[str, bool] | None = None) -> list[Column]:
+    """Columns from a sample matrix (float64 with NaN; text features hold category codes)."""
     cols = []
     for j, n in enumerate(names):
-        kind = kind_of(dtypes.get(n, "float32"))
-        c = x[:, j]
-        if kind == "string":
-            present = np.array([not _missing(v) for v in c], dtype=bool)
-            cols.append(Column(n, kind, c[present], bool((~present).any())))
-        else:
-            c = c.astype(np.float64)
-            ok = ~np.isnan(c)
-            cols.append(Column(n, kind, c[ok], bool((~ok).any())))
+        c = x[:, j].astype(np.float64)
+        ok = ~np.isnan(c)
+        cols.append(Column(n, kind_of(dtypes.get(n, "float32")), c[ok], bool((~ok).any()),
+                           bool((unseen or {}).get(n, False))))
     return cols
 
 
-def profile(x: np.ndarray, names: list[str], dtypes: dict[str, str]) -> dict[str, Any]:
-    """``provenance.sample_profile``: per feature kind, NaN flag, quantile values/categories."""
-    return {c.name: c.to_json() for c in columns_of(x, names, dtypes)}
+def profile(x: np.ndarray, names: list[str], dtypes: dict[str, str],
+            unseen: dict[str, bool] | None = None) -> dict[str, Any]:
+    """``provenance.sample_profile``: per feature kind, NaN flag, quantile values / codes."""
+    return {c.name: c.to_json() for c in columns_of(x, names, dtypes, unseen)}
 
 
 def columns_from_profile(prof: dict[str, Any], names: list[str]) -> list[Column] | None:
@@ -110,22 +107,18 @@ def find_profile(provenance: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def rows(cols: list[Column], n: int, seed: int = 0, *, unseen: bool = True) -> np.ndarray:
-    """``n`` held-out-like rows: float64 matrix, or object when a feature is text."""
+def rows(cols: list[Column], n: int, seed: int = 0) -> np.ndarray:
+    """``n`` held-out-like rows as a float64 matrix (text: category codes, -1 = unseen)."""
     rng = np.random.default_rng(seed)
-    text = any(c.kind == "string" for c in cols)
-    out = np.empty((n, len(cols)), dtype=object if text else np.float64)
+    out = np.empty((n, len(cols)), dtype=np.float64)
     for j, c in enumerate(cols):
-        if c.kind == "string":
-            cats = list(c.values) or [UNSEEN]
-            pool = np.asarray(cats + [UNSEEN] if unseen else cats, dtype=object)
-            col = pool[rng.integers(0, len(pool), n)]
-            if c.nan:
-                col[rng.random(n) < NAN_RATE] = None
-            out[:, j] = col
-            continue
         v = c.values.astype(np.float64)
-        if not len(v):
+        if c.kind == "string":
+            pool = np.unique(v)
+            if c.unseen or not len(pool):
+                pool = np.append(pool, -1.0)
+            col = pool[rng.integers(0, len(pool), n)]
+        elif not len(v):
             col = np.full(n, np.nan if c.nan else 0.0)
         else:
             lo, hi = float(v.min()), float(v.max())
@@ -138,11 +131,7 @@ def rows(cols: list[Column], n: int, seed: int = 0, *, unseen: bool = True) -> n
                 uni = rng.uniform(lo, hi, n)
             col = np.where(rng.random(n) < 0.5, pick, uni)
             col = col.astype(np.float32).astype(np.float64)  # the contract feeds float32
-            if c.nan:
-                col[rng.random(n) < NAN_RATE] = np.nan
+        if c.nan:
+            col[rng.random(n) < NAN_RATE] = np.nan
         out[:, j] = col
     return out
-
-
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v))

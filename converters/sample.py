@@ -32,6 +32,8 @@ class Sample:
     y: np.ndarray | None = None  # labels, when a label column was given
     dtypes: dict[str, str] = field(default_factory=dict)  # contract dtype per feature
     source: str = "memory"
+    # text features (dtype "string"): x holds the index into these sorted categories
+    categories: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def is_tensor(self) -> bool:
@@ -51,21 +53,59 @@ class Sample:
                                   f"{shown}", field=f"sample.{missing[0]}", missing=missing)
         idx = [self.names.index(n) for n in names]
         return Sample(self.x[:, idx], list(names), self.y,
-                      {n: self.dtypes.get(n, "float32") for n in names}, self.source)
+                      {n: self.dtypes.get(n, "float32") for n in names}, self.source,
+                      {n: c for n, c in self.categories.items() if n in names})
 
     def head(self, n: int) -> Sample:
         return Sample(self.x[:n], self.names, None if self.y is None else self.y[:n],
-                      self.dtypes, self.source)
+                      self.dtypes, self.source, self.categories)
 
     def rows(self, idx: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        """Feature rows as JSON-ready dicts (ints stay ints for integer features)."""
+        """Feature rows as JSON-ready dicts (ints stay ints for integer features, booleans
+        true/false, text categories their text)."""
         x = self.x if idx is None else self.x[list(idx)]
-        ints = [self.dtypes.get(n) in ("int64", "int32") for n in self.names]
         out = []
         for r in x:
-            out.append({n: (int(v) if is_int else float(v))
-                        for n, v, is_int in zip(self.names, r.tolist(), ints)})
+            out.append({n: self.value(n, v) for n, v in zip(self.names, r.tolist())})
         return out
+
+    def value(self, name: str, v: float) -> Any:
+        """One cell as the JSON value a client sends."""
+        dt = self.dtypes.get(name)
+        if v != v:  # NaN: a missing value
+            return None
+        if dt == "string":
+            cats = self.categories.get(name, [])
+            return cats[int(v)] if 0 <= v < len(cats) else "__unseen_category__"
+        if dt in ("int64", "int32"):
+            return int(v)
+        if dt == "bool":
+            return bool(v)
+        return float(v)
+
+    def frame(self, x: np.ndarray | None = None):
+        """The rows as a pandas DataFrame of the user's types (text as text), for the source
+        model's reference run."""
+        import pandas as pd
+
+        x = self.x if x is None else x
+        cols = {}
+        for j, n in enumerate(self.names):
+            dt = self.dtypes.get(n)
+            if dt == "string":
+                cats = np.asarray(self.categories.get(n, []) + ["__unseen_category__"],
+                                  dtype=object)
+                c = x[:, j]
+                codes = np.where(np.isnan(c), -2, c).astype(int)
+                col = np.where(codes >= 0, cats[np.clip(codes, 0, len(cats) - 1)],
+                               cats[-1]).astype(object)
+                col[codes == -2] = None
+                cols[n] = col
+            elif dt == "bool" and not np.isnan(x[:, j]).any():
+                cols[n] = x[:, j].astype(bool)
+            else:
+                cols[n] = x[:, j]
+        return pd.DataFrame(cols, columns=self.names)
 
 
 def load_sample(source: Any, *, label_column: str | None = None,
@@ -107,7 +147,7 @@ def load_sample(source: Any, *, label_column: str | None = None,
         keep = [j for j in range(len(sample.names)) if j != i]
         sample = Sample(sample.x[:, keep], [sample.names[j] for j in keep], sample.x[:, i],
                         {n: d for n, d in sample.dtypes.items() if n != label_column},
-                        sample.source)
+                        sample.source, sample.categories)
     if feature_names is not None and not sample.is_tensor:
         sample = sample.select([str(n) for n in feature_names])
     if len(sample) == 0:
@@ -186,6 +226,7 @@ def _from_table(table, source: str, label_column: str | None) -> Sample:
     if not names:
         raise ValidationError(f"sample {source} has no columns", field="sample")
     cols, dtypes, kept, y = [], {}, [], None
+    categories: dict[str, list[str]] = {}
     for name, col in zip(names, table.columns):
         if name == label_column:
             y = np.asarray(col.to_pylist())
@@ -205,6 +246,17 @@ def _from_table(table, source: str, label_column: str | None) -> Sample:
         elif pt.is_null(t):
             dtypes[name] = "float32"
             arr = np.full(len(col), np.nan)
+        elif pt.is_string(t) or pt.is_large_string(t) or (
+                pt.is_dictionary(t) and (pt.is_string(t.value_type)
+                                         or pt.is_large_string(t.value_type))):
+            # a text category: codes into its sorted categories (NaN where missing)
+            vals = col.cast(pa.string()) if pt.is_dictionary(t) else col
+            py = vals.to_pylist()
+            cats = sorted({v for v in py if v is not None})
+            index = {c: float(i) for i, c in enumerate(cats)}
+            dtypes[name] = "string"
+            categories[name] = cats
+            arr = np.array([np.nan if v is None else index[v] for v in py], dtype=np.float64)
         else:
             # Kept aside: it only matters if the model needs this column (select()).
             dtypes[name] = f"!{t}"
@@ -223,7 +275,7 @@ def _from_table(table, source: str, label_column: str | None) -> Sample:
             bad[kept[j]] = dtypes[kept[j]][1:]
         else:
             x[:, j] = arr
-    s = _CheckedSample(x, kept, y, dtypes, source)
+    s = _CheckedSample(x, kept, y, dtypes, source, categories)
     s.bad = bad
     return s
 
@@ -236,18 +288,18 @@ class _CheckedSample(Sample):
     def select(self, names: Sequence[str]) -> Sample:
         self._check_numeric(names)
         sel = Sample.select(self, names)
-        return Sample(sel.x, sel.names, sel.y, sel.dtypes, sel.source)
+        return Sample(sel.x, sel.names, sel.y, sel.dtypes, sel.source, sel.categories)
 
     def _check_numeric(self, names: Sequence[str]) -> None:
         for n in names:
             if n in self.bad:
                 raise ValidationError(f"sample column {n!r} has type {self.bad[n]}; model features "
-                                      "must be numeric (int, float or bool)", field=f"sample.{n}",
+                                      "must be numbers, booleans or text", field=f"sample.{n}",
                                       dtype=self.bad[n])
 
     def numeric(self) -> Sample:
         self._check_numeric(self.names)
-        return Sample(self.x, self.names, self.y, self.dtypes, self.source)
+        return Sample(self.x, self.names, self.y, self.dtypes, self.source, self.categories)
 
 
 def _from_array(x: Any, names: Sequence[str] | None, source: str = "array") -> Sample:

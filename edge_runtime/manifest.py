@@ -28,14 +28,34 @@ class _Strict(BaseModel):
 
 
 class Feature(_Strict):
-    """One named input feature, in the order the model expects it."""
+    """One named input feature, in the order the model expects it.
+
+    A ``string`` feature (a text category) lists the ``categories`` seen in the
+    exporter's sample; the contract feeds the engine the category's index in that
+    list. ``unknown`` says what a category outside the list does, as the source
+    model did: ``allow`` (it reaches the model as "unknown": ``handle_unknown=
+    'ignore'`` / an unknown value) or ``reject`` (refused, naming the feature).
+    """
 
     name: str = Field(min_length=1)
-    dtype: Literal["float32", "float64", "int64", "int32", "bool"] = "float32"
+    dtype: Literal["float32", "float64", "int64", "int32", "bool", "string"] = "float32"
     min: float | None = None
     max: float | None = None
     nan: NanPolicy = "reject"
+    categories: list[str] | None = None
+    unknown: Literal["allow", "reject"] | None = None
     description: str | None = None
+
+    @model_validator(mode="after")
+    def _categories(self) -> "Feature":
+        if self.dtype == "string":
+            if not self.categories:
+                raise ValueError(f"feature {self.name!r}: a string feature lists its categories")
+            if len(set(self.categories)) != len(self.categories):
+                raise ValueError(f"feature {self.name!r}: categories has duplicates")
+        elif self.categories is not None or self.unknown is not None:
+            raise ValueError(f"feature {self.name!r}: categories/unknown are for string features")
+        return self
 
 
 class TensorSpec(_Strict):

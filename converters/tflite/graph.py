@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from converters.onnx_source import ConversionError
 from converters.tflite.builder import ModelBuilder, Quantization
 
 SUPPORTED_DOMAINS = {"": "", "ai.onnx": "", "ai.onnx.ml": "ai.onnx.ml"}
@@ -85,8 +86,11 @@ def resolve_batch(target: list[int], in_shape: tuple[int, ...]) -> list[int]:
     return [0] + target[1:]
 
 
-class OpError(Exception):
-    """A node the converter cannot express (reported with the node's name)."""
+class OpError(ConversionError):
+    """A node the converter cannot express (reported with the node's name; the graph
+    converter collects them into one :class:`UnsupportedOpsError`)."""
+
+    code = "unsupported_ops"
 
 
 @dataclass
