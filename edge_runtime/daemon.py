@@ -191,7 +191,12 @@ class Daemon:
             if cfg.host not in ("127.0.0.1", "localhost", "::1"):
                 log.warning("local API bound to %s: it has no authentication", cfg.host)
             self.api = LocalApi(self, cfg.host, cfg.port, unix_socket=cfg.unix_socket,
-                                max_body_bytes=cfg.max_body_bytes, max_rows=cfg.max_rows)
+                                max_body_bytes=cfg.max_body_bytes, max_rows=cfg.max_rows,
+                                max_connections=cfg.max_connections, workers=cfg.workers,
+                                header_timeout_s=cfg.header_timeout_s,
+                                body_timeout_s=cfg.body_timeout_s,
+                                idle_timeout_s=cfg.idle_timeout_s,
+                                max_buffered_bytes=cfg.max_buffered_bytes)
             self.api.start()
             log.info("local API on %s", ", ".join(self.api.addresses))
         started = []

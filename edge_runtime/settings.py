@@ -13,16 +13,47 @@ started from anywhere finds its store and keys.
 from __future__ import annotations
 
 import contextvars
+import logging
+import os
+import re
 import socket
+import stat
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlparse
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
 from edge_runtime.errors import ValidationError
+
+log = logging.getLogger("edge_runtime.settings")
+
+
+def _not_bool(value: Any) -> Any:
+    # pydantic's lax mode reads true as 1: `port = true` would bind port 1
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")  # noqa: TRY004 - pydantic reports ValueError
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
 
 _TOML_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("edge_toml", default=None)
 
@@ -52,8 +83,23 @@ class MqttSection(_Section):
     certfile: Path | None = Field(None, description="Client certificate for TLS client auth.")
     keyfile: Path | None = Field(None, description="Private key of the client certificate.")
     prefix: str = Field("edgefleet/v1", description="Topic prefix shared with the hub.")
-    keepalive_s: int = Field(30, ge=5, description="MQTT keep-alive; the hub sees the device "
+    keepalive_s: Int = Field(30, ge=5, le=65535, description="MQTT keep-alive; the hub sees the device "
                              "offline (LWT) about 1.5× this after it vanishes.")
+
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        u = urlparse(v)
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+            raise ValueError(f"{v!r} must look like mqtt://host:1883 or mqtts://host:8883")
+        try:
+            u.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+        except ValueError:
+            raise ValueError(f"{v!r}: the port must be a number 1-65535") from None
+        return v
 
 
 class HubSection(_Section):
@@ -70,7 +116,7 @@ class StoreSection(_Section):
                                     "signed by one of them.")
     public_key: Path | None = Field(None, description="Shorthand for a single public key file.")
     allow_unsigned: bool = Field(False, description="Accept unsigned bundles (development only).")
-    latency_runs: int = Field(200, ge=10, description="Single-row runs timed for the p99 budget check.")
+    latency_runs: Int = Field(200, ge=10, le=100_000, description="Single-row runs timed for the p99 budget check.")
 
     def key_paths(self) -> list[Path]:
         keys = list(self.public_keys)
@@ -80,13 +126,14 @@ class StoreSection(_Section):
 
 
 class TelemetrySection(_Section):
-    interval_s: float = Field(10.0, gt=0, description="Seconds per telemetry window.")
-    buffer_max_windows: int = Field(10_000, ge=1, description="Windows kept while offline; the "
+    interval_s: Float = Field(10.0, ge=0.5, le=86400.0, description="Seconds per telemetry "
+                              "window (0.5 s … 1 day).")
+    buffer_max_windows: Int = Field(10_000, ge=1, description="Windows kept while offline; the "
                                     "oldest are dropped (and counted) past this.")
 
 
 class ShadowSection(_Section):
-    sample_rate: float = Field(1.0, ge=0.0, le=1.0,
+    sample_rate: Float = Field(1.0, ge=0.0, le=1.0,
                                description="Fraction of requests mirrored to the shadow model "
                                "(off the critical path).")
 
@@ -94,10 +141,22 @@ class ShadowSection(_Section):
 class LocalApiSection(_Section):
     enabled: bool = Field(True, description="Serve the local HTTP endpoint.")
     host: str = Field("127.0.0.1", description="Bind address; keep it on loopback (no auth).")
-    port: int = Field(8700, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    port: Int = Field(8700, ge=0, le=65535, description="TCP port (0 picks a free one).")
     unix_socket: Path | None = Field(None, description="Also serve on this Unix socket path.")
-    max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413.")
-    max_rows: int = Field(10_000, ge=1, description="Most rows accepted in one /predict call.")
+    max_body_bytes: Int = Field(1 << 20, ge=1024, le=1 << 30, description="Larger request bodies get 413.")
+    max_rows: Int = Field(10_000, ge=1, description="Most rows accepted in one /predict call.")
+    max_connections: Int = Field(256, ge=1, le=65536, description="Open connections at most; past "
+                                 "it the longest-idle keep-alive one is closed, else 503.")
+    workers: Int = Field(4, ge=1, le=64, description="Threads that serve requests (inference "
+                         "included); idle connections hold none.")
+    header_timeout_s: Float = Field(10.0, ge=0.1, le=3600, description="A request head must "
+                                    "arrive within this many seconds of its first byte (else 408).")
+    body_timeout_s: Float = Field(30.0, ge=0.1, le=3600, description="A request body must arrive "
+                                  "within this many seconds of its head (else 408).")
+    idle_timeout_s: Float = Field(30.0, ge=0.1, le=86400, description="Idle keep-alive "
+                                  "connections are closed after this many seconds.")
+    max_buffered_bytes: Int = Field(16 << 20, ge=1 << 20, description="Request bodies over 64 KiB "
+                                    "held at once, all connections together (past it: 503).")
 
 
 class EdgeSettings(BaseSettings):
@@ -114,6 +173,9 @@ class EdgeSettings(BaseSettings):
     shadow: ShadowSection = Field(default_factory=ShadowSection)
     local_api: LocalApiSection = Field(default_factory=LocalApiSection)
     dev: bool = Field(False, description="Development mode: allows placeholder secrets.")
+    allow_insecure_secrets: bool = Field(False, description="Start even when a secret (TLS key, "
+                                         "a config file holding the MQTT password) is readable "
+                                         "by other users: warn instead of refusing.")
     log_level: str = Field("INFO", description="Python logging level.")
 
     @field_validator("log_level")
@@ -142,29 +204,126 @@ class EdgeSettings(BaseSettings):
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> EdgeSettings:
-    """Read ``device.toml`` (optional) + ``EDGE_*`` variables; refuse bad values by field."""
+    """Read ``device.toml`` (optional) + ``EDGE_*`` variables; refuse bad values by field.
+
+    Every refusal is one line naming the setting and where it came from
+    (``env EDGE_LOCAL_API__PORT``, ``device.toml:12`` or ``argument``).
+    """
     toml_path = None
+    text = ""
     if path is not None:
         toml_path = Path(path)
         if not toml_path.is_file():
             raise ValidationError(f"config file not found: {toml_path}", field="config")
         try:
-            tomllib.loads(toml_path.read_text())
+            text = toml_path.read_text()
+            doc = tomllib.loads(text)
+        except OSError as exc:
+            raise ValidationError(f"cannot read {toml_path}: {exc.strerror}", field="config") from exc
+        except UnicodeDecodeError as exc:
+            raise ValidationError(f"{toml_path} is not UTF-8 text", field="config") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ValidationError(f"{toml_path} is not valid TOML: {exc}", field="config") from exc
+    else:
+        doc = {}
     token = _TOML_PATH.set(toml_path)
     try:
         settings = EdgeSettings(**overrides)
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "settings"
-        where = f" in {toml_path}" if toml_path else ""
-        raise ValidationError(f"invalid setting {loc}{where}: {err['msg']}", field=loc) from exc
+        src = _source(err["loc"], toml_path, text, overrides)
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ValidationError(f"invalid setting {loc} ({src}): {msg}", field=loc) from None
+    except SettingsError as exc:  # an EDGE_* variable that is not valid JSON for its field
+        m = re.search(r'field "(\w+)"', str(exc))
+        section = m.group(1) if m else ""
+        names = sorted(k for k in os.environ if k.upper().startswith(f"EDGE_{section.upper()}"))
+        where = f"env {names[0]}" if names else "the environment"
+        field = names[0][5:].lower().replace("__", ".") if names else section or "settings"
+        raise ValidationError(f"invalid setting {field} ({where}): the value must be JSON for a "
+                              f"list or a table, e.g. '[\"a.pub\"]' or '{{\"port\": 8700}}'",
+                              field=field) from None
     finally:
         _TOML_PATH.reset(token)
     if toml_path is not None:
         _resolve_paths(settings, toml_path.resolve().parent)
+    _check_files(settings, toml_path, text, overrides)
+    _check_secret_modes(settings, toml_path, doc)
     return settings
+
+
+def _source(loc: tuple[Any, ...], toml_path: Path | None, text: str,
+            overrides: dict[str, Any]) -> str:
+    """Where the value at ``loc`` came from: an argument, an EDGE_* variable or a TOML line."""
+    keys = [str(p) for p in loc if not isinstance(p, int)]
+    if keys and keys[0] in overrides:
+        return "argument"
+    env = {k.upper(): k for k in os.environ}
+    for n in range(len(keys), 0, -1):
+        name = "EDGE_" + "__".join(keys[:n]).upper()
+        if name in env:
+            return f"env {env[name]}"
+    if toml_path is not None and keys:
+        line = _toml_line(text, keys)
+        if line:
+            return f"{toml_path.name}:{line}"
+        return str(toml_path.name)
+    return "default"
+
+
+def _toml_line(text: str, keys: list[str]) -> int | None:
+    """The line of ``[a] b = …`` (or ``[a]`` alone) in a TOML text; None when not found."""
+    table: list[str] = []
+    section_line = None
+    for i, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        m = re.match(r"^\[\s*([A-Za-z0-9_.\-\s]+?)\s*\]", line)
+        if m:
+            table = [p.strip() for p in m.group(1).split(".")]
+            if table == keys[:len(table)] and section_line is None:
+                section_line = i
+            continue
+        m = re.match(r"^([A-Za-z0-9_.\-\s]+?)\s*=", line)
+        if m:
+            full = table + [p.strip() for p in m.group(1).split(".")]
+            if full == keys[:len(full)]:
+                return i
+    return section_line
+
+
+def _check_files(s: EdgeSettings, toml_path: Path | None, text: str,
+                 overrides: dict[str, Any]) -> None:
+    files: list[tuple[tuple[str, ...], Path | None]] = [
+        (("mqtt", "ca_file"), s.mqtt.ca_file), (("mqtt", "certfile"), s.mqtt.certfile),
+        (("mqtt", "keyfile"), s.mqtt.keyfile), (("store", "public_key"), s.store.public_key)]
+    files += [(("store", "public_keys"), p) for p in s.store.public_keys]
+    for loc, p in files:
+        if p is not None and not p.is_file():
+            what = "not a file" if p.exists() else "file not found"
+            src = _source(loc, toml_path, text, overrides)
+            raise ValidationError(f"invalid setting {'.'.join(loc)} ({src}): {what}: {p}",
+                                  field=".".join(loc))
+
+
+def _check_secret_modes(s: EdgeSettings, toml_path: Path | None, doc: dict[str, Any]) -> None:
+    """A TLS key, or a config file holding the MQTT password, must not be readable by others."""
+    secrets: list[tuple[str, Path]] = []
+    if s.mqtt.keyfile is not None:
+        secrets.append(("mqtt.keyfile", s.mqtt.keyfile))
+    if toml_path is not None and isinstance(doc.get("mqtt"), dict) and "password" in doc["mqtt"]:
+        secrets.append(("mqtt.password", toml_path))
+    for what, p in secrets:
+        try:
+            mode = stat.S_IMODE(p.stat().st_mode)
+        except OSError:
+            continue
+        if mode & 0o007:
+            msg = (f"{p} holds a secret ({what}) and is readable by other users (mode "
+                   f"{mode:04o}): chmod 600 it, or set allow_insecure_secrets = true")
+            if not s.allow_insecure_secrets:
+                raise ValidationError(msg, field=what)
+            log.warning("%s (allowed by allow_insecure_secrets)", msg)
 
 
 def _resolve_paths(s: EdgeSettings, base: Path) -> None:

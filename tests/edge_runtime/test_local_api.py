@@ -99,7 +99,18 @@ def _bad(rows, key, value):
     (lambda r: {"rows": _bad(r, "mean_area", [1, 2])}, 422, "invalid_input", "rows[0].mean_area"),
     (lambda r: json.dumps({"rows": _bad(r, "mean_area", float("nan"))}), 422, "invalid_input",
      "rows[0].mean_area"),
-    (lambda r: json.dumps({"rows": _bad(r, "mean_area", float("inf"))}), 422, "invalid_input", "body"),
+    # ±Infinity and an integer too long for any dtype: refused, naming the feature
+    (lambda r: json.dumps({"rows": _bad(r, "mean_area", float("inf"))}), 422, "invalid_input",
+     "rows[0].mean_area"),
+    (lambda r: json.dumps({"rows": _bad(r, "mean_area", float("-inf"))}), 422, "invalid_input",
+     "rows[0].mean_area"),
+    (lambda r: json.dumps({"rows": _bad(r, "mean_area", 10**400)}), 422, "invalid_input",
+     "rows[0].mean_area"),
+    (lambda r: json.dumps({"rows": _bad(r, "mean_area", 12345)}).replace("12345", "9" * 5000),
+     422, "invalid_input", "rows[0].mean_area"),
+    # nesting past the depth limit: 400 before any parsing (no RecursionError, no traceback)
+    (lambda r: b"[" * 5000 + b"]" * 5000, 400, "invalid_json", "body"),
+    (lambda r: b'{"rows": ' + b"[" * 40 + b"]" * 40 + b"}", 400, "invalid_json", "body"),
     # valid JSON, but inf once in float32: refused like NaN, naming the feature
     (lambda r: {"rows": _bad(r, "mean_area", 1e39)}, 422, "invalid_input", "rows[0].mean_area"),
     (lambda r: {"rows": []}, 422, "invalid_input", "rows"),
@@ -197,7 +208,9 @@ def _raw(daemon, data: bytes) -> bytes:
     (b"GARBAGE\r\n\r\n", b"400"),
     (b"GET /health HTTP/2.0\r\n\r\n", b"400"),
     (b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n", b"400"),
-    (b"GET /health HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n", b"431"),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120))
+     + b"\r\n", b"431"),
+    (b"GET /health HTTP/1.1\r\n\r\n", b"400"),  # HTTP/1.1 without Host (RFC 9112)
 ])
 def test_malformed_requests_get_a_json_error_and_close(daemon, request_bytes, status):
     out = _raw(daemon, request_bytes)  # returns once the server closes the connection
@@ -209,7 +222,8 @@ def test_http10_and_connection_close_end_the_connection(daemon, rows):
     out = _raw(daemon, b"GET /health HTTP/1.0\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 200") and b"Connection: close" in out
     body = json.dumps(rows[0]).encode()
-    out = _raw(daemon, b"POST /predict HTTP/1.1\r\nExpect: 100-continue\r\nConnection: close\r\n"
+    out = _raw(daemon, b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+               b"Connection: close\r\n"
                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     assert out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200")
 
