@@ -346,7 +346,7 @@ def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model.predict(smp.frame(smp.x[:5]))
-        except Exception as exc:  # noqa: BLE001 - the model refusing text, in its own words
+        except Exception as exc:  # the model refusing text, in its own words
             raise ValidationError(
                 f"sample column {text[0]!r} holds text, which {type(model).__name__} cannot take "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); it expects numeric "

@@ -10,6 +10,7 @@ empty file, a file we cannot parse.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,7 @@ class Sample:
     def value(self, name: str, v: float) -> Any:
         """One cell as the JSON value a client sends."""
         dt = self.dtypes.get(name)
-        if v != v:  # NaN: a missing value
+        if math.isnan(v):  # a missing value
             return None
         if dt == "string":
             cats = self.categories.get(name, [])

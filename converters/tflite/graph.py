@@ -40,6 +40,8 @@ HINTS = {
 }
 #: a graph input of text (string features): neither TFLite nor Core ML takes one here
 STRING_INPUT_HINT = "string features: ship the ONNX bundle"
+HINTS["LabelEncoder"] = STRING_INPUT_HINT  # the text-category front of converters.columns
+HINTS["OneHotEncoder"] = STRING_INPUT_HINT
 
 
 def hint_for(op_type: str, target: str) -> str | None:
