@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cloud_hub.stream.transport import InMessage, Sink, Source, TransportError
+from cloud_hub.stream.transport import InMessage, KeyedPayload, Sink, Source, TransportError
 from edge_runtime.backoff import Backoff
 from edge_runtime.errors import EdgeError, ValidationError
 from edge_runtime.model import Model
@@ -59,6 +59,13 @@ class StreamStats:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _out_key(m: InMessage, key: Any) -> bytes | None:
+    """The result's transport key: the input's own key, else the message's key field."""
+    if m.key is not None:
+        return m.key
+    return None if key is None else str(key).encode()
 
 
 def _iso(t: float) -> str:
@@ -114,6 +121,8 @@ class StreamWorker:
         if not isinstance(obj, dict):
             raise ValidationError("message is not a JSON object", field="message")
         key = obj.get(self.opt.key_field)
+        if key is None and m.key is not None:  # the transport's key (Kafka record key)
+            key = m.key.decode("utf-8", "replace")
         feats = obj.get("features")
         if isinstance(feats, dict):
             row = feats
@@ -132,17 +141,19 @@ class StreamWorker:
         if fld and fld.startswith("rows[0]."):
             fld = fld[len("rows[0].") :]
         reason = exc.message.replace("rows[0].", "").replace("rows[0]: ", "")
-        return json.dumps(
+        body = json.dumps(
             {
                 "reason": reason,
                 "code": exc.code,
                 "field": fld,
                 "source": self.source.url,
+                "key": m.key.decode("utf-8", "replace") if m.key is not None else None,
                 "payload": payload,
                 "received_at": _iso(m.received_at),
                 "model": self._model_info,
             }
         ).encode()
+        return KeyedPayload(body, m.key)
 
     # ---- one micro-batch ------------------------------------------------------------
     def process(self, msgs: list[InMessage]) -> tuple[list[bytes], list[bytes]]:
@@ -193,7 +204,7 @@ class StreamWorker:
                 "received_at": _iso(m.received_at),
                 "scored_at": scored_at,
             }
-            out.append(json.dumps(rec).encode())
+            out.append(KeyedPayload(json.dumps(rec).encode(), _out_key(m, key)))
         return out, dead
 
     def _process_safely(self, msgs: list[InMessage]) -> tuple[list[bytes], list[bytes]]:

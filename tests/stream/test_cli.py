@@ -23,13 +23,13 @@ def test_help_and_bad_url(cancer_bundle):
     r = _cli(
         "stream",
         "--source",
-        "kafka://h/t",
+        "amqp://h/t",
         "--sink",
         "mqtt://127.0.0.1:1883/o",
         "--model",
         str(cancer_bundle),
     )
-    assert r.returncode == 1 and "scheme must be mqtt:// or nats://" in r.stderr
+    assert r.returncode == 1 and "scheme must be mqtt://, nats:// or kafka://" in r.stderr
     assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
 
 

@@ -40,7 +40,7 @@ def test_managed_worker_matches_hub_predict_and_survives_restart(
             sid = r.json()["id"]
             assert r.json()["status"] == "running"
             assert client.post("/v1/streams", json=body).status_code == 409
-            bad = dict(body, name="other", source="kafka://x/y")
+            bad = dict(body, name="other", source="amqp://x/y")
             r = client.post("/v1/streams", json=bad)
             assert r.status_code == 422 and r.json()["field"] == "source"
             nats_publish(n["in"], messages(cancer_data, 100, bad={7: "json"}))
