@@ -43,6 +43,9 @@ def create_app(hub: Hub) -> FastAPI:
     from cloud_hub.ui.csrf import CSRFMiddleware
 
     app.add_middleware(CSRFMiddleware)  # cookie sessions of the dashboard
+    from cloud_hub.api.guard import GuardMiddleware
+
+    app.add_middleware(GuardMiddleware, max_body_bytes=hub.settings.max_body_bytes)  # NUL, gzip OIP
     return app
 
 

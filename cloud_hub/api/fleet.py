@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
@@ -19,18 +19,38 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+ID = r"^[A-Za-z0-9_.:\-]+$"  # device/document ids: what check_device_id and MQTT topics accept
+
+
 class RegisterBody(BaseModel):
-    id: str = Field(description="Device id (MQTT user name and topic segment).")
-    tags: dict[str, str] = Field(default_factory=dict, description="Cohort labels, e.g. region=eu.")
-    profile: str = Field("", description="Device profile name, e.g. rpi4.")
-    password: str | None = Field(None, min_length=8, description="MQTT password; stored hashed only.")
+    id: str = Field(min_length=1, max_length=128, pattern=ID,
+                    description="Device id (MQTT user name and topic segment).")
+    tags: dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=64, description="Cohort labels, e.g. region=eu.")
+    profile: str = Field("", max_length=64, description="Device profile name, e.g. rpi4.")
+    password: str | None = Field(None, min_length=8, max_length=512,
+                                 description="MQTT password; stored hashed only.")
     generate_password: bool = Field(False, description="Create a random MQTT password (returned once).")
 
 
+class DesiredBundleBody(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                      description="Model name.")
+    version: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-+]+$", description="Version.")
+    url: str = Field(min_length=1, max_length=2048, description="Where the device downloads the bundle tar "
+                     "(http(s), or a path on the hub such as /v1/bundles/SHA256).")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Bundle digest (sha256 of the manifest).")
+    signature: str | None = Field(None, max_length=512, description="Manifest signature (informative).")
+
+
 class DesiredBody(BaseModel):
-    id: str = Field(description="Document id; a device applies each id once.")
-    bundles: dict[str, Any] = Field(default_factory=dict, description="slot → {name, version, url, sha256} or null.")
-    rollout_id: str | None = None
+    id: str = Field(min_length=1, max_length=128, pattern=ID,
+                    description="Document id; a device applies each id once.")
+    bundles: dict[Literal["active", "shadow"], DesiredBundleBody | None] = Field(
+        default_factory=dict, description="slot → {name, version, url, sha256} or null.")
+    rollout_id: str | None = Field(None, max_length=128, pattern=ID)
 
 
 @router.get("/v1/devices", responses=ERRORS)
@@ -76,7 +96,8 @@ def device_events(device_id: str, hub: HubDep, _: Viewer, since: float | None = 
 
 @router.put("/v1/devices/{device_id}/desired", responses=ERRORS)
 def put_desired(device_id: str, body: DesiredBody, hub: HubDep, _: Admin) -> dict[str, Any]:
-    doc = hub.fleet.set_desired(device_id, body.model_dump())
+    hub.fleet.device(device_id)  # 404 for a device that was never registered or seen
+    doc = hub.fleet.set_desired(device_id, body.model_dump(exclude_none=False))
     return doc.model_dump(mode="json")
 
 

@@ -6,7 +6,7 @@ replicas); submitting needs the admin role, reading jobs the viewer role.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
@@ -27,22 +27,24 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class JobRequest(BaseModel):
-    model: str = Field(description="REF: name, name@alias or name:version.", min_length=1)
-    input: str = Field(description="Input file on the hub: .parquet, .csv or .jsonl.", min_length=1)
+    model: str = Field(description="REF: name, name@alias or name:version.", min_length=1, max_length=401)
+    input: str = Field(description="Input file on the hub: .parquet, .csv or .jsonl.", min_length=1,
+                       max_length=4096)
     output: str = Field(
-        description="Output file on the hub: .parquet, .csv or .jsonl.", min_length=1
+        description="Output file on the hub: .parquet, .csv or .jsonl.", min_length=1, max_length=4096
     )
-    id_columns: list[str] = Field(default_factory=list, description="Columns copied to the output.")
+    id_columns: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=100, description="Columns copied to the output.")
     batch_size: int = Field(65536, ge=1, le=10_000_000, description="Rows per batch.")
     engine: Literal["local", "ray"] = Field("local", description="Scoring engine.")
     workers: int | None = Field(None, ge=1, le=1024, description="Scoring threads / Ray actors.")
     processes: bool = Field(False, description="Local engine: score in worker processes.")
     rejects: str | None = Field(
-        None, description="Rejected rows file (default OUTPUT-stem.rejects.jsonl)."
+        None, max_length=4096, description="Rejected rows file (default OUTPUT-stem.rejects.jsonl)."
     )
     input_format: Literal["parquet", "csv", "jsonl"] | None = None
     output_format: Literal["parquet", "csv", "jsonl"] | None = None
-    scoring_date: str | None = Field(None, description="ISO date/time written in scored_at.")
+    scoring_date: str | None = Field(None, max_length=64, description="ISO date/time written in scored_at.")
     overwrite: bool = Field(False, description="Replace an existing output file.")
 
 
@@ -59,7 +61,7 @@ def submit_job(body: JobRequest, hub: HubDep, role: Admin) -> dict[str, Any]:
 
 @router.get("/v1/jobs", responses=ERRORS, summary="List jobs, newest first")
 def list_jobs(
-    hub: HubDep, _: Viewer, status: str | None = Query(None), limit: int = Query(100, ge=1, le=1000)
+    hub: HubDep, _: Viewer, status: str | None = Query(None, max_length=32), limit: int = Query(100, ge=1, le=1000)
 ) -> dict[str, Any]:
     return {"jobs": JobService.of(hub).list(status, limit)}
 

@@ -23,8 +23,8 @@ router = APIRouter(prefix="/v1/rollouts", tags=["rollouts"])
 class StartRollout(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Candidate as NAME:VERSION (must be in the registry).")
-    cohort: str = Field("*", description="Device selector, e.g. 'region=eu,profile=rpi4' ('*' = all).")
+    model: str = Field(min_length=3, max_length=401, description="Candidate as NAME:VERSION (must be in the registry).")
+    cohort: str = Field("*", max_length=2048, description="Device selector, e.g. 'region=eu,profile=rpi4' ('*' = all).")
     plan: dict[str, Any] | None = Field(None, description="Plan document (same keys as a plan file); "
                                         "default: canary 1,5,25,50,100 % with the guide's thresholds.")
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,64}$", description="Optional rollout id.")

@@ -10,7 +10,7 @@ import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from cloud_hub.api.deps import Admin, Client, HubDep, Viewer
 
@@ -34,10 +34,26 @@ class SplitIn(BaseModel):
 
 
 class FeedbackItem(BaseModel):
-    request_id: str | None = Field(None, max_length=64, description="request_id of the /predict answer.")
-    row: int | None = Field(None, ge=0, description="Row of that request (default 0).")
-    entity_key: str | int | None = Field(None, description="Or the entity: joins its latest prediction.")
-    outcome: bool | int | str = Field(..., description="True outcome: 0/1, true/false or a class label.")
+    request_id: str | None = Field(None, max_length=128, description="request_id of the /predict answer.")
+    row: int | None = Field(None, ge=0, le=2**31 - 1, description="Row of that request (default 0).")
+    entity_key: str | int | None = Field(
+        None, description="Or the entity (at most 200 characters): joins its latest prediction.")
+    outcome: bool | int | str = Field(
+        ..., description="True outcome: 0/1, true/false or a class label (at most 100 characters).")
+
+    @field_validator("entity_key")
+    @classmethod
+    def _key_fits(cls, v: str | int | None) -> str | int | None:
+        if v is not None and len(str(v)) > 200:
+            raise ValueError("at most 200 characters (the prediction log's entity key)")
+        return v
+
+    @field_validator("outcome")
+    @classmethod
+    def _outcome_fits(cls, v: bool | int | str) -> bool | int | str:
+        if not isinstance(v, bool) and not 0 < len(str(v)) <= 100:
+            raise ValueError("1 to 100 characters")
+        return v
 
 
 class FeedbackIn(BaseModel):
@@ -62,6 +78,7 @@ def get_split(name: str, hub: HubDep, _: Viewer) -> dict[str, Any]:
 @router.put("/v1/models/{name}/split", responses=ERRORS,
             summary="Create or change a split (fraction changes keep the split id: sticky, nested)")
 def put_split(name: str, body: SplitIn, hub: HubDep, _: Admin) -> dict[str, Any]:
+    hub.registry.versions(name)  # 404 for an unknown model
     return hub.routing.set_split(name, body.challenger_fraction, entity_key=body.entity_key, reset=body.reset,
                                  enabled=body.enabled, evaluation=body.evaluation).to_dict()
 

@@ -85,7 +85,7 @@ def prune_records(name: str, hub: HubDep, _: Admin,
 def list_records(name: str, hub: HubDep, _: Viewer,
                  shadow: Annotated[str | None, Query(description="Only this shadow version.")] = None,
                  since: Annotated[dt.datetime | None, Query(description="Only records from this time.")] = None,
-                 after_id: Annotated[int | None, Query(ge=0, description="Records after this id.")] = None,
+                 after_id: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Records after this id.")] = None,
                  limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict[str, Any]:
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=dt.UTC)

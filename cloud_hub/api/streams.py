@@ -29,16 +29,16 @@ router = APIRouter(tags=["stream workers"], lifespan=_restore_workers)
 
 
 class StreamRequest(BaseModel):
-    name: str = Field(description="Unique worker name (also its MQTT client id suffix).")
-    model: str = Field(min_length=1, description="REF: name, name@alias or name:version.")
-    source: str = Field(description="mqtt://host:port/topic or nats://host:port/subject")
-    sink: str = Field(description="mqtt://host:port/topic or nats://host:port/subject")
+    name: str = Field(min_length=1, max_length=128, description="Unique worker name (also its MQTT client id suffix).")
+    model: str = Field(min_length=1, max_length=401, description="REF: name, name@alias or name:version.")
+    source: str = Field(min_length=1, max_length=2048, description="mqtt://host:port/topic or nats://host:port/subject")
+    sink: str = Field(min_length=1, max_length=2048, description="mqtt://host:port/topic or nats://host:port/subject")
     dead_letter: str | None = Field(
-        None, description="Dead-letter URL (default derived from sink)."
+        None, max_length=2048, description="Dead-letter URL (default derived from sink)."
     )
     batch_size: int = Field(256, ge=1, le=100_000)
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)
-    key_field: str = Field("key")
+    key_field: str = Field("key", min_length=1, max_length=200)
 
 
 @router.post("/v1/streams", status_code=201, summary="Start a managed stream worker")
