@@ -24,6 +24,7 @@ and 404 for an unknown model/version.
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from dataclasses import dataclass, field
@@ -285,11 +286,12 @@ def _decode_inputs(header: dict[str, Any], binary: bytes) -> dict[str, Tensor]:
                                   field=f"{f}.datatype")
             raise TensorError(f"input {name}: unknown datatype {dtype!r} (one of "
                               f"{', '.join(OIP_TO_NP)})", field=f"{f}.datatype")
-        if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
-                                                   and d >= 0 for d in shape)):
-            raise TensorError(f"input {name}: shape must be a list of non-negative integers",
-                              field=f"{f}.shape")
-        count = int(np.prod(shape)) if shape else 1
+        if (not isinstance(shape, list) or len(shape) > 32
+                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 2**31 - 1
+                           for d in shape)):
+            raise TensorError(f"input {name}: shape must be a list of at most 32 integers in "
+                              "[0, 2^31-1]", field=f"{f}.shape")
+        count = math.prod(shape)  # exact: np.prod wraps around on int64 overflow
         np_dtype = np.dtype(OIP_TO_NP[dtype])
         params = t.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
@@ -459,7 +461,7 @@ def _wanted(header: dict[str, Any]) -> set[str] | None:
     w = header.get("outputs")
     if not isinstance(w, list):
         return None
-    return {o.get("name") for o in w if isinstance(o, dict)}
+    return {o["name"] for o in w if isinstance(o, dict) and isinstance(o.get("name"), str)}
 
 
 def _encode_outputs(header: dict[str, Any], outs: dict[str, np.ndarray]) -> tuple[list[dict], list[bytes]]:
@@ -474,6 +476,8 @@ def _encode_outputs(header: dict[str, Any], outs: dict[str, np.ndarray]) -> tupl
         order = []
         for i, o in enumerate(wanted):
             name = o.get("name") if isinstance(o, dict) else None
+            if not isinstance(name, str):
+                raise TensorError(f"outputs[{i}].name must be a string", field=f"outputs[{i}].name")
             if name not in outs:
                 raise TensorError(f"unknown output {name!r} (outputs: {', '.join(outs)})",
                                   field=f"outputs[{i}].name")

@@ -160,3 +160,17 @@ def test_gzip_oip_request_is_accepted_and_bounded(client, cancer_data):
     assert r.status_code == 400 and r.json()["field"] == "content-encoding"
     r = client.post("/v1/devices", content=b"x", headers={"Content-Encoding": "br"})
     assert r.status_code == 415
+
+
+@pytest.mark.parametrize("shape", [[4294967296, 4294967296], [2**62, 4], [2**31, 0], [1] * 40])
+def test_oip_shape_products_are_checked(client, shape):
+    body = {"inputs": [{"name": "X", "shape": shape, "datatype": "FP32", "data": [0.0] * 30}]}
+    r = client.post("/v2/models/cancer/infer", json=body)
+    assert r.status_code == 400 and r.json()["field"] == "inputs[0].shape", r.text
+
+
+@pytest.mark.parametrize("name", [["probabilities"], {"a": 1}, 3])
+def test_oip_output_name_must_be_a_string(client, cancer_data, name):
+    body = _oip(cancer_data) | {"outputs": [{"name": name}]}
+    r = client.post("/v2/models/cancer/infer", json=body)
+    assert r.status_code == 400 and r.json()["field"] == "outputs[0].name", r.text
