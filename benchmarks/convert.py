@@ -16,7 +16,12 @@ For each: export (FP32 ONNX), quantize dynamic and static INT8, convert to TFLit
 The targets of issue 3 are printed next to the measured numbers.
 
     python benchmarks/convert.py [--threads 1] [--runs 300] [--batch-runs 100] [--repeat 5]
-                                 [--json out.json]
+                                 [--json out.json] [--models cnn,mlp,tiny,heldout]
+
+``heldout`` (issue 12): held-out max |Δ| per model family (RandomForest / ExtraTrees with
+NaN, HistGradientBoosting with NaN, GradientBoostingRegressor) and the churn pipeline (text
+categories by column name): the number the exporter recorded and an independent one. Every
+variant of the other models also gets its recorded held-out max |Δ|.
 
 PyTorch is optional (``pip install torch==2.13.0`` CPU); it is not a CI dependency.
 ``--no-torch`` uses the numpy/scikit-learn trainers even when torch is installed.
@@ -313,8 +318,96 @@ def run_model(kind: str, work: Path, key: Path, args) -> dict:
             "batch64_p50_ms": b50, "batch64_p99_ms": med(i, "batch", "p99_ms"),
             "speedup_batch64_vs_fp32": b50 and round(med(0, "batch", "p50_ms") / b50, 3),
             "speedup_range": ratios and [round(min(ratios), 3), round(max(ratios), 3)],
+            "heldout_max_abs_diff": recorded_heldout(bundles[name]),
             "note": v.note}
     return res
+
+
+def recorded_heldout(bundle) -> float | None:
+    """Held-out max |Δ| the converter measured on this bundle vs its source (provenance)."""
+    from edge_runtime.bundle import read_bundle
+
+    par = read_bundle(bundle).manifest.provenance.get("parity") or {}
+    if isinstance(par.get("all"), dict):  # format converters: golden + held-out-like rows
+        return par["all"].get("max_abs_diff")
+    return par.get("heldout_max_abs_diff", par.get("max_abs_diff"))
+
+
+def heldout_families(work: Path, key) -> list[dict]:
+    """Held-out max |Δ| per model family and the churn pipeline: the exporter's recorded number
+    and an independent one (2,000 held-out-like rows, another seed, vs the source model)."""
+    import warnings
+
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer, load_diabetes
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        GradientBoostingRegressor,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
+
+    from converters import heldout
+    from converters.sample import finalize, load_sample
+    from edge_runtime.model import Model
+
+    sys.path.insert(0, str(ROOT / "tests" / "converters"))
+    from churn import FEATURES, churn_frame, churn_pipeline
+
+    bc = load_breast_cancer(as_frame=True)
+    cancer = bc.data.iloc[:, :12]
+    rng = np.random.default_rng(0)
+    nan = cancer.mask(rng.random(cancer.shape) < 0.1)
+    diab = load_diabetes(as_frame=True)
+    cases = [
+        ("RandomForest", RandomForestClassifier(50, random_state=0), cancer, bc.target, None),
+        ("RandomForest + NaN", RandomForestClassifier(50, random_state=0), nan, bc.target, None),
+        ("ExtraTrees + NaN", ExtraTreesClassifier(50, random_state=0), nan, bc.target, None),
+        ("HistGradientBoosting + NaN", HistGradientBoostingClassifier(max_iter=50), nan,
+         bc.target, None),
+        ("GradientBoostingRegressor", GradientBoostingRegressor(random_state=0), diab.data,
+         diab.target, None),
+    ]
+    churn = churn_frame()
+    for head in ("gboost", "lightgbm"):
+        cases.append((f"churn pipeline ({head})", churn_pipeline(head), churn[FEATURES],
+                      churn["churn"], "fitted"))
+    out = []
+    for name, model, x, y, fitted in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if fitted is None:
+                model.fit(x, y)
+        row = {"model": name}
+        try:
+            b = export_model(model, x, work / f"h-{len(out)}", ExportConfig(key=key))
+        except Exception as exc:  # a refusal is a result: print it
+            row["refused"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+            out.append(row)
+            continue
+        row["recorded_heldout_max_abs_diff"] = recorded_heldout(b)
+        smp = finalize(load_sample(x, feature_names=list(x.columns)))
+        unseen = {n: True for n in smp.names if smp.dtypes.get(n) == "string"}
+        xh = heldout.rows(heldout.columns_of(smp.x, smp.names, smp.dtypes, unseen), 2000,
+                          seed=42)
+        m = Model.load(b, warmup=False)
+        s = m.score_array(m.codec.cast(xh))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fh = smp.frame(xh)
+            if s.probabilities is not None:
+                d = np.abs(s.probabilities - model.predict_proba(fh)).max()
+                labels = np.array(m.classes, dtype=object)[s.label_index]
+                row["label_disagreements"] = int((labels != np.asarray(model.predict(fh),
+                                                                       dtype=object)).sum())
+            else:
+                want = model.predict(fh)
+                d = (np.abs(s.value - want) / np.maximum(1, np.abs(want))).max()
+        row["independent_heldout_max_abs_diff"] = float(f"{d:.3g}")
+        row["rows"] = len(xh)
+        out.append(row)
+        m.close()
+    return out
 
 
 def targets(res: dict) -> list[str]:
@@ -350,7 +443,7 @@ def targets(res: dict) -> list[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="cnn,mlp,tiny")
+    p.add_argument("--models", default="cnn,mlp,tiny,heldout")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=300, help="single-row timed runs")
     p.add_argument("--batch-runs", type=int, default=100, help="batch-64 timed runs")
@@ -375,7 +468,16 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as d:
         work = Path(d)
         key, _ = generate_keypair(work / "bench.key")
-        for kind in args.models.split(","):
+        if "heldout" in args.models.split(","):
+            fam = heldout_families(work, key)
+            results.append({"model": "heldout", "families": fam})
+            print("\n== held-out max |Δ| per family (probabilities; values relative) ==")
+            for r in fam:
+                print(f"  {r['model']:32s} " + (f"refused: {r['refused']}" if "refused" in r
+                      else f"recorded {r['recorded_heldout_max_abs_diff']}  independent "
+                      f"{r['independent_heldout_max_abs_diff']} on {r['rows']} rows  label "
+                      f"disagreements {r.get('label_disagreements', '-')}"))
+        for kind in [k for k in args.models.split(",") if k.strip() != "heldout"]:
             res = run_model(kind.strip(), work, key, args)
             results.append(res)
             print(f"\n== {kind} ==")
@@ -388,7 +490,8 @@ def main(argv=None) -> int:
             for name, v in res["variants"].items():
                 print(f"  {name:12s} {v['single_p50_ms']}/{v['single_p99_ms']}  "
                       f"{v['batch64_p50_ms']}/{v['batch64_p99_ms']}  "
-                      f"×{v['speedup_batch64_vs_fp32']} {v['speedup_range']}")
+                      f"×{v['speedup_batch64_vs_fp32']} {v['speedup_range']}  "
+                      f"held-out max |Δ| {v['heldout_max_abs_diff']}")
             print("picks over the repeats:", res["picks"])
             print("conversion seconds:", res["conversion_seconds"])
             if res["tflite_error"]:

@@ -634,6 +634,10 @@ def _write(out: Path, name: str, conv: _Converted, smp: Sample, cfg: ExportConfi
             if cfg.risk_levels:
                 post["risk_levels"] = [{"name": n, "min": float(m)} for n, m in cfg.risk_levels]
     parity = _parity_gate(sess, conv, smp, cfg, task, post, n_par)
+    post.pop("user_threshold", None)
+    settled = post.pop("_settled", None)
+    if settled:
+        parity["boundaries_settled"] = settled
     agreement = parity.get("label_agreement", 1.0)
     if conv.reference is None and agreement < cfg.min_label_agreement:
         raise EngineError(f"the ONNX model disagrees with the source model on "
@@ -685,6 +689,38 @@ def _bundle_answers(sess: Any, conv: _Converted, x: np.ndarray, task: str,
     return {"probabilities": probs, "label": label}
 
 
+#: how far a decision boundary moves when the source model sits exactly on it: above the
+#: float32 noise of an ONNX Runtime sum (~1e-7), far below any probability a model resolves
+TIE_EPS = 2.0**-20
+
+
+def _settle_ties(ref: dict[str, np.ndarray], post: dict[str, Any]) -> None:
+    """Source probabilities exactly on a boundary (a forest's 25 of 50 votes = 0.5) come out
+    of a float32 graph as 0.49999997 or 0.50000003: decided at random. Where the source has
+    such rows, move the boundary by TIE_EPS to the side its own decision takes: above the
+    threshold when predict() gives the negative class on the tie (argmax picks the first
+    class), below a risk level's min (bands include their min)."""
+    pos = post["classes"].index(post["positive_class"])
+    p = ref["probabilities"][:, pos]
+    thr = post["threshold"]
+    on = p == thr
+    settled = {}
+    if on.any():
+        # the default threshold answers like predict(); a chosen one means "p >= threshold"
+        neg = thr == 0.5 and "label" in ref and bool(np.all(ref["label"][on] != pos))
+        post["threshold"] = thr + TIE_EPS if neg else thr - TIE_EPS
+        settled["threshold"] = {"from": thr, "to": post["threshold"], "rows": int(on.sum())}
+    for r in post.get("risk_levels", []):
+        hits = int((p == r["min"]).sum())
+        if hits and r["min"] > 0:
+            settled[f"risk_level.{r['name']}"] = {"from": r["min"], "to": r["min"] - TIE_EPS,
+                                                  "rows": hits}
+            r["min"] = r["min"] - TIE_EPS
+    if settled:
+        post["_settled"] = settled
+    post["user_threshold"] = thr
+
+
 def _parity_gate(sess: Any, conv: _Converted, smp: Sample, cfg: ExportConfig, task: str,
                  post: dict[str, Any], n_par: int) -> dict[str, Any]:
     """Measure the graph being written against the source model on the sample rows and on
@@ -711,8 +747,10 @@ def _parity_gate(sess: Any, conv: _Converted, smp: Sample, cfg: ExportConfig, ta
             raise ValidationError(f"the source model fails on held-out rows drawn from the "
                                   f"sample: {type(exc).__name__}: {str(exc)[:200]}",
                                   field="sample") from exc
+        if task == "binary_classification":
+            _settle_ties(ref, post)
         got = _bundle_answers(sess, conv, x, task, post)
-        if task == "binary_classification" and post["threshold"] != 0.5:
+        if task == "binary_classification" and post.get("user_threshold", post["threshold"]) != 0.5:
             # a threshold the user chose: the decision is theirs, not predict()'s
             p = ref["probabilities"][:, post["classes"].index(post["positive_class"])]
             pos = post["classes"].index(post["positive_class"])

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from churn import FEATURES, churn_frame, churn_pipeline
+from export_fixtures import cancer_frame, keys, trained  # noqa: F401 - keys is a fixture
 
 from converters import heldout
 from converters.export import ExportConfig, export_model
@@ -24,8 +26,6 @@ from converters.sample import finalize, load_sample
 from edge_runtime.bundle import read_bundle
 from edge_runtime.errors import EdgeError, ValidationError
 from edge_runtime.model import Model
-from churn import FEATURES, churn_frame, churn_pipeline
-from export_fixtures import cancer_frame, keys, trained  # noqa: F401 - keys is a fixture
 
 TOL = 1e-4
 
@@ -92,6 +92,16 @@ def test_tree_classifiers_exact_on_heldout_rows(family, nan, tmp_path, keys):
         want = model.predict_proba(fh)
     assert np.isnan(xh).any() == nan
     assert np.abs(s.probabilities - want).max() <= TOL
+    # labels are predict()'s, even where a forest's votes tie at exactly 0.5
+    loaded = Model.load(out)
+    labels = np.array(loaded.classes)[s.label_index]
+    np.testing.assert_array_equal(labels, model.predict(fh))
+    risk = [loaded.risk_level(p) for p in s.probability]
+    want_risk = ["high" if p >= 0.7 else "medium" if p >= 0.4 else "low" for p in want[:, 1]]
+    assert risk == want_risk
+    if family in ("rf", "et"):  # vote fractions sit on the boundaries: they were settled
+        assert "threshold" in par["boundaries_settled"]
+        assert loaded.threshold == 0.5 + 2.0**-20
 
 
 def test_gradient_boosting_regressor_exact_on_heldout_rows(tmp_path, keys):
@@ -224,7 +234,7 @@ def test_churn_through_edge_runtime_predict_cli(churn_bundle, tmp_path):
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     proc = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "predict", "--bundle",
                            str(out), "--input", f"@{tmp_path / 'rows.json'}"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)["predictions"]
     want = model.predict_proba(df[FEATURES].head(5))[:, 1]
