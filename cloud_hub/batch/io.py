@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from edge_runtime.contract import KINDS, Refused
 from edge_runtime.errors import ValidationError
 
 FORMATS = {
@@ -170,7 +171,8 @@ class InputReader:
         elif self.format == "csv":
             it = _csv_batches(self.path, self.columns, self.batch_size)
         else:
-            it = _jsonl_batches(self.path, self.features, self.id_columns, self.batch_size)
+            it = _jsonl_batches(self.path, self.features, self.id_columns, self.batch_size,
+                                self.feature_dtypes)
         return rebatch(it, self.batch_size)
 
 
@@ -208,16 +210,23 @@ _MISSING = object()
 
 
 def parse_jsonl_lines(
-    lines: Sequence[bytes | str], features: Sequence[str], id_columns: Sequence[str]
+    lines: Sequence[bytes | str],
+    features: Sequence[str],
+    id_columns: Sequence[str],
+    feature_dtypes: Mapping[str, str] | None = None,
 ) -> pa.RecordBatch:
     """Decode JSON lines into a batch: features as float64, ids as given, errors per row.
 
-    Values keep the JSON contract of ``/predict``: numbers only (no strings,
-    no booleans); a missing key is a missing feature; ``null`` is a missing
-    value (refused later unless the feature allows NaN).
+    Values keep the JSON contract of ``/predict`` (:mod:`edge_runtime.contract`): numbers
+    for number features, ``true``/``false`` (or 0/1) for ``bool`` features; a missing key
+    is a missing feature; ``null`` is a missing value (refused later unless the feature
+    allows NaN).
     """
     n = len(lines)
     k = len(features)
+    dtypes = feature_dtypes or {}
+    kinds = [KINDS.get(dtypes.get(name, "float32"), KINDS["float32"]) for name in features]
+    plain = [kind.plain for kind in kinds]
     x = np.full((n, k), np.nan, dtype=np.float64)
     nulls = np.zeros((n, k), dtype=bool)
     ids: list[list[Any]] = [[None] * n for _ in id_columns]
@@ -236,18 +245,26 @@ def parse_jsonl_lines(
             v = obj.get(c)
             col[i] = v if v is None or isinstance(v, (str, int, float)) else json.dumps(v)
         row = x[i]
+        missing = []
         for j, name in enumerate(features):
             v = obj.get(name, _MISSING)
             t = type(v)
-            if t is float or t is int:
-                row[j] = v
+            if (t is float or t is int) and plain[j]:
+                try:
+                    row[j] = v
+                except OverflowError:  # an int beyond float64
+                    row[j] = np.inf if v > 0 else -np.inf
             elif v is None:
                 nulls[i, j] = True
             elif v is _MISSING:
-                if reasons[i] is None:
-                    reasons[i], fields[i] = f"missing feature {name}", name
+                missing.append(name)
             elif reasons[i] is None:
-                reasons[i], fields[i] = f"{name}: expected a number, got {t.__name__}", name
+                try:
+                    row[j] = kinds[j].from_value(v)
+                except Refused as exc:
+                    reasons[i], fields[i] = f"{name}: {exc}", name
+        if missing:  # a whole-row problem: reported before any value's
+            reasons[i], fields[i] = f"missing feature(s) {', '.join(missing)}", missing[0]
     arrays: list[pa.Array] = []
     names: list[str] = []
     for c, col in zip(id_columns, ids):
@@ -272,7 +289,11 @@ def _id_array(values: list[Any]) -> pa.Array:
 
 
 def _jsonl_batches(
-    path: Path, features: Sequence[str], id_columns: Sequence[str], batch_size: int
+    path: Path,
+    features: Sequence[str],
+    id_columns: Sequence[str],
+    batch_size: int,
+    feature_dtypes: Mapping[str, str] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     buf: list[bytes] = []
     with open(path, "rb") as fh:
@@ -281,10 +302,10 @@ def _jsonl_batches(
                 continue
             buf.append(line)
             if len(buf) >= batch_size:
-                yield parse_jsonl_lines(buf, features, id_columns)
+                yield parse_jsonl_lines(buf, features, id_columns, feature_dtypes)
                 buf = []
     if buf:
-        yield parse_jsonl_lines(buf, features, id_columns)
+        yield parse_jsonl_lines(buf, features, id_columns, feature_dtypes)
 
 
 def rebatch(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:

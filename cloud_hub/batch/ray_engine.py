@@ -62,7 +62,8 @@ class RayScorer:
     def __call__(self, table: pa.Table) -> pa.Table:
         if self.fmt == "jsonl":
             batch = parse_jsonl_lines(
-                table.column("text").to_pylist(), self.features, self.id_columns
+                table.column("text").to_pylist(), self.features, self.id_columns,
+                {f.name: f.dtype for f in self.model.manifest.inputs.features},
             )
         else:
             batches = table.combine_chunks().to_batches()

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cloud_hub.batch.io import ERROR_COL, FIELD_COL
+from edge_runtime.contract import FeatureContract, Refusal
 from edge_runtime.model import Model
 
 SCORE, LABEL, RISK = "score", "label", "risk_level"
@@ -30,6 +31,8 @@ _TRANSPOSE_BLOCK = 4096
 #: Rows per engine call inside a batch (bounds the engine's working memory).
 MODEL_CHUNK = 8192
 MODEL_NAME, MODEL_VERSION, SCORED_AT, ROW = "model_name", "model_version", "scored_at", "row_number"
+#: The refusal code of a rejected row (the contract's, as /predict answers it).
+CODE_COL = "_reject_code"
 
 
 @dataclass(frozen=True)
@@ -53,26 +56,23 @@ class BatchScorer:
                 field="model",
             )
         self.model = model
-        self.codec = model.codec
-        self.names = list(self.codec.names)
+        self.contract = model.codec
+        self.post = model.post
+        self.names = list(self.contract.names)
         self.id_columns = list(id_columns)
-        self.reject_nan = self.codec.reject_nan
-        self.reject_cols = np.flatnonzero(self.reject_nan)
-        self.has_range = self.codec.has_range
-        self.dtype = self.codec.dtype
-        classes = model.classes
+        self.dtype = self.contract.dtype
+        post = self.post
         self.classes = None
         self._dict_labels = False
-        if classes:
-            as_int = all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
+        if post.classes:
             self.classes = pa.array(
-                classes if as_int else [str(c) for c in classes],
-                pa.int64() if as_int else pa.string(),
+                post.classes if post.int_classes else [str(c) for c in post.classes],
+                pa.int64() if post.int_classes else pa.string(),
             )
             # Text labels are dictionary-encoded (index per row + the class names once):
             # no per-row string building, and the Parquet writer stores the indices as is.
-            self._dict_labels = not as_int
-        self.risk_levels = list(model.risk_levels)
+            self._dict_labels = not post.int_classes
+        self.risk_levels = list(post.risk_levels)
         self.risk_names = pa.array([r[0] for r in self.risk_levels], pa.string())
         self._buffers = threading.local()  # per scoring thread: reused feature matrices
         self.model_chunk = MODEL_CHUNK
@@ -80,8 +80,13 @@ class BatchScorer:
     # ---- features -------------------------------------------------------------------
     def features(
         self, batch: pa.RecordBatch, reuse: bool = False
-    ) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
-        """Return (x (n, k) in the engine's dtype, {row: (reason, field)} for bad rows).
+    ) -> tuple[np.ndarray, dict[int, Refusal]]:
+        """Return (x (n, k) in the engine's dtype, {row: Refusal} for bad rows).
+
+        Decoding (Arrow columns → numbers) is batch's own; which values are refused, and
+        why, is the bundle's contract (:class:`edge_runtime.contract.FeatureContract`) — the
+        same as ``/predict`` — applied column by column: per row the first feature in
+        contract order with a problem is reported.
 
         ``reuse=True`` writes x into a buffer owned by the calling thread, which the
         thread's next call overwrites (:meth:`score` uses it: x is dead once scored).
@@ -89,59 +94,30 @@ class BatchScorer:
         """
         n = batch.num_rows
         k = len(self.names)
+        contract = self.contract
         xt, x = self._matrices(n, k, reuse)
-        problems: dict[int, tuple[str, str]] = {}
+        problems: dict[int, Refusal] = {}
         schema_names = batch.schema.names
-        if ERROR_COL in schema_names:
+        if ERROR_COL in schema_names:  # JSON lines / CSV rows the reader could not decode
             err = batch.column(schema_names.index(ERROR_COL))
             if err.null_count < n:
                 fld = batch.column(schema_names.index(FIELD_COL)).to_pylist()
                 for i, r in enumerate(err.to_pylist()):
                     if r is not None:
-                        problems[i] = (r, fld[i])
+                        problems[i] = _reader_refusal(contract, i, r, fld[i])
         idx = {nm: i for i, nm in enumerate(schema_names)}
         for j, name in enumerate(self.names):
             if name not in idx:  # only possible for JSON lines (files are checked up front)
                 xt[j] = np.nan
                 for i in range(n):
-                    problems.setdefault(i, (f"missing feature {name}", name))
+                    problems.setdefault(i, Refusal(i, name, f"missing feature(s) {name}", True))
                 continue
-            xt[j] = self._numeric(batch.column(idx[name]), name, problems)
-        if len(self.reject_cols):
-            sub = xt if len(self.reject_cols) == k else xt[self.reject_cols]
-            # Fast screen: a row's sum is not finite if one of its values is not (or if large
-            # values overflow); only the rows it flags get the exact per-value check. Like
-            # /predict, a feature that refuses NaN refuses every non-finite value (±inf too).
-            with np.errstate(invalid="ignore", over="ignore"):
-                rows = np.flatnonzero(~np.isfinite(sub.sum(axis=0)))
-            if len(rows):
-                block = sub[:, rows]
-                badm = ~np.isfinite(block)
-                for r_i, i in enumerate(rows.tolist()):
-                    if i not in problems and badm[:, r_i].any():
-                        c = int(badm[:, r_i].argmax())
-                        name = self.names[self.reject_cols[c]]
-                        v = float(block[c, r_i])
-                        problems[i] = (
-                            f"{name}: missing value (null/NaN) is not allowed for this feature"
-                            if np.isnan(v)
-                            else f"{name}: {v:g} is not allowed for this feature (not a finite number)",
-                            name,
-                        )
-        if self.has_range:
-            with np.errstate(invalid="ignore"):
-                out = (xt < self.codec.mins[:, None]) | (xt > self.codec.maxs[:, None])
-            for i in np.flatnonzero(out.any(axis=0)).tolist():
-                if i not in problems:
-                    c = int(out[:, i].argmax())
-                    lo, hi = self.codec.mins[c], self.codec.maxs[c]
-                    problems[i] = (
-                        (
-                            f"{self.names[c]}: {xt[c, i]:g} is outside the allowed "
-                            f"range [{lo:g}, {hi:g}]"
-                        ),
-                        self.names[c],
-                    )
+            col = self._numeric(batch.column(idx[name]), j, problems)
+            for ref in contract.column_refusals(j, col):
+                prev = problems.get(ref.row)
+                if prev is None or (not prev.whole_row and contract.index.get(prev.feature, k) > j):
+                    problems[ref.row] = ref
+            xt[j] = col
         # Feature-major → row-major in cache-sized blocks (a plain .T copy walks
         # the source with a stride of n and is ~30 % slower at 64k rows).
         step = _TRANSPOSE_BLOCK
@@ -160,11 +136,17 @@ class BatchScorer:
         # Fill feature-major (each column a contiguous row), then transpose once.
         return b.xt[:, :n], b.x[:n]
 
-    def _numeric(self, col: pa.Array, name: str, problems: dict) -> np.ndarray:
+    def _numeric(self, col: pa.Array, j: int, problems: dict[int, Refusal]) -> np.ndarray:
+        """An Arrow column → numbers (nulls become NaN). CSV text is parsed here; a value
+        that is not a number is refused (found before the contract's value checks)."""
         t = col.type
         if pa.types.is_floating(t) or pa.types.is_integer(t):
             return col.to_numpy(zero_copy_only=False)  # nulls become NaN
+        name = self.names[j]
         if pa.types.is_string(t) or pa.types.is_large_string(t):
+            if self.contract.kinds[j].name == "bool":
+                col = pc.utf8_lower(pc.utf8_trim_whitespace(col))
+                col = pc.if_else(pc.equal(col, "true"), "1", pc.if_else(pc.equal(col, "false"), "0", col))
             try:
                 return pc.cast(pc.utf8_trim_whitespace(col), pa.float64()).to_numpy(
                     zero_copy_only=False
@@ -178,12 +160,17 @@ class BatchScorer:
                 try:
                     out[i] = float(v)
                 except ValueError:
-                    if i not in problems:
+                    prev = problems.get(i)
+                    if prev is None or (not prev.whole_row and self.contract.index.get(prev.feature, j + 1) > j):
                         shown = v if len(v) <= 40 else v[:37] + "..."
-                        problems[i] = (f"{name}: expected a number, got {shown!r}", name)
+                        problems[i] = Refusal(i, name, f"expected a number, got {shown!r}")
             return out
         if pa.types.is_null(t):
             return np.full(len(col), np.nan)
+        if pa.types.is_boolean(t):
+            if self.contract.kinds[j].name == "bool":  # True/False → 1/0, null → NaN
+                return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+            return pc.fill_null(col, False).to_numpy(zero_copy_only=False)  # the contract refuses bools
         return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
 
     # ---- scoring --------------------------------------------------------------------
@@ -230,13 +217,16 @@ class BatchScorer:
         if problems:
             reasons: list[str | None] = [None] * n
             fields: list[str | None] = [None] * n
-            for i, (r, f) in problems.items():
-                reasons[i], fields[i] = r, f
+            codes: list[str | None] = [None] * n
+            for i, ref in problems.items():
+                reasons[i], fields[i], codes[i] = ref.row_reason, ref.feature or "line", ref.code
             cols[ERROR_COL] = pa.array(reasons, pa.string())
             cols[FIELD_COL] = pa.array(fields, pa.string())
+            cols[CODE_COL] = pa.array(codes, pa.string())
         else:
             cols[ERROR_COL] = pa.nulls(n, pa.string())
             cols[FIELD_COL] = pa.nulls(n, pa.string())
+            cols[CODE_COL] = pa.nulls(n, pa.string())
         return pa.table(cols)
 
     def _run_model(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -261,22 +251,10 @@ class BatchScorer:
         return score, label_idx
 
     def _risk(self, p: np.ndarray, mask: np.ndarray | None) -> pa.Array:
-        """Risk level per score, like Model.risk_level: the first level (in the bundle's
-        order) whose minimum the score reaches; null when none does or p is NaN."""
-        mins = np.array([r[1] for r in self.risk_levels], dtype=np.float64)
-        if len(mins) > 1 and np.all(np.diff(mins) < 0):
-            # Usual case, minimums in decreasing order: the first level reached is the
-            # number of minimums above p -- one binary search per row instead of a
-            # boolean mask pass per level.
-            above = len(mins) - np.searchsorted(mins[::-1], p, side="right")
-            idx = above.astype(np.int32)
-            none = (idx >= len(mins)) | np.isnan(p)
-        else:
-            idx = np.full(len(p), -1, dtype=np.int32)
-            with np.errstate(invalid="ignore"):
-                for k in range(len(mins) - 1, -1, -1):
-                    idx[p >= mins[k]] = k
-            none = idx < 0
+        """Risk level per score (the bundle's post-processing, vectorised): null when no
+        level is reached, p is NaN or the row was rejected."""
+        idx = self.post.risk_index(p)
+        none = idx < 0
         if mask is not None:
             none |= mask
         if none.any():
@@ -285,13 +263,20 @@ class BatchScorer:
         return pa.DictionaryArray.from_arrays(pa.array(idx), self.risk_names)
 
 
+def _reader_refusal(contract: FeatureContract, row: int, reason: str, fld: str | None) -> Refusal:
+    """A reader's reason ("feature: why", or a whole-line problem) as a Refusal."""
+    if fld is not None and fld in contract.index and reason.startswith(f"{fld}: "):
+        return Refusal(row, fld, reason[len(fld) + 2 :])
+    return Refusal(row, fld, reason, True)
+
+
 def split_scored(scored: pa.Table, first_row: int, meta: ScoringMeta) -> tuple[pa.Table, pa.Table]:
     """Scored rows → (output table, rejects table); both keep input order."""
     n = scored.num_rows
     rows = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
     reasons = scored.column(ERROR_COL)
     n_bad = n - reasons.null_count
-    out_cols = [c for c in scored.column_names if c not in (ERROR_COL, FIELD_COL)]
+    out_cols = [c for c in scored.column_names if c not in (ERROR_COL, FIELD_COL, CODE_COL)]
     out = scored.select(out_cols)
     if not meta.id_columns:
         out = out.add_column(0, ROW, rows)
@@ -303,6 +288,7 @@ def split_scored(scored: pa.Table, first_row: int, meta: ScoringMeta) -> tuple[p
                 **{c: scored.column(c) for c in meta.id_columns},
                 "reason": reasons,
                 "field": scored.column(FIELD_COL),
+                "code": scored.column(CODE_COL),
             }
         )
         rejects = rejects.filter(pc.invert(good))
@@ -336,6 +322,7 @@ def _empty_rejects(scored: pa.Table, meta: ScoringMeta) -> pa.Table:
             **{c: pa.array([], scored.schema.field(c).type) for c in meta.id_columns},
             "reason": pa.array([], pa.string()),
             "field": pa.array([], pa.string()),
+            "code": pa.array([], pa.string()),
         }
     )
 

@@ -103,7 +103,7 @@ def test_reject_reasons_are_clear(tmp_path, cancer_bundle, bad_rows_files, featu
         )
     )
     reasons = {r["row_number"]: r["reason"] for r in map(json.loads, open(res.rejects))}
-    assert reasons[3] == f"missing feature {features[5]}"
+    assert reasons[3] == f"missing feature(s) {features[5]}"
     assert reasons[4] == f"{features[0]}: expected a number, got str"
     assert reasons[5] == f"{features[0]}: expected a number, got bool"
     assert reasons[6].startswith("line is not valid JSON")
@@ -384,9 +384,15 @@ def test_feature_matrix_fast_path_matches_row_checks(cancer_bundle, clean_table,
     np.testing.assert_array_equal(x_fresh, want)
     assert problems == problems2
     assert sorted(problems) == [7, 8, 1499]
-    assert problems[7][1] == features[3] and problems[1499][1] == features[29]
-    assert "missing value" in problems[7][0]
-    assert problems[8][1] == features[0] and "inf is not allowed" in problems[8][0]
+    assert problems[7].feature == features[3] and problems[1499].feature == features[29]
+    assert "missing value" in problems[7].reason and problems[7].code == "invalid_input"
+    assert problems[8].feature == features[0] and "inf is not allowed" in problems[8].reason
+    # the same refusals as the contract gives JSON rows (/predict)
+    for i, ref in problems.items():
+        row = {c: float(cols[c][i]) for c in features}
+        with pytest.raises(ValidationError) as ei:
+            scorer.model.codec.encode([row])
+        assert ei.value.field == f"rows[0].{ref.feature}" and ei.value.message.endswith(ref.reason)
 
 
 def test_parquet_output_has_plain_types(tmp_path, cancer_bundle, bad_rows_files):
@@ -420,7 +426,13 @@ def test_parquet_output_has_plain_types(tmp_path, cancer_bundle, bad_rows_files)
 def test_vectorised_risk_levels_match_model_risk_level(levels):
     from cloud_hub.batch.scoring import BatchScorer
 
-    scorer = BatchScorer.__new__(BatchScorer)  # only the risk table is needed
+    from edge_runtime.postprocess import PostProcessor
+
+    post = PostProcessor.__new__(PostProcessor)  # only the risk table is needed
+    post.risk_levels = levels
+    post._risk_mins = np.array([lo for _, lo in levels], dtype=np.float64)
+    scorer = BatchScorer.__new__(BatchScorer)
+    scorer.post = post
     scorer.risk_levels = levels
     scorer.risk_names = pa.array([name for name, _ in levels])
     p = np.array([0, 0.1, 0.2, 0.39999, 0.4, 0.5, 0.69, 0.7, 0.71, 1.0, np.nan, -0.1, np.inf])
