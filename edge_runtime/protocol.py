@@ -108,14 +108,21 @@ class SlotStats(_Msg):
     name: str
     version: str
     sha256: str
-    requests: int = 0
-    errors: int = 0
+    requests: int = 0  # rows
+    errors: int = 0  # rows of failed calls
+    # The rows of one call fail (and change decisions) together, so the gates count calls:
+    # calls, failed calls, shadow calls compared and the sum over compared
+    # calls of each call's share of changed decisions. 0 from devices older than these fields.
+    calls: int = 0
+    errored_calls: int = 0
     latency: dict[str, Any] = Field(default_factory=dict)  # Sketch.to_dict(), seconds
     scores: dict[str, Any] = Field(default_factory=dict)  # Histogram.to_dict()
     decisions: dict[str, int] = Field(default_factory=dict)
     # shadow pairs (only on the shadow slot)
     compared: int = 0
     decision_changed: int = 0
+    compared_calls: int = 0
+    changed_share: float = 0.0  # Σ over compared calls of (changed rows / rows)
     divergence: dict[str, Any] = Field(default_factory=dict)  # Histogram of |p_shadow - p_active|
     dropped: int = 0
 

@@ -10,14 +10,15 @@ of a thousand devices instead of averaging their p99s (which is wrong).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 DEFAULT_ALPHA = 0.01
 _MIN_VALUE = 1e-9
 
 
 class Sketch:
-    __slots__ = ("alpha", "gamma", "_log_gamma", "bins", "count", "zeros", "sum", "min", "max")
+    __slots__ = ("_log_gamma", "alpha", "bins", "count", "gamma", "max", "min", "sum", "zeros")
 
     def __init__(self, alpha: float = DEFAULT_ALPHA) -> None:
         self.alpha = alpha
@@ -33,10 +34,8 @@ class Sketch:
     def add(self, value: float, n: int = 1) -> None:
         self.count += n
         self.sum += value * n
-        if value < self.min:
-            self.min = value
-        if value > self.max:
-            self.max = value
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
         if value <= _MIN_VALUE:
             self.zeros += n
             return
@@ -47,7 +46,7 @@ class Sketch:
         for v in values:
             self.add(v)
 
-    def merge(self, other: "Sketch") -> "Sketch":
+    def merge(self, other: Sketch) -> Sketch:
         if abs(other.alpha - self.alpha) > 1e-12:
             raise ValueError("cannot merge sketches with different alpha")
         for k, c in other.bins.items():
@@ -73,6 +72,41 @@ class Sketch:
                 return min(max(value, self.min), self.max)
         return self.max
 
+    def value_at_rank(self, rank: int) -> float | None:
+        """The ``rank``-th smallest sample (1-based), within the sketch's relative error ``alpha``.
+
+        Order-statistic bounds on a quantile need a given rank, not a quantile level."""
+        if self.count == 0 or not 1 <= rank <= self.count:
+            return None
+        if rank <= self.zeros:
+            return 0.0
+        seen = self.zeros
+        for k in sorted(self.bins):
+            seen += self.bins[k]
+            if seen >= rank:
+                return min(max(2 * self.gamma ** k / (self.gamma + 1), self.min), self.max)
+        return self.max
+
+    def count_above(self, value: float) -> tuple[int, int]:
+        """(fewest, most) samples that can be ``> value``: samples in buckets entirely above
+        ``value`` certainly are; the one bucket straddling ``value`` might be."""
+        if self.count == 0 or self.max <= value:
+            return 0, 0
+        if self.min > value:
+            return self.count, self.count
+        lo = hi = 0
+        for k, c in self.bins.items():
+            lower, upper = self.gamma ** (k - 1), self.gamma ** k  # bucket k holds (lower, upper]
+            if lower >= value:
+                lo += c
+                hi += c
+            elif upper > value:
+                hi += c
+        if value < 0:  # zeros count as 0.0
+            lo += self.zeros
+            hi += self.zeros
+        return lo, hi
+
     @property
     def mean(self) -> float | None:
         return self.sum / self.count if self.count else None
@@ -83,7 +117,7 @@ class Sketch:
                 "bins": {str(k): c for k, c in self.bins.items()}}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Sketch":
+    def from_dict(cls, data: dict[str, Any]) -> Sketch:
         s = cls(float(data.get("alpha", DEFAULT_ALPHA)))
         s.count = int(data.get("count", 0))
         s.zeros = int(data.get("zeros", 0))
@@ -94,7 +128,7 @@ class Sketch:
         return s
 
     @classmethod
-    def merged(cls, sketches: Iterable["Sketch | dict"], alpha: float = DEFAULT_ALPHA) -> "Sketch":
+    def merged(cls, sketches: Iterable[Sketch | dict], alpha: float = DEFAULT_ALPHA) -> Sketch:
         out = cls(alpha)
         for s in sketches:
             out.merge(s if isinstance(s, Sketch) else cls.from_dict(s))
@@ -104,14 +138,14 @@ class Sketch:
 class Histogram:
     """Fixed-edge histogram (scores in [0, 1], divergences); merges by adding counts."""
 
-    __slots__ = ("edges", "counts")
+    __slots__ = ("counts", "edges")
 
     def __init__(self, edges: list[float]) -> None:
         self.edges = list(edges)
         self.counts = [0] * (len(edges) - 1)
 
     @classmethod
-    def unit(cls, bins: int = 20) -> "Histogram":
+    def unit(cls, bins: int = 20) -> Histogram:
         return cls([i / bins for i in range(bins + 1)])
 
     def add(self, value: float) -> None:
@@ -131,7 +165,7 @@ class Histogram:
                 hi = mid
         self.counts[lo] += 1
 
-    def merge(self, other: "Histogram") -> "Histogram":
+    def merge(self, other: Histogram) -> Histogram:
         if other.edges != self.edges:
             raise ValueError("cannot merge histograms with different edges")
         self.counts = [a + b for a, b in zip(self.counts, other.counts)]
@@ -141,7 +175,7 @@ class Histogram:
         return {"edges": self.edges, "counts": self.counts}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Histogram":
+    def from_dict(cls, data: dict[str, Any]) -> Histogram:
         h = cls(list(data["edges"]))
         h.counts = [int(c) for c in data["counts"]]
         return h

@@ -46,11 +46,15 @@ def add_many(hist: Histogram, values: np.ndarray) -> None:
 
 class SlotAccumulator:
     __slots__ = (
+        "calls",
+        "changed_share",
         "compared",
+        "compared_calls",
         "decision_changed",
         "decisions",
         "divergence",
         "dropped",
+        "errored_calls",
         "errors",
         "latency",
         "name",
@@ -65,11 +69,15 @@ class SlotAccumulator:
         self.slot, self.name, self.version, self.sha256 = slot, name, version, sha256
         self.requests = 0
         self.errors = 0
+        self.calls = 0
+        self.errored_calls = 0
         self.latency = Sketch()
         self.scores = score_histogram()
         self.decisions: dict[str, int] = {}
         self.compared = 0
         self.decision_changed = 0
+        self.compared_calls = 0
+        self.changed_share = 0.0
         self.divergence = divergence_histogram()
         self.dropped = 0
 
@@ -82,9 +90,11 @@ class SlotAccumulator:
 
     def to_stats(self) -> SlotStats:
         return SlotStats(slot=self.slot, name=self.name, version=self.version, sha256=self.sha256,
-                         requests=self.requests, errors=self.errors, latency=self.latency.to_dict(),
+                         requests=self.requests, errors=self.errors, calls=self.calls,
+                         errored_calls=self.errored_calls, latency=self.latency.to_dict(),
                          scores=self.scores.to_dict(), decisions=dict(self.decisions),
                          compared=self.compared, decision_changed=self.decision_changed,
+                         compared_calls=self.compared_calls, changed_share=self.changed_share,
                          divergence=self.divergence.to_dict() if self.compared else {},
                          dropped=self.dropped)
 
@@ -118,8 +128,10 @@ class TelemetryRecorder:
         with self._lock:
             acc = self._get(slot, model)
             acc.requests += rows
+            acc.calls += 1
             if error:
                 acc.errors += rows
+                acc.errored_calls += 1
             acc.latency.add(latency_s)
             if scores is not None:
                 add_many(acc.scores, scores)
@@ -131,8 +143,10 @@ class TelemetryRecorder:
         with self._lock:
             acc = self._get("shadow", model)
             acc.requests += rows
+            acc.calls += 1
             if error:
                 acc.errors += rows
+                acc.errored_calls += 1
                 return
             if latency_s is not None:
                 acc.latency.add(latency_s)
@@ -140,6 +154,9 @@ class TelemetryRecorder:
                 add_many(acc.scores, scores)
             acc.compared += rows
             acc.decision_changed += int(changed)
+            if rows > 0:
+                acc.compared_calls += 1
+                acc.changed_share += min(1.0, int(changed) / rows)
             if divergence is not None:
                 add_many(acc.divergence, divergence)
 

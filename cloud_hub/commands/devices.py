@@ -103,7 +103,10 @@ def cmd_show(args) -> int:
     if des:
         slots = ", ".join(f"{s}={b['name']}:{b['version']}" if b else f"{s}=(empty)" for s, b in des["bundles"].items())
         print(f"desired     {des['id']} {slots} ({'converged' if body['converged'] else 'not applied yet'})")
-    print(f"windows     {body['windows']} received, {body['dropped_windows']} dropped by the device buffer")
+    print(f"windows     {body['windows']} received, {body['dropped_windows']} dropped by the device buffer, "
+          f"{body.get('rejected_windows', 0)} rejected at ingest")
+    if body.get("rejected_reason"):
+        print(f"rejected    last: {body['rejected_reason']}")
     if body.get("last_seq") is not None:
         gaps = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in body.get("missing_seqs", [])[:10])
         print(f"seqs        {body['first_seq']}..{body['last_seq']} stored, {body.get('missing_windows', 0)} missing"

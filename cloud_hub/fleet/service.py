@@ -51,6 +51,8 @@ class DeviceRecord:
     runtime_version: str = ""
     desired: dict[str, Any] | None = None
     dropped_windows: int = 0
+    rejected_windows: int = 0  # windows refused at ingest (cloud_hub.fleet.validate)
+    rejected_reason: str | None = None  # why the last one was refused
     has_credentials: bool = False
     password: str | None = None  # only set by register_device when a password was created/given
 
@@ -66,7 +68,7 @@ class DeviceRecord:
         d = {k: getattr(self, k) for k in ("id", "tags", "profile", "registered", "online", "last_seen",
                                            "last_window_at", "bundles", "applied_desired_id",
                                            "runtime_version", "desired", "dropped_windows",
-                                           "has_credentials")}
+                                           "rejected_windows", "rejected_reason", "has_credentials")}
         d["converged"] = self.converged
         return d
 
@@ -193,6 +195,8 @@ class FleetService:
                 runtime_version=doc.get("runtime_version", ""),
                 desired=dict(de.doc) if de is not None else None,
                 dropped_windows=int(st.dropped_windows or 0) if st is not None else 0,
+                rejected_windows=int(st.rejected_windows or 0) if st is not None else 0,
+                rejected_reason=st.rejected_reason if st is not None else None,
             )
             out.append(rec)
         return out
@@ -274,9 +278,12 @@ class FleetService:
                     for s in w.slots:
                         srows.append({"device_id": w.device_id, "seq": w.seq, "start": w.start, "end": w.end,
                                       "slot": s.slot, "name": s.name, "version": s.version, "sha256": s.sha256,
-                                      "requests": s.requests, "errors": s.errors, "latency": s.latency,
+                                      "requests": s.requests, "errors": s.errors, "calls": s.calls,
+                                      "errored_calls": s.errored_calls, "latency": s.latency,
                                       "scores": s.scores, "decisions": s.decisions, "compared": s.compared,
-                                      "decision_changed": s.decision_changed, "divergence": s.divergence,
+                                      "decision_changed": s.decision_changed,
+                                      "compared_calls": s.compared_calls, "changed_share": s.changed_share,
+                                      "divergence": s.divergence,
                                       "dropped": s.dropped})
                     prev = last_window.get(w.device_id)
                     if prev is None or w.seq > prev[1]:

@@ -45,6 +45,9 @@ device_state = Table(
     Column("last_window_at", Float, nullable=True),  # hub clock, last telemetry window
     Column("last_seq", BigInteger, nullable=True),
     Column("dropped_windows", Integer, nullable=False, default=0),
+    # windows refused at ingest (cloud_hub.fleet.validate): counted, the last reason kept
+    Column("rejected_windows", Integer, nullable=False, default=0, server_default="0"),
+    Column("rejected_reason", Text, nullable=True),
 )
 
 desired = Table(
@@ -101,11 +104,15 @@ slot_stats = Table(
     Column("sha256", String(64), nullable=False),
     Column("requests", Integer, nullable=False, default=0),
     Column("errors", Integer, nullable=False, default=0),
+    Column("calls", Integer, nullable=False, default=0, server_default="0"),
+    Column("errored_calls", Integer, nullable=False, default=0, server_default="0"),
     Column("latency", JSON, nullable=False),
     Column("scores", JSON, nullable=False),
     Column("decisions", JSON, nullable=False),
     Column("compared", Integer, nullable=False, default=0),
     Column("decision_changed", Integer, nullable=False, default=0),
+    Column("compared_calls", Integer, nullable=False, default=0, server_default="0"),
+    Column("changed_share", Float, nullable=False, default=0.0, server_default="0"),
     Column("divergence", JSON, nullable=False),
     Column("dropped", Integer, nullable=False, default=0),
     UniqueConstraint("device_id", "seq", "slot", "sha256", name="uq_fleet_slot_stats"),
@@ -116,3 +123,20 @@ slot_stats = Table(
 ALL = (devices, device_state, desired, events, windows, slot_stats)
 
 migration("0005_fleet")(create_tables(*ALL))
+
+
+@migration("0005_fleet_calls")
+def _add_call_counts(conn) -> None:
+    """Databases made before the call counts (issue 18) get the new columns; fresh ones have them."""
+    from sqlalchemy import inspect
+
+    for table, names in ((slot_stats, ("calls", "errored_calls", "compared_calls", "changed_share")),
+                         (device_state, ("rejected_windows", "rejected_reason"))):
+        have = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        for name in names:
+            if name in have:
+                continue
+            col = table.c[name]
+            kind = col.type.compile(conn.dialect)
+            default = f" NOT NULL DEFAULT {col.server_default.arg}" if col.server_default is not None else ""
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}{default}")

@@ -31,8 +31,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError
-from pydantic import field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
 
 from edge_runtime.errors import ValidationError
 
@@ -58,25 +58,38 @@ def parse_duration(value: Any) -> float:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# One threshold per divergence metric: JS (bits) is about PSI/5.6 and total variation about
+# 1.3 × PSI for the same shift, so one number cannot mean the same for all three. These are the
+# thresholds equivalent to PSI 0.1 on 10 buckets (a logit-normal score shift).
+DIVERGENCE_DEFAULTS = {"psi": 0.10, "js": 0.018, "tv": 0.13}
 
 
 class Gates(_Strict):
     """Thresholds; a stage passes only when every gate passes on enough data."""
 
-    max_error_rate: float = Field(0.01, gt=0, lt=1, description="Roll back when the upper confidence "
-                                  "bound of the candidate's error rate exceeds this.")
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="One-sided confidence of the Wilson bounds.")
-    max_p99_ms: float = Field(200.0, gt=0, description="Roll back when the fleet p99 latency (merged "
-                              "sketches) of the candidate exceeds this SLA.")
-    max_decision_change: float = Field(0.05, gt=0, lt=1, description="Shadow stage: roll back when the "
-                                       "upper bound of the decision-change rate exceeds this.")
-    max_divergence: float = Field(0.10, gt=0, description="Roll back when the score-distribution "
-                                  "divergence vs the champion exceeds this (noise-corrected).")
-    divergence_metric: Literal["psi", "js", "tv"] = Field("psi", description="psi: population "
-                                                          "stability index; js: Jensen-Shannon (bits); "
-                                                          "tv: total variation.")
-    min_compared: int = Field(100, ge=1, description="Shadow pairs needed before judging decision change.")
+    max_error_rate: float = Field(0.01, gt=0, lt=1, description="Share of failed calls a candidate must "
+                                  "never be advanced at; at half of it, it is never rolled back (both "
+                                  "with probability 1 - confidence, sequential test on calls).")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="1 - α = 1 - β of every sequential gate: "
+                              "P(roll back a candidate at half a threshold) <= 1 - confidence and "
+                              "P(advance one at the threshold) <= 1 - confidence, however often "
+                              "the gates look.")
+    max_p99_ms: float = Field(200.0, gt=0, description="Latency SLA on the p99 (merged sketches): roll "
+                              "back when more than 1 % of calls are provably slower, advance when "
+                              "provably fewer than 0.5 % are.")
+    min_latency_samples: int = Field(1000, ge=1, description="Latency samples (calls) in the merged "
+                                     "sketch before the p99 gate judges (so the p99 is not the maximum).")
+    max_decision_change: float = Field(0.05, gt=0, lt=1, description="Shadow stage: share of changed "
+                                       "decisions (per call) the candidate must never be advanced at.")
+    max_psi: float | None = Field(DIVERGENCE_DEFAULTS["psi"], gt=0, description="Score-distribution "
+                                  "PSI vs the champion (noise-corrected) never to advance at; null: "
+                                  "no PSI gate.")
+    max_js: float | None = Field(None, gt=0, description="Same for the Jensen-Shannon divergence (bits).")
+    max_tv: float | None = Field(None, gt=0, description="Same for the total variation distance.")
+    min_compared: int = Field(100, ge=1, description="Shadow calls compared before judging decision change.")
     max_failed_fraction: float = Field(0.0, ge=0, lt=1, description="Roll back when more than this "
                                        "share of the stage's devices failed to install/self-test "
                                        "the candidate (0: any failure).")
@@ -91,6 +104,39 @@ class Gates(_Strict):
     @classmethod
     def _dur(cls, v: Any) -> Any:
         return None if v is None else parse_duration(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_divergence_keys(cls, data: Any) -> Any:
+        """Plans written before one threshold per metric: ``max_divergence`` (+ ``divergence_metric``)
+        becomes ``max_<metric>`` and the metric is the only divergence gate, as it was."""
+        if not isinstance(data, dict) or not ({"max_divergence", "divergence_metric"} & set(data)):
+            return data
+        data = dict(data)
+        metric = data.pop("divergence_metric", None) or "psi"
+        if metric not in DIVERGENCE_DEFAULTS:
+            raise ValueError(f"divergence_metric must be psi, js or tv (got {metric!r}); it is replaced by "
+                             f"one threshold per metric: max_psi, max_js, max_tv")
+        key = f"max_{metric}"
+        if key in data:
+            raise ValueError(f"max_divergence (with divergence_metric) is the old name of {key}; give only {key}")
+        value = data.pop("max_divergence", None)
+        data[key] = DIVERGENCE_DEFAULTS[metric] if value is None else value
+        for other in DIVERGENCE_DEFAULTS:
+            if other != metric:
+                data.setdefault(f"max_{other}", None)
+        return data
+
+    @model_validator(mode="after")
+    def _one_divergence_gate(self) -> Gates:
+        if self.max_psi is None and self.max_js is None and self.max_tv is None:
+            raise ValueError("at least one of max_psi, max_js, max_tv is needed (the score-divergence gate)")
+        return self
+
+    @property
+    def divergence_thresholds(self) -> dict[str, float]:
+        """{metric: threshold} of the divergence gates that are on."""
+        return {m: v for m in DIVERGENCE_DEFAULTS if (v := getattr(self, f"max_{m}")) is not None}
 
 
 class Stage(_Strict):
@@ -113,7 +159,7 @@ class Plan(_Strict):
                              "lowest hash buckets), so 1 % of a small fleet is not empty.")
 
     @model_validator(mode="after")
-    def _check(self) -> "Plan":
+    def _check(self) -> Plan:
         if not self.stages:
             raise ValueError("a plan needs at least one stage")
         canary = [s for s in self.stages if s.kind == "canary"]

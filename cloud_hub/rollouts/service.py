@@ -264,11 +264,27 @@ class RolloutService:
         for rid in ids:
             try:
                 out.append(self.tick_one(rid, now))
-            except EdgeError as exc:
-                log.error("rollout %s: tick failed: %s", rid, exc.message)
-            except Exception:  # one broken rollout must not stop the others
+            except ConflictError as exc:  # another writer acted first; the next tick sees its state
+                log.info("rollout %s: %s", rid, exc.message)
+            except Exception as exc:  # one broken rollout must not stop the others, nor decide blind
                 log.exception("rollout %s: tick failed", rid)
+                self._pause_after_error(rid, exc)
         return out
+
+    def _pause_after_error(self, rid: str, exc: Exception) -> None:
+        """A running rollout whose tick raised is paused with the error as the reason: it neither
+        decides on data it could not read nor stays silently stuck (resume retries)."""
+        what = exc.message if isinstance(exc, EdgeError) else f"{type(exc).__name__}: {exc}"
+        try:
+            with self._lock:
+                row = self._row(rid)
+                if row.status != "running":
+                    return  # a rollback / abort in progress keeps going on the next tick
+                self._transition(row, "paused", reason=f"tick failed: {what}"[:1000], kind="paused",
+                                 message=f"paused at {self._stage(row).name}: the tick failed ({what}); "
+                                         f"resume to retry")
+        except Exception:  # the database itself may be what failed
+            log.exception("rollout %s: could not pause after a failed tick", rid)
 
     def tick_one(self, rid: str, now: float | None = None) -> dict[str, Any]:
         with self._lock:
@@ -624,9 +640,11 @@ class RolloutService:
 
 
 def _agg_dict(a: Aggregate) -> dict[str, Any]:
+    # the champion baseline of later stages: the divergence gate needs the scores per device too
     return {"requests": a.requests, "errors": a.errors, "p99_ms": a.p99_ms, "p50_ms": a.p50_ms,
             "scores": a.scores, "score_edges": a.score_edges, "compared": a.compared,
-            "decision_changed": a.decision_changed, "devices_reporting": a.devices_reporting}
+            "decision_changed": a.decision_changed, "devices_reporting": a.devices_reporting,
+            "calls": a.calls, "errored_calls": a.errored_calls, "device_scores": a.device_scores}
 
 
 def _jsonable(obj: Any) -> Any:

@@ -16,7 +16,7 @@ def test_default_plan_follows_the_guide():
     assert [s.percent for s in plan.stages] == [1, 5, 25, 50, 100]
     assert all(s.kind == "canary" and s.min_samples == 100 and s.min_duration_s == 600 for s in plan.stages)
     g = plan.gates
-    assert (g.max_error_rate, g.max_p99_ms, g.max_divergence, g.max_decision_change) == (0.01, 200, 0.1, 0.05)
+    assert (g.max_error_rate, g.max_p99_ms, g.max_psi, g.max_decision_change) == (0.01, 200, 0.1, 0.05)
 
 
 def test_plan_file_yaml_and_json(tmp_path):
