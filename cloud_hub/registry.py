@@ -558,6 +558,20 @@ class Registry:
         """
         for a in changes:
             _check_alias(a)
+        try:
+            result = self._set_aliases(name, changes, reason)
+        except IntegrityError:
+            # Another replica created the same alias between our read and our insert: run
+            # again, now seeing its committed row (the later change wins, like two moves).
+            try:
+                result = self._set_aliases(name, changes, reason)
+            except IntegrityError as exc:
+                raise ConflictError(f"aliases of {name} were changed concurrently; retry",
+                                    field="alias") from exc
+        self._changed(name)
+        return result
+
+    def _set_aliases(self, name: str, changes: dict[str, str | None], reason: str | None) -> dict[str, str]:
         now = _now()
         with self.engine.begin() as conn:
             for alias, version in changes.items():
@@ -583,10 +597,8 @@ class Registry:
                 conn.execute(insert(model_alias_events).values(name=name, alias=alias, old_version=old,
                                                                new_version=version, at=now,
                                                                reason=(reason or "")[:200] or None))
-            result = {r.alias: r.version for r in conn.execute(
+            return {r.alias: r.version for r in conn.execute(
                 select(model_aliases.c.alias, model_aliases.c.version).where(model_aliases.c.name == name))}
-        self._changed(name)
-        return result
 
     def alias_history(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -597,8 +609,9 @@ class Registry:
 
     # ---- artifacts ---------------------------------------------------------------------
     def artifact_path(self, mv: ModelVersion) -> Path:
-        """Local path of the version's (hub-signed) bundle tar."""
-        p = self.store.local_path(mv.artifact_sha256)
+        """Local path of the version's (hub-signed) bundle tar, its sha256 checked first
+        (:meth:`ArtifactStore.verified_path`): every load and download goes through here."""
+        p = self.store.verified_path(mv.artifact_sha256)
         if p is None:  # remote store: cache a copy locally
             raise NotFoundError("artifact store has no local path", field="digest")
         return p
