@@ -37,6 +37,7 @@ step (points: ``INSTALL_POINTS``). One variable alone does nothing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -69,6 +70,7 @@ INSTALL_POINTS = INSTALL_STEPS + ("commit:renamed", "switch:in_transaction", "sw
 log = logging.getLogger("edge_runtime.store")
 
 PAUSE_ENV = "EDGE_STORE_PAUSE_AT"
+_RESERVE_BYTES = 256 * 1024
 PAUSE_FILE_ENV = "EDGE_STORE_PAUSE_FILE"
 
 _SCHEMA = """
@@ -80,6 +82,7 @@ CREATE TABLE IF NOT EXISTS slots (
     format TEXT NOT NULL,
     installed_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS kept (digest TEXT PRIMARY KEY);  -- found by a rebuild, no slot
 CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ts REAL NOT NULL,
@@ -168,6 +171,8 @@ class ModelStore:
         self._lockfile = None
         self._db: sqlite3.Connection | None = None
         self.recovery: list[str] = []
+        self.read_only: str | None = None  # why installs are refused (full / read-only disk)
+        self._reserve_used = False
         try:
             self._open()
         except BaseException:
@@ -191,21 +196,213 @@ class ModelStore:
             holder = self._lockfile.read().strip() or "another process"
             raise StoreError(f"open: the store {self.dir} is in use by {holder}",
                              field="store.dir") from exc
-        self._lockfile.seek(0)
-        self._lockfile.truncate()
-        self._lockfile.write(f"pid {os.getpid()}\n")
-        self._lockfile.flush()
         try:
-            db = sqlite3.connect(self.dir / "journal.db", isolation_level=None,
-                                 check_same_thread=False, timeout=10)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"open: the journal {self.dir / 'journal.db'} is unusable: {exc}",
-                             field="store.dir") from exc
-        self._db = _Db(db)
+            self._lockfile.seek(0)
+            self._lockfile.truncate()
+            self._lockfile.write(f"pid {os.getpid()}\n")
+            self._lockfile.flush()
+        except OSError as exc:  # the pid is for humans; the flock is what locks
+            if not _disk_full(exc):
+                raise
+        self._open_journal()
+
+    def _open_journal(self) -> None:
+        """Open journal.db; a missing/empty/corrupt one is rebuilt from the bundles on disk,
+        and a disk that is full (or read-only) opens the store read-only: the journal is read
+        into memory, the intact active model serves, installs are refused with the reason."""
+        path = self.dir / "journal.db"
+        rebuild = None
+        if not path.exists():
+            if any((self.dir / "bundles").iterdir()):
+                rebuild = "journal.db is missing"
+        elif path.stat().st_size == 0:
+            rebuild = "journal.db is empty"
+        try:
+            if rebuild is None and path.exists():
+                rebuild = self._check_journal(path)
+            if rebuild is not None:
+                self._set_aside(path, rebuild)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(_SCHEMA)
+                self._db = _Db(db)
+                if rebuild is not None:
+                    self._rebuild(rebuild)
+                self._recover()
+                self._ensure_reserve()
+                return
+            except BaseException:
+                self._db = None
+                db.close()
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            if not (_disk_full(exc) or _no_space(self.dir)):
+                raise StoreError(f"open: the journal {path} is unusable: {exc}",
+                                 field="store.dir") from exc
+            self._open_read_only(path, exc, rebuild)
+
+    def _check_journal(self, path: Path) -> str | None:
+        """None when journal.db reads back whole; else why it must be rebuilt."""
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            res = db.execute("PRAGMA quick_check").fetchall()
+            if res != [("ok",)]:
+                return f"journal.db is corrupt ({'; '.join(str(r[0]) for r in res[:3])})"
+            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"slots", "journal"} <= names and any((self.dir / "bundles").iterdir()):
+                return "journal.db holds no slots table"
+        except sqlite3.DatabaseError as exc:
+            msg = str(exc).lower()
+            if "not a database" in msg or "malformed" in msg or "corrupt" in msg:
+                return f"journal.db is corrupt ({exc})"
+            raise  # busy, I/O, no space: not a reason to set the journal aside
+        finally:
+            db.close()
+        return None
+
+    def _set_aside(self, path: Path, why: str) -> None:
+        """Keep a broken journal for inspection (renames work on a full disk too)."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(f"{path}{suffix}")
+            if p.exists():
+                os.replace(p, self.dir / f"journal.db{suffix}.broken-{stamp}")
+        self.recovery.append(f"{why}: moved aside as journal.db.broken-{stamp}; rebuilding "
+                             "the journal from the bundles on disk")
+        log.error("store %s: %s; rebuilding from the bundles on disk", self.dir, why)
+
+    def _open_read_only(self, path: Path, exc: BaseException, rebuild: str | None) -> None:
+        for m in self._models.values():
+            with contextlib.suppress(Exception):
+                m.close()
+        self._models.clear()
+        why = _reason(exc) if _disk_full(exc) else f"{_reason(exc)}; no space left"
+        self.read_only = f"the disk is full or read-only ({why})"
+        self.recovery.append(f"store opened read-only: {self.read_only}; installs are refused "
+                             "until space returns (restart or retry)")
+        log.error("store %s: %s: serving read-only", self.dir, self.read_only)
+        mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        copied = False
+        if rebuild is None and path.exists():
+            try:
+                src = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+                try:
+                    src.backup(mem)
+                    copied = True
+                finally:
+                    src.close()
+            except sqlite3.Error as exc2:
+                rebuild = f"journal.db unreadable on a full disk ({exc2})"
+        mem.executescript(_SCHEMA)
+        self._db = _Db(mem)
+        if not copied and any((self.dir / "bundles").iterdir()):
+            self._rebuild(rebuild or "journal.db is missing")
         self._recover()
+
+    def _rebuild(self, why: str) -> None:
+        """Fill an empty journal from the verified bundles on disk; never delete one.
+
+        Which bundle goes in which slot comes from ``slots.json`` (written after every switch)
+        or else the ``active``/``shadow``/``previous`` links; without either, nothing is
+        activated (guessing could serve a model the hub rolled back) and the bundles are kept.
+        """
+        verified: dict[str, Model | None] = {}
+        infos: dict[str, SlotInfo] = {}
+        for root in sorted((self.dir / "bundles").iterdir()):
+            try:
+                bundle = read_bundle(root)
+                if bundle.manifest.digest != root.name:
+                    raise StoreError(f"holds {bundle.manifest.digest[:12]}", field="store")
+                verify_bundle(bundle, self.public_keys, require_signature=self.require_signature)
+            except EdgeError as exc:
+                self.recovery.append(f"rebuild: bundle {root.name[:12]} kept but not usable: "
+                                     f"{exc.message}")
+                continue
+            m = bundle.manifest
+            verified[root.name] = None
+            infos[root.name] = SlotInfo("", m.name, m.version, m.digest, m.format,
+                                        root.stat().st_mtime)
+        hint = self._slot_hint()
+        placed = []
+        if hint.get("active") and hint["active"] not in infos and hint.get("previous") in infos:
+            # the active bundle does not verify: the previous one serves (as on a normal start)
+            self.recovery.append(f"rebuild: active bundle {hint['active'][:12]} unusable: "
+                                 "previous reactivated")
+            hint["active"] = hint.pop("previous")
+        with self._txn():
+            for slot in SLOTS:
+                digest = hint.get(slot)
+                if digest in infos:
+                    info = infos[digest]
+                    info.slot = slot
+                    self._put_slot(slot, info)
+                    placed.append(f"{slot} {info.name} {info.version}")
+            placed_digests = {hint.get(slot) for slot in SLOTS if hint.get(slot) in infos}
+            for root in (self.dir / "bundles").iterdir():  # unverifiable ones too: for inspection
+                if root.name not in placed_digests:
+                    self._db.execute("INSERT OR IGNORE INTO kept VALUES (?)", (root.name,))
+            self._journal_start("rebuild", None, "switch", f"{why}; {len(infos)} verified "
+                                f"bundle(s); slots: {', '.join(placed) or 'none'}")
+            self._db.execute("UPDATE journal SET state='ok' WHERE op='rebuild' AND state='running'")
+        if placed:
+            self.recovery.append(f"rebuild: {len(infos)} verified bundle(s); restored "
+                                 f"{', '.join(placed)} from {hint.get('_source', 'the links')}")
+        else:
+            self.recovery.append(f"rebuild: {len(infos)} verified bundle(s) kept, none activated: "
+                                 "no record of which one ran (slots.json, links); install or "
+                                 "roll out a bundle to choose")
+
+    def _slot_hint(self) -> dict[str, str]:
+        try:
+            doc = json.loads((self.dir / "slots.json").read_text())
+            hint = {k: v for k, v in doc.get("slots", {}).items() if isinstance(v, str)}
+            if hint:
+                return {**hint, "_source": "slots.json"}
+        except (OSError, ValueError, AttributeError):
+            pass
+        hint = {}
+        for slot in SLOTS:
+            link = self.dir / slot
+            with contextlib.suppress(OSError):
+                if link.is_symlink():
+                    hint[slot] = Path(os.readlink(link)).name
+        if hint:
+            hint["_source"] = "the active/shadow/previous links"
+        return hint
+
+    def _ensure_reserve(self) -> None:
+        """Keep ``reserve`` (a few hundred KiB): freed when the disk fills, so a refused
+        install can still record its reason in the journal."""
+        p = self.dir / "reserve"
+        if p.exists() and p.stat().st_size >= _RESERVE_BYTES:
+            return
+        try:
+            with open(p, "wb") as fh:
+                fh.write(b"\0" * _RESERVE_BYTES)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+    def _journal_write(self, fn: Callable[[], Any]) -> Any:
+        """Run a journal write; on a full disk free the reserve and try once more."""
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not (_disk_full(exc) or _no_space(self.dir)):
+                raise
+            reserve = self.dir / "reserve"
+            if not reserve.exists():
+                raise
+            with contextlib.suppress(OSError):
+                reserve.unlink()
+            self._reserve_used = True
+            log.warning("store %s: disk full; the reserve was freed to record the journal",
+                        self.dir)
+            return fn()
 
     def _recover(self) -> None:
         db = self._db
@@ -244,8 +441,9 @@ class ModelStore:
                 elif slot == "shadow":
                     with self._txn():
                         self._del_slot("shadow")
-        self._gc()
-        self._sync_links()
+        if self.read_only is None:
+            self._gc()
+            self._sync_links()
 
     def close(self) -> None:
         for m in self._models.values():
@@ -324,7 +522,21 @@ class ModelStore:
 
     def _install(self, src: Path, slot: str, progress: Progress) -> InstallReport:
         t0 = time.perf_counter()
-        jid = self._journal_start("install", slot, "stage", str(src))
+        if self.read_only is not None:
+            raise StoreError(f"stage: installs are refused: {self.read_only}", field="store.dir",
+                             step="stage")
+        self._ensure_reserve()  # space may have returned since it was used
+        try:
+            jid = self._journal_write(lambda: self._journal_start("install", slot, "stage",
+                                                                  str(src)))
+        except sqlite3.Error as exc:
+            raise StoreError(f"stage: cannot record the install in the journal: {_reason(exc)}",
+                             field="store.dir", step="stage") from exc
+        if self._reserve_used:  # the journal row took the reserve: no room for a bundle
+            self._reserve_used = False
+            reason = "the disk is full (the journal needed the store's reserve space)"
+            self._journal_end(jid, "failed", "stage", reason)
+            raise StoreError(f"stage: {reason}", field="store.dir", step="stage")
         step = "stage"
         staged: Path | None = None
         model: Model | None = None
@@ -380,6 +592,8 @@ class ModelStore:
                     if old is not None:
                         self._copy_slot("active", "previous")
                 self._set_slot(slot, model)
+                if slot == "active":  # a deliberate choice: bundles kept by a rebuild may go
+                    self._db.execute("DELETE FROM kept")
                 self._point("switch:in_transaction")
                 self._journal_end(jid, "ok", "switch", None)
             self._point("switch:committed")
@@ -475,8 +689,16 @@ class ModelStore:
     def _fail(self, jid: int, step: str, exc: BaseException, staged: Path | None,
               model: Model | None) -> None:
         reason = exc.message if isinstance(exc, EdgeError) else f"{type(exc).__name__}: {exc}"
-        with contextlib.suppress(sqlite3.Error):
-            self._journal_end(jid, "failed", step, reason)
+        if _disk_full(exc) or _disk_full(exc.__cause__):
+            reason = f"the disk is full: {reason}"
+        if staged is not None:  # free the space first: the journal row may need it
+            _rmtree(staged.parent)
+            staged = None
+        try:
+            self._journal_write(lambda: self._journal_end(jid, "failed", step, reason))
+        except sqlite3.Error as exc2:
+            log.error("store %s: install failed at %s (%s) and the journal could not record it: "
+                      "%s", self.dir, step, reason, exc2)
         if model is not None:
             with contextlib.suppress(Exception):
                 model.close()
@@ -645,12 +867,26 @@ class ModelStore:
         self._journal_end(jid, state, step, detail)
 
     def _gc(self) -> None:
-        keep = {r[0] for r in self._db.execute("SELECT digest FROM slots")}
+        keep = {r[0] for r in self._db.execute("SELECT digest FROM slots UNION "
+                                               "SELECT digest FROM kept")}
         for p in (self.dir / "bundles").iterdir():
             if p.name not in keep:
                 _rmtree(p)
 
     def _sync_links(self) -> None:
+        """Refresh the slot links and ``slots.json`` (a copy of the slots that survives a lost
+        journal: the rebuild restores the slots from it)."""
+        doc = {"slots": {}}
+        for slot in SLOTS:
+            info = self._slot_row(slot)
+            if info is not None:
+                doc["slots"][slot] = info.sha256
+        try:
+            tmp = self.dir / ".slots.json.tmp"
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, self.dir / "slots.json")
+        except OSError:
+            pass  # a full disk: the journal (and the links) still hold the truth
         for slot in SLOTS:
             link = self.dir / slot
             info = self._slot_row(slot)
@@ -738,6 +974,31 @@ def _rss() -> int:
     except (OSError, ValueError, IndexError) as exc:
         raise StoreError(f"budget: cannot measure memory to check the budget ({err}; {exc})",
                          field="profile.memory_budget_mb") from exc
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC/EDQUOT/EROFS, or SQLite's words for them."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        msg = str(exc).lower()
+        return "disk is full" in msg or "readonly" in msg or "read-only" in msg
+    return exc is not None and "no space left on device" in str(exc).lower()
+
+
+def _no_space(directory: Path) -> bool:
+    """SQLite reports a full tmpfs as "disk I/O error": look at the free space itself."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 256 * 1024 or st.f_favail == 0
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 def _rmtree(p: Path) -> None:
