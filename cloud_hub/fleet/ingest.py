@@ -30,6 +30,7 @@ from typing import Any
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cloud_hub.fleet.validate import record_rejections, split_windows
 from edge_runtime.backoff import Backoff
 from edge_runtime.mqtt import MqttConfig, make_client, use_backoff
 from edge_runtime.protocol import (
@@ -199,6 +200,8 @@ class IngestSubscriber:
                 log.warning("hub ingest: %s message on %s claims device %s; rejected", kind, dev, msg.device_id)
                 continue
             (states if kind == "state" else events if kind == "events" else windows).append((msg, at))
+        windows, refused = split_windows(windows)  # impossible numbers never reach the gates (issue 18)
+        self.stats["rejected"] += len(refused)
         backoff = Backoff(0.2, 10.0)
         while True:
             try:
@@ -210,6 +213,11 @@ class IngestSubscriber:
                 log.exception("hub ingest: database write failed; retrying in %.1fs", delay)
                 if self._stop.wait(delay) and backoff.attempts > 5:
                     return  # stopping: leave the messages unacknowledged; the broker redelivers
+        if refused:
+            try:
+                record_rejections(self.fleet.engine, refused)
+            except Exception:  # counting is best effort; the windows stay refused
+                log.exception("hub ingest: could not count %d refused windows", len(refused))
         self.stats["batches"] += 1
         self.stats["written_states"] += len(states)
         self.stats["written_events"] += len(events)
