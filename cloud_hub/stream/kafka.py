@@ -29,7 +29,8 @@ default the broker's) so a fresh broker works as NATS and MQTT do.
 URL options (query parameters): ``group``, ``client_id``, ``partitions``,
 ``replication``, ``ack_wait`` (s), ``connect_timeout`` (s, default 10), ``commit_interval_ms``, ``auto_offset_reset``
 (earliest|latest, default earliest), ``session_timeout_ms``,
-``heartbeat_interval_ms``, ``max_poll_interval_ms``, ``linger_ms``,
+``heartbeat_interval_ms``, ``max_poll_interval_ms``, ``fetch_wait_max_ms`` (default
+100), ``linger_ms``,
 ``compression`` (none|gzip|snappy|lz4|zstd), ``idempotence`` (1|0, default 1),
 and for SASL/TLS ``security_protocol`` (PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL),
 ``sasl_mechanism`` (PLAIN|SCRAM-SHA-256|SCRAM-SHA-512), ``sasl_username``,
@@ -75,6 +76,7 @@ _CONSUMER_OPTIONS = {
     "max_poll_interval_ms": "max.poll.interval.ms",
     "commit_interval_ms": "auto.commit.interval.ms",
     "auto_offset_reset": "auto.offset.reset",
+    "fetch_wait_max_ms": "fetch.wait.max.ms",
 }
 _PRODUCER_OPTIONS = {"linger_ms": "linger.ms", "compression": "compression.type"}
 _OWN_OPTIONS = {
@@ -103,6 +105,7 @@ _INTEGERS = {
     "max_poll_interval_ms",
     "commit_interval_ms",
     "linger_ms",
+    "fetch_wait_max_ms",
 }
 KNOWN_OPTIONS = (
     set(_CLIENT_OPTIONS) | set(_CONSUMER_OPTIONS) | set(_PRODUCER_OPTIONS) | _OWN_OPTIONS
@@ -239,6 +242,9 @@ class KafkaSource:
                 "auto.commit.interval.ms": 1000,
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
+                # a broker that does not answer a fetch as soon as data arrives (Tansu)
+                # would add up to this much latency; 100 ms instead of librdkafka's 500
+                "fetch.wait.max.ms": 100,
                 "logger": log,
             }
         )
@@ -327,7 +333,11 @@ class KafkaSource:
     def fetch(self, max_messages: int, timeout: float) -> list[InMessage]:
         self._rewind_stale()
         try:
-            msgs = self.consumer.consume(max_messages, timeout)
+            # consume(n, t) waits until n messages or t: wait for the first only, then
+            # take what librdkafka has already fetched (a lone message is not held back)
+            msgs = self.consumer.consume(1, timeout)
+            if msgs and max_messages > 1:
+                msgs += self.consumer.consume(max_messages - 1, 0)
         except self._ck.KafkaException as exc:
             raise TransportError(f"Kafka consume from {self.topic} failed: {exc}") from exc
         now = time.time()
