@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import build_sklearn_bundle
+from tests.edge_runtime.disk import small_disk  # noqa: F401 - a fixture (a real small tmpfs)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from edge_runtime.bundle import read_bundle
 from edge_runtime.errors import StoreError
 from edge_runtime.profile import load_profile
 from edge_runtime.store import ModelStore
-from tests.edge_runtime.disk import fill, small_disk  # noqa: F401 - fixture
+from tests.edge_runtime.disk import fill
 
 
 def _open(path, keypair):
