@@ -31,6 +31,7 @@ from typing import Any
 
 from cloud_hub.stream.transport import InMessage, KeyedPayload, Sink, Source, TransportError
 from edge_runtime.backoff import Backoff
+from edge_runtime.contract import Refusal
 from edge_runtime.errors import EdgeError, ValidationError
 from edge_runtime.model import Model
 
@@ -132,15 +133,17 @@ class StreamWorker:
             row = {k: v for k, v in obj.items() if k not in (self.opt.key_field, "ts")}
         return key, row, obj.get("ts")
 
-    def _dead(self, m: InMessage, exc: EdgeError) -> bytes:
+    def _dead(self, m: InMessage, exc: EdgeError | Refusal) -> bytes:
+        """A dead letter: the message and why (``field`` names the feature, as a batch
+        reject does: the message is the row)."""
         try:
             payload: Any = m.data.decode()
         except UnicodeDecodeError:
             payload = m.data.hex()
-        fld = exc.field
-        if fld and fld.startswith("rows[0]."):
-            fld = fld[len("rows[0].") :]
-        reason = exc.message.replace("rows[0].", "").replace("rows[0]: ", "")
+        if isinstance(exc, Refusal):
+            reason, fld = exc.row_reason, exc.feature or "message"
+        else:
+            reason, fld = exc.message, exc.field
         body = json.dumps(
             {
                 "reason": reason,
@@ -168,25 +171,15 @@ class StreamWorker:
                 dead.append(self._dead(m, exc))
         if not decoded:
             return [], dead
-        codec = self.model.codec
-        rows = [d[2] for d in decoded]
-        try:
-            x = codec.encode(rows)
-            good = decoded
-        except ValidationError:  # find the bad rows; keep the good ones in one batch
-            good, keep = [], []
-            for d in decoded:
-                try:
-                    codec.encode([d[2]])
-                    good.append(d)
-                    keep.append(d[2])
-                except ValidationError as exc:
-                    dead.append(self._dead(d[0], exc))
-            if not good:
-                return [], dead
-            x = codec.encode(keep)
+        # the bundle's contract (the same refusals as /predict), then engine and post-processing
+        x, keep, refused = self.model.codec.encode_valid([d[2] for d in decoded])
+        for i, ref in refused.items():
+            dead.append(self._dead(decoded[i][0], ref))
+        if not keep:
+            return [], dead
+        good = decoded if len(keep) == len(decoded) else [decoded[i] for i in keep]
         scores = self.model.score_array(x)
-        preds = self.model.to_rows(scores)
+        preds = self.model.post.rows(scores)
         score = scores.score
         threshold = self.model.threshold
         now = time.time()
