@@ -82,7 +82,8 @@ def hub_main(args) -> int:
     from cloud_hub.hub import Hub
     from cloud_hub.settings import HubSettings
 
-    hub = Hub(HubSettings(data_dir=args.data_dir, mqtt_url=args.mqtt, mqtt_prefix=args.prefix))
+    hub = Hub(HubSettings(data_dir=args.data_dir, mqtt_url=args.mqtt, mqtt_prefix=args.prefix,
+                          database_url=args.db_url or None))
     hub.fleet.start(session_expiry=0)
     hub.fleet.ingest.wait_connected(30)
     print("ready", flush=True)
@@ -94,13 +95,15 @@ def hub_main(args) -> int:
 
 
 class HubProcess:
-    def __init__(self, mqtt: str, prefix: str, data_dir: Path) -> None:
+    def __init__(self, mqtt: str, prefix: str, data_dir: Path, db_url: str | None = None) -> None:
         import psutil
+        import sqlalchemy
 
         self.data_dir = data_dir
+        self.db = sqlalchemy.create_engine(db_url or f"sqlite:///{data_dir / 'hub.db'}")
         self.proc = subprocess.Popen([sys.executable, __file__, "_hub", "--mqtt", mqtt, "--prefix", prefix,
-                                      "--data-dir", str(data_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, cwd=str(ROOT))
+                                      "--data-dir", str(data_dir)] + (["--db-url", db_url] if db_url else []),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
         assert self.proc.stdout.readline().strip() == "ready"
         self.ps = psutil.Process(self.proc.pid)
         self.cpu0 = self._cpu()
@@ -114,10 +117,10 @@ class HubProcess:
         return 100.0 * (self._cpu() - self.cpu0) / (time.monotonic() - self.t0)
 
     def count(self, sql: str) -> int:
-        import sqlite3
+        import sqlalchemy
 
-        with sqlite3.connect(self.data_dir / "hub.db", timeout=30) as c:
-            return c.execute(sql).fetchone()[0]
+        with self.db.connect() as c:
+            return c.execute(sqlalchemy.text(sql)).scalar_one()
 
     def stop(self) -> dict:
         self.proc.stdin.write("\n")
@@ -207,7 +210,13 @@ def part_ceiling(args, tmp: Path) -> dict:
     prefix = f"bench-{uuid.uuid4().hex[:8]}/v1"
     broker = OwnMosquitto(tmp)
     args = argparse.Namespace(**{**vars(args), "mqtt": broker.url})
-    hub = HubProcess(args.mqtt, prefix, tmp / "hub-ceiling")
+    hub = HubProcess(args.mqtt, prefix, tmp / "hub-ceiling", args.db_url)
+    import sqlalchemy
+
+    with hub.db.begin() as c:  # a database shared between runs (PostgreSQL): start empty
+        c.execute(sqlalchemy.text("DELETE FROM fleet_windows"))
+        c.execute(sqlalchemy.text("DELETE FROM fleet_slot_stats"))
+        c.execute(sqlalchemy.text("DELETE FROM fleet_device_state"))
     sk = Sketch()
     sk.extend(np.random.default_rng(0).lognormal(-7, 0.4, 500).tolist())
     h = Histogram.unit(20)
@@ -246,9 +255,13 @@ def part_ceiling(args, tmp: Path) -> dict:
         c.disconnect()
         c.loop_stop()
     broker.stop()
-    return {"broker": "own mosquitto, max_queued_messages 0", "windows": total, "stored": stored, "publish_s": round(pub_s, 2), "ingest_s": round(dt, 2),
+    hub_cpu_s = cpu / 100 * dt
+    return {"broker": "own mosquitto, max_queued_messages 0", "database": hub.db.dialect.name,
+            "windows": total, "stored": stored, "publish_s": round(pub_s, 2), "ingest_s": round(dt, 2),
             "windows_per_s": round(stored / dt, 1), "hub_cpu_percent": round(cpu, 1),
-            "batches": stats.get("batches")}
+            "hub_cpu_s": round(hub_cpu_s, 2), "windows_per_hub_cpu_s": round(stored / hub_cpu_s, 1),
+            "acks_sent": stats.get("acks_sent"), "batches": stats.get("batches"),
+            "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 def part_offline(args, tmp: Path, b1, pub) -> dict:
@@ -351,6 +364,7 @@ def main(argv=None) -> int:
     p.add_argument("--shadow-rate", type=float, default=500.0, help="paced requests/s in the shadow part")
     p.add_argument("--shadow-rounds", type=int, default=6)
     p.add_argument("--prefix")
+    p.add_argument("--db-url", help="hub database (default: SQLite in the run's temp dir)")
     p.add_argument("--data-dir")
     args = p.parse_args(argv)
     if args.part == "_hub":
@@ -365,7 +379,7 @@ def main(argv=None) -> int:
 
     result = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
               "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-              "paho": paho.mqtt.__version__,
+              "paho": paho.mqtt.__version__, "load_avg_start": [round(x, 2) for x in os.getloadavg()],
               "mosquitto": subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.split("\n")[0]
               if os.path.exists("/usr/sbin/mosquitto") else "?"}
     parts = ["shadow", "offline", "ceiling", "fleet"] if args.part == "all" else [args.part]

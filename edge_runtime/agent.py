@@ -48,7 +48,7 @@ class FleetAgent:
                  sample_rate: float = 1.0, shadow_queue: int = 1024, buffer_max_windows: int = 10_000,
                  profile: str = "", tags: Mapping[str, str] | None = None, own_timer: bool = True,
                  resources: bool = True, download_headers: dict[str, str] | None = None,
-                 allow_file_urls: bool = False) -> None:
+                 allow_file_urls: bool = False, ack_timeout_s: float = 10.0) -> None:
         self.device_id = device_id
         self.store = store
         self.profile = profile
@@ -67,7 +67,8 @@ class FleetAgent:
         self.link: DeviceLink | None = None
         if mqtt is not None:
             self.link = DeviceLink(mqtt, device_id, self.outbox, prefix=prefix,
-                                   on_desired=self.reconciler.submit, state=self.state)
+                                   on_desired=self.reconciler.submit, state=self.state,
+                                   ack_timeout_s=ack_timeout_s)
         self.pre_predict: Callable[[], None] | None = None  # fault-injection hook (simulator)
         self._own_timer = own_timer
         self._timer: threading.Thread | None = None

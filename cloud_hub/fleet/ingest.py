@@ -45,6 +45,8 @@ from edge_runtime.protocol import (
 
 log = logging.getLogger("cloud_hub.fleet.ingest")
 
+_MESSAGES: dict[str, Any] = {"state": DeviceState, "events": DeviceEvent, "telemetry": TelemetryWindow}
+
 
 def _hub_config(fleet) -> MqttConfig:
     s = fleet.settings
@@ -180,17 +182,12 @@ class IngestSubscriber:
                 self.stats["rejected"] += 1
                 continue
             dev, kind = parsed
-            try:
-                body = json.loads(payload)
-                if kind == "state":
-                    msg: Any = DeviceState.model_validate(body)
-                elif kind == "events":
-                    msg = DeviceEvent.model_validate(body)
-                elif kind == "telemetry":
-                    msg = TelemetryWindow.model_validate(body)
-                else:
-                    self.stats["rejected"] += 1
-                    continue
+            model = _MESSAGES.get(kind)
+            if model is None:
+                self.stats["rejected"] += 1
+                continue
+            try:  # pydantic's own JSON parser: about twice as fast as json.loads + model_validate
+                msg: Any = model.model_validate_json(payload)
             except Exception as exc:  # malformed payload: dropped and counted, never a crash
                 self.stats["rejected"] += 1
                 log.warning("hub ingest: bad %s message from %s: %s", kind, dev, str(exc)[:200])

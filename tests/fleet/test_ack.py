@@ -52,8 +52,8 @@ def test_a_broker_puback_without_a_hub_is_not_a_commit(own_mosquitto, prefix, ma
     """The issue's loss: the device sent while no hub was subscribed; the broker took (PUBACK) and
     dropped the windows. The device keeps them until the hub acks, and sends them again."""
     broker = own_mosquitto(persist=True)
-    agent = make_agent("dev-1", url=broker.url, prefix=prefix, bundle=cancer_bundle, interval_s=3600)
-    agent.link._ack_backoff.min_s, agent.link._ack_backoff.max_s = 0.5, 1.0  # resend soon in a test
+    agent = make_agent("dev-1", url=broker.url, prefix=prefix, bundle=cancer_bundle, interval_s=3600,
+                       ack_timeout_s=0.5)  # resend soon in a test
     agent.start()
     assert agent.link.wait_connected(10)
     for _ in range(5):
