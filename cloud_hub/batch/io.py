@@ -100,7 +100,9 @@ class InputReader:
             try:
                 # pre_buffer=False: with it, iter_batches buffers every row group of the
                 # file (memory grows with the input size).
-                self._pf = pq.ParquetFile(self.path, pre_buffer=False)
+                # page_checksum_verification: a page whose CRC is written (our outputs
+                # write them) and does not match is refused instead of decoded.
+                self._pf = pq.ParquetFile(self.path, pre_buffer=False, page_checksum_verification=True)
             except Exception as exc:  # pyarrow raises ArrowInvalid / OSError
                 raise ValidationError(
                     f"{self.path.name} is not a readable Parquet file: {exc}", field="input"
@@ -167,13 +169,31 @@ class InputReader:
     # ---- reading ---------------------------------------------------------------------
     def batches(self) -> Iterator[pa.RecordBatch]:
         if self.format == "parquet":
-            it = self._pf.iter_batches(batch_size=self.batch_size, columns=self.columns)
+            it = self._parquet_batches()
         elif self.format == "csv":
             it = _csv_batches(self.path, self.columns, self.batch_size)
         else:
             it = _jsonl_batches(self.path, self.features, self.id_columns, self.batch_size,
                                 self.feature_dtypes)
         return rebatch(it, self.batch_size)
+
+
+    def _parquet_batches(self) -> Iterator[pa.RecordBatch]:
+        """Row group by row group, so an unreadable page names its row group; nothing of
+        that row group is scored (pyarrow decodes a page fully before handing rows out)."""
+        for rg in range(self._pf.num_row_groups):
+            it = self._pf.iter_batches(batch_size=self.batch_size, columns=self.columns, row_groups=[rg])
+            while True:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    break
+                except (OSError, pa.ArrowException) as exc:
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                    raise ValidationError(
+                        f"{self.path.name}: row group {rg} cannot be read (corrupt page or page "
+                        f"checksum mismatch): {first}", field="input") from exc
+                yield batch
 
 
 def csv_options(columns: Sequence[str], batch_size: int):

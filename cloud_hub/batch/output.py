@@ -276,6 +276,7 @@ class FinalWriter:
                     compression="snappy",
                     use_dictionary=dict_cols,
                     store_schema=False,
+                    write_page_checksum=True,  # readers (ours included) can detect a corrupt page
                 )
             elif self.format == "csv":
                 from pyarrow import csv as pacsv
