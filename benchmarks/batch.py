@@ -243,6 +243,9 @@ def stages(bundle: Path, src: Path, batch: int, out_dir: Path) -> dict:
 
 
 def main() -> None:
+    # the benchmark's bundles are unsigned; batch/stream verify a bundle path's hashes and
+    # accept it unsigned only under the hub's own switch (cloud_hub/trust.py)
+    os.environ["HUB_ALLOW_UNSIGNED"] = "1"
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -9,8 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edge_runtime.errors import EdgeError
 from cloud_hub.hub import Hub
+from edge_runtime.errors import EdgeError, code_for_status, error_body, field_path
 
 # Router modules, each exposing ``router`` (an APIRouter). Add yours here.
 ROUTERS: list[str] = [
@@ -58,18 +58,18 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
         first = errs[0] if errs else {"loc": [], "msg": "invalid request"}
-        field = ".".join(str(p) for p in first.get("loc", []) if p != "body")
-        return JSONResponse({"error": f"{field or 'body'}: {first.get('msg')}", "code": "invalid_input",
-                             "field": field or "body"}, status_code=422)
+        field = field_path(*(p for p in first.get("loc", []) if p != "body")) or "body"
+        return JSONResponse(error_body(f"{field}: {first.get('msg')}", "invalid_input", field),
+                            status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail), "code": "http_error"}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(error_body(str(exc.detail), code_for_status(exc.status_code)),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:  # no stack traces to clients
         import logging
 
         logging.getLogger("cloud_hub").exception("unhandled error")
-        return JSONResponse({"error": "internal error", "code": "internal_error"}, status_code=500)
+        return JSONResponse(error_body("internal error", "internal_error"), status_code=500)

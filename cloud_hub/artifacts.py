@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from edge_runtime.errors import NotFoundError, StoreError
+from edge_runtime.errors import IntegrityError, NotFoundError, StoreError
+from edge_runtime.hashing import sha256_file
 
 CHUNK = 1024 * 1024
 
@@ -46,6 +47,30 @@ class ArtifactStore:
 
     def delete(self, sha256: str) -> bool:
         raise NotImplementedError
+
+    def verified_path(self, sha256: str) -> Path | None:
+        """:meth:`local_path`, after checking that the file's bytes still hash to ``sha256``.
+
+        The hub loads and serves artifacts only through this: a flipped byte on disk (bit
+        rot, tampering) is refused with :class:`IntegrityError` instead of being scored or
+        sent to devices. The verdict is kept per digest with the file's (size, mtime, ctime,
+        inode), so each file is hashed once until it changes."""
+        path = self.local_path(sha256)
+        if path is None:
+            return None
+        st = path.stat()
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        verdicts: dict[str, tuple[tuple[int, ...], bool]] = self.__dict__.setdefault("_verdicts", {})
+        known = verdicts.get(sha256)
+        if known is None or known[0] != stamp:
+            known = (stamp, sha256_file(path) == sha256)
+            verdicts[sha256] = known
+        if not known[1]:
+            raise IntegrityError(f"artifact {sha256[:12]}… fails its sha256 check (its bytes "
+                                 "changed in the store: corruption or tampering); it is neither "
+                                 "loaded nor served. Restore it from a backup (cloud-hub "
+                                 "artifacts check lists damaged artifacts)", field="digest")
+        return path
 
     def iter_chunks(self, sha256: str, chunk: int = CHUNK) -> Iterator[bytes]:
         with self.open(sha256) as fh:

@@ -2,7 +2,8 @@
 
 Each area adds a module in ``cloud_hub/commands/`` exposing
 ``register(subparsers)``; every subcommand sets ``func(args) -> int``.
-Domain errors become one line on stderr and exit code 1 (2 for usage).
+Domain errors become one line on stderr (``edge_runtime.errors.error_line``) and exit
+code 1 (2 for usage).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from edge_runtime.errors import EdgeError
+from edge_runtime.errors import run_cli
 
 # Command modules (cloud_hub/commands/*.py). Add yours here.
 COMMAND_MODULES: list[str] = [
@@ -42,13 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except EdgeError as exc:
-        print(f"cloud-hub: error: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_cli("cloud-hub", lambda: args.func(args))
 
 
 if __name__ == "__main__":

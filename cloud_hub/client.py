@@ -11,7 +11,10 @@ from edge_runtime.errors import EdgeError
 
 
 class HubClientError(EdgeError):
-    code = "hub_error"
+    """What the hub answered (its own status, ``code`` and ``field``), or ``hub_unreachable``."""
+
+    status_code = 503
+    code = "hub_unreachable"
 
 
 class HubClient:
@@ -27,14 +30,19 @@ class HubClient:
         except httpx.HTTPError as exc:
             raise HubClientError(f"cannot reach the hub at {self.url}: {exc}") from exc
         if r.status_code >= 400:
+            body: Any = None
             try:
                 body = r.json()
-                msg = body.get("error") or body
             except ValueError:
-                msg = r.text[:200]
-            err = HubClientError(f"hub answered {r.status_code}: {msg}")
-            err.status_code = r.status_code
-            raise err
+                pass
+            if not isinstance(body, dict):
+                body = {"error": r.text[:200]}
+            raise HubClientError(
+                f"hub answered {r.status_code}: {body.get('error') or body}",
+                code=str(body.get("code") or "internal_error"),
+                field=body.get("field"),
+                status_code=r.status_code,
+            )
         if not r.content:
             return None
         ctype = r.headers.get("content-type", "")

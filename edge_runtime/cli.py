@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_runtime import __version__
-from edge_runtime.errors import EdgeError, ValidationError
+from edge_runtime import __version__, keygen
+from edge_runtime.errors import ValidationError, run_cli
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -234,20 +234,6 @@ def cmd_bundle_sign(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keygen(args: argparse.Namespace) -> int:
-    from edge_runtime.signing import generate_keypair, key_id, load_public_key
-
-    out = Path(args.out)
-    pub = Path(args.public_out) if args.public_out else out.with_suffix(".pub")
-    for p in (out, pub):
-        if p.exists() and not args.force:
-            raise ValidationError(f"{p} exists; use --force to overwrite it", field="out")
-    priv, pub = generate_keypair(out, pub)
-    print(f"private key {priv} (keep it secret), public key {pub} "
-          f"(key id {key_id(load_public_key(pub))})")
-    return 0
-
-
 def _open_store(args: argparse.Namespace):
     from edge_runtime.profile import load_profile
     from edge_runtime.store import ModelStore
@@ -444,12 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", required=True, help="private key PEM (from edge-runtime keygen)")
     p.set_defaults(func=cmd_bundle_sign)
 
-    p = sub.add_parser("keygen", help="create an ed25519 key pair for signing bundles",
-                       description="Write a private key (mode 0600) and its public key.")
-    p.add_argument("--out", default="fleet.key", help="private key path (default fleet.key)")
-    p.add_argument("--public-out", help="public key path (default OUT with .pub)")
-    p.add_argument("--force", action="store_true", help="overwrite existing files")
-    p.set_defaults(func=cmd_keygen)
+    keygen.register(sub)
 
     ps = sub.add_parser("store", help="the device model store (daemon stopped)",
                         description="Manage the model store named in device.toml.")
@@ -496,18 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except EdgeError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 1
-    except OSError as exc:  # unreadable/unwritable paths named by the user
-        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 1
+    return run_cli("edge-runtime", lambda: args.func(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,14 +24,9 @@ from starlette.requests import Request
 
 from cloud_hub.inference import new_request_id
 from cloud_hub.logs import AccessLog, request_id_var
-from edge_runtime.errors import EdgeError
+from edge_runtime.errors import EdgeError, PayloadTooLarge, error_body
 
 _RID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
-
-class PayloadTooLarge(EdgeError):
-    status_code = 413
-    code = "payload_too_large"
 
 
 _FAST = re.compile(r"^/(?:v1/models/([^/]+)/predict|v2/models/([^/]+)(?:/versions/([^/]+))?/infer)$")
@@ -89,13 +84,13 @@ class HubMiddleware:
                 except ValueError:
                     n = -1
                 if n < 0:
-                    await _reply(send_wrapper, 400, {"error": "invalid Content-Length header",
-                                                     "code": "invalid_request", "field": "content-length"})
+                    await _reply(send_wrapper, 400, error_body("invalid Content-Length header",
+                                                               "invalid_request", "Content-Length"))
                     return
                 if n > limit:
-                    await _reply(send_wrapper, 413, {"error": f"request body of {n} bytes exceeds the "
-                                                     f"limit of {limit} bytes", "code": "payload_too_large",
-                                                     "field": "body"})
+                    await _reply(send_wrapper, 413, error_body(f"request body of {n} bytes exceeds "
+                                                               f"the limit of {limit} bytes",
+                                                               "payload_too_large", "body"))
                     return
                 await self._dispatch(scope, receive, send_wrapper)
             else:
@@ -148,7 +143,7 @@ class HubMiddleware:
                     return
                 except Exception:  # same contract as the app's handler: no stack trace to clients
                     logging.getLogger("cloud_hub").exception("unhandled error")
-                    await _reply(send, 500, {"error": "internal error", "code": "internal_error"}, close=False)
+                    await _reply(send, 500, error_body("internal error", "internal_error"), close=False)
                     return
                 await response(scope, receive, send)
                 return
@@ -169,27 +164,4 @@ def install_middleware(app, hub) -> None:
         hub.access_log = AccessLog(use_logger=hub.settings.log_format != "json")
         hub.on_close(hub.access_log.flush)
     app.add_middleware(HubMiddleware, hub=hub)
-    prioritize_inference_routes(app)
 
-
-def prioritize_inference_routes(app) -> None:
-    """Try the predict/infer routes first: routes are matched in order, and a
-    predict request should not walk every registry/fleet/rollout route before
-    reaching its own. Their patterns only match their own shape, so moving them
-    first changes no other route's behaviour."""
-    from cloud_hub.api import oip, predict
-
-    hot_routers = (predict.router, oip.router)
-    hot_paths = {r.path for h in hot_routers for r in h.routes}
-
-    def rank(route) -> int:
-        original = getattr(route, "original_router", None)  # FastAPI >= 0.16x wraps included routers
-        if original is not None:
-            return 0 if any(original is h for h in hot_routers) else 1
-        return 0 if getattr(route, "path", None) in hot_paths else 1
-
-    routes = app.router.routes
-    routes[:] = sorted(routes, key=rank)
-    mark = getattr(app.router, "_mark_routes_changed", None)
-    if mark is not None:
-        mark()

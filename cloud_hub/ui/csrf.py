@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 
+from edge_runtime.errors import error_body
+
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 KEY_COOKIE, CSRF_COOKIE = "edgefleet_key", "edgefleet_csrf"
 
@@ -55,7 +57,7 @@ class CSRFMiddleware:
         problem = _problem(headers, scope)
         if problem is None:
             return await self.app(scope, receive, send)
-        body = json.dumps({"error": problem, "code": "csrf"}).encode()
+        body = json.dumps(error_body(problem, "csrf")).encode()
         await send({"type": "http.response.start", "status": 403,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})

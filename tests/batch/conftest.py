@@ -102,3 +102,10 @@ def batch_hub(tmp_path, keypair, cancer_bundle):
     finally:
         hub.close()
 
+
+
+@pytest.fixture(autouse=True)
+def trust_fleet_key(monkeypatch, keypair):
+    """Batch over a bundle path verifies its signature against the hub's trusted keys
+    (cloud_hub/trust.py): these tests (and the CLIs they start) trust the test fleet key."""
+    monkeypatch.setenv("HUB_TRUSTED_KEYS", json.dumps([str(keypair[1])]))

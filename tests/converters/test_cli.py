@@ -177,7 +177,8 @@ def test_errors_are_one_line_and_leave_nothing(tmp_path, keys, capsys, monkeypat
     (tmp_path / "bad.joblib").write_bytes(b"garbage")
     err = _run_error(["export", str(tmp_path / "bad.joblib"), "--sample", str(good),
                       "--out", str(out)] + k, capsys)
-    assert "bad.joblib" in err and "[model]" in err
+    assert "bad.joblib" in err and ", field model)" in err
+    assert err.startswith("edge-convert: error: ")
     err = _run_error(["export", str(tmp_path / "m.joblib"), "--sample",
                       str(tmp_path / "nope.csv"), "--out", str(out)] + k, capsys)
     assert "not found" in err

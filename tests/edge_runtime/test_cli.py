@@ -92,7 +92,7 @@ def test_predict_prints_model_and_predictions(capsys, cancer_bundle, rows, tmp_p
 def test_predict_errors_are_one_line(capsys, cancer_bundle, argv, needle):
     code, out, err = run_cli(capsys, "predict", "--bundle", cancer_bundle, *argv)
     assert code == 1 and out == ""
-    assert err.startswith("error: ") and needle in err and err.count("\n") == 1
+    assert err.startswith("edge-runtime: error: ") and needle in err and err.count("\n") == 1
 
 
 def test_predict_refuses_a_bad_signature(capsys, cancer_bundle, other_keypair, tmp_path):
@@ -175,7 +175,8 @@ def test_store_commands(capsys, tmp_path, keypair, cancer_bundle, cancer_bundle_
     code, out, _ = run_cli(capsys, "store", "remove", "previous", "--config", cfg)
     assert code == 0
     code, _, err = run_cli(capsys, "store", "rollback", "--config", cfg)
-    assert code == 1 and err == "error: rollback: there is no previous bundle to roll back to\n"
+    assert code == 1 and err == ("edge-runtime: error: rollback: there is no previous bundle to "
+                                 "roll back to (conflict, field slot)\n")
     code, _, err = run_cli(capsys, "store", "status", "--config", tmp_path / "missing.toml")
     assert code == 1 and "config file not found" in err
 
