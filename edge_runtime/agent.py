@@ -25,7 +25,7 @@ import numpy as np
 
 from edge_runtime import __version__ as RUNTIME_VERSION
 from edge_runtime.buffer import Outbox
-from edge_runtime.errors import EdgeError, NotFoundError
+from edge_runtime.errors import NotFoundError
 from edge_runtime.link import DeviceLink
 from edge_runtime.mqtt import MqttConfig
 from edge_runtime.protocol import (
@@ -163,32 +163,16 @@ class FleetAgent:
 
     # ---- the request path ------------------------------------------------------------------------
     def predict(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
-        """Score rows with the active model, recording telemetry; returns (model, results)."""
+        """Score rows with the active model, recording telemetry; returns (model, results).
+
+        The same data plane as :meth:`Daemon.predict` (:func:`edge_runtime.daemon.predict_rows`),
+        for an agent used without a daemon (the fleet simulator, tests)."""
+        from edge_runtime.daemon import predict_rows
+
         model = self.store.model("active")
         if model is None:
             raise NotFoundError("no active model installed on this device", field="model")
-        x = model.codec.encode(rows) if model.codec is not None else None
-        if x is None:
-            raise NotFoundError("the active model takes raw tensors; use run_tensors", field="rows")
-        return model, model.to_rows(self.score(model, x))
-
-    def score(self, model: Any, x: np.ndarray):
-        """Score an encoded batch with ``model`` (the active one), timing and observing it."""
-        t0 = time.perf_counter()
-        try:
-            if self.pre_predict is not None:
-                self.pre_predict()
-            s = model.score_array(x)
-        except EdgeError:
-            self.recorder.record("active", model, len(x), time.perf_counter() - t0, error=True)
-            raise
-        except Exception as exc:
-            self.recorder.record("active", model, len(x), time.perf_counter() - t0, error=True)
-            from edge_runtime.errors import EngineError
-
-            raise EngineError(f"inference failed: {exc}") from exc
-        self.observe(model, x, s, time.perf_counter() - t0)
-        return s
+        return model, predict_rows(model, rows, "active", self.on_prediction)
 
     def observe(self, model: Any, x: np.ndarray, scores: Any, latency_s: float, *, slot: str = "active") -> None:
         """Record one successful predict call (the Daemon calls this from its own predict path)."""
@@ -196,7 +180,7 @@ class FleetAgent:
         sc = scores.score
         self.recorder.record(slot, model, len(x), latency_s, sc, dec)
         if slot == "active":
-            self.shadow.offer(x, sc, dec)
+            self.shadow.offer(x, sc, dec, names=model.codec.names if model.codec is not None else None)
 
     def observe_error(self, model: Any, rows: int, latency_s: float, *, slot: str = "active") -> None:
         self.recorder.record(slot, model, rows, latency_s, error=True)

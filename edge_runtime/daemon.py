@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge_runtime.bundle import read_bundle, verify_bundle
-from edge_runtime.errors import EdgeError, UnavailableError, ValidationError
+from edge_runtime.errors import EdgeError, EngineError, UnavailableError, ValidationError
 from edge_runtime.model import Model, Scores
 from edge_runtime.profile import DeviceProfile, load_profile
 from edge_runtime.settings import EdgeSettings, load_settings
@@ -145,22 +145,7 @@ class Daemon:
         model = self.active_model() if slot == "active" else self.model(slot)
         if model is None:
             raise UnavailableError(f"no model in slot {slot}", field="slot")
-        t0 = time.perf_counter()
-        x = None
-        try:
-            if model.codec is None:
-                raise ValidationError("this model takes raw tensors: send {\"tensors\": {...}}",
-                                      field="rows")
-            x = model.codec.encode(rows)
-            scores = model.score_array(x)
-            preds = model.to_rows(scores)
-        except EdgeError as exc:
-            if self.observers:
-                self._notify(PredictionRecord(slot, model, len(x) if x is not None else 0,
-                                              time.perf_counter() - t0, x, None, exc))
-            raise
-        if self.observers:
-            self._notify(PredictionRecord(slot, model, len(x), time.perf_counter() - t0, x, scores))
+        preds = predict_rows(model, rows, slot, self._notify if self.observers else None)
         return {"model": model_ref(model), "predictions": preds}
 
     def predict_tensors(self, tensors: Mapping[str, Any], slot: str = "active") -> dict[str, Any]:
@@ -256,3 +241,32 @@ class Daemon:
 
 def model_ref(model: Model) -> dict[str, str]:
     return {"name": model.name, "version": model.version, "sha256": model.digest}
+def predict_rows(model: Model, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]], slot: str,
+                 notify: Observer | None) -> list[dict[str, Any]]:
+    """The device's data plane (``Daemon.predict``, ``FleetAgent.predict``, the local API):
+    the bundle's contract → engine → post-processing; ``notify`` gets one
+    :class:`PredictionRecord` per call, failures included (telemetry, shadow comparison)."""
+    t0 = time.perf_counter()
+    x = None
+    try:
+        if model.codec is None:
+            raise ValidationError("this model takes raw tensors: send {\"tensors\": {...}}",
+                                  field="rows")
+        x = model.codec.encode(rows)
+        try:
+            scores = model.score_array(x)
+        except EdgeError:
+            raise
+        except Exception as exc:  # an engine failure the engine did not wrap
+            raise EngineError(f"inference failed: {type(exc).__name__}: {exc}") from exc
+        preds = model.post.rows(scores)
+    except EdgeError as exc:
+        if notify is not None:
+            notify(PredictionRecord(slot, model, len(x) if x is not None else 0,
+                                    time.perf_counter() - t0, x, None, exc))
+        raise
+    if notify is not None:
+        notify(PredictionRecord(slot, model, len(x), time.perf_counter() - t0, x, scores))
+    return preds
+
+

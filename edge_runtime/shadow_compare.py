@@ -14,7 +14,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,8 +49,11 @@ class ShadowComparator:
         self.errors = 0
 
     # ---- request path -----------------------------------------------------------------------
-    def offer(self, x: np.ndarray, active_scores: np.ndarray, active_decisions: np.ndarray) -> bool:
-        """Maybe queue a comparison; never blocks. Returns True when queued."""
+    def offer(self, x: np.ndarray, active_scores: np.ndarray, active_decisions: np.ndarray, *,
+              names: Sequence[str] | None = None) -> bool:
+        """Maybe queue a comparison; never blocks. Returns True when queued. ``names``: the
+        features of x's columns (the active model's contract order); the candidate picks its
+        own by name and applies its own contract."""
         if self.sample_rate <= 0.0:
             return False
         shadow = self._shadow_model()
@@ -63,7 +66,7 @@ class ShadowComparator:
             self.dropped += 1
             self.recorder.record_drop(shadow, len(x))
             return False
-        self._items.append((shadow, x, active_scores, active_decisions))
+        self._items.append((shadow, x, active_scores, active_decisions, tuple(names) if names else None))
         if self._thread is None:
             self._ensure_worker()
         return True
@@ -101,26 +104,29 @@ class ShadowComparator:
         batch = []
         while self._items and len(batch) < self.queue_size:
             batch.append(self._items.popleft())
-        groups: dict[int, list] = {}
+        groups: dict[tuple[int, Any], list] = {}
         for item in batch:
-            groups.setdefault(id(item[0]), []).append(item)
+            groups.setdefault((id(item[0]), item[4]), []).append(item)
         for items in groups.values():
-            shadow = items[0][0]
-            self.compare(*items[0])
+            shadow, names = items[0][0], items[0][4]
+            self.compare(*items[0][:4], names=names)
             rest = items[1:]
             if rest:
                 time.sleep(0)  # let a waiting request thread run first
                 self.compare(shadow, np.concatenate([r[1] for r in rest]),
                              np.concatenate([np.asarray(r[2]).reshape(-1) for r in rest]),
-                             np.concatenate([np.asarray(r[3]).reshape(-1) for r in rest]), timed=False)
+                             np.concatenate([np.asarray(r[3]).reshape(-1) for r in rest]), timed=False,
+                             names=names)
 
     def compare(self, shadow: Any, x: np.ndarray, active_scores: np.ndarray,
-                active_decisions: np.ndarray, *, timed: bool = True) -> None:
-        """Score ``x`` with ``shadow`` and record the comparison (also usable synchronously)."""
+                active_decisions: np.ndarray, *, timed: bool = True,
+                names: Sequence[str] | None = None) -> None:
+        """Score ``x`` with ``shadow`` — through the candidate's own contract, columns picked by
+        feature ``names`` — and record the comparison (also usable synchronously)."""
         n = len(x)
         t0 = time.perf_counter()
         try:
-            s = shadow.score_array(x)
+            s = shadow.score_features(x, names)
             dt = time.perf_counter() - t0
             cand = np.asarray(s.score, dtype=np.float64).reshape(-1)
             dec = np.asarray(shadow.decision(s)).reshape(-1)
