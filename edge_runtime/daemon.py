@@ -241,6 +241,8 @@ class Daemon:
 
 def model_ref(model: Model) -> dict[str, str]:
     return {"name": model.name, "version": model.version, "sha256": model.digest}
+
+
 def predict_rows(model: Model, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]], slot: str,
                  notify: Observer | None) -> list[dict[str, Any]]:
     """The device's data plane (``Daemon.predict``, ``FleetAgent.predict``, the local API):
@@ -268,5 +270,3 @@ def predict_rows(model: Model, rows: Mapping[str, Any] | Sequence[Mapping[str, A
     if notify is not None:
         notify(PredictionRecord(slot, model, len(x), time.perf_counter() - t0, x, scores))
     return preds
-
-
