@@ -15,6 +15,7 @@ from edge_runtime.errors import EdgeError, code_for_status, error_body, field_pa
 # Router modules, each exposing ``router`` (an APIRouter). Add yours here.
 ROUTERS: list[str] = [
     "cloud_hub.api.jobs",
+    "cloud_hub.api.schedules",
     "cloud_hub.api.streams",
     "cloud_hub.api.fleet",
     "cloud_hub.api.routing",

@@ -106,6 +106,7 @@ def _migrate(engine: Engine) -> list[str]:
 # Modules that define tables and register migrations. Add yours here.
 TABLE_MODULES: list[str] = [
     "cloud_hub.batch.tables",
+    "cloud_hub.batch.schedule_tables",
     "cloud_hub.stream.tables",
     "cloud_hub.rollouts.tables",
     "cloud_hub.routing.tables",

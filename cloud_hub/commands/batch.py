@@ -89,6 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _hub_args(ls)
     ls.set_defaults(func=cmd_list)
 
+    from cloud_hub.commands.schedule import register as register_schedule
+
+    register_schedule(bsub)
+
 
 def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
