@@ -31,7 +31,7 @@ import pydantic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_runtime import signing
-from edge_runtime.errors import BundleError
+from edge_runtime.errors import BundleError, field_path
 from edge_runtime.hashing import sha256_file
 from edge_runtime.manifest import FileEntry, Manifest, Signature
 
@@ -142,7 +142,7 @@ def parse_manifest(raw: Any) -> Manifest:
         return Manifest.model_validate(raw)
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or MANIFEST
+        loc = field_path(*err["loc"]) or MANIFEST
         field = f"manifest.{loc}" if err["loc"] else "manifest"
         raise BundleError(f"invalid manifest: {loc}: {err['msg']}", field=field,
                           errors=len(exc.errors())) from exc

@@ -40,7 +40,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from edge_runtime.errors import ValidationError
+from edge_runtime.errors import ValidationError, field_path
 
 log = logging.getLogger("edge_runtime.settings")
 
@@ -231,7 +231,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> EdgeSetti
         settings = EdgeSettings(**overrides)
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "settings"
+        loc = field_path(*err["loc"]) or "settings"
         src = _source(err["loc"], toml_path, text, overrides)
         msg = err["msg"].removeprefix("Value error, ")
         raise ValidationError(f"invalid setting {loc} ({src}): {msg}", field=loc) from None

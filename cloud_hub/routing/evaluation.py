@@ -64,7 +64,7 @@ class EvaluationConfig(BaseModel):
 
 def make_config(values: dict[str, Any] | None, prefix: str = "") -> EvaluationConfig:
     """EvaluationConfig from user input; pydantic errors become a 422 naming the field."""
-    from edge_runtime.errors import ValidationError
+    from edge_runtime.errors import ValidationError, field_path
 
     if values is not None and not isinstance(values, dict):
         raise ValidationError("evaluation config must be a JSON object", field=prefix or "body")
@@ -72,7 +72,7 @@ def make_config(values: dict[str, Any] | None, prefix: str = "") -> EvaluationCo
         return EvaluationConfig(**(values or {}))
     except PydanticValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        field = field_path(*err.get("loc", ())) or "body"
         raise ValidationError(f"{field}: {err.get('msg')}", field=prefix + field) from exc
 
 

@@ -24,7 +24,7 @@ from cloud_hub.routing.writer import BatchWriter
 from cloud_hub.shadow.segments import SegmentSpec, parse_segment
 from cloud_hub.shadow.tables import shadow_comparisons, shadow_targets
 from cloud_hub.shadow.worker import BatchStats, child_main, compare_group, group_items, take_batch
-from edge_runtime.errors import NotFoundError, ValidationError
+from edge_runtime.errors import NotFoundError, ValidationError, field_path
 from edge_runtime.hashing import bucket
 
 if TYPE_CHECKING:
@@ -392,7 +392,7 @@ class ShadowService:
             crit = ReportCriteria(**(criteria or {}))
         except PydanticValidationError as exc:
             err = exc.errors()[0]
-            field = ".".join(str(p) for p in err.get("loc", ())) or "criteria"
+            field = field_path(*err.get("loc", ())) or "criteria"
             raise ValidationError(f"{field}: {err.get('msg')}", field=field) from exc
         recs = self.records(name, shadow_version, since)
         versions = sorted({r["shadow_version"] for r in recs})
