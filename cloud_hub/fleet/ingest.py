@@ -219,7 +219,7 @@ class IngestSubscriber:
         self.stats["written_states"] += len(states)
         self.stats["written_events"] += len(events)
         self.stats["written_windows"] += len(windows)
-        self._send_acks(events, windows)
+        self._send_acks(events, windows + [(w, at) for w, _, at in refused])
         for mid, qos in acks:
             self.client.ack(mid, qos)
 

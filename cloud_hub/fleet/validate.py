@@ -141,8 +141,9 @@ def window_problem(w: TelemetryWindow) -> str | None:
 
 
 def split_windows(windows: Iterable[tuple[TelemetryWindow, float]]
-                  ) -> tuple[list[tuple[TelemetryWindow, float]], list[tuple[str, str, float]]]:
-    """(windows to store, refused as (device id, reason, received at))."""
+                  ) -> tuple[list[tuple[TelemetryWindow, float]], list[tuple[TelemetryWindow, str, float]]]:
+    """(windows to store, refused as (window, reason, received at)). A refused window is refused
+    for good — resending it cannot change that — so the ingest acknowledges it like a stored one."""
     good, refused = [], []
     for w, at in windows:
         problem = window_problem(w)
@@ -150,11 +151,11 @@ def split_windows(windows: Iterable[tuple[TelemetryWindow, float]]
             good.append((w, at))
         else:
             log.warning("hub ingest: window %s of %s refused: %s", w.seq, w.device_id, problem)
-            refused.append((w.device_id, f"window {w.seq}: {problem}", at))
+            refused.append((w, f"window {w.seq}: {problem}", at))
     return good, refused
 
 
-def record_rejections(engine: Any, refused: Sequence[tuple[str, str, float]]) -> None:
+def record_rejections(engine: Any, refused: Sequence[tuple[TelemetryWindow, str, float]]) -> None:
     """Count refused windows per device (``fleet_device_state.rejected_windows``) and keep the last reason."""
     if not refused:
         return
@@ -163,9 +164,9 @@ def record_rejections(engine: Any, refused: Sequence[tuple[str, str, float]]) ->
     from cloud_hub.fleet import tables as T
 
     per: dict[str, tuple[int, str, float]] = {}
-    for dev, reason, at in refused:
-        n, _, last = per.get(dev, (0, "", 0.0))
-        per[dev] = (n + 1, reason[:500], max(last, at))
+    for w, reason, at in refused:
+        n, _, last = per.get(w.device_id, (0, "", 0.0))
+        per[w.device_id] = (n + 1, reason[:500], max(last, at))
     st = T.device_state
     with engine.begin() as conn:
         have = set(conn.execute(select(st.c.device_id).where(st.c.device_id.in_(list(per)))).scalars())

@@ -4,8 +4,11 @@ Inputs are plain arrays per group (scores, predicted positives, and — for the
 requests that got feedback — the true outcome), so the verdict can be checked
 against a direct computation. Verdict rules (all thresholds configurable):
 
-* ``NOT_ENOUGH_DATA`` — a group has fewer than ``min_samples`` labelled rows
-  (or, when deciding on AUC, a group lacks one of the two classes);
+* ``NOT_ENOUGH_DATA`` — a group has fewer than ``min_samples`` labelled rows, or
+  (deciding on AUC) fewer than ``min_class_samples`` positives or negatives; or the data
+  hold NaN/inf; or the deciding test cannot be computed (zero variance: constant scores,
+  every row right in both groups …) — always with the reason, never a verdict on a p-value
+  that was forced to 0 or 1;
 * ``PROMOTE`` — the challenger is better on ``decide_on`` (accuracy | auc |
   business) with p < ``alpha``, and not significantly worse on the business
   metric (the guardrail);
@@ -32,21 +35,23 @@ PROMOTE, KEEP_CHAMPION, NOT_ENOUGH_DATA = "PROMOTE", "KEEP_CHAMPION", "NOT_ENOUG
 class EvaluationConfig(BaseModel):
     """How to compare the groups; stored with the split, overridable per call."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     decide_on: str = Field("accuracy", description="accuracy | auc | business: the metric that must improve.")
     business_metric: str = Field("positive_rate", description="positive_rate (share of positive decisions), "
                                  "mean_score, or cost (cost matrix on feedback).")
     business_goal: str = Field("min", description="min or max: which direction of the business metric is better "
                                "(cost is always min).")
-    cost_tp: float = 0.0
-    cost_fp: float = Field(1.0, description="Cost of a false positive (cost metric).")
-    cost_fn: float = Field(1.0, description="Cost of a false negative (cost metric).")
-    cost_tn: float = 0.0
+    cost_tp: float = Field(0.0, ge=0, description="Cost of a true positive (cost metric).")
+    cost_fp: float = Field(1.0, ge=0, description="Cost of a false positive (cost metric).")
+    cost_fn: float = Field(1.0, ge=0, description="Cost of a false negative (cost metric).")
+    cost_tn: float = Field(0.0, ge=0, description="Cost of a true negative (cost metric).")
     business_guardrail: bool = Field(False, description="Also refuse promotion when the business metric is "
                                      "significantly worse for the challenger.")
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the tests.")
     min_samples: int = Field(30, ge=1, description="Labelled rows needed per group before any verdict.")
+    min_class_samples: int = Field(10, ge=2, description="Deciding on AUC: positives and negatives each "
+                                   "group needs (DeLong's variance needs several of each).")
 
     @model_validator(mode="after")
     def _check(self) -> EvaluationConfig:
@@ -146,27 +151,43 @@ def evaluate(cfg: EvaluationConfig, champion: GroupData, challenger: GroupData) 
                        for g, d in ((CHAMPION, a), (CHALLENGER, b)) if len(set(d.versions)) > 1]
     reasons: list[str] = []
     la, lb = len(a.outcomes), len(b.outcomes)
+    # a challenger that fails significantly more often is never promoted, whatever its answers
+    fails_more = (errs.difference is not None and errs.difference > 0 and errs.p_value is not None
+                  and errs.p_value < cfg.alpha)
     if la < cfg.min_samples or lb < cfg.min_samples:
         reasons.append(f"labelled rows champion={la}, challenger={lb}; need {cfg.min_samples} per group")
-    if cfg.decide_on == "auc" and (auc.champion is None or auc.challenger is None):
-        reasons.append("AUC needs both outcomes (positive and negative) in each group's feedback")
+    for g, d in ((CHAMPION, a), (CHALLENGER, b)):
+        bad = sum(int((~np.isfinite(np.asarray(x, dtype=np.float64))).sum()) for x in (d.scores, d.labelled_scores))
+        if bad:
+            reasons.append(f"{g} group has {bad} NaN/inf score(s)")
+    if cfg.decide_on == "auc":
+        for g, d in ((CHAMPION, a), (CHALLENGER, b)):
+            pos = int(np.asarray(d.outcomes, dtype=bool).sum())
+            neg = len(d.outcomes) - pos
+            if pos < cfg.min_class_samples or neg < cfg.min_class_samples:
+                reasons.append(f"AUC: {g} feedback has {pos} positive(s) and {neg} negative(s); need "
+                               f"{cfg.min_class_samples} of each per group")
+    primary = {"accuracy": acc, "auc": auc, "business": biz}[cfg.decide_on]
+    if not reasons and primary.p_value is None:
+        reasons.append(f"{cfg.decide_on} test cannot be computed: {primary.reason or 'no p-value'}")
     if cfg.decide_on == "business" and cfg.business_metric != "cost" and (len(a.scores) < cfg.min_samples
                                                                            or len(b.scores) < cfg.min_samples):
         reasons.append(f"requests champion={len(a.scores)}, challenger={len(b.scores)}; "
                        f"need {cfg.min_samples} per group")
+    if reasons and fails_more:
+        out.update(verdict=KEEP_CHAMPION, reasons=[
+            f"challenger fails significantly more often (error rate {_fmt(errs.challenger)} vs "
+            f"{_fmt(errs.champion)}, p={_fmt(errs.p_value)}); besides, " + "; ".join(reasons)])
+        return out
     if reasons:
         out.update(verdict=NOT_ENOUGH_DATA, reasons=reasons)
         return out
 
-    primary = {"accuracy": acc, "auc": auc, "business": biz}[cfg.decide_on]
     goal = business_goal if cfg.decide_on == "business" else "max"
     significant = primary.p_value is not None and primary.p_value < cfg.alpha
     biz_worse = (_better(-(biz.difference or 0.0), business_goal) and biz.p_value is not None
                  and biz.p_value < cfg.alpha and biz.difference != 0)
     guarded = cfg.decide_on != "business" and cfg.business_guardrail and biz_worse
-    # a challenger that fails significantly more often is never promoted, whatever its answers
-    fails_more = (errs.difference is not None and errs.difference > 0 and errs.p_value is not None
-                  and errs.p_value < cfg.alpha)
     if _better(primary.difference, goal) and significant and not guarded and not fails_more:
         out.update(verdict=PROMOTE, reasons=[
             (f"challenger {cfg.decide_on} {primary.challenger:.4f} vs champion {primary.champion:.4f} "

@@ -6,6 +6,20 @@ divergence, two-sample KS test on the score distributions
 (``scipy.stats.ks_2samp``), the most divergent segments, shadow latency vs the
 SLA, and PASS / FAIL against :class:`ReportCriteria` (NOT_ENOUGH_DATA below
 ``min_samples`` compared rows).
+
+The report is read again and again while traffic flows, so its main checks are the rollout
+gates' sequential tests (:class:`cloud_hub.rollouts.gates.Sprt`, ``α = β = 1 − confidence``)
+with *requests* as the unit — the rows of one request share their inputs and fail together:
+
+* decision change: mean over requests of each request's share of changed decisions, good at
+  half ``max_decision_change``, bad at it;
+* error rate: the same on each request's share of failed rows, against ``max_error_rate``;
+* shadow p99: share of requests slower than ``sla_ms``, good at 0.5 %, bad at 1 %; passing also
+  needs ``min_latency_samples`` requests with a latency; no latency recorded → undecided.
+
+A check that is not conclusive yet says ``wait`` and the verdict is NOT_ENOUGH_DATA with the
+reason. The optional checks (identical bucket, mean divergence, KS p-value) compare point
+estimates with their limits once ``min_samples`` rows are compared.
 """
 
 from __future__ import annotations
@@ -19,7 +33,7 @@ from scipy import stats
 
 
 class ReportCriteria(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_decision_change: float = Field(0.05, ge=0, le=1, description="Decision-change rate must stay below this.")
     sla_ms: float | None = Field(50.0, gt=0, description="Shadow p99 latency must be at most this (ms); "
@@ -29,6 +43,9 @@ class ReportCriteria(BaseModel):
     min_ks_pvalue: float | None = Field(None, ge=0, le=1, description="KS p-value at least (distribution unchanged).")
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Shadow error rate at most.")
     min_samples: int = Field(100, ge=1, description="Compared rows needed for a verdict.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="1 - α = 1 - β of the sequential checks.")
+    min_latency_samples: int = Field(1000, ge=1, description="Requests with a shadow latency needed before "
+                                     "the p99 check can pass.")
     min_segment_size: int = Field(10, ge=1, description="Smallest segment listed among the most divergent.")
     top_segments: int = Field(10, ge=0, description="How many divergent segments to list.")
 
@@ -90,24 +107,87 @@ def build_report(records: Sequence[dict[str, Any]], crit: ReportCriteria,
         passed = value is not None and (value < limit if ok_if == "<" else value <= limit if ok_if == "<="
                                         else value >= limit)
         checks.append({"check": name, "value": value, "limit": limit, "rule": f"{ok_if} {limit}",
-                       "passed": bool(passed)})
+                       "passed": bool(passed), "status": "pass" if passed else "fail"})
 
-    check("decision_change_rate", out["decision_change_rate"], crit.max_decision_change, "<")
-    check("shadow_p99_ms", out["latency_ms"]["shadow_p99"], crit.sla_ms, "<=")
-    check("error_rate", out["error_rate"], crit.max_error_rate, "<=")
+    by_request: dict[Any, list[dict[str, Any]]] = {}
+    for r in records:
+        by_request.setdefault(r["request_id"], []).append(r)
+    changed_shares = [sum(bool(r["decision_changed"]) for r in d) / len(d) for d in
+                      ([r for r in rows if not r.get("shadow_error") and r.get("primary_decision") is not None
+                        and r.get("shadow_decision") is not None] for rows in by_request.values()) if d]
+    error_shares = [sum(1 for r in rows if r.get("shadow_error")) / len(rows) for rows in by_request.values()]
+    checks.append(_rate_check("decision_change_rate", out["decision_change_rate"], changed_shares,
+                              crit.max_decision_change, crit.confidence, "requests compared"))
+    if crit.sla_ms is not None:
+        checks.append(_latency_check(rl, crit))
+    checks.append(_rate_check("error_rate", out["error_rate"], error_shares, crit.max_error_rate, crit.confidence,
+                              "requests"))
     check("identical_bucket_rate", out["identical_bucket_rate"], crit.min_identical_bucket, ">=")
     check("mean_divergence", out["mean_divergence"], crit.max_mean_divergence, "<=")
     check("ks_pvalue", out["ks_pvalue"], crit.min_ks_pvalue, ">=")
     out["checks"] = checks
+    failed = [c for c in checks if c["status"] == "fail"]
+    waiting = [c for c in checks if c["status"] == "wait"]
     if len(ok) < crit.min_samples:
         out["verdict"] = "NOT_ENOUGH_DATA"
         out["reasons"] = [f"{len(ok)} compared rows; need {crit.min_samples}"]
+    elif failed:
+        out["verdict"] = "FAIL"
+        out["reasons"] = [f"{c['check']}={_fmt(c['value'])} fails {c['rule']}" + (f": {c['detail']}" if c.get("detail")
+                                                                                  else "") for c in failed]
+    elif waiting:
+        out["verdict"] = "NOT_ENOUGH_DATA"
+        out["reasons"] = [f"{c['check']}={_fmt(c['value'])}: {c['detail']}" for c in waiting]
     else:
-        failed = [c for c in checks if not c["passed"]]
-        out["verdict"] = "FAIL" if failed else "PASS"
-        out["reasons"] = [f"{c['check']}={_fmt(c['value'])} fails {c['rule']}" for c in failed] or \
-            ["all criteria met"]
+        out["verdict"] = "PASS"
+        out["reasons"] = ["all criteria met"]
     return out
+
+
+def _rate_check(name: str, value: float | None, shares: Sequence[float], limit: float, confidence: float,
+                unit: str) -> dict[str, Any]:
+    """Sequential test of a rate on per-request shares in [0, 1] (see the module docstring)."""
+    from cloud_hub.rollouts.gates import FAIL, PASS, Sprt
+
+    n, k = len(shares), float(sum(shares))
+    out: dict[str, Any] = {"check": name, "value": value, "limit": limit, "rule": f"< {limit}", "requests": n}
+    if limit <= 0 or limit >= 1:  # nothing is below 0; nothing is above 1 — no test needed
+        passed = limit >= 1 and (value is None or value < 1)
+        return {**out, "passed": passed, "status": "pass" if passed else "fail",
+                "detail": "" if passed else "nothing is below a limit of 0"}
+    test = Sprt.for_threshold(limit, confidence)
+    llr = test.llr(k, n) if n else 0.0
+    status = test.decide(llr) if n else "wait"
+    detail = {FAIL: f"the data favour {limit:.2%} over {test.p0:.2%} (likelihood ratio >= {1 / test.alpha:g}) "
+                    f"on {n} {unit}",
+              PASS: f"the data favour {test.p0:.2%} over {limit:.2%} on {n} {unit}"}.get(
+        status, f"not conclusive between {test.p0:.2%} and {limit:.2%} on {n} {unit} (log-likelihood ratio "
+                f"{llr:.2f}; FAIL at {test.upper:.2f}, PASS at {test.lower:.2f})")
+    return {**out, "passed": {"pass": True, "fail": False}.get(status), "status": status, "llr": llr,
+            "detail": detail}
+
+
+def _latency_check(rl: np.ndarray, crit: ReportCriteria) -> dict[str, Any]:
+    """Share of requests slower than the SLA: good at 0.5 %, bad at 1 % (the p99 at the SLA)."""
+    from cloud_hub.rollouts.gates import FAIL, PASS, Sprt
+
+    n = len(rl)
+    p99 = _pct(rl, 99)
+    out: dict[str, Any] = {"check": "shadow_p99_ms", "value": p99, "limit": crit.sla_ms,
+                           "rule": f"<= {crit.sla_ms}", "requests": n}
+    if n == 0:
+        return {**out, "passed": None, "status": "wait", "detail": "no shadow latency recorded yet"}
+    over = int((rl > crit.sla_ms).sum())
+    test = Sprt(0.005, 0.01, 1 - crit.confidence, 1 - crit.confidence)
+    status = test.decide(test.llr(over, n))
+    if status == PASS and n < crit.min_latency_samples:
+        status = "wait"
+    detail = {FAIL: f"{over} of {n} requests slower than the SLA: more than 1 % (sequential test)",
+              PASS: f"{over} of {n} requests slower than the SLA: under 0.5 % (sequential test)"}.get(
+        status, f"{over} of {n} requests slower than the SLA; not conclusive"
+                + (f" (passing needs {crit.min_latency_samples} requests)" if n < crit.min_latency_samples else ""))
+    return {**out, "passed": {"pass": True, "fail": False}.get(status), "status": status, "over_sla": over,
+            "detail": detail}
 
 
 def top_segments(records: Sequence[dict[str, Any]], crit: ReportCriteria) -> list[dict[str, Any]]:
