@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,14 @@ class ModelVersion:
         if manifest:
             out["manifest"] = self.manifest
         return out
+
+
+@dataclass
+class Pushed(ModelVersion):
+    """What :meth:`Registry.push` returns: the version, and whether this push created it
+    (``False``: the same bundle was registered already)."""
+
+    created: bool = False
 
 
 @dataclass(frozen=True)
@@ -299,18 +307,12 @@ class Registry:
 
     # ---- push ------------------------------------------------------------------------
     def push(self, path: str | Path, *, created_by: str | None = None,
-             aliases: list[str] | None = None) -> ModelVersion:
-        """Verify, re-sign and store a bundle (dir or tar); return its ModelVersion.
+             aliases: list[str] | None = None) -> Pushed:
+        """Verify, re-sign and store a bundle (dir or tar); return its version
+        (``.created``: whether this push registered it).
 
         Pushing the same bundle again returns the existing version (idempotent);
         the same name:version with different content is a 409 conflict.
-        """
-        return self.push_ex(path, created_by=created_by, aliases=aliases)[0]
-
-    def push_ex(self, path: str | Path, *, created_by: str | None = None,
-                aliases: list[str] | None = None) -> tuple[ModelVersion, bool]:
-        """Like :meth:`push`; also says whether a new version was created.
-
         The tar is unpacked in the work dir within ``max_unpacked_bytes``; error
         messages name the bundle, never a server path. A push that fails, or
         loses a race, leaves no artifact behind; an identical push that races
@@ -322,7 +324,9 @@ class Registry:
         try:
             bundle = read_bundle(path, work_dir=self.work_dir, max_bytes=self.max_unpacked_bytes,
                                  label="the uploaded bundle")
-            return self._push_bundle(bundle, created_by, aliases or [])
+            mv, created = self._push_bundle(bundle, created_by, aliases or [])
+            return Pushed(**{f.name: getattr(mv, f.name) for f in fields(ModelVersion)},
+                          created=created)
         except EdgeError as exc:
             _scrub(exc, [p for p in (bundle.root if bundle else None, self.work_dir, Path(path).parent) if p])
             raise
@@ -672,4 +676,4 @@ def _check_alias(alias: str) -> None:
                               "or '-' (max 64)", field="alias")
 
 
-__all__ = ["MANIFEST", "HubKey", "ModelVersion", "Ref", "Registry", "parse_ref"]
+__all__ = ["MANIFEST", "HubKey", "ModelVersion", "Pushed", "Ref", "Registry", "parse_ref"]

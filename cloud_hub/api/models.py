@@ -86,11 +86,10 @@ async def push_model(request: Request, hub: HubDep, role: Admin,
     path = Path(name)
     try:
         await _receive_upload(request, path)
-        mv, created = await asyncio.to_thread(hub.registry.push_ex, path, created_by=role,
-                                              aliases=alias or [])
+        mv = await asyncio.to_thread(hub.registry.push, path, created_by=role, aliases=alias or [])
     finally:
         path.unlink(missing_ok=True)
-    return JSONResponse(mv.to_dict(), status_code=201 if created else 200)
+    return JSONResponse(mv.to_dict(), status_code=201 if mv.created else 200)
 
 
 @router.get("/v1/models", responses=ERRORS, summary="List models with their aliases and versions")
