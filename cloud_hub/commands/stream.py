@@ -83,12 +83,14 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
         model = resolve_model(args.model, threads=args.threads, public_keys=args.public_key).model
         return _run(args, model, None)
+    from dataclasses import replace
+
     from cloud_hub.hub import Hub
-    from edge_runtime.engines import EngineOptions
 
     hub = Hub()
     try:
-        hub.models.options = EngineOptions(intra_op_threads=args.threads, inter_op_threads=1)
+        opts = replace(hub.models.options, intra_op_threads=args.threads, inter_op_threads=1)
+        hub.models.options = opts
         ref = args.model
         _, model = hub.models.get(ref)
         return _run(args, model, lambda: hub.models.get(ref)[1])
