@@ -280,10 +280,10 @@ def _decode_inputs(header: dict[str, Any], binary: bytes) -> dict[str, Tensor]:
             raise TensorError(f"{f}.name is missing", field=f"{f}.name")
         if name in arrays:
             raise TensorError(f"input {name} is given twice", field=f"{f}.name")
+        if dtype == "BYTES":  # text: one tensor per text feature (issue 12)
+            arrays[name], offset = _bytes_tensor(t, name, f, shape, binary, offset)
+            continue
         if dtype not in OIP_TO_NP:
-            if dtype == "BYTES":
-                raise TensorError(f"input {name}: BYTES tensors are not accepted by this model",
-                                  field=f"{f}.datatype")
             raise TensorError(f"input {name}: unknown datatype {dtype!r} (one of "
                               f"{', '.join(OIP_TO_NP)})", field=f"{f}.datatype")
         if (not isinstance(shape, list) or len(shape) > 32
@@ -310,6 +310,37 @@ def _decode_inputs(header: dict[str, Any], binary: bytes) -> dict[str, Tensor]:
                 raise TensorError(f"input {name}: 'data' is missing", field=f"{f}.data")
             arrays[name] = _json_data(t["data"], name, f, dtype, np_dtype, count, shape)
     return arrays
+
+
+def _bytes_tensor(t: dict[str, Any], name: str, f: str, shape: Any, binary: bytes,
+                  offset: int) -> tuple[Tensor, int]:
+    """A BYTES tensor (JSON strings, or the binary form: 4-byte little-endian length + bytes
+    per element) → an object array of str; the contract decides if the model takes text."""
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise TensorError(f"input {name}: shape must be a list of integers", field=f"{f}.shape")
+    count = math.prod(shape)
+    params = t.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise TensorError(f"input {name}: binary_data_size {size!r} does not fit the binary "
+                              "part of the body", field=f"{f}.parameters.binary_data_size")
+        chunk, vals, pos = binary[offset:offset + size], [], 0
+        while pos + 4 <= len(chunk) and len(vals) < count:
+            k = int.from_bytes(chunk[pos:pos + 4], "little")
+            vals.append(chunk[pos + 4:pos + 4 + k].decode("utf-8", "replace"))
+            pos += 4 + k
+        if len(vals) != count or pos != len(chunk):
+            raise TensorError(f"input {name}: binary BYTES data does not hold {count} elements",
+                              field=f"{f}.shape")
+        return Tensor(np.array(vals, dtype=object).reshape(shape), "BYTES"), offset + size
+    if "data" not in t:
+        raise TensorError(f"input {name}: 'data' is missing", field=f"{f}.data")
+    flat = _flatten(t["data"], name, f)
+    if len(flat) != count:
+        raise TensorError(f"input {name}: {len(flat)} values do not fill shape {shape} "
+                          f"({count} values)", field=f"{f}.shape")
+    return Tensor(np.array(flat, dtype=object).reshape(shape), "BYTES"), offset
 
 
 def _json_data(data: Any, name: str, f: str, dtype: str, np_dtype: np.dtype, count: int,
@@ -366,6 +397,11 @@ def _flatten(data: Any, name: str, f: str) -> list[Any]:
     return out
 
 
+def _empty() -> ValidationError:
+    """An empty batch: the same refusal as ``/v1`` gives ``{"rows": []}``."""
+    return ValidationError("rows is empty: send at least one row", field="rows")
+
+
 def _feature_matrix(model, arrays: dict[str, Tensor]) -> tuple[np.ndarray, dict[int, Refusal]]:
     """Feature tensors → (n, k) numeric matrix in contract order and the refusals of values
     the tensors could not hold (type problems). The contract check itself runs in
@@ -383,9 +419,11 @@ def _feature_matrix(model, arrays: dict[str, Tensor]) -> tuple[np.ndarray, dict[
         if t.datatype != want:
             raise TensorError(f"input {feed}: datatype {t.datatype} does not match the model's {want}",
                               field=f"inputs.{feed}.datatype")
-        if x.ndim != 2 or x.shape[1] != codec.n or x.shape[0] == 0:
-            raise TensorError(f"input {feed}: expected shape [n, {codec.n}] with n >= 1, got "
+        if x.ndim != 2 or x.shape[1] != codec.n:
+            raise TensorError(f"input {feed}: expected shape [n, {codec.n}], got "
                               f"{list(x.shape)}", field=f"inputs.{feed}.shape")
+        if x.shape[0] == 0:
+            raise _empty()
         for i, why in sorted(t.bad.items(), reverse=True):  # the first bad value of a row wins
             r, c = divmod(i, codec.n)
             decoded[r] = Refusal(r, codec.names[c], why)
@@ -395,9 +433,8 @@ def _feature_matrix(model, arrays: dict[str, Tensor]) -> tuple[np.ndarray, dict[
     if unknown:
         raise TensorError(f"unknown input(s) {', '.join(unknown[:5])}: send {feed} "
                           f"[n, {codec.n}] or one tensor per feature", field=f"inputs.{unknown[0]}")
-    if missing:
-        raise TensorError(f"missing feature tensor(s) {', '.join(missing[:5])}",
-                          field=f"inputs.{missing[0]}")
+    if missing:  # every row lacks the feature: the contract's refusal, like /v1
+        raise Refusal(0, missing[0], f"missing feature(s) {', '.join(missing)}", True).error()
     cols = []
     n = None
     for j, name in enumerate(codec.names):
@@ -405,16 +442,28 @@ def _feature_matrix(model, arrays: dict[str, Tensor]) -> tuple[np.ndarray, dict[
         a = t.array
         if a.ndim == 2 and a.shape[1] == 1:
             a = a[:, 0]
-        if a.ndim != 1 or a.shape[0] == 0:
+        if a.ndim != 1:
             raise TensorError(f"input {name}: expected shape [n] or [n, 1], got {list(a.shape)}",
                               field=f"inputs.{name}.shape")
+        if a.shape[0] == 0:
+            raise _empty()
         if n is None:
             n = a.shape[0]
         elif a.shape[0] != n:
             raise TensorError(f"input {name}: {a.shape[0]} rows, other features have {n}",
                               field=f"inputs.{name}.shape")
         problems = dict(t.bad)
-        bad, why = codec.kinds[j].refused_in(a) if a.dtype.kind == "b" else (None, "")
+        kind = codec.kinds[j]
+        if kind.name == "string":  # text → its category code; unknown / not text refused
+            if t.datatype != "BYTES":
+                raise TensorError(f"input {name}: a text feature takes a BYTES tensor, got "
+                                  f"{t.datatype}", field=f"inputs.{name}.datatype")
+            a, text_bad = kind.decode_column(a)
+            problems.update(text_bad)
+        elif t.datatype == "BYTES":
+            raise TensorError(f"input {name}: BYTES tensors are only for text features",
+                              field=f"inputs.{name}.datatype")
+        bad, why = kind.refused_in(a) if a.dtype.kind == "b" else (None, "")
         if bad is not None:  # a BOOL tensor for a number feature
             problems.update((int(r), why) for r in np.flatnonzero(bad))
         for r, reason in problems.items():

@@ -117,7 +117,8 @@ class BatchScorer:
                 prev = problems.get(ref.row)
                 if prev is None or (not prev.whole_row and contract.index.get(prev.feature, k) > j):
                     problems[ref.row] = ref
-            xt[j] = col
+            with np.errstate(over="ignore"):  # a refused value too large for float32: inf
+                xt[j] = col
         # Feature-major → row-major in cache-sized blocks (a plain .T copy walks
         # the source with a stride of n and is ~30 % slower at 64k rows).
         step = _TRANSPOSE_BLOCK
@@ -140,6 +141,16 @@ class BatchScorer:
         """An Arrow column → numbers (nulls become NaN). CSV text is parsed here; a value
         that is not a number is refused (found before the contract's value checks)."""
         t = col.type
+        kind = self.contract.kinds[j]
+        if kind.name == "string":  # a text category: its code in the manifest's categories
+            if pa.types.is_dictionary(t):
+                col = col.cast(pa.string())
+            codes, bad = kind.decode_column(col)
+            for i, why in bad.items():
+                prev = problems.get(i)
+                if prev is None or (not prev.whole_row and self.contract.index.get(prev.feature, j + 1) > j):
+                    problems[i] = Refusal(i, self.names[j], why)
+            return codes
         if pa.types.is_floating(t) or pa.types.is_integer(t):
             return col.to_numpy(zero_copy_only=False)  # nulls become NaN
         name = self.names[j]
