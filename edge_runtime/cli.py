@@ -9,8 +9,8 @@
     edge-runtime store status|install|rollback|promote|remove --config device.toml
     edge-runtime install-service [--config /etc/edgefleet/device.toml] [--user edgefleet] [--dry-run]
 
-Domain errors print one line on stderr (``error: …``) and exit 1; usage
-errors exit 2 (argparse).
+Domain errors print one line on stderr (``edge-runtime: error: MESSAGE (code, field F)``,
+``edge_runtime.errors.error_line``) and exit 1; usage errors exit 2 (argparse).
 """
 
 from __future__ import annotations
