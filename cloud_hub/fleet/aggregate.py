@@ -76,7 +76,10 @@ class SlotAggregate:
     def add_row(self, row: Mapping[str, Any]) -> None:
         """Fold one ``fleet_slot_stats`` row (or a SlotStats dict) in; an impossible row is counted
         in ``rejected`` and skipped."""
-        problem = slot_problem(row, hub_edges=False) or self._edges_problem(row)
+        try:
+            problem = slot_problem(row, hub_edges=False) or self._edges_problem(row)
+        except (AttributeError, TypeError, ValueError) as exc:  # not even the expected types
+            problem = f"unreadable row ({type(exc).__name__}: {exc})"
         if problem is not None:
             self.rejected += 1
             self.rejected_reason = f"{row.get('device_id') or '?'} window {row.get('seq')}: {problem}"
