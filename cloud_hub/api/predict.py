@@ -1,9 +1,10 @@
 """``POST /v1/models/{ref}/predict``: JSON rows with named features → predictions.
 
-A thin adapter over :class:`cloud_hub.inference.PredictService`. The body is
-parsed with orjson straight from the request bytes (no pydantic model on the
-hot path: the bundle's contract is the schema, checked by its RowCodec, which
-names the field and the reason in a 422).
+A thin adapter over :class:`cloud_hub.inference.PredictService`: decode → the
+bundle's contract → engine → post-processing → encode, the same data plane as
+OIP. The body is parsed with orjson straight from the request bytes (no pydantic
+model on the hot path: the bundle's contract, :mod:`edge_runtime.contract`, is
+the schema and names the field and the reason in a 422).
 """
 
 from __future__ import annotations
