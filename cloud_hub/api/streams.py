@@ -31,8 +31,8 @@ router = APIRouter(tags=["stream workers"], lifespan=_restore_workers)
 class StreamRequest(BaseModel):
     name: str = Field(min_length=1, max_length=128, description="Unique worker name (also its MQTT client id suffix).")
     model: str = Field(min_length=1, max_length=401, description="REF: name, name@alias or name:version.")
-    source: str = Field(min_length=1, max_length=2048, description="mqtt://host:port/topic or nats://host:port/subject")
-    sink: str = Field(min_length=1, max_length=2048, description="mqtt://host:port/topic or nats://host:port/subject")
+    source: str = Field(min_length=1, max_length=2048, description="mqtt://host:port/topic, nats://host:port/subject or kafka://host:port/topic")
+    sink: str = Field(min_length=1, max_length=2048, description="mqtt://host:port/topic, nats://host:port/subject or kafka://host:port/topic")
     dead_letter: str | None = Field(
         None, max_length=2048, description="Dead-letter URL (default derived from sink)."
     )

@@ -12,17 +12,20 @@ import threading
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "stream",
-        help="score a message stream (MQTT v5 or NATS JetStream)",
+        help="score a message stream (MQTT v5, NATS JetStream or Kafka)",
         description="Consume JSON messages from SOURCE, score them in micro-batches with the "
         "model, publish one result per message to SINK and bad messages with their reason to "
         "the dead-letter destination; acknowledge inputs only after their results are "
         "confirmed (at-least-once). URLs: mqtt://host:1883/topic (QoS 1, shared subscription "
-        "$share/GROUP/topic, persistent session) or nats://host:4222/subject (JetStream durable "
-        "consumer GROUP, explicit ack). Options in the URL query: group, client_id, stream, "
-        "ack_wait, session_expiry, username, password.",
+        "$share/GROUP/topic, persistent session), nats://host:4222/subject (JetStream durable "
+        "consumer GROUP, explicit ack) or kafka://host:9092[,host2:9092]/topic (consumer group "
+        "GROUP; offsets committed after the results are acknowledged; record keys kept). "
+        "Options in the URL query: group, client_id, stream, ack_wait, session_expiry, "
+        "username, password; Kafka: security_protocol, sasl_mechanism, sasl_username, "
+        "sasl_password_env, ssl_ca_location, … (see the README).",
     )
-    p.add_argument("--source", required=True, help="input URL (mqtt://… or nats://…)")
-    p.add_argument("--sink", required=True, help="output URL (mqtt://… or nats://…)")
+    p.add_argument("--source", required=True, help="input URL (mqtt://…, nats://… or kafka://…)")
+    p.add_argument("--sink", required=True, help="output URL (mqtt://…, nats://… or kafka://…)")
     p.add_argument(
         "--model", required=True, help="REF: name, name@alias, name:version (or a bundle path)"
     )
