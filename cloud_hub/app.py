@@ -47,6 +47,9 @@ def create_app(hub: Hub) -> FastAPI:
     from cloud_hub.api.guard import GuardMiddleware
 
     app.add_middleware(GuardMiddleware, max_body_bytes=hub.settings.max_body_bytes)  # NUL, gzip OIP
+    from cloud_hub.api.openapi import install as install_openapi
+
+    install_openapi(app)  # the error body and the shared status codes on every operation
     return app
 
 

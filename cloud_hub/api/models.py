@@ -28,6 +28,68 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+class ModelVersionOut(BaseModel):
+    name: str
+    version: str
+    sha256: str = Field(description="Bundle digest: sha256 of the canonical unsigned manifest.")
+    format: str
+    task: str
+    size: int = Field(description="Size of the hub-signed bundle tar in bytes.")
+    aliases: list[str]
+    created_at: str
+    provenance: dict[str, Any]
+    artifact_sha256: str = Field(description="sha256 of the stored tar (content address).")
+    signer_key_id: str | None = Field(description="Key id of the uploader's signature (None: unsigned).")
+    hub_key_id: str
+    self_test: str
+
+
+class ModelDetailOut(ModelVersionOut):
+    manifest: dict[str, Any]
+    download_url: str
+
+
+class ModelSummaryOut(BaseModel):
+    name: str
+    aliases: dict[str, str]
+    versions: list[str]
+    latest_version: str | None
+
+
+class ModelListOut(BaseModel):
+    models: list[ModelSummaryOut]
+
+
+class VersionsOut(BaseModel):
+    name: str
+    versions: list[ModelVersionOut]
+
+
+class AliasesOut(BaseModel):
+    name: str
+    aliases: dict[str, str]
+
+
+class AliasEventOut(BaseModel):
+    alias: str
+    old_version: str | None
+    new_version: str | None
+    at: str
+    reason: str | None
+
+
+class AliasHistoryOut(BaseModel):
+    name: str
+    history: list[AliasEventOut]
+
+
+BUNDLE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The hub-signed bundle tar", "content": {"application/x-tar": {
+        "schema": {"type": "string", "format": "binary"}}}},
+    304: {"description": "Not modified (If-None-Match matched the bundle's ETag)"},
+}
+
+
 class AliasBody(BaseModel):
     version: str = Field(description="Version the alias should point at.")
 
@@ -67,7 +129,8 @@ async def _receive_upload(request: Request, dest: Path) -> None:
                               "part 'bundle'", field="bundle")
 
 
-@router.post("/v1/models", status_code=201, responses=ERRORS,
+@router.post("/v1/models", status_code=201, response_model=ModelVersionOut,
+             responses={**ERRORS, 200: {"model": ModelVersionOut, "description": "Already registered (same bundle)"}},
              summary="Push a bundle (tar body or multipart part 'bundle')",
              openapi_extra={"requestBody": {"content": {
                  "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
@@ -92,7 +155,8 @@ async def push_model(request: Request, hub: HubDep, role: Admin,
     return JSONResponse(mv.to_dict(), status_code=201 if mv.created else 200)
 
 
-@router.get("/v1/models", responses=ERRORS, summary="List models with their aliases and versions")
+@router.get("/v1/models", responses=ERRORS, response_model=ModelListOut,
+            summary="List models with their aliases and versions")
 def list_models(hub: HubDep, _: Viewer) -> dict[str, Any]:
     models: dict[str, dict[str, Any]] = {}
     for mv in hub.registry.list():
@@ -105,7 +169,7 @@ def list_models(hub: HubDep, _: Viewer) -> dict[str, Any]:
     return {"models": list(models.values())}
 
 
-@router.get("/v1/models/{ref}", responses=ERRORS, summary="Resolve a reference (name, name@alias, "
+@router.get("/v1/models/{ref}", responses=ERRORS, response_model=ModelDetailOut, summary="Resolve a reference (name, name@alias, "
             "name:version) to a version, with its manifest")
 def get_model(ref: str, hub: HubDep, _: Viewer) -> dict[str, Any]:
     mv = hub.registry.resolve(ref)
@@ -114,7 +178,7 @@ def get_model(ref: str, hub: HubDep, _: Viewer) -> dict[str, Any]:
     return out
 
 
-@router.get("/v1/models/{name}/versions", responses=ERRORS, summary="All versions of a model, oldest first")
+@router.get("/v1/models/{name}/versions", responses=ERRORS, response_model=VersionsOut, summary="All versions of a model, oldest first")
 def list_versions(name: str, hub: HubDep, _: Viewer) -> dict[str, Any]:
     return {"name": name, "versions": [mv.to_dict() for mv in hub.registry.versions(name)]}
 
@@ -126,18 +190,18 @@ def delete_version(name: str, version: str, hub: HubDep, _: Admin) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/v1/models/{name}/aliases", responses=ERRORS, summary="Aliases of a model (alias → version)")
+@router.get("/v1/models/{name}/aliases", responses=ERRORS, response_model=AliasesOut, summary="Aliases of a model (alias → version)")
 def get_aliases(name: str, hub: HubDep, _: Viewer) -> dict[str, Any]:
     return {"name": name, "aliases": hub.registry.aliases(name)}
 
 
-@router.put("/v1/models/{name}/aliases/{alias}", responses=ERRORS, summary="Point an alias at a version")
+@router.put("/v1/models/{name}/aliases/{alias}", responses=ERRORS, response_model=AliasesOut, summary="Point an alias at a version")
 def put_alias(name: str, alias: str, body: AliasBody, hub: HubDep, _: Admin) -> dict[str, Any]:
     aliases = hub.registry.set_aliases(name, {alias: body.version}, reason="api")
     return {"name": name, "aliases": aliases}
 
 
-@router.delete("/v1/models/{name}/aliases/{alias}", responses=ERRORS, summary="Remove an alias")
+@router.delete("/v1/models/{name}/aliases/{alias}", responses=ERRORS, response_model=AliasesOut, summary="Remove an alias")
 def delete_alias(name: str, alias: str, hub: HubDep, _: Admin) -> dict[str, Any]:
     if alias not in hub.registry.aliases(name):
         from edge_runtime.errors import NotFoundError
@@ -146,28 +210,28 @@ def delete_alias(name: str, alias: str, hub: HubDep, _: Admin) -> dict[str, Any]
     return {"name": name, "aliases": hub.registry.set_aliases(name, {alias: None}, reason="api")}
 
 
-@router.post("/v1/models/{name}/aliases", responses=ERRORS,
+@router.post("/v1/models/{name}/aliases", responses=ERRORS, response_model=AliasesOut,
              summary="Move several aliases atomically (e.g. promote the challenger)")
 def post_aliases(name: str, body: AliasesBody, hub: HubDep, _: Admin) -> dict[str, Any]:
     return {"name": name, "aliases": hub.registry.set_aliases(name, body.aliases,
                                                               reason=body.reason or "api")}
 
 
-@router.get("/v1/models/{name}/aliases/history", responses=ERRORS, summary="Alias changes, newest first")
+@router.get("/v1/models/{name}/aliases/history", responses=ERRORS, response_model=AliasHistoryOut, summary="Alias changes, newest first")
 def alias_history(name: str, hub: HubDep, _: Viewer,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     hub.registry.versions(name)  # 404 for an unknown model
     return {"name": name, "history": hub.registry.alias_history(name, limit)}
 
 
-@router.get("/v1/models/{ref}/bundle", responses=ERRORS, response_class=FileResponse,
+@router.get("/v1/models/{ref}/bundle", responses={**ERRORS, **BUNDLE_RESPONSES}, response_class=FileResponse,
             summary="Download the hub-signed bundle tar of a reference")
 def download_model(ref: str, request: Request, hub: HubDep, _: Viewer) -> Response:
     mv = hub.registry.resolve(ref)
     return _tar_response(hub, mv, request)
 
 
-@router.get("/v1/bundles/{digest}", responses=ERRORS, response_class=FileResponse,
+@router.get("/v1/bundles/{digest}", responses={**ERRORS, **BUNDLE_RESPONSES}, response_class=FileResponse,
             summary="Download a bundle tar by its sha256 (what devices fetch)")
 def download_bundle(digest: str, request: Request, hub: HubDep) -> Response:
     """The bundle is addressed by its manifest sha256 and signed by the hub key;
