@@ -70,6 +70,10 @@ class FleetAgent:
                                    on_desired=self.reconciler.submit, state=self.state,
                                    ack_timeout_s=ack_timeout_s)
         self.pre_predict: Callable[[], None] | None = None  # fault-injection hook (simulator)
+        self.unwritten_windows = 0  # windows lost because the outbox could not store them
+        self._unwritten_pending = 0  # … not yet added to the outbox's dropped_windows count
+        self.telemetry_error: str | None = None  # why the last window could not be stored
+        self.health: Any = None  # () -> dict: the daemon's health, sent in the state message
         self._own_timer = own_timer
         self._timer: threading.Thread | None = None
         self._stop = threading.Event()
@@ -82,9 +86,35 @@ class FleetAgent:
         if self.link is not None:
             self.link.start()
         if self._own_timer:
-            self._timer = threading.Thread(target=self._timer_loop, name=f"telemetry-{self.device_id}",
-                                           daemon=True)
-            self._timer.start()
+            self._start_timer()
+
+    def _start_timer(self) -> None:
+        self._timer = threading.Thread(target=self._timer_loop, name=f"telemetry-{self.device_id}",
+                                       daemon=True)
+        self._timer.start()
+
+    def parts(self) -> list[tuple[str, Any, Any]]:
+        """(name, alive, restart) of each thread the daemon's supervisor keeps running."""
+        out: list[tuple[str, Any, Any]] = []
+        if self._own_timer:
+            out.append(("telemetry", lambda: self._stop.is_set() or (
+                self._timer is not None and self._timer.is_alive()), self._start_timer))
+        # the shadow worker exits when idle (thread None); a thread object that is not alive
+        # died of an error, and offer() would never start another
+        out.append(("shadow", lambda: self.shadow._thread is None or self.shadow._thread.is_alive(),
+                    self.shadow._ensure_worker))
+        link = self.link
+        if link is not None and link.net_loop is None:
+            def link_alive() -> bool:
+                t = getattr(link.client, "_thread", None)  # paho's network thread
+                return not link._started or (t is not None and t.is_alive())
+
+            def link_restart() -> None:
+                link.client._thread = None  # paho refuses loop_start while it holds a dead one
+                link.client.loop_start()
+
+            out.append(("mqtt_link", link_alive, link_restart))
+        return out
 
     def stop(self, *, graceful: bool = True, flush: bool = True) -> None:
         """Stop; ``graceful=False`` simulates a crash (no last window, socket dropped → last will)."""
@@ -96,7 +126,7 @@ class FleetAgent:
             self.shadow.drain(2.0)  # finish the queued comparisons so the last window has them
         self.shadow.stop()
         if graceful and flush:
-            self.roll_window()
+            self._roll_safely()
             if self.link is not None and self.link.connected.is_set():
                 deadline = time.monotonic() + 2.0
                 while self.outbox.count() and time.monotonic() < deadline:
@@ -111,9 +141,34 @@ class FleetAgent:
     def _timer_loop(self) -> None:
         # wakes at least every second: the link resends what the hub has not acknowledged in time
         while not self._stop.wait(min(1.0, max(0.0, self._next_roll - time.monotonic()))):
-            self.tick()
+            mono = time.monotonic()
+            if mono >= self._next_roll:
+                self._next_roll = max(self._next_roll + self.interval_s, mono)
+                self._roll_safely()
             if self.link is not None:
-                self.link.pump()
+                try:
+                    self.link.pump()
+                except Exception:  # keep the timer alive; the link retries on its own
+                    log.exception("device %s: sending from the outbox failed", self.device_id)
+
+    def _roll_safely(self) -> None:
+        """Roll a window; one that cannot be stored (disk full, broken outbox) is counted as
+        dropped and the timer goes on: the next window that fits reports the count."""
+        try:
+            self.roll_window()
+        except Exception as exc:  # noqa: BLE001 - sqlite3/OSError/anything: never end telemetry
+            self.unwritten_windows += 1
+            self._unwritten_pending += 1
+            first = self.telemetry_error is None
+            self.telemetry_error = f"{type(exc).__name__}: {exc}"[:300]
+            if first or self.unwritten_windows % 100 == 0:
+                log.error("device %s: telemetry window not stored (%s); %d dropped so far",
+                          self.device_id, self.telemetry_error, self.unwritten_windows)
+        else:
+            if self.telemetry_error is not None:
+                log.warning("device %s: telemetry windows are stored again (%d were dropped)",
+                            self.device_id, self.unwritten_windows)
+            self.telemetry_error = None
 
     def tick(self, now: float | None = None) -> bool:
         """Roll the window when its interval is over (for callers that drive time themselves)."""
@@ -125,6 +180,9 @@ class FleetAgent:
         return True
 
     def roll_window(self, now: float | None = None) -> dict[str, Any]:
+        if self._unwritten_pending:  # windows lost on a full disk join the dropped count
+            self.outbox.set_meta("dropped_windows", self.outbox.dropped + self._unwritten_pending)
+            self._unwritten_pending = 0
         body = self.outbox.add_window(lambda seq, dropped: self.recorder.roll(seq, dropped, now)
                                       .model_dump(mode="json"))
         if self.link is not None:
@@ -139,9 +197,15 @@ class FleetAgent:
             if info is not None:
                 bundles.append(RunningBundle(slot=slot, name=info.name, version=info.version,
                                              sha256=info.sha256, format=info.format))
+        health: dict[str, Any] = {}
+        if self.health is not None:
+            try:
+                health = self.health()
+            except Exception:  # the state message must go out even if a probe fails
+                log.exception("device %s: health probe failed", self.device_id)
         return DeviceState(device_id=self.device_id, online=True, bundles=bundles,
                            runtime_version=RUNTIME_VERSION, profile=self.profile, tags=self.tags,
-                           applied_desired_id=self.reconciler.applied_id)
+                           applied_desired_id=self.reconciler.applied_id, health=health)
 
     def _state_changed(self) -> None:
         if self.link is not None:

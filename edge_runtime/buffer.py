@@ -18,6 +18,8 @@ stored (which it would silently discard as duplicates).
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import StoreError
+
+log = logging.getLogger("edge_runtime.buffer")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -44,19 +48,62 @@ class Outbox:
         self.max_windows = max(1, int(max_windows))
         self.max_events = max(1, int(max_events))
         self._lock = threading.Lock()
+        self._first_seq = first_seq
+        self.recovered: str | None = None  # why the outbox on disk was set aside / not used
         try:
-            if str(path) != ":memory:":
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            if self._db.execute("SELECT 1 FROM meta WHERE key='next_seq'").fetchone() is None:
-                start = int(time.time()) * 1000 if first_seq is None else int(first_seq)
-                self._db.execute("INSERT INTO meta(key, value) VALUES('next_seq', ?)", (str(start),))
-                self._db.execute("INSERT INTO meta(key, value) VALUES('first_seq', ?)", (str(start),))
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the telemetry buffer {path}: {exc}", field="telemetry.buffer") from exc
+            self._db = self._open(str(path))
+        except sqlite3.DatabaseError as exc:
+            if str(path) == ":memory:":
+                raise StoreError(f"cannot open the telemetry buffer {path}: {exc}",
+                                 field="telemetry.buffer") from exc
+            self._db = self._recover_open(exc)
+
+    def _open(self, path: str) -> sqlite3.Connection:
+        if path != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            if path != ":memory:" and Path(path).exists() and Path(path).stat().st_size:
+                res = db.execute("PRAGMA quick_check").fetchall()
+                if res != [("ok",)]:
+                    raise sqlite3.DatabaseError(f"corrupt: {res[0][0]}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            if db.execute("SELECT 1 FROM meta WHERE key='next_seq'").fetchone() is None:
+                start = self._fresh_seq()
+                db.execute("INSERT INTO meta(key, value) VALUES('next_seq', ?)", (str(start),))
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('first_seq', ?)",
+                           (str(start),))
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _fresh_seq(self) -> int:
+        return int(time.time()) * 1000 if self._first_seq is None else int(self._first_seq)
+
+    def _recover_open(self, exc: sqlite3.DatabaseError) -> sqlite3.Connection:
+        """A broken outbox never blocks the device: set it aside (kept for inspection) and
+        start a new one; on a full disk keep the windows in memory until the next start."""
+        msg = str(exc).lower()
+        if "full" in msg or "i/o" in msg or "readonly" in msg or "unable to open" in msg:
+            self.recovered = f"the telemetry buffer {self.path} cannot be written ({exc}): " \
+                "windows are held in memory until the next start"
+            log.error("%s", self.recovered)
+            return self._open(":memory:")
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(f"{self.path}{suffix}")
+            if p.exists():
+                os.replace(p, p.with_name(f"{p.name}.broken-{stamp}"))
+        # the broken file's last seq is unknown: start past any the old buffer could have
+        # handed out (it started at its creation second × 1000 and adds at most a few a second)
+        self._first_seq = int(time.time() * 1000) + 1000
+        self.recovered = (f"the telemetry buffer {self.path} was unreadable ({exc}): moved aside "
+                          f"as {self.path.name}.broken-{stamp}, a new one started")
+        log.error("%s", self.recovered)
+        return self._open(str(self.path))
 
     # ---- meta ---------------------------------------------------------------------------
     def _get(self, key: str, default: str) -> str:
@@ -66,6 +113,23 @@ class Outbox:
     def _set(self, key: str, value: Any) -> None:
         self._db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                          (key, str(value)))
+
+    def _next_seq(self) -> int:
+        """The stored next sequence number; a damaged value is rebuilt (never reusing a seq
+        the hub may hold: past both the highest buffered one and a fresh time-based start)."""
+        raw = self._get("next_seq", "")
+        try:
+            seq = int(raw)
+            if seq >= 0:
+                return seq
+        except ValueError:
+            pass
+        top = self._db.execute("SELECT MAX(seq) FROM outbox WHERE kind='telemetry'").fetchone()[0]
+        seq = max(int(top or 0) + 1, int(time.time()) * 1000)
+        self._set("next_seq", seq)
+        self.recovered = f"next_seq was {raw[:40]!r}: restarted at {seq}"
+        log.error("telemetry buffer %s: %s", self.path, self.recovered)
+        return seq
 
     def get_meta(self, key: str, default: str = "") -> str:
         with self._lock:
@@ -93,7 +157,7 @@ class Outbox:
     @property
     def last_seq(self) -> int:
         with self._lock:
-            return int(self._get("next_seq", "1")) - 1
+            return self._next_seq() - 1
 
     # ---- writes ---------------------------------------------------------------------------
     def add_window(self, build) -> dict[str, Any]:
@@ -105,7 +169,7 @@ class Outbox:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                seq = int(self._get("next_seq", "1"))
+                seq = self._next_seq()
                 dropped = int(self._get("dropped_windows", "0"))
                 n = db.execute("SELECT COUNT(*) FROM outbox WHERE kind='telemetry'").fetchone()[0]
                 over = n + 1 - self.max_windows

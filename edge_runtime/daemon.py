@@ -37,6 +37,7 @@ from edge_runtime.profile import DeviceProfile, load_profile
 from edge_runtime.settings import EdgeSettings, load_settings
 from edge_runtime.signing import load_public_key
 from edge_runtime.store import ModelStore
+from edge_runtime.supervise import Supervisor
 
 log = logging.getLogger("edge_runtime.daemon")
 
@@ -78,7 +79,9 @@ class Daemon:
         self.observers: list[Observer] = []
         self.services: list[Service] = []
         self.api = None
-        self.started_at: float | None = None
+        self.started_at: float | None = None  # wall clock: a label only
+        self._started_mono: float | None = None  # uptime comes from the monotonic clock
+        self.supervisor: Supervisor | None = None
         self._stop_event = threading.Event()
         self._fixed: Model | None = None
         self.store: ModelStore | None = None
@@ -133,10 +136,43 @@ class Daemon:
         model = self.model("active")
         body: dict[str, Any] = {"status": "ok" if model is not None else "no_model",
                                 "device": self.device_id, "profile": self.profile.name,
-                                "uptime_s": round(time.time() - (self.started_at or time.time()), 3)}
+                                "uptime_s": round(time.monotonic() - self._started_mono, 3)
+                                if self._started_mono is not None else 0.0}
+        body.update(self.health_detail())
+        degraded = body["degraded"]
+        if model is None and self.store is not None and self.store.recovery:
+            body["message"] = self.store.recovery[-1]
+        if degraded:
+            body.setdefault("message", "; ".join(degraded))
         if model is not None:
             body["model"] = model_ref(model)
         return body
+
+    def health_detail(self) -> dict[str, Any]:
+        """Store, supervised threads, telemetry and local API state (``/health`` and the state
+        message); ``degraded`` lists what is wrong, one line each."""
+        out: dict[str, Any] = {}
+        degraded: list[str] = []
+        if self.store is not None:
+            out["store"] = {"read_only": self.store.read_only,
+                            "recovery": list(self.store.recovery[-5:])}
+            if self.store.read_only:
+                degraded.append(f"store read-only: {self.store.read_only}")
+        if self.supervisor is not None:
+            threads = self.supervisor.health()
+            out["threads"] = threads
+            degraded += [f"{name} stopped ({t['last_error'] or 'no error recorded'}); restarting"
+                         for name, t in threads.items() if not t["ok"]]
+        if self.fleet is not None:
+            tel = {"unwritten_windows": self.fleet.unwritten_windows,
+                   "error": self.fleet.telemetry_error, "buffer": self.fleet.outbox.recovered}
+            out["telemetry"] = tel
+            if tel["error"]:
+                degraded.append(f"telemetry windows not stored: {tel['error']}")
+        if self.api is not None:
+            out["local_api"] = self.api.health()
+        out["degraded"] = degraded
+        return out
 
     # ---- inference --------------------------------------------------------------------
     def predict(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
@@ -170,6 +206,7 @@ class Daemon:
         from edge_runtime.local_api import LocalApi
 
         self.started_at = time.time()
+        self._started_mono = time.monotonic()
         self._stop_event.clear()
         cfg = self.settings.local_api
         if cfg.enabled:
@@ -195,11 +232,23 @@ class Daemon:
             if self.api is not None:
                 self.api.stop()
             raise
+        if self.fleet is not None:  # restart the link/telemetry/shadow threads if they die
+            self.supervisor = Supervisor(on_change=self.fleet._state_changed)
+            for name, alive, restart in self.fleet.parts():
+                self.supervisor.watch(name, alive, restart,
+                                      thread_name={"telemetry": "telemetry-",
+                                                   "shadow": "shadow-compare",
+                                                   "mqtt_link": "paho-mqtt-client-"}.get(name))
+            self.fleet.health = self.health_detail
+            self.supervisor.start()
         return self
 
     def stop(self) -> None:
         """Stop the services, then the local API, then close the store. Idempotent."""
         self._stop_event.set()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
         for svc in reversed(self.services):
             try:
                 svc.stop()

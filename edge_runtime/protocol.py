@@ -69,6 +69,8 @@ class DeviceState(_Msg):
     profile: str = ""
     tags: dict[str, str] = Field(default_factory=dict)
     applied_desired_id: str | None = None
+    # the daemon's own health: store (read-only?), supervised threads, telemetry buffer
+    health: dict[str, Any] = Field(default_factory=dict)
     ts: float = Field(default_factory=time.time)
 
 
@@ -160,3 +162,7 @@ class TelemetryWindow(_Msg):
     rss_bytes: int = 0
     cpu_percent: float = 0.0
     dropped_windows: int = 0  # windows the offline buffer had to drop, cumulative
+    # start/end are wall-clock labels; the span end - start is measured on the monotonic
+    # clock. When the wall clock moved by more than a second against it during the window
+    # (NTP step, RTC reset, manual change), clock_jump_s says by how much (+ forward).
+    clock_jump_s: float | None = None

@@ -57,6 +57,7 @@ Float = Annotated[float, BeforeValidator(_not_bool)]
 
 _TOML_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("edge_toml", default=None)
 
+MIN_INTERVAL_S = 0.5  # telemetry windows: the floor outside dev mode
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "change_me", "password", "secret", "xxx", "todo"}
 
 
@@ -126,8 +127,9 @@ class StoreSection(_Section):
 
 
 class TelemetrySection(_Section):
-    interval_s: Float = Field(10.0, ge=0.5, le=86400.0, description="Seconds per telemetry "
-                              "window (0.5 s … 1 day).")
+    interval_s: Float = Field(10.0, ge=0.05, le=86400.0, description="Seconds per telemetry "
+                              "window: 0.5 s … 1 day (down to 0.05 s with dev = true, for "
+                              "simulations and tests).")
     buffer_max_windows: Int = Field(10_000, ge=1, description="Windows kept while offline; the "
                                     "oldest are dropped (and counted) past this.")
 
@@ -187,6 +189,14 @@ class EdgeSettings(BaseSettings):
         return v
 
     @model_validator(mode="after")
+    def _interval_floor(self) -> EdgeSettings:
+        if not self.dev and self.telemetry.interval_s < MIN_INTERVAL_S:
+            raise ValueError(f"telemetry.interval_s: {self.telemetry.interval_s:g} s is below "
+                             f"{MIN_INTERVAL_S:g} s (a window per few ms burns the CPU; smaller "
+                             "only with dev = true)")
+        return self
+
+    @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> EdgeSettings:
         pw = self.mqtt.password
         if not self.dev and pw is not None and pw.get_secret_value().lower() in PLACEHOLDER_SECRETS:
@@ -231,9 +241,13 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> EdgeSetti
         settings = EdgeSettings(**overrides)
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
-        loc = field_path(*err["loc"]) or "settings"
-        src = _source(err["loc"], toml_path, text, overrides)
         msg = err["msg"].removeprefix("Value error, ")
+        where = err["loc"]
+        m = re.match(r"^([a-z_]+\.[a-z_]+): ", msg) if not where else None
+        if m:  # a check across fields names the field it is about
+            where, msg = tuple(m.group(1).split(".")), msg[m.end():]
+        loc = field_path(*where) or "settings"
+        src = _source(where, toml_path, text, overrides)
         raise ValidationError(f"invalid setting {loc} ({src}): {msg}", field=loc) from None
     except SettingsError as exc:  # an EDGE_* variable that is not valid JSON for its field
         m = re.search(r'field "(\w+)"', str(exc))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from edge_runtime.protocol import SlotStats, TelemetryWindow
 from edge_runtime.sketch import Histogram, Sketch
 
 SCORE_BINS = 20
+CLOCK_JUMP_S = 1.0  # wall vs monotonic disagreement over one window that counts as a jump
 DIVERGENCE_EDGES = [0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
 
 
@@ -102,11 +104,15 @@ class SlotAccumulator:
 class TelemetryRecorder:
     """Thread-safe accumulators of the current window, keyed by (slot, bundle sha256)."""
 
-    def __init__(self, device_id: str, *, resources: bool = True) -> None:
+    def __init__(self, device_id: str, *, resources: bool = True,
+                 wall: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic) -> None:
         self.device_id = device_id
         self._lock = threading.Lock()
         self._acc: dict[tuple[str, str], SlotAccumulator] = {}
-        self._start = time.time()
+        self._wall, self._mono = wall, mono  # injectable clocks (tests fake a clock jump)
+        self._start = wall()
+        self._start_mono = mono()
         self._resources = resources
         self._proc = None
         if resources:
@@ -170,10 +176,24 @@ class TelemetryRecorder:
 
     def roll(self, seq: int, dropped_windows: int = 0, now: float | None = None) -> TelemetryWindow:
         """Close the current window (numbered ``seq``) and start a new one."""
-        now = time.time() if now is None else now
+        jump = None
         with self._lock:
             acc, self._acc = self._acc, {}
-            start, self._start = self._start, now
+            if now is None:
+                # the span comes from the monotonic clock, so end >= start whatever the wall
+                # clock did; the wall clock only labels the end, and a disagreement between
+                # the two is a jump, marked in the window
+                mono, wall = self._mono(), self._wall()
+                span = max(0.0, mono - self._start_mono)
+                drift = wall - (self._start + span)
+                if abs(drift) > CLOCK_JUMP_S:
+                    jump = round(drift, 3)
+                now, start = wall, wall - span
+                self._start_mono = mono
+            else:  # the caller drives time (simulator): its clock, as given
+                start = self._start
+                self._start_mono = self._mono()
+            self._start = now
         rss, cpu = 0, 0.0
         if self._proc is not None:
             try:
@@ -183,4 +203,4 @@ class TelemetryRecorder:
                 pass
         return TelemetryWindow(device_id=self.device_id, seq=seq, start=start, end=now,
                                slots=[a.to_stats() for a in acc.values()], rss_bytes=rss, cpu_percent=cpu,
-                               dropped_windows=dropped_windows)
+                               dropped_windows=dropped_windows, clock_jump_s=jump)
