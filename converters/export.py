@@ -51,6 +51,7 @@ TASK_ALIASES = {"binary": "binary_classification", "multiclass": "multiclass_cla
                 "multiclass_classification": "multiclass_classification"}
 DEFAULT_RISK_LEVELS = (("high", 0.7), ("medium", 0.4), ("low", 0.0))
 KEY_ENV = "EDGE_CONVERT_KEY"
+ANOMALY_CLASSES = ("anomaly", "normal")  # below / at or above the threshold
 TARGET_OPSET = 17
 ML_OPSET = 3
 
@@ -319,7 +320,7 @@ def _walk(model: Any):
 def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
-    from sklearn.base import is_classifier, is_regressor
+    from sklearn.base import is_classifier, is_outlier_detector, is_regressor
 
     if smp.is_tensor:
         raise ValidationError("scikit-learn models take feature rows: give a CSV/Parquet sample",
@@ -330,9 +331,10 @@ def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
         raise ValidationError(f"the model expects {n_in} features, the sample has "
                               f"{len(smp.names)} columns{hint}", field="sample")
     classifier = is_classifier(model)
-    if not classifier and not is_regressor(model):
-        raise ValidationError(f"{type(model).__name__} is neither a classifier nor a regressor",
-                              field="model")
+    anomaly = is_outlier_detector(model)
+    if not classifier and not is_regressor(model) and not anomaly:
+        raise ValidationError(f"{type(model).__name__} is neither a classifier, a regressor nor "
+                              "an outlier detector", field="model")
     _register_boosters()
     refuse_unsupported(model)
     source = model
@@ -370,7 +372,12 @@ def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
     reference = _sklearn_reference(model, smp, classifier, by_column)
     ref = reference(x32[: cfg.parity_rows].astype(np.float64))
     out_names = [o.name for o in onx.graph.output]
-    if classifier:
+    if anomaly:
+        # skl2onnx: label (-1 anomaly / 1 normal) and scores (decision_function)
+        classes, task = list(ANOMALY_CLASSES), "anomaly"
+        outputs = [{"name": out_names[0], "role": "label"},
+                   {"name": out_names[1], "role": "value"}]
+    elif classifier:
         classes = [_plain(c) for c in model.classes_]
         task = "binary_classification" if len(classes) == 2 else "multiclass_classification"
         outputs = [{"name": out_names[0], "role": "label"},
@@ -397,13 +404,19 @@ def _first_reason(exc: BaseException) -> str:
 
 
 def _sklearn_reference(model: Any, smp: Sample, classifier: bool, by_column: bool):
+    from sklearn.base import is_outlier_detector
+
     classes = [_plain(c) for c in getattr(model, "classes_", [])]
     names = smp.names
+    anomaly = is_outlier_detector(model)
 
     def reference(x: np.ndarray) -> dict[str, np.ndarray]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             xin = smp.frame(x) if by_column else _as_model_input(model, x, names)
+            if anomaly:  # predict(): -1 anomaly → classes[0], 1 normal → classes[1]
+                v = np.asarray(model.decision_function(xin), dtype=np.float64).reshape(-1)
+                return {"value": v, "label": (np.asarray(model.predict(xin)) == 1).astype(int)}
             if not classifier:
                 v = np.asarray(model.predict(xin), dtype=np.float64).reshape(len(x), -1)[:, 0]
                 return {"value": v}
@@ -621,7 +634,10 @@ def _write(out: Path, name: str, conv: _Converted, smp: Sample, cfg: ExportConfi
         classes = [_plain(c) for c in cfg.class_names]
     task = conv.task
     post: dict[str, Any] = {}
-    if task != "regression":
+    if task == "anomaly":
+        post.update(classes=list(ANOMALY_CLASSES), positive_class=ANOMALY_CLASSES[0],
+                    threshold=0.0)
+    elif task != "regression":
         post["classes"] = classes
         if task == "binary_classification":
             pos = cfg.positive_class if cfg.positive_class is not None else classes[1]
@@ -677,16 +693,30 @@ def _bundle_answers(sess: Any, conv: _Converted, x: np.ndarray, task: str,
         feed = {sess.get_inputs()[0].name: x[i:i + 4096].astype(np.float32)}
         outs.append(sess.run(names, feed))
     got = {n: np.concatenate([o[k] for o in outs]) for k, n in enumerate(names)}
+    by_role = {o["role"]: got[o["name"]] for o in conv.outputs}
     if task == "regression":
-        return {"value": np.asarray(got[names[0]], np.float64).reshape(len(x), -1)[:, 0]}
+        return {"value": np.asarray(by_role["value"], np.float64).reshape(len(x), -1)[:, 0]}
+    if task == "anomaly":
+        v = np.asarray(by_role["value"], np.float64).reshape(len(x), -1)[:, 0]
+        return {"value": v, "label": np.where(v < post["threshold"], 0, 1)}
     role = next(o for o in conv.outputs if o["role"] in ("probabilities", "logits"))
     probs = _class_probabilities(got[role["name"]], role["role"])
+    if post.get("label_from") == "output":
+        return {"probabilities": probs, "label": graph_labels(by_role["label"], conv.classes)}
     if task == "binary_classification":
         pos = post["classes"].index(post["positive_class"])
         label = np.where(probs[:, pos] >= post["threshold"], pos, 1 - pos)
     else:
         label = probs.argmax(axis=1)
     return {"probabilities": probs, "label": label}
+
+
+def graph_labels(labels: Any, classes: list[Any]) -> np.ndarray:
+    """A graph's label output → indices into the model's classes (-1: not a class)."""
+    index = {str(c): i for i, c in enumerate(classes)}
+    flat = np.asarray(labels).reshape(-1).tolist()
+    keys = [v.decode() if isinstance(v, bytes) else str(_plain(v)) for v in flat]
+    return np.array([index.get(k, -1) for k in keys])
 
 
 #: how far a decision boundary moves when the source model sits exactly on it: above the
@@ -750,6 +780,16 @@ def _parity_gate(sess: Any, conv: _Converted, smp: Sample, cfg: ExportConfig, ta
         if task == "binary_classification":
             _settle_ties(ref, post)
         got = _bundle_answers(sess, conv, x, task, post)
+        if "probabilities" in ref and "label" in ref and \
+                any(o["role"] == "label" for o in conv.outputs) and \
+                np.any(got["label"] != ref["label"]) and cfg.threshold == 0.5:
+            # predict() not following the probabilities (SVC decides with its decision
+            # function): the bundle takes the graph's label output when that is predict()
+            trial = dict(post, label_from="output")
+            alt = _bundle_answers(sess, conv, x, task, trial)
+            if np.array_equal(alt["label"], ref["label"]):
+                post["label_from"] = "output"
+                got = alt
         if task == "binary_classification" and post.get("user_threshold", post["threshold"]) != 0.5:
             # a threshold the user chose: the decision is theirs, not predict()'s
             p = ref["probabilities"][:, post["classes"].index(post["positive_class"])]
@@ -795,13 +835,22 @@ def _golden(smp: Sample, conv: _Converted, got: dict[str, np.ndarray], out_names
             task: str, post: dict[str, Any], cfg: ExportConfig) -> list[dict[str, Any]]:
     n_par = len(next(iter(got.values())))
     usable = ~np.isnan(smp.x[:n_par].reshape(n_par, -1)).any(axis=1)
-    if task == "regression":
-        score = np.asarray(got[out_names[0]], dtype=np.float64).reshape(n_par, -1)[:, 0]
+    if task in ("regression", "anomaly"):
+        vname = next(o["name"] for o in conv.outputs if o["role"] == "value")
+        score = np.asarray(got[vname], dtype=np.float64).reshape(n_par, -1)[:, 0]
+        if task == "anomaly":
+            label_idx = np.where(score < post["threshold"], 0, 1)
+            usable &= np.abs(score - post["threshold"]) > 1e-3
     else:
         role = next(o for o in conv.outputs if o["role"] in ("probabilities", "logits"))
         probs = _class_probabilities(got[role["name"]], role["role"])
         classes = post["classes"]
-        if task == "binary_classification":
+        if post.get("label_from") == "output":
+            lname = next(o["name"] for o in conv.outputs if o["role"] == "label")
+            label_idx = graph_labels(got[lname], conv.classes)
+            score = (probs[:, classes.index(post["positive_class"])]
+                     if task == "binary_classification" else probs[np.arange(n_par), label_idx])
+        elif task == "binary_classification":
             pos = classes.index(post["positive_class"])
             score = probs[:, pos]
             # rows right at the threshold could flip on another CPU: keep them out
@@ -817,7 +866,7 @@ def _golden(smp: Sample, conv: _Converted, got: dict[str, np.ndarray], out_names
         raise ValidationError("the sample has no row usable as a golden vector (all rows have "
                               "NaN or sit on the decision threshold)", field="sample")
     k = min(cfg.golden_rows, len(cand))
-    if task != "regression":  # cover as many predicted classes as possible
+    if task != "regression":  # cover as many predicted classes (anomaly/normal) as possible
         order = []
         by_cls = {c: list(cand[label_idx[cand] == c]) for c in np.unique(label_idx[cand])}
         while len(order) < k:
@@ -835,6 +884,9 @@ def _golden(smp: Sample, conv: _Converted, got: dict[str, np.ndarray], out_names
         g["rows"] = Sample(x32, smp.names, None, smp.dtypes, smp.source, smp.categories).rows()
     if task == "regression":
         g["expected_value"] = [float(v) for v in score[pick]]
+    elif task == "anomaly":
+        g["expected_value"] = [float(v) for v in score[pick]]
+        g["expected_label"] = [post["classes"][i] for i in label_idx[pick]]
     else:
         g["expected_probability"] = [float(v) for v in score[pick]]
         g["expected_label"] = [post["classes"][i] for i in label_idx[pick]]
@@ -842,7 +894,7 @@ def _golden(smp: Sample, conv: _Converted, got: dict[str, np.ndarray], out_names
 
 
 def _sample_accuracy(smp: Sample, got, conv, post, task, n_par) -> float | None:
-    if smp.y is None or task == "regression":
+    if smp.y is None or task in ("regression", "anomaly"):
         return None
     role = next(o for o in conv.outputs if o["role"] in ("probabilities", "logits"))
     probs = _class_probabilities(got[role["name"]], role["role"])

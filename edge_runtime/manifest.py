@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 SCHEMA_VERSION = 1
 
 Format = Literal["onnx", "tflite", "coreml"]
-Task = Literal["binary_classification", "multiclass_classification", "regression", "raw"]
+Task = Literal["binary_classification", "multiclass_classification", "regression", "anomaly",
+               "raw"]
 DType = Literal["float32", "float64", "int64", "int32", "int8", "uint8", "bool"]
 NanPolicy = Literal["reject", "allow"]
 OutputRole = Literal["probabilities", "logits", "label", "value", "raw"]
@@ -47,7 +48,7 @@ class Feature(_Strict):
     description: str | None = None
 
     @model_validator(mode="after")
-    def _categories(self) -> "Feature":
+    def _categories(self) -> Feature:
         if self.dtype == "string":
             if not self.categories:
                 raise ValueError(f"feature {self.name!r}: a string feature lists its categories")
@@ -106,12 +107,21 @@ class PostProcess(_Strict):
     ``threshold`` is the probability of ``positive_class`` at or above which a
     binary decision is positive; ``risk_levels`` (highest ``min`` first) name
     score bands, e.g. high >= 0.7, medium >= 0.4, low >= 0.
+
+    ``label_from: output``: the label is the graph's ``label`` output (mapped to
+    ``classes``), not the thresholded probability — for models whose own predict()
+    does not follow their probabilities (``SVC(probability=True)`` decides with its
+    decision function). Task ``anomaly``: the ``value`` output is the model's
+    anomaly score (scikit-learn's ``decision_function``: lower = more abnormal);
+    a row scoring below ``threshold`` is ``classes[0]`` ("anomaly"), else
+    ``classes[1]`` ("normal").
     """
 
     classes: list[str | int] = Field(default_factory=list)
     positive_class: str | int | None = None
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    threshold: float = 0.5
     risk_levels: list[RiskLevel] = Field(default_factory=list)
+    label_from: Literal["threshold", "output"] = "threshold"
 
     @field_validator("risk_levels")
     @classmethod
@@ -173,6 +183,16 @@ class Manifest(_Strict):
                                  "'probabilities' or 'logits'")
         if self.task == "binary_classification" and len(self.postprocess.classes) not in (0, 2):
             raise ValueError("postprocess.classes must have 2 entries for binary_classification")
+        if self.task in ("binary_classification", "multiclass_classification") and \
+                not 0.0 <= self.postprocess.threshold <= 1.0:
+            raise ValueError("postprocess.threshold must be between 0 and 1 for a classifier")
+        if self.postprocess.label_from == "output" and "label" not in {o.role for o in self.outputs}:
+            raise ValueError("postprocess.label_from 'output' needs an output with role 'label'")
+        if self.task == "anomaly":
+            if "value" not in {o.role for o in self.outputs}:
+                raise ValueError("an anomaly bundle needs an output with role 'value' (the score)")
+            if len(self.postprocess.classes) != 2:
+                raise ValueError("postprocess.classes of an anomaly bundle: [anomaly, normal]")
         return self
 
     # ---- identity -------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.errors import BundleError
+from edge_runtime.errors import BundleError, EngineError
 from edge_runtime.manifest import Manifest
 
 
@@ -67,6 +67,8 @@ class PostProcessor:
         self.int_classes = bool(self.classes) and all(isinstance(c, int) and not isinstance(c, bool)
                                                       for c in self.classes)
         self._risk_mins = np.array([lo for _, lo in self.risk_levels], dtype=np.float64)
+        self.label_from_output = pp.label_from == "output"  # see manifest.PostProcess
+        self._class_index = {str(c): i for i, c in enumerate(self.classes)}
 
     # ---- outputs → Scores ------------------------------------------------------------------
     def scores(self, outs: list[np.ndarray]) -> Scores:
@@ -94,11 +96,30 @@ class PostProcessor:
             else:
                 label_index = probs.argmax(axis=1)
                 prob = probs[np.arange(len(probs)), label_index].astype(np.float64)
+            if self.label_from_output and "label" in idx:
+                label_index = self._output_labels(outs[idx["label"]])
+                if self.task != "binary_classification":
+                    prob = probs[np.arange(len(probs)), label_index].astype(np.float64)
             return Scores(prob, label_index, probs, None, outs)
         if "value" in idx:
             v = np.asarray(outs[idx["value"]], dtype=np.float64).reshape(len(outs[idx["value"]]), -1)[:, 0]
+            if self.task == "anomaly":  # below the threshold: classes[0] ("anomaly")
+                return Scores(None, np.where(v < self.threshold, 0, 1), None, v, outs)
             return Scores(None, None, None, v, outs)
         return Scores(None, None, None, None, outs)
+
+    def _output_labels(self, labels: np.ndarray) -> np.ndarray:
+        """The graph's label output → indices into ``classes`` (added by issue 12)."""
+        flat = np.asarray(labels).reshape(-1)
+        if flat.dtype.kind in "SO":
+            keys = [v.decode() if isinstance(v, bytes) else str(v) for v in flat.tolist()]
+        else:
+            keys = [str(int(v)) if float(v).is_integer() else str(v) for v in flat.tolist()]
+        try:
+            return np.array([self._class_index[k] for k in keys], dtype=np.int64)
+        except KeyError as exc:
+            raise EngineError(f"the model's label output {exc.args[0]!r} is not one of "
+                              f"postprocess.classes", field="manifest.postprocess.classes") from exc
 
     # ---- decisions ---------------------------------------------------------------------------
     def risk_level(self, p: float) -> str | None:
@@ -154,6 +175,9 @@ class PostProcessor:
                 return [{"probability": p, "label": lab, "risk_level": self.risk_level(p)}
                         for p, lab in zip(probs, labels)]
             return [{"probability": p, "label": lab} for p, lab in zip(probs, labels)]
+        if s.value is not None and self.task == "anomaly" and s.label_index is not None:
+            names = [classes[i] for i in s.label_index.tolist()] if classes else s.label_index.tolist()
+            return [{"score": v, "label": lab} for v, lab in zip(s.value.tolist(), names)]
         if s.value is not None:
             return [{"value": v} for v in s.value.tolist()]
         return [{"outputs": [json_safe(o[i]) for o in s.raw]} for i in range(len(s.raw[0]))]
@@ -167,6 +191,8 @@ class PostProcessor:
             return out
         if self.task == "regression":
             return [("value", "FP64")]
+        if self.task == "anomaly":
+            return [("score", "FP64"), ("class", "BYTES")]
         return []
 
     def columns(self, s: Scores, wanted: Callable[[str], bool] = lambda _n: True) -> dict[str, np.ndarray]:
@@ -182,6 +208,11 @@ class PostProcessor:
             if self.risk_levels and wanted("risk_level"):
                 names = np.asarray([n for n, _ in self.risk_levels] + [""], dtype=object)
                 out["risk_level"] = names[self.risk_index(s.probability)]  # -1 → ""
+        elif s.value is not None and self.task == "anomaly":
+            if wanted("score"):
+                out["score"] = s.value.astype(np.float64, copy=False)
+            if wanted("class") and s.label_index is not None:
+                out["class"] = self.labels(s)
         elif s.value is not None and wanted("value"):
             out["value"] = s.value.astype(np.float64, copy=False)
         return out
@@ -197,6 +228,8 @@ class PostProcessor:
         idx = self.idx
         classes, pos, thr = self.classes, self.pos_idx, self.threshold
         risk = self.risk_levels
+        if self.label_from_output:
+            return None  # the label output needs the vectorised mapping
         if self.task == "binary_classification" and "probabilities" in idx:
             pi = idx["probabilities"]
 

@@ -141,6 +141,9 @@ class InputReader:
                 or pa.types.is_null(t)
                 or (pa.types.is_boolean(t) and self.feature_dtypes.get(f) == "bool")
                 or (pa.types.is_decimal(t))
+                or (self.feature_dtypes.get(f) == "string"  # a text category (issue 12)
+                    and (pa.types.is_string(t) or pa.types.is_large_string(t)
+                         or pa.types.is_dictionary(t)))
             )
             if not ok:
                 raise ValidationError(

@@ -185,11 +185,12 @@ class StreamWorker:
         now = time.time()
         scored_at = _iso(now)
         out = []
+        anomaly = self.model.task == "anomaly"  # a score below the threshold is the flag
         for (m, key, _, ts), p, s in zip(good, preds, score.tolist()):
             rec = {
                 "key": key,
                 "score": s,
-                "flag": bool(s >= threshold),
+                "flag": bool(s < threshold) if anomaly else bool(s >= threshold),
                 **p,
                 "model": self._model_info,
                 "threshold": threshold,

@@ -132,17 +132,49 @@ def test_histgradientboosting_categorical_splits_refused_by_name(tmp_path, keys)
     assert not (tmp_path / "b").exists()
 
 
-def test_svc_labels_that_do_not_follow_its_probabilities_are_refused(tmp_path, keys):
+def test_svc_labels_come_from_its_predict(tmp_path, keys):
     """SVC(probability=True) decides with decision_function; its Platt probabilities disagree
-    on some rows, so a bundle deciding on p >= 0.5 would not answer like predict()."""
+    on some rows (2 of 143 in the finding), so the bundle takes the graph's label output."""
     from sklearn.svm import SVC
 
     df = cancer_frame()
     names = [c for c in df.columns if c != "target"]
-    model = SVC(probability=True, random_state=0).fit(df[names], df["target"])
-    with pytest.raises(ConversionError, match=r"labels differ from the source model's predict"):
-        _export(model, df[names], tmp_path / "b", keys[0])
-    assert not (tmp_path / "b").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = SVC(probability=True, random_state=0).fit(df[names], df["target"])
+    out = _export(model, df[names], tmp_path / "b", keys[0])
+    m = read_bundle(out).manifest
+    assert m.postprocess.label_from == "output"
+    _, xh, fh = _heldout(df[names], None, names, n=3000)
+    loaded = Model.load(out)
+    s = loaded.score_array(loaded.codec.cast(xh))
+    p = model.predict_proba(fh)[:, 1]
+    assert ((p >= 0.5) != (model.predict(fh) == 1)).any()  # the probabilities would disagree
+    np.testing.assert_array_equal(np.array(loaded.classes)[s.label_index], model.predict(fh))
+    np.testing.assert_allclose(s.probability, p, atol=TOL)
+    got = loaded.predict([dict(zip(names, map(float, r))) for r in xh[:50]])
+    assert [g["label"] for g in got] == list(model.predict(fh.iloc[:50]))
+
+
+def test_isolation_forest_is_an_anomaly_bundle(tmp_path, keys):
+    from sklearn.ensemble import IsolationForest
+
+    df = cancer_frame()
+    names = [c for c in df.columns if c != "target"][:10]
+    frame = _frame(_with_nan(df[names].to_numpy(), 0.05), names)
+    model = IsolationForest(n_estimators=40, random_state=0).fit(frame)
+    out = _export(model, frame, tmp_path / "b", keys[0])
+    m = read_bundle(out).manifest
+    assert m.task == "anomaly" and m.postprocess.classes == ["anomaly", "normal"]
+    assert set(m.golden[0].expected_label) == {"anomaly", "normal"}
+    smp, xh, fh = _heldout(frame, None, names)
+    loaded = Model.load(out)
+    s = loaded.score_array(loaded.codec.cast(xh))
+    np.testing.assert_allclose(s.value, model.decision_function(fh), atol=TOL)
+    want = np.where(model.predict(fh) == -1, "anomaly", "normal")
+    np.testing.assert_array_equal(np.array(loaded.classes)[s.label_index], want)
+    row = loaded.predict(dict(zip(names, map(smp.value, names, xh[0]))))[0]
+    assert set(row) == {"score", "label"}
 
 
 def test_random_forest_with_nan_was_silently_wrong_now_exact(tmp_path, keys):

@@ -293,7 +293,7 @@ def test_cli_tflite_and_coreml_options(bundles, src_dir, tmp_path, keypair, caps
     capsys.readouterr()
     assert main(["tflite", str(gb), "--out", str(tmp_path / "gb")]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "TreeEnsembleClassifier" in err and "[model]" in err
+    assert err.count("\n") == 1 and "TreeEnsembleClassifier" in err and "field model" in err
     assert not (tmp_path / "gb").exists()
     pytest.importorskip("coremltools")
     assert main(["coreml", str(src), "--out", str(tmp_path / "cm"), "--precision", "float16",
