@@ -79,6 +79,9 @@ def test_schedule_rest_firings_alias_resolved_at_firing(
 
     hub = _hub(tmp_path, keypair, [cancer_bundle, cancer_v2])
     hub.registry.set_alias("cancer", "champion", "1.0.0")
+    # the app's scheduler thread ticks once at start, then not again during the test: the
+    # firings below come from tick(now=...) alone
+    hub.service("schedules", lambda h: ScheduleService(h, tick_s=3600))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     body = {
