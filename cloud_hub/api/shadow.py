@@ -27,6 +27,7 @@ class ShadowIn(BaseModel):
 
 @router.get("/v1/models/{name}/shadows", responses=ERRORS, summary="Shadow versions attached to a model")
 def list_shadows(name: str, hub: HubDep, _: Viewer) -> dict[str, Any]:
+    hub.registry.versions(name)  # 404 for an unknown model
     return {"name": name, "shadows": [t.to_dict() for t in hub.shadow.targets(name)]}
 
 
@@ -89,6 +90,7 @@ def list_records(name: str, hub: HubDep, _: Viewer,
                  limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict[str, Any]:
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=dt.UTC)
+    hub.registry.versions(name)  # 404 for an unknown model
     recs = hub.shadow.records(name, shadow, since, limit=limit, after_id=after_id)
     for r in recs:
         r["created_at"] = r["created_at"].isoformat() if r.get("created_at") else None

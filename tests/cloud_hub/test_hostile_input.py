@@ -117,6 +117,13 @@ def test_desired_bodies_are_validated(client, body, field):
     assert r.status_code == 422 and r.json()["field"].startswith(field), r.text
 
 
+@pytest.mark.parametrize("path", ["/v1/models/nosuch/shadows", "/v1/models/nosuch/shadow/records",
+                                  "/v1/models/nosuch/split/stats", "/v1/models/nosuch/shadow/report",
+                                  "/v1/models/%2E%2E/versions", "/v1/models/nosuch/aliases/history"])
+def test_unknown_model_names_are_404(client, path):
+    assert client.get(path).status_code == 404
+
+
 def test_desired_for_an_unknown_device_is_404(client):
     r = client.put("/v1/devices/nobody/desired", json={"id": "doc1", "bundles": {}})
     assert r.status_code == 404, r.text
