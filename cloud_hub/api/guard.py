@@ -7,8 +7,8 @@
   ``\\u0000`` escape) is refused the same way (field ``body``). Inference bodies
   (``/predict``, ``/v2/.../infer``) are not buffered here: their decoder checks
   their own fields.
-* ``Content-Encoding: gzip`` on an Open Inference Protocol request
-  (``tritonclient``'s ``request_compression_algorithm='gzip'``) is inflated here,
+* ``Content-Encoding: gzip`` or ``deflate`` on an Open Inference Protocol request
+  (``tritonclient``'s ``request_compression_algorithm``) is inflated here,
   bounded like any body: the compressed body and the inflated one may each be at
   most ``HUB_MAX_BODY_BYTES`` (413 above; inflation stops at the bound).
   Other encodings are refused with 415.
@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, unquote
 
 _INFER = re.compile(r"^/(?:v1/models/[^/]+/predict|v2/models/[^/]+(?:/versions/[^/]+)?/infer)$")
 _OIP_INFER = re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/infer$")
+_WBITS = {"gzip": 31, "deflate": 15}  # deflate = zlib stream (RFC 9110), as tritonclient sends it
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
@@ -45,12 +46,13 @@ class GuardMiddleware:
             return
         encoding = _header(scope, b"content-encoding")
         if encoding is not None and encoding.strip().lower() not in ("", "identity"):
-            if not (_OIP_INFER.match(path) and encoding.strip().lower() == "gzip"):
+            enc = encoding.strip().lower()
+            if not (_OIP_INFER.match(path) and enc in _WBITS):
                 await _reply(send, 415, {"error": f"Content-Encoding {encoding[:40]!r} is not supported "
-                                         "here (gzip is accepted on /v2 infer requests)",
+                                         "here (gzip or deflate is accepted on /v2 infer requests)",
                                          "code": "unsupported_encoding", "field": "content-encoding"})
                 return
-            await self._gunzip(scope, receive, send)
+            await self._inflate(scope, receive, send, _WBITS[enc])
             return
         if (scope["method"] in ("POST", "PUT", "PATCH") and not _INFER.match(path) and path != "/v1/models"
                 and _is_json(scope)):
@@ -84,21 +86,21 @@ class GuardMiddleware:
             return
         await self.app(scope, _replay(raw, receive), send)
 
-    async def _gunzip(self, scope, receive, send) -> None:
+    async def _inflate(self, scope, receive, send, wbits: int) -> None:
         raw = await self._read(receive, send)
         if raw is None:
             return
-        d = zlib.decompressobj(wbits=31)
+        d = zlib.decompressobj(wbits=wbits)
         try:
             body = d.decompress(raw, self.max_body + 1)
             if len(body) > self.max_body or (d.unconsumed_tail and not d.eof):
-                await _reply(send, 413, {"error": f"gzip body inflates past the limit of {self.max_body} "
+                await _reply(send, 413, {"error": f"compressed body inflates past the limit of {self.max_body} "
                                          "bytes", "code": "payload_too_large", "field": "body"})
                 return
             if not d.eof:
                 raise zlib.error("truncated gzip stream")
         except zlib.error as exc:
-            await _reply(send, 400, {"error": f"body is not valid gzip: {exc}", "code": "invalid_request",
+            await _reply(send, 400, {"error": f"body does not inflate: {exc}", "code": "invalid_request",
                                      "field": "content-encoding"})
             return
         headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
