@@ -100,8 +100,10 @@ class BatchWriter:
                 with self.engine.begin() as conn:
                     conn.execute(self.table.insert(), [row])
                 ok += 1
-            except Exception:  # counted in ``failed``
-                log.debug("dropped one %s row", self.table.name, exc_info=True)
+            except Exception as exc:  # counted in ``failed`` and said: never a silent loss
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                log.error("could not store one %s row (request %s): %s", self.table.name,
+                          row.get("request_id"), reason)
         return ok
 
     def flush(self, timeout: float = 30.0) -> bool:
