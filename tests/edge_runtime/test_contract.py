@@ -131,3 +131,33 @@ def test_empty_and_malformed_requests():
         with pytest.raises(ValidationError) as ei:
             c.encode(rows)
         assert ei.value.field == field
+
+
+def test_device_shadow_applies_the_candidates_own_contract(tmp_path, cancer_data, cancer_model, keypair,
+                                                             cancer_bundle):
+    """The active model's encoded inputs reach the candidate through its contract (a range the
+    active model does not have refuses them: a shadow error, not a silent score)."""
+    import json
+
+    from edge_runtime import Model
+    from edge_runtime.bundle import sign_bundle
+    from edge_runtime.shadow_compare import ShadowComparator
+    from edge_runtime.telemetry import TelemetryRecorder
+    from tests.conftest import build_sklearn_bundle
+
+    x, _, names = cancer_data
+    out = build_sklearn_bundle(tmp_path / "cand", cancer_model, x, names, key=keypair[0], version="2.0.0")
+    m = json.loads((out / "manifest.json").read_text())
+    hi = float(x[:8, 0].max())  # the golden rows stay inside the range
+    m["inputs"]["features"][0].update(min=0.0, max=hi)
+    (out / "manifest.json").write_text(json.dumps(m))
+    sign_bundle(out, keypair[0])
+    active, cand = Model.load(cancer_bundle), Model.load(out)
+    comp = ShadowComparator(lambda: cand, TelemetryRecorder("dev", resources=False))
+    small = x[x[:, 0] <= hi][:5]
+    big = x[x[:, 0] > hi][:5]
+    for rows in (small, big):
+        xa = active.codec.encode([dict(zip(names, map(float, r))) for r in rows])
+        s = active.score_array(xa)
+        comp.compare(cand, xa, s.score, active.decision(s), names=active.codec.names)
+    assert comp.compared == len(small) and comp.errors == 1
