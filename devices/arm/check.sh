@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
-# The device daemon on a real arm64 userland (Debian 12 bookworm, as on a Raspberry Pi 4/5 or a
-# Jetson-class board), emulated with qemu-user. Not part of the default CI run (it takes minutes);
-# run it from the repository root as root:
+# The device daemon on a real ARM userland (Debian 12 bookworm), emulated with qemu-user:
+#   arm64 (default): Raspberry Pi 4/5 with 64-bit Pi OS, Jetson-class boards;
+#   armhf: 32-bit Pi OS (armv7l). No onnxruntime or ai-edge-litert wheel exists there, so the
+#          device runs TFLite only (tflite-runtime 2.14), with numpy, psutil and cffi from Debian.
+# Not part of the default CI run (it takes minutes); run it from the repository root as root:
 #
-#   bash devices/arm/check.sh            # cache in /var/cache/edgefleet-arm (or $EDGEFLEET_ARM_CACHE)
+#   bash devices/arm/check.sh [arm64|armhf]   # cache: /var/cache/edgefleet-arm ($EDGEFLEET_ARM_CACHE)
 #
-# Steps: build (or reuse) a Debian arm64 root with mmdebstrap; download the device install
-# (core + [tflite]) as aarch64 binary wheels on the host; install them in a venv inside the root;
-# then, inside it: `edge-runtime bundle verify`, `store install` of a signed bundle (signature,
+# Steps: build (or reuse) a Debian root with mmdebstrap; install the device package (core +
+# [tflite]) from binary wheels only (arm64: downloaded on the host, installed offline; armhf:
+# resolved by pip in the root with --only-binary); then, inside it: `edge-runtime bundle verify`, `store install` of a signed bundle (signature,
 # golden self-test, budgets of the rpi4 profile), `predict` on ONNX and TFLite bundles, `bench`,
 # and a short `run` that connects to Mosquitto on the host and publishes its state.
-# The last line says `arm64 ok: …` with what was measured; any failure exits non-zero.
+# The last line says `<arch> ok: …` with what was measured; any failure exits non-zero.
 set -euo pipefail
+ARCH=${1:-arm64}
+case "$ARCH" in
+  arm64) UNAME=aarch64; QEMU=qemu-aarch64; EXTRA_DEBS="" ;;
+  armhf) UNAME=armv7l; QEMU=qemu-arm; EXTRA_DEBS=",python3-numpy,python3-psutil,python3-cffi" ;;
+  *) echo "usage: $0 [arm64|armhf]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/../.."
 REPO=$PWD
 CACHE=${EDGEFLEET_ARM_CACHE:-/var/cache/edgefleet-arm}
-ROOTFS=$CACHE/rootfs-arm64
+ROOTFS=$CACHE/rootfs-$ARCH
 SUITE=${EDGEFLEET_ARM_SUITE:-bookworm}
 MIRROR=${EDGEFLEET_ARM_MIRROR:-http://deb.debian.org/debian}
 MQTT_HOST=127.0.0.1
@@ -23,7 +31,7 @@ MQTT_PORT=${EDGEFLEET_ARM_MQTT_PORT:-1883}
 PY=${PYTHON:-$REPO/.venv/bin/python}
 WORK=$(mktemp -d /tmp/edgefleet-arm.XXXXXX)
 RUN_PID=""
-fail() { echo "arm64 FAILED: $*" >&2; exit 1; }
+fail() { echo "$ARCH FAILED: $*" >&2; exit 1; }
 cleanup() {
   [ -n "$RUN_PID" ] && kill "$RUN_PID" 2>/dev/null || true
   for m in proc dev; do
@@ -40,7 +48,7 @@ step() { echo "== $*" >&2; }
   || fail "$PY lacks the project with [convert]: pip install -e '.[dev]' first"
 
 # ---- tools: mmdebstrap, qemu-user-static, binfmt_misc -----------------------------------------
-if ! command -v mmdebstrap >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then
+if ! command -v mmdebstrap >/dev/null || ! command -v "$QEMU-static" >/dev/null; then
   step "installing mmdebstrap qemu-user-static binfmt-support (Debian packages)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap qemu-user-static binfmt-support \
     >/dev/null || fail "apt-get install mmdebstrap qemu-user-static binfmt-support"
@@ -48,22 +56,22 @@ fi
 if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
   mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || fail "cannot mount binfmt_misc"
 fi
-[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 \
-  || fail "cannot register qemu-aarch64 with binfmt_misc"
+[ -e "/proc/sys/fs/binfmt_misc/$QEMU" ] || update-binfmts --enable "$QEMU" \
+  || fail "cannot register $QEMU with binfmt_misc"
 
-# ---- the arm64 root (cached) --------------------------------------------------------------------
+# ---- the $ARCH root (cached) --------------------------------------------------------------------
 if [ ! -e "$ROOTFS/.edgefleet-complete" ]; then
-  step "building a Debian $SUITE arm64 root in $ROOTFS (first run only; several minutes)"
+  step "building a Debian $SUITE $ARCH root in $ROOTFS (first run only; several minutes)"
   rm -rf "$ROOTFS" "$ROOTFS.tmp"
   mkdir -p "$CACHE"
-  mmdebstrap --arch=arm64 --variant=apt --include=python3,python3-venv,ca-certificates \
+  mmdebstrap --arch="$ARCH" --variant=apt --include="python3,python3-venv,ca-certificates$EXTRA_DEBS" \
     "$SUITE" "$ROOTFS.tmp" "$MIRROR" >"$CACHE/mmdebstrap.log" 2>&1 \
     || fail "mmdebstrap (log: $CACHE/mmdebstrap.log)"
   mv "$ROOTFS.tmp" "$ROOTFS"
   touch "$ROOTFS/.edgefleet-complete"
 fi
 # a device has /proc and /dev: psutil (memory budget, RSS) needs them. Not the host's /sys: its
-# x86-64 CPU description makes numpy's aarch64 CPU detection crash under qemu-user.
+# x86-64 CPU description makes numpy's ARM CPU detection crash under qemu-user.
 mountpoint -q "$ROOTFS/proc" || mount -t proc proc "$ROOTFS/proc"
 mountpoint -q "$ROOTFS/dev" || mount --rbind /dev "$ROOTFS/dev"
 # (onnxruntime's cpuinfo cannot read a CPU list without /sys: harmless, filtered)
@@ -71,15 +79,16 @@ in_root() {
   chroot "$ROOTFS" /usr/bin/env -i PATH=/opt/edgefleet/bin:/usr/bin:/bin HOME=/root "$@" \
     2> >(grep -v -e "cpuinfo" -e "cpuid_info" >&2)
 }
-[ "$(in_root uname -m)" = aarch64 ] || fail "the root does not run as aarch64"
+[ "$(in_root uname -m)" = "$UNAME" ] || fail "the root does not run as $UNAME"
 GUEST_PY=$(in_root python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 # ---- wheels: the project + its device dependencies, aarch64 binaries only ----------------------
-step "downloading aarch64 wheels for Python $GUEST_PY (core + [tflite])"
 WHEELS=$WORK/wheels
 mkdir -p "$WHEELS"
 "$PY" -m pip wheel -q --no-deps -w "$WHEELS" "$REPO" >/dev/null \
   2> >(grep -v "^WARNING: Location" >&2) || fail "building the edgefleet wheel"
+if [ "$ARCH" = arm64 ]; then
+step "downloading aarch64 wheels for Python $GUEST_PY (core + [tflite])"
 mapfile -t REQS < <("$PY" -c "
 from devices.arm.wheels import Target, device_requirements
 print('\n'.join(device_requirements(Target('aarch64', '$GUEST_PY'))))")
@@ -88,6 +97,7 @@ for m in $(seq 17 36); do PLATFORMS+=(--platform "manylinux_2_${m}_aarch64"); do
 "$PY" -m pip download -q --disable-pip-version-check --only-binary=:all: "${PLATFORMS[@]}" \
   --python-version "$GUEST_PY" --implementation cp -d "$WHEELS" "${REQS[@]}" \
   2> >(grep -v "^WARNING: Location" >&2) || fail "a device dependency has no aarch64 wheel"
+fi
 
 # ---- signed bundles, made on the host with the converters ----------------------------------------
 step "exporting signed ONNX and TFLite bundles (breast-cancer MLP) on the host"
@@ -126,7 +136,7 @@ cp -r "$WHEELS" "$WORK/onnx" "$WORK/tflite" "$WORK/fleet.pub" "$WORK/rows.json" 
   "$WORK/expected.json" "$ROOTFS$G/"
 cat >"$ROOTFS$G/device.toml" <<EOF
 [device]
-id = "arm64-check-$$"
+id = "$ARCH-check-$$"
 profile = "rpi4"
 
 [mqtt]
@@ -142,7 +152,17 @@ interval_s = 1
 [local_api]
 enabled = false
 EOF
-step "installing edgefleet[tflite] in /opt/edgefleet inside the arm64 root (offline, wheels only)"
+step "installing edgefleet[tflite] in /opt/edgefleet inside the $ARCH root (binary wheels only)"
+if [ "$ARCH" = armhf ]; then
+  # pip in the root resolves from the package index, binary wheels only; numpy, psutil and
+  # cffi come from Debian (no armv7l wheels on PyPI), hence --system-site-packages
+  rm -rf "$ROOTFS/opt/edgefleet"
+  in_root python3 -m venv --system-site-packages /opt/edgefleet || fail "python3 -m venv"
+  in_root /opt/edgefleet/bin/pip install -q --disable-pip-version-check --only-binary=:all: \
+    --find-links "$G/wheels" "edgefleet[tflite]" \
+    || fail "pip install edgefleet[tflite] with binary wheels only (armv7l)"
+  in_root /opt/edgefleet/bin/pip check >&2 || fail "pip check in the armhf venv"
+else
 # the dependencies' venv is reused while the same wheels are asked for (pip under qemu is slow);
 # the edgefleet wheel itself is always reinstalled
 DEPS_KEY=$(ls "$WHEELS" | grep -v '^edgefleet-' | sha256sum | cut -c1-16)
@@ -157,6 +177,7 @@ else
     --force-reinstall --find-links "$G/wheels" edgefleet || fail "pip install edgefleet (aarch64)"
   in_root /opt/edgefleet/bin/pip check >&2 || fail "pip check in the arm64 venv"
 fi
+fi
 INSTALL_MB=$(du -sm "$ROOTFS/opt/edgefleet" | cut -f1)
 
 step "edge-runtime bundle verify / store install / predict inside the root"
@@ -167,30 +188,42 @@ in_root edge-runtime bundle verify "$G/tflite" --public-key "$G/fleet.pub" >&2 \
 in_root edge-runtime store install "$G/tflite" --config "$G/device.toml" >&2 \
   || fail "store install (signature, golden self-test, rpi4 budgets)"
 STATUS=$(in_root edge-runtime store status --config "$G/device.toml" --json)
-for fmt in onnx tflite; do
+FORMATS="onnx tflite"
+if [ "$ARCH" = armhf ]; then
+  FORMATS=tflite
+  # no onnxruntime on armv7l: an ONNX bundle is refused in one line naming the reason
+  if in_root edge-runtime predict --bundle "$G/onnx" --input "@$G/rows.json" \
+      >/dev/null 2>"$WORK/onnx-refused.txt"; then
+    fail "an ONNX bundle ran on armv7l without onnxruntime?"
+  fi
+  grep -q "onnxruntime" "$WORK/onnx-refused.txt" || fail "ONNX refusal: $(cat "$WORK/onnx-refused.txt")"
+  echo "onnx on armv7l: $(cat "$WORK/onnx-refused.txt")" >&2
+fi
+for fmt in $FORMATS; do
   in_root edge-runtime predict --bundle "$G/$fmt" --public-key "$G/fleet.pub" \
     --input "@$G/rows.json" >"$WORK/pred-$fmt.json" || fail "predict ($fmt)"
 done
-"$PY" - "$WORK" <<'EOF' || fail "predictions on arm64 differ from scikit-learn"
+"$PY" - "$WORK" "$FORMATS" "$ARCH" <<'EOF' || fail "predictions on $ARCH differ from scikit-learn"
 import json, sys
 from pathlib import Path
 work = Path(sys.argv[1])
 expected = json.loads((work / "expected.json").read_text())
-for fmt, tol in (("onnx", 1e-4), ("tflite", 1e-4)):
+for fmt in sys.argv[2].split():
+    tol = 1e-4
     got = [p["probability"] for p in json.loads((work / f"pred-{fmt}.json").read_text())["predictions"]]
     worst = max(abs(a - b) for a, b in zip(got, expected))
     assert worst <= tol, f"{fmt}: max |diff| {worst:.3g} > {tol}"
-    print(f"{fmt} on arm64: max |diff| vs scikit-learn {worst:.2g}", file=sys.stderr)
+    print(f"{fmt} on {sys.argv[3]}: max |diff| vs scikit-learn {worst:.2g}", file=sys.stderr)
 EOF
 
-step "single-row latency: arm64 under qemu vs native x86-64 (same bundle)"
+step "single-row latency: $ARCH under qemu vs native x86-64 (same bundle)"
 ARM_BENCH=$(in_root edge-runtime bench --bundle "$G/tflite" --runs 300 --batch 16 --json) \
-  || fail "bench (arm64)"
+  || fail "bench ($ARCH)"
 X86_BENCH=$("$PY" -m edge_runtime.cli bench --bundle "$WORK/tflite" --runs 300 --batch 16 --json) \
   || fail "bench (x86-64)"
 
 step "edge-runtime run: connect to Mosquitto on the host and publish the state"
-TOPIC="edgefleet/v1/devices/arm64-check-$$/state"
+TOPIC="edgefleet/v1/devices/$ARCH-check-$$/state"
 mosquitto_sub -h "$MQTT_HOST" -p "$MQTT_PORT" -t "$TOPIC" -C 1 -W 120 >"$WORK/state.json" &
 SUB_PID=$!
 chroot "$ROOTFS" /usr/bin/env -i PATH=/opt/edgefleet/bin:/usr/bin:/bin HOME=/root \
@@ -205,7 +238,8 @@ wait "$RUN_PID" || true
 RUN_PID=""
 mosquitto_pub -h "$MQTT_HOST" -p "$MQTT_PORT" -t "$TOPIC" -r -n || true  # clear the retained state
 
-"$PY" - "$WORK/state.json" "$INSTALL_MB" "$RSS_MB" "$STATUS" "$ARM_BENCH" "$X86_BENCH" <<'EOF'
+"$PY" - "$WORK/state.json" "$INSTALL_MB" "$RSS_MB" "$STATUS" "$ARM_BENCH" "$X86_BENCH" "$ARCH" \
+  "$FORMATS" <<'EOF'
 import json, sys
 state = json.loads(open(sys.argv[1]).read())
 install_mb, rss_mb = sys.argv[2], sys.argv[3]
@@ -215,7 +249,9 @@ assert active and active["version"] == "1.0.0", f"store status: {status}"
 assert state.get("online") is True, f"state message: {state}"
 a = arm["single_row"]["in_process_predict"]["p50_us"] / 1000
 x = x86["single_row"]["in_process_predict"]["p50_us"] / 1000
-print(f"arm64 ok: install {install_mb} MB, RSS {rss_mb} MB (includes qemu), self-test passed, "
-      f"signature verified, ONNX and TFLite predictions match scikit-learn, state published, "
+arch, formats = sys.argv[7], " and ".join(f.upper().replace("TFLITE", "TFLite")
+                                          for f in sys.argv[8].split())
+print(f"{arch} ok: install {install_mb} MB, RSS {rss_mb} MB (includes qemu), self-test passed, "
+      f"signature verified, {formats} predictions match scikit-learn, state published, "
       f"single-row p50 {a:.3f} ms under qemu vs {x:.3f} ms native x86-64 ({a / x:.1f}x)")
 EOF

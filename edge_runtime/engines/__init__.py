@@ -12,7 +12,12 @@ from edge_runtime.errors import BundleError
 
 def engine_class(fmt: str) -> type[Engine]:
     if fmt == "onnx":
-        from edge_runtime.engines.onnx import OnnxEngine
+        try:
+            from edge_runtime.engines.onnx import OnnxEngine
+        except ImportError as exc:  # e.g. 32-bit ARM: no onnxruntime wheel exists
+            raise BundleError("ONNX bundles need onnxruntime, which is not installed on this "
+                              "device: install it, or ship the TFLite bundle",
+                              field="format") from exc
 
         return OnnxEngine
     if fmt == "tflite":

@@ -33,6 +33,10 @@ def test_requirements_follow_pyproject_and_target_markers():
     names = {r.split(">")[0].split("=")[0].split(";")[0].strip() for r in reqs}
     assert {"numpy", "onnxruntime", "ai-edge-litert", "paho-mqtt"} <= names
     assert all(";" not in r for r in reqs)  # markers evaluated for the board, then dropped
+    armv7 = " ".join(device_requirements(Target("armv7l")))
+    # 32-bit Pi OS: no onnxruntime / ai-edge-litert wheels exist; TFLite via tflite-runtime
+    assert "onnxruntime" not in armv7 and "ai-edge-litert" not in armv7
+    assert "tflite-runtime" in armv7
 
 
 def test_device_install_is_all_binary_wheels_on_aarch64(package_index):
@@ -52,3 +56,23 @@ def test_a_missing_wheel_fails_with_the_package_named(package_index):
     # 32-bit Pi OS: PyPI has no armv7l numpy wheel (Debian's python3-numpy is used there)
     with pytest.raises(NoWheel, match="numpy"):
         resolve(Target("armv7l"), ["numpy>=1.24"])
+
+
+def test_without_onnxruntime_an_onnx_bundle_is_refused_in_one_line(cancer_bundle, tmp_path):
+    """32-bit Pi OS has no onnxruntime: the daemon runs TFLite bundles and refuses ONNX ones
+    with the reason (devices/arm/check.sh armhf runs this for real under qemu)."""
+    import json
+    import subprocess
+    import sys
+
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps({"rows": [{}]}))
+    code = ("import sys; sys.modules['onnxruntime'] = None\n"  # as if no wheel had installed it
+            "from edge_runtime.cli import main\n"
+            f"sys.exit(main(['predict', '--bundle', {str(cancer_bundle)!r}, '--input', "
+            f"{'@' + str(rows)!r}]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 1, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert "onnxruntime" in line and "TFLite" in line
