@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import platform
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -415,26 +414,21 @@ def _plain(v: Any) -> Any:
 
 
 def _source_reference(source: Any, smp: Sample, m):
-    """Reference answers from the original model, post-processed like the bundle."""
-    from converters.export import _as_model_input, load_model
+    """Reference answers from the original model on the rows the bundles see (float32, text
+    as text): probabilities, and labels from the model's own predict()."""
+    from sklearn.base import is_classifier
+
+    from converters import columns
+    from converters.export import _sklearn_reference, load_model
 
     model, name = load_model(source)
     x = smp.x.astype(np.float32).astype(np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        xin = _as_model_input(model, x, smp.names)
-        if m.task == "regression":
-            v = np.asarray(model.predict(xin), dtype=np.float64).reshape(len(x), -1)[:, 0]
-            return None, None, v, name
-        p = np.asarray(model.predict_proba(xin), dtype=np.float64)
-    pp = m.postprocess
-    classes = list(pp.classes) or list(range(p.shape[1]))
-    if m.task == "binary_classification":
-        pos = classes.index(pp.positive_class) if pp.positive_class is not None else 1
-        idx = np.where(p[:, pos] >= pp.threshold, pos, 1 - pos)
-    else:
-        idx = p.argmax(axis=1)
-    return p, [str(classes[i]) for i in idx], None, name
+    ref = _sklearn_reference(model, smp, is_classifier(model), columns.needs_columns(model, smp))(x)
+    if m.task in ("regression", "anomaly") or "probabilities" not in ref:
+        return None, None, ref.get("value"), name
+    classes = list(m.postprocess.classes) or list(range(ref["probabilities"].shape[1]))
+    labels = [str(classes[i]) if 0 <= i < len(classes) else "?" for i in ref["label"].tolist()]
+    return ref["probabilities"], labels, None, name
 
 
 def cpu_model() -> str:

@@ -349,6 +349,13 @@ def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
                 warnings.simplefilter("ignore")
                 model.predict(smp.frame(smp.x[:5]))
         except Exception as exc:  # the model refusing text, in its own words
+            if type(model).__module__.split(".")[0] in ("lightgbm", "xgboost"):
+                raise ValidationError(
+                    f"sample column {text[0]!r} is categorical: {type(model).__name__}'s native "
+                    "categorical features (pandas 'category' columns) are not exported — their "
+                    "category-set splits have no ONNX TreeEnsemble equivalent (ai.onnx.ml opset "
+                    "3); encode the column in a pipeline (OrdinalEncoder / OneHotEncoder) and "
+                    "train on that", field=f"sample.{text[0]}", dtype="string") from exc
             raise ValidationError(
                 f"sample column {text[0]!r} holds text, which {type(model).__name__} cannot take "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); it expects numeric "

@@ -287,12 +287,36 @@ def test_churn_lightgbm_exact_and_xgboost_on_sparse_onehot_refused(tmp_path, key
     assert not (tmp_path / "xgb").exists()
 
 
-def test_tflite_refuses_text_features_by_name(churn_bundle, tmp_path, keys):
+def test_tflite_and_coreml_refuse_text_features_by_name(churn_bundle, tmp_path, keys):
+    from converters.coreml import CoreMLConfig, onnx_to_coreml
     from converters.tflite import onnx_to_tflite
 
     _, out = churn_bundle
-    with pytest.raises(EdgeError, match="string features: ship the ONNX bundle"):
+    with pytest.raises(EdgeError, match="string features: ship the ONNX bundle") as err:
         onnx_to_tflite(out, tmp_path / "t", _tflite_cfg(keys[0]))
+    assert "TFLite" in err.value.message and "Core ML" not in err.value.message
+    with pytest.raises(EdgeError, match="string features: ship the ONNX bundle") as err:
+        onnx_to_coreml(out, tmp_path / "c", CoreMLConfig(key=keys[0]))
+    assert "Core ML" in err.value.message and "TFLite" not in err.value.message
+
+
+@pytest.mark.parametrize("booster", ["lightgbm", "xgboost"])
+def test_boosters_with_native_categorical_columns_refused_clearly(booster, tmp_path, keys):
+    df = churn_frame().copy()
+    for c in ("contract", "internet", "payment"):
+        df[c] = df[c].astype("category")
+    x, y = df[FEATURES], (df["churn"] == "yes").astype(int)
+    if booster == "lightgbm":
+        import lightgbm
+
+        model = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1).fit(x, y)
+    else:
+        import xgboost
+
+        model = xgboost.XGBClassifier(n_estimators=5, enable_categorical=True).fit(x, y)
+    with pytest.raises(ValidationError, match="native categorical features") as err:
+        _export(model, x, tmp_path / "b", keys[0])
+    assert err.value.field == "sample.contract"
 
 
 def _tflite_cfg(key):
@@ -360,3 +384,13 @@ def mlp_bundle(tmp_path_factory, keys):
     m, x, y, names = trained("mlp")
     out = tmp_path_factory.mktemp("mlp") / "b"
     return export_model(m, (x, y), out, ExportConfig(key=keys[0], feature_names=names))
+
+
+def test_check_with_the_source_model_on_text_features(churn_bundle):
+    from converters.check import CheckConfig, check_bundles
+
+    model, out = churn_bundle
+    rep = check_bundles([out], churn_frame().head(300), CheckConfig(
+        label_column="churn", source_model=model, single_runs=5, batch_runs=3))
+    v = rep.variants[0]
+    assert v.max_abs_diff <= TOL and v.label_agreement == 1.0 and v.accuracy > 0.6
