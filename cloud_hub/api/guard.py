@@ -23,6 +23,8 @@ import re
 import zlib
 from urllib.parse import parse_qsl, unquote
 
+from edge_runtime.errors import error_body
+
 _INFER = re.compile(r"^/(?:v1/models/[^/]+/predict|v2/models/[^/]+(?:/versions/[^/]+)?/infer)$")
 _OIP_INFER = re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/infer$")
 _WBITS = {"gzip": 31, "deflate": 15}  # deflate = zlib stream (RFC 9110), as tritonclient sends it
@@ -41,16 +43,17 @@ class GuardMiddleware:
         path = scope["path"]
         problem = _nul_in_target(scope)
         if problem is not None:
-            await _reply(send, 422, {"error": f"{problem}: a NUL character is not allowed",
-                                     "code": "invalid_input", "field": problem})
+            await _reply(send, 422, error_body(f"{problem}: a NUL character is not allowed",
+                                               "invalid_input", problem))
             return
         encoding = _header(scope, b"content-encoding")
         if encoding is not None and encoding.strip().lower() not in ("", "identity"):
             enc = encoding.strip().lower()
             if not (_OIP_INFER.match(path) and enc in _WBITS):
-                await _reply(send, 415, {"error": f"Content-Encoding {encoding[:40]!r} is not supported "
-                                         "here (gzip or deflate is accepted on /v2 infer requests)",
-                                         "code": "unsupported_encoding", "field": "content-encoding"})
+                await _reply(send, 415, error_body(f"Content-Encoding {encoding[:40]!r} is not "
+                                                   "supported here (gzip or deflate is accepted on "
+                                                   "/v2 infer requests)", "unsupported_encoding",
+                                                   "Content-Encoding"))
                 return
             await self._inflate(scope, receive, send, _WBITS[enc])
             return
@@ -69,8 +72,9 @@ class GuardMiddleware:
             body = msg.get("body", b"")
             size += len(body)
             if size > self.max_body:
-                await _reply(send, 413, {"error": f"request body exceeds the limit of {self.max_body} bytes",
-                                         "code": "payload_too_large", "field": "body"})
+                await _reply(send, 413, error_body(f"request body exceeds the limit of "
+                                                   f"{self.max_body} bytes", "payload_too_large",
+                                                   "body"))
                 return None
             chunks.append(body)
             if not msg.get("more_body", False):
@@ -81,8 +85,8 @@ class GuardMiddleware:
         if raw is None:
             return
         if b"\x00" in raw or _NUL_ESCAPE.search(raw):
-            await _reply(send, 422, {"error": _nul_field_message(raw), "code": "invalid_input",
-                                     "field": _nul_field(raw)})
+            await _reply(send, 422, error_body(_nul_field_message(raw), "invalid_input",
+                                               _nul_field(raw)))
             return
         await self.app(scope, _replay(raw, receive), send)
 
@@ -94,14 +98,15 @@ class GuardMiddleware:
         try:
             body = d.decompress(raw, self.max_body + 1)
             if len(body) > self.max_body or (d.unconsumed_tail and not d.eof):
-                await _reply(send, 413, {"error": f"compressed body inflates past the limit of {self.max_body} "
-                                         "bytes", "code": "payload_too_large", "field": "body"})
+                await _reply(send, 413, error_body(f"compressed body inflates past the limit of "
+                                                   f"{self.max_body} bytes", "payload_too_large",
+                                                   "body"))
                 return
             if not d.eof:
                 raise zlib.error("truncated gzip stream")
         except zlib.error as exc:
-            await _reply(send, 400, {"error": f"body does not inflate: {exc}", "code": "invalid_request",
-                                     "field": "content-encoding"})
+            await _reply(send, 400, error_body(f"body does not inflate: {exc}", "invalid_request",
+                                               "Content-Encoding"))
             return
         headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
         headers.append((b"content-length", str(len(body)).encode()))

@@ -164,7 +164,7 @@ def test_gzip_oip_request_is_accepted_and_bounded(client, cancer_data):
     assert r.status_code == 413, r.text
     r = client.post("/v2/models/cancer/infer", content=b"not gzip",
                     headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
-    assert r.status_code == 400 and r.json()["field"] == "content-encoding"
+    assert r.status_code == 400 and r.json()["field"] == "Content-Encoding"
     r = client.post("/v1/devices", content=b"x", headers={"Content-Encoding": "br"})
     assert r.status_code == 415
 

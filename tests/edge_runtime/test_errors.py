@@ -107,6 +107,24 @@ def test_every_code_literal_in_the_source_is_listed_with_its_status():
         assert old not in CODES and old not in seen
 
 
+def test_error_bodies_are_built_by_error_body_only():
+    """No ``{"error": …, "code": …}`` dict literal outside edge_runtime/errors.py."""
+    found = []
+    for rel, text in _sources():
+        if rel == "edge_runtime/errors.py":
+            continue
+        examples = set()  # documentation: OpenAPI examples and schemas, not bodies sent
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Dict):
+                for k, v in zip(node.keys, node.values):
+                    if isinstance(k, ast.Constant) and k.value in ("example", "properties"):
+                        examples.add(id(v))
+                keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+                if {"error", "code"} <= keys and id(node) not in examples:
+                    found.append(f"{rel}:{node.lineno}")
+    assert found == []
+
+
 def test_one_body_one_field_style_one_line():
     assert error_body("x too big", "invalid_input", "rows[0].x") == {
         "error": "x too big", "code": "invalid_input", "field": "rows[0].x"}
