@@ -286,15 +286,25 @@ class ModelStore:
         mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         copied = False
         if rebuild is None and path.exists():
-            try:
-                src = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+            wal = Path(f"{path}-wal")
+            # read-only needs a -shm file it may not be able to create on a full disk; with no
+            # write-ahead log left (a clean close), the file alone is the whole journal
+            uris = [f"file:{path}?mode=ro"]
+            if not wal.exists() or wal.stat().st_size == 0:
+                uris.append(f"file:{path}?mode=ro&immutable=1")
+            for uri in uris:
                 try:
-                    src.backup(mem)
-                    copied = True
-                finally:
-                    src.close()
-            except sqlite3.Error as exc2:
-                rebuild = f"journal.db unreadable on a full disk ({exc2})"
+                    src = sqlite3.connect(uri, uri=True, timeout=10)
+                    try:
+                        src.backup(mem)
+                        copied = True
+                    finally:
+                        src.close()
+                    break
+                except sqlite3.Error as exc2:
+                    rebuild = f"journal.db unreadable on a full disk ({exc2})"
+            if copied:
+                rebuild = None
         mem.executescript(_SCHEMA)
         self._db = _Db(mem)
         if not copied and any((self.dir / "bundles").iterdir()):
