@@ -181,9 +181,15 @@ class Demo:
                      f"{cfg.request_rate * cfg.batch:g} rows/s each")
 
             s = f"{cfg.stage_s:g}s"
-            common = {"defaults": {"min_duration": s, "min_samples": cfg.min_samples, "timeout": "60s"},
+            # at least 3 devices per stage: the sequential gates need ~600 calls to pass a flawless
+            # candidate, and the divergence gate measures the spread between devices (needs >= 2)
+            common = {"min_devices": 3,
+                      "defaults": {"min_duration": s, "min_samples": cfg.min_samples, "timeout": "60s"},
                       "gates": {"silent_after_s": max(15.0, 20 * cfg.interval_s), "install_timeout_s": 45,
-                                "max_failed_fraction": 0.1}}
+                                "max_failed_fraction": 0.1,
+                                # compressed stages: 600 calls (a flawless candidate needs 595 to pass
+                                # the sequential tests) instead of the production 1,000
+                                "min_latency_samples": 600}}
             plan1 = {**common, "shadow": {"percent": 100, "min_duration": s}, "stages": [10, 50, 100]}
             self.say(f"3/5 rollout of {MODEL}:2.0.0: shadow → 10 % → 50 % → 100 % (min {s} and "
                      f"{cfg.min_samples} samples per stage; gates: error rate, p99, decision change, "

@@ -11,8 +11,10 @@ import pytest
 
 from cloud_hub.demo.runtime import LocalHub, wait_for
 
+# min_latency_samples 600 instead of 1,000: time-compressed stages (a flawless candidate needs 595
+# calls to pass the sequential error-rate and p99 tests anyway)
 PLAN_FAST = {"defaults": {"min_duration": "2s", "min_samples": 150, "timeout": "60s"},
-             "gates": {"silent_after_s": 8, "install_timeout_s": 30}}
+             "gates": {"silent_after_s": 8, "install_timeout_s": 30, "min_latency_samples": 600}}
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +29,7 @@ def demo_bundles(tmp_path_factory, keypair) -> dict[str, Path]:
 
 @pytest.fixture
 def fast_plan() -> dict:
-    """Time-compressed stages: 2 s minimum, 150 samples, 60 s timeout."""
+    """Time-compressed stages: 2 s minimum, 150 samples, 60 s timeout, 600 latency samples."""
     import copy
 
     return copy.deepcopy(PLAN_FAST)
@@ -55,7 +57,7 @@ def hub(tmp_path, mosquitto, keypair, demo_bundles, prefix):
 def make_fleet(hub: LocalHub, n: int, demo_bundles, keypair, prefix: str, **kw):
     from devices.simulator import Fleet
 
-    opts = dict(interval_s=0.4, request_rate=4.0, batch=8, share_models=True, profiles=("tiny-arm",))
+    opts = dict(interval_s=0.5, request_rate=4.0, batch=8, share_models=True, profiles=("tiny-arm",))
     opts.update(kw)
     fleet = Fleet(n, hub_url=hub.url, mqtt_url=hub.hub.fleet.mqtt_url, prefix=prefix,
                   bundle=demo_bundles["champion"], public_keys=[keypair[1], hub.hub_public_key], **opts)

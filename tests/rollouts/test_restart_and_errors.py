@@ -42,7 +42,7 @@ def test_hub_killed_mid_stage_resumes(tmp_path, mosquitto, keypair, demo_bundles
                                push=[demo_bundles["champion"], demo_bundles["challenger"]])
     procs = [proc]
     fleet = Fleet(6, hub_url=url, mqtt_url=f"mqtt://{mosquitto[0]}:{mosquitto[1]}", prefix=prefix,
-                  bundle=demo_bundles["champion"], public_keys=[keypair[1], hub_pub], interval_s=0.4,
+                  bundle=demo_bundles["champion"], public_keys=[keypair[1], hub_pub], interval_s=0.5,
                   request_rate=4, batch=8, profiles=("tiny-arm",))
     try:
         fleet.start(timeout=60)
@@ -50,7 +50,7 @@ def test_hub_killed_mid_stage_resumes(tmp_path, mosquitto, keypair, demo_bundles
         wait_for(lambda: sum(d["online"] for d in http.get("/v1/devices").json()["devices"]) >= 6
                  if http.get("/v1/devices").status_code == 200 else False, 30, what="devices online")
         plan = {"stages": [50, 100], "defaults": {"min_duration": "8s", "min_samples": 150, "timeout": "90s"},
-                "gates": {"silent_after_s": 8}}
+                "gates": {"silent_after_s": 8, "min_latency_samples": 600}}
         r = http.post("/v1/rollouts", json={"model": "cancer-risk:2.0.0", "cohort": "*", "plan": plan})
         assert r.status_code == 201, r.text
         rid = r.json()["id"]
