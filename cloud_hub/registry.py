@@ -63,7 +63,6 @@ from edge_runtime.bundle import (
     pack_bundle,
     read_bundle,
     sign_bundle,
-    verify_bundle,
 )
 from edge_runtime.errors import (
     BundleError,
@@ -283,10 +282,9 @@ class Registry:
             work_dir = workdir.path
         key_path = settings.signing_key or data_dir / "keys" / "hub.key"
         hub_key = HubKey(key_path, create=settings.signing_key is None or settings.dev)
-        trusted = [signing.load_public_key(p) for p in settings.trusted_keys]
-        trusted_dir = data_dir / "keys" / "trusted"
-        if trusted_dir.is_dir():
-            trusted += [signing.load_public_key(p) for p in sorted(trusted_dir.glob("*.pub"))]
+        from cloud_hub.trust import fleet_keys
+
+        trusted = fleet_keys(settings)
         reg = cls(engine, make_store(engine, settings, work_dir), hub_key,
                   trusted_keys=trusted, allow_unsigned=settings.allow_unsigned, work_dir=work_dir)
         reg.max_unpacked_bytes = int(settings.max_upload_bytes)
@@ -398,17 +396,11 @@ class Registry:
             log.exception("could not remove the artifact of a failed push")
 
     def _verify(self, bundle: Bundle) -> str | None:
-        m = bundle.manifest
+        """The same policy as a bundle path in batch/stream (:func:`cloud_hub.trust.verify_trusted`)."""
+        from cloud_hub.trust import verify_trusted
+
         keys = self.trusted_keys + [self.hub_key.public]
-        if m.signature is None:
-            if not self.allow_unsigned:
-                raise BundleError("bundle is not signed; sign it with a trusted key (edge-runtime "
-                                  "bundle sign) or start the hub with HUB_ALLOW_UNSIGNED=1",
-                                  field="signature")
-            verify_bundle(bundle, None, require_signature=False)
-            return None
-        report = verify_bundle(bundle, keys, require_signature=True)
-        return report.key_id
+        return verify_trusted(bundle, keys, allow_unsigned=self.allow_unsigned)
 
     def _self_test(self, bundle: Bundle) -> str:
         if not self.self_test:

@@ -27,12 +27,21 @@ from edge_runtime.errors import BundleError
 from edge_runtime.model import Model
 
 
-def trusted_keys(settings: Any) -> list[Ed25519PublicKey]:
-    """The public keys a hub with these settings trusts (see the module docstring)."""
+def fleet_keys(settings: Any) -> list[Ed25519PublicKey]:
+    """``HUB_TRUSTED_KEYS`` and every ``*.pub`` in ``<data_dir>/keys/trusted/``: the keys whose
+    signatures the registry accepts on push."""
     keys = [signing.load_public_key(p) for p in settings.trusted_keys]
+    trusted_dir = Path(settings.data_dir) / "keys" / "trusted"
+    if trusted_dir.is_dir():
+        keys += [signing.load_public_key(p) for p in sorted(trusted_dir.glob("*.pub"))]
+    return keys
+
+
+def trusted_keys(settings: Any) -> list[Ed25519PublicKey]:
+    """The public keys a hub with these settings trusts: :func:`fleet_keys` and the hub's own
+    key (when it exists; it is never created here)."""
+    keys = fleet_keys(settings)
     key_dir = Path(settings.data_dir) / "keys"
-    if (key_dir / "trusted").is_dir():
-        keys += [signing.load_public_key(p) for p in sorted((key_dir / "trusted").glob("*.pub"))]
     hub_pub = Path(settings.signing_key or key_dir / "hub.key").with_suffix(".pub")
     if hub_pub.is_file():
         keys.append(signing.load_public_key(hub_pub))
