@@ -1,9 +1,11 @@
 """Rollout plans: ordered stages (optional shadow, then canary percentages) and gate thresholds.
 
 A plan comes from a YAML/JSON file, from CLI flags, or from the defaults, which
-follow the users' guide: canary 1 % → 5 % → 25 % → 50 % → 100 %, roll back on an
-error rate above 1 %, a p99 above 200 ms or a score divergence above 10 %, and
-never judge a stage before its minimum sample size.
+follow the users' guide: canary 1 % → 5 % → 25 % → 50 % → 100 %, never advance a
+candidate failing 1 % of its calls, slower than 200 ms at the p99 or with a score PSI of
+0.1 (and never roll back one at half of these), both with probability 1 − ``confidence``
+(sequential tests, see :mod:`cloud_hub.rollouts.gates`), and never judge a stage before
+its minimum sample size.
 
 File format (every key optional)::
 
