@@ -137,6 +137,7 @@ def check_bundles(bundles: Sequence[str | Path | Bundle], sample: Any,
     if first.inputs.kind == "features":
         smp = finalize(load_sample(sample, label_column=cfg.label_column,
                                    feature_names=first.feature_names))
+        smp = smp.recode(first.inputs.features)  # text: the bundle's category codes
     else:
         smp = load_sample(sample, label_column=cfg.label_column)
     smp = smp.head(cfg.parity_rows)

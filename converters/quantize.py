@@ -196,6 +196,11 @@ def ort_failure(exc: BaseException) -> str:
     if m:
         return (f"no CPU kernel for op {m.group(1)} (opset {m.group(2)}, node "
                 f"{m.group(3)!r}) with these input types")
+    m = re.search(r"Optype \((\w+)\) bound to different types \(([^)]*\)) and ([^)]*\)) "
+                  r"in node \(([^)]*)\)", text)
+    if m:
+        return (f"op {m.group(1)} (node {m.group(4)!r}) mixes {m.group(2)} and {m.group(3)} "
+                "inputs")
     m = re.search(r"[Nn]ode \(([^)]*)\) Op \((\w+)\)[^:]*:?\s*(.*)", text)
     if m:
         return f"op {m.group(2)} (node {m.group(1)!r}) failed: {m.group(3).splitlines()[0][:200]}"
@@ -413,7 +418,7 @@ def _static(src: Path, dst: Path, cfg: QuantizeConfig, smp: Sample, m, tmpd: Pat
 def _calibration_sample(source: Any, m, label_column: str | None) -> Sample:
     if m.inputs.kind == "features":
         smp = load_sample(source, label_column=label_column, feature_names=m.feature_names)
-        return finalize(smp)
+        return finalize(smp).recode(m.inputs.features)  # text: the bundle's category codes
     smp = load_sample(source, label_column=label_column)
     want = m.inputs.tensors[0].shape[1:]
     got = list(smp.x.shape[1:])
@@ -470,6 +475,10 @@ def fp16_convert(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
     def fp16_node(node) -> bool:
         if node.domain not in ("", "ai.onnx") or node.op_type not in FP16_OPS:
+            return False
+        if any(i and i not in types for i in node.input):
+            # an input whose type shape inference could not tell (an ai.onnx.ml op's output):
+            # a Concat/Add of it with a float16 twin would bind one type to two — stay float32
             return False
         return any(is_f32(i) for i in node.input if i) or any(is_f32(o) for o in node.output)
 
@@ -540,7 +549,11 @@ def _manifest(bundle: Bundle, model_path: Path, version: str, cfg: QuantizeConfi
     data["version"] = version
     if cfg.name:
         data["name"] = cfg.name
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/…
+        raise EngineError(f"the {mode.value} model of {m.name} does not load in ONNX Runtime: "
+                          f"{ort_failure(exc)}; nothing written", field="mode") from exc
     src_sess = ort.InferenceSession(str(bundle.model_path), providers=["CPUExecutionProvider"])
     golden, worst = [], 0.0
     for g in m.golden:
@@ -569,7 +582,10 @@ def _manifest(bundle: Bundle, model_path: Path, version: str, cfg: QuantizeConfi
 
 def _golden_feeds(m, g, sess) -> dict[str, np.ndarray] | None:
     if g.rows is not None and m.inputs.kind == "features":
-        x = np.array([[r[n] for n in m.feature_names] for r in g.rows], dtype=np.float32)
+        from edge_runtime.contract import FeatureContract
+
+        # the contract turns text into category codes and true/false into 1/0
+        x = FeatureContract(m.inputs).encode(g.rows).astype(np.float32)
         return {m.inputs.tensor: x}
     if g.tensors is not None:
         return {k: np.asarray(v, dtype=np.float32) for k, v in g.tensors.items()}

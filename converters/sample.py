@@ -57,6 +57,30 @@ class Sample:
                       {n: self.dtypes.get(n, "float32") for n in names}, self.source,
                       {n: c for n, c in self.categories.items() if n in names})
 
+    def recode(self, features: Sequence[Any]) -> Sample:
+        """Text columns re-coded to a bundle's categories (manifest ``inputs.features``): this
+        sample's own codes index *its* sorted categories; a category the bundle does not list
+        becomes -1 (unseen)."""
+        x = None
+        for f in features:
+            if getattr(f, "dtype", None) != "string" or f.name not in self.names:
+                continue
+            mine = self.categories.get(f.name, [])
+            want = {c: i for i, c in enumerate(f.categories or [])}
+            table = np.array([want.get(c, -1) for c in mine] + [np.nan], dtype=np.float64)
+            j = self.names.index(f.name)
+            x = self.x.copy() if x is None else x
+            col = x[:, j]
+            idx = np.where(np.isnan(col), len(mine), col).astype(int)
+            x[:, j] = table[np.clip(idx, 0, len(mine))]
+        if x is None:
+            return self
+        cats = dict(self.categories)
+        for f in features:
+            if getattr(f, "dtype", None) == "string":
+                cats[f.name] = list(f.categories or [])
+        return Sample(x, self.names, self.y, self.dtypes, self.source, cats)
+
     def head(self, n: int) -> Sample:
         return Sample(self.x[:n], self.names, None if self.y is None else self.y[:n],
                       self.dtypes, self.source, self.categories)

@@ -394,3 +394,51 @@ def test_check_with_the_source_model_on_text_features(churn_bundle):
         label_column="churn", source_model=model, single_runs=5, batch_runs=3))
     v = rep.variants[0]
     assert v.max_abs_diff <= TOL and v.label_agreement == 1.0 and v.accuracy > 0.6
+
+
+def test_churn_mlp_fp16_and_int8_variants(tmp_path, keys):
+    """fp16 of a text pipeline used to fail inside ONNX Runtime (a Concat of a float16 twin and
+    an untyped ai.onnx.ml output); INT8 used to fail reading text golden rows."""
+    from churn import NUMBERS, TEXT
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from converters.quantize import QuantizeConfig, ort_failure, quantize_bundle
+
+    df = churn_frame()
+    pre = ColumnTransformer([
+        ("num", Pipeline([("i", SimpleImputer()), ("s", StandardScaler())]), NUMBERS),
+        ("text", OneHotEncoder(handle_unknown="ignore", sparse_output=False), TEXT),
+        ("flag", "passthrough", ["senior"])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = Pipeline([("pre", pre), ("m", MLPClassifier((16,), max_iter=200,
+                                                            random_state=0))])
+        model.fit(df[FEATURES], df["churn"])
+    src = _export(model, df, tmp_path / "fp32", keys[0], label_column="churn")
+    for mode in ("fp16", "dynamic"):
+        q = quantize_bundle(src, tmp_path / mode, QuantizeConfig(mode=mode, key=keys[0]))
+        par = read_bundle(q).manifest.provenance["parity"]
+        assert 0 < par["max_abs_diff"] <= par["tolerance"]
+        assert Model.load(q).self_test() == 1
+    msg = ("[ONNXRuntimeError] : 1 : FAIL : Load model failed:Type Error: Type parameter (T) of "
+           "Optype (Concat) bound to different types (tensor(float) and tensor(float16) in node "
+           "(Concat2).")
+    assert ort_failure(RuntimeError(msg)) == ("op Concat (node 'Concat2') mixes tensor(float) "
+                                              "and tensor(float16) inputs")
+
+
+def test_check_sample_with_fewer_categories_uses_the_bundle_codes(churn_bundle):
+    """A check sample's own category list differs from the bundle's (here: no 'one-year'):
+    its text is re-coded to the bundle's categories, not fed as its own codes."""
+    from converters.check import CheckConfig, check_bundles
+
+    model, out = churn_bundle
+    df = churn_frame()
+    df = df[df["contract"] != "one-year"].head(300)
+    rep = check_bundles([out], df, CheckConfig(label_column="churn", source_model=model,
+                                               single_runs=5, batch_runs=3))
+    assert rep.variants[0].max_abs_diff <= TOL and rep.variants[0].label_agreement == 1.0
