@@ -68,7 +68,7 @@ class Sketch:
         for k in sorted(self.bins):
             seen += self.bins[k]
             if seen > rank:
-                value = 2 * self.gamma ** k / (self.gamma + 1)
+                value = 2 * self.gamma**k / (self.gamma + 1)
                 return min(max(value, self.min), self.max)
         return self.max
 
@@ -84,7 +84,7 @@ class Sketch:
         for k in sorted(self.bins):
             seen += self.bins[k]
             if seen >= rank:
-                return min(max(2 * self.gamma ** k / (self.gamma + 1), self.min), self.max)
+                return min(max(2 * self.gamma**k / (self.gamma + 1), self.min), self.max)
         return self.max
 
     def count_above(self, value: float) -> tuple[int, int]:
@@ -96,7 +96,7 @@ class Sketch:
             return self.count, self.count
         lo = hi = 0
         for k, c in self.bins.items():
-            lower, upper = self.gamma ** (k - 1), self.gamma ** k  # bucket k holds (lower, upper]
+            lower, upper = self.gamma ** (k - 1), self.gamma**k  # bucket k holds (lower, upper]
             if lower >= value:
                 lo += c
                 hi += c
@@ -112,9 +112,15 @@ class Sketch:
         return self.sum / self.count if self.count else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "count": self.count, "zeros": self.zeros, "sum": self.sum,
-                "min": self.min if self.count else None, "max": self.max if self.count else None,
-                "bins": {str(k): c for k, c in self.bins.items()}}
+        return {
+            "alpha": self.alpha,
+            "count": self.count,
+            "zeros": self.zeros,
+            "sum": self.sum,
+            "min": self.min if self.count else None,
+            "max": self.max if self.count else None,
+            "bins": {str(k): c for k, c in self.bins.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Sketch:

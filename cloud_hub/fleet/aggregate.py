@@ -29,7 +29,9 @@ class SlotAggregate:
     errors: int = 0  # rows of failed calls
     calls: int = 0
     errored_calls: int = 0
-    uncounted_windows: int = 0  # windows with rows but no call counts (runtimes older than the counts)
+    uncounted_windows: int = (
+        0  # windows with rows but no call counts (runtimes older than the counts)
+    )
     latency: Sketch = field(default_factory=Sketch)  # seconds, one sample per call
     scores: Histogram | None = None
     device_scores: dict[str, list[int]] = field(default_factory=dict)
@@ -82,7 +84,9 @@ class SlotAggregate:
             problem = f"unreadable row ({type(exc).__name__}: {exc})"
         if problem is not None:
             self.rejected += 1
-            self.rejected_reason = f"{row.get('device_id') or '?'} window {row.get('seq')}: {problem}"
+            self.rejected_reason = (
+                f"{row.get('device_id') or '?'} window {row.get('seq')}: {problem}"
+            )
             return
         requests = int(row.get("requests") or 0)
         calls = int(row.get("calls") or 0)
@@ -101,7 +105,9 @@ class SlotAggregate:
         if dev is not None and sc.get("counts") and sum(sc["counts"]):
             old = self.device_scores.get(dev)
             counts = [int(c) for c in sc["counts"]]
-            self.device_scores[dev] = counts if old is None else [a + b for a, b in zip(old, counts)]
+            self.device_scores[dev] = (
+                counts if old is None else [a + b for a, b in zip(old, counts)]
+            )
         for k, v in (row.get("decisions") or {}).items():
             self.decisions[str(k)] = self.decisions.get(str(k), 0) + int(v)
         self.compared += int(row.get("compared") or 0)
@@ -126,18 +132,31 @@ class SlotAggregate:
             return None if v is None else round(v * 1000.0, 4)
 
         return {
-            "requests": self.requests, "errors": self.errors, "error_rate": self.error_rate,
-            "calls": self.calls, "errored_calls": self.errored_calls, "call_error_rate": self.call_error_rate,
-            "uncounted_windows": self.uncounted_windows, "latency_samples": self.latency_samples,
-            "p50_ms": ms(self.p50), "p99_ms": ms(self.p99), "mean_ms": ms(self.latency.mean),
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": self.error_rate,
+            "calls": self.calls,
+            "errored_calls": self.errored_calls,
+            "call_error_rate": self.call_error_rate,
+            "uncounted_windows": self.uncounted_windows,
+            "latency_samples": self.latency_samples,
+            "p50_ms": ms(self.p50),
+            "p99_ms": ms(self.p99),
+            "mean_ms": ms(self.latency.mean),
             "latency": self.latency.to_dict(),
             "scores": self.scores.to_dict() if self.scores else None,
-            "decisions": dict(self.decisions), "compared": self.compared,
-            "decision_changed": self.decision_changed, "decision_change_rate": self.decision_change_rate,
-            "compared_calls": self.compared_calls, "changed_share": self.changed_share,
+            "decisions": dict(self.decisions),
+            "compared": self.compared,
+            "decision_changed": self.decision_changed,
+            "decision_change_rate": self.decision_change_rate,
+            "compared_calls": self.compared_calls,
+            "changed_share": self.changed_share,
             "divergence": self.divergence.to_dict() if self.divergence else None,
-            "dropped": self.dropped, "windows": self.windows, "rejected": self.rejected,
-            "rejected_reason": self.rejected_reason, "devices_reporting": self.devices_reporting,
+            "dropped": self.dropped,
+            "windows": self.windows,
+            "rejected": self.rejected,
+            "rejected_reason": self.rejected_reason,
+            "devices_reporting": self.devices_reporting,
         }
 
 

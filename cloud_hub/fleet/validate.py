@@ -32,10 +32,23 @@ from edge_runtime.telemetry import DIVERGENCE_EDGES, score_histogram
 log = logging.getLogger("cloud_hub.fleet.validate")
 
 SCORE_EDGES = score_histogram().edges
-_COUNTS = ("requests", "errors", "calls", "errored_calls", "compared", "decision_changed", "compared_calls",
-           "dropped")
-_PAIRS = (("errors", "requests"), ("errored_calls", "calls"), ("decision_changed", "compared"),
-          ("compared_calls", "compared"), ("compared", "requests"))
+_COUNTS = (
+    "requests",
+    "errors",
+    "calls",
+    "errored_calls",
+    "compared",
+    "decision_changed",
+    "compared_calls",
+    "dropped",
+)
+_PAIRS = (
+    ("errors", "requests"),
+    ("errored_calls", "calls"),
+    ("decision_changed", "compared"),
+    ("compared_calls", "compared"),
+    ("compared", "requests"),
+)
 
 
 def _finite(x: Any) -> bool:
@@ -79,16 +92,27 @@ def sketch_problem(data: Mapping[str, Any] | None) -> str | None:
     return None
 
 
-def histogram_problem(name: str, data: Mapping[str, Any] | None, edges: Sequence[float]) -> str | None:
+def histogram_problem(
+    name: str, data: Mapping[str, Any] | None, edges: Sequence[float]
+) -> str | None:
     """Why a serialized histogram cannot be merged with this hub's ``edges``, or None."""
     if not data:
         return None
     got, counts = data.get("edges"), data.get("counts")
-    if not isinstance(got, (list, tuple)) or len(got) != len(edges) \
-            or any(not _finite(a) or abs(float(a) - b) > 1e-12 for a, b in zip(got, edges)):
-        return f"{name} histogram has other edges than the hub's ({len(edges) - 1} bins from {edges[0]} to " \
-               f"{edges[-1]})"
-    if not isinstance(counts, (list, tuple)) or len(counts) != len(edges) - 1 or not all(_count(c) for c in counts):
+    if (
+        not isinstance(got, (list, tuple))
+        or len(got) != len(edges)
+        or any(not _finite(a) or abs(float(a) - b) > 1e-12 for a, b in zip(got, edges))
+    ):
+        return (
+            f"{name} histogram has other edges than the hub's ({len(edges) - 1} bins from {edges[0]} to "
+            f"{edges[-1]})"
+        )
+    if (
+        not isinstance(counts, (list, tuple))
+        or len(counts) != len(edges) - 1
+        or not all(_count(c) for c in counts)
+    ):
         return f"{name} histogram needs {len(edges) - 1} integer counts >= 0"
     return None
 
@@ -112,11 +136,19 @@ def slot_problem(s: Mapping[str, Any], *, hub_edges: bool = True) -> str | None:
         if not _count(v):
             return f"decisions[{k}]={v!r} must be an integer >= 0"
     problem = sketch_problem(s.get("latency"))
-    for name, key, edges in (("score", "scores", SCORE_EDGES), ("divergence", "divergence", DIVERGENCE_EDGES)):
+    for name, key, edges in (
+        ("score", "scores", SCORE_EDGES),
+        ("divergence", "divergence", DIVERGENCE_EDGES),
+    ):
         data = s.get(key)
         if problem is None and data:
             own = data.get("edges") if isinstance(data, Mapping) else None
-            if not hub_edges and isinstance(own, (list, tuple)) and len(own) >= 2 and all(map(_finite, own)):
+            if (
+                not hub_edges
+                and isinstance(own, (list, tuple))
+                and len(own) >= 2
+                and all(map(_finite, own))
+            ):
                 edges = list(own)
             problem = histogram_problem(name, data, edges)
     return problem
@@ -140,8 +172,9 @@ def window_problem(w: TelemetryWindow) -> str | None:
     return None
 
 
-def split_windows(windows: Iterable[tuple[TelemetryWindow, float]]
-                  ) -> tuple[list[tuple[TelemetryWindow, float]], list[tuple[TelemetryWindow, str, float]]]:
+def split_windows(
+    windows: Iterable[tuple[TelemetryWindow, float]],
+) -> tuple[list[tuple[TelemetryWindow, float]], list[tuple[TelemetryWindow, str, float]]]:
     """(windows to store, refused as (window, reason, received at)). A refused window is refused
     for good — resending it cannot change that — so the ingest acknowledges it like a stored one."""
     good, refused = [], []
@@ -169,11 +202,28 @@ def record_rejections(engine: Any, refused: Sequence[tuple[TelemetryWindow, str,
         per[w.device_id] = (n + 1, reason[:500], max(last, at))
     st = T.device_state
     with engine.begin() as conn:
-        have = set(conn.execute(select(st.c.device_id).where(st.c.device_id.in_(list(per)))).scalars())
+        have = set(
+            conn.execute(select(st.c.device_id).where(st.c.device_id.in_(list(per)))).scalars()
+        )
         for dev, (n, reason, at) in per.items():
             if dev in have:
-                conn.execute(st.update().where(st.c.device_id == dev).values(
-                    rejected_windows=st.c.rejected_windows + n, rejected_reason=reason, last_seen=at))
+                conn.execute(
+                    st.update()
+                    .where(st.c.device_id == dev)
+                    .values(
+                        rejected_windows=st.c.rejected_windows + n,
+                        rejected_reason=reason,
+                        last_seen=at,
+                    )
+                )
             else:
-                conn.execute(st.insert().values(device_id=dev, online=False, state={"device_id": dev, "online": False},
-                                                last_seen=at, rejected_windows=n, rejected_reason=reason))
+                conn.execute(
+                    st.insert().values(
+                        device_id=dev,
+                        online=False,
+                        state={"device_id": dev, "online": False},
+                        last_seen=at,
+                        rejected_windows=n,
+                        rejected_reason=reason,
+                    )
+                )

@@ -28,11 +28,12 @@ each call's share of changed decisions — the LLR above is linear in ``k``, and
 the dependence between the rows of a call. Windows from runtimes that report no call counts
 are left out (and named); they never count as independent rows.
 
-**p99 latency**: the merged DDSketch of the stage's devices (never an average of per-device
-p99s) must hold ``min_latency_samples`` (default 1,000) calls; then "p99 > SLA" is "more than
-1 % of calls slower than the SLA", tested sequentially on the sketch's exceedance count (the
-sketch bucket straddling the SLA counts against the candidate when passing and for it when
-rolling back). The data carry the distribution-free order-statistic bounds of the p99.
+**p99 latency**: from the merged DDSketch of the stage's devices (never an average of per-device
+p99s). "p99 > SLA" is "more than 1 % of calls slower than the SLA", tested sequentially on the
+sketch's exceedance count (the sketch bucket straddling the SLA counts against the candidate
+when passing and for it when rolling back). Passing also needs ``min_latency_samples`` (default
+1,000) calls in the sketch, so the p99 is not its maximum; rolling back needs only the evidence.
+The data carry the distribution-free order-statistic bounds of the p99.
 
 **Divergence**: one threshold per metric (``max_psi``, ``max_js``, ``max_tv``). The estimate is
 the divergence of the candidate's merged score histogram from the champion's minus the value
@@ -115,8 +116,9 @@ class Sprt:
     def llr(self, events: float, trials: float) -> float:
         """Log-likelihood ratio of bad vs good after ``events`` in ``trials`` (events may be a sum of
         shares in [0, 1], one per trial)."""
-        return (events * math.log(self.p1 / self.p0)
-                + (trials - events) * math.log((1 - self.p1) / (1 - self.p0)))
+        return events * math.log(self.p1 / self.p0) + (trials - events) * math.log(
+            (1 - self.p1) / (1 - self.p0)
+        )
 
     def decide(self, llr: float) -> str:
         return FAIL if llr >= self.upper else PASS if llr <= self.lower else WAIT
@@ -177,13 +179,15 @@ BOOTSTRAP_DRAWS = 400
 _SEED = 20260418
 
 
-def coarsen(a: Sequence[float], b: Sequence[float], max_bins: int = MAX_BINS) -> tuple[list[float], list[float]]:
+def coarsen(
+    a: Sequence[float], b: Sequence[float], max_bins: int = MAX_BINS
+) -> tuple[list[float], list[float]]:
     """Merge adjacent bins pairwise until at most ``max_bins`` (PSI's usual 10 buckets): fewer,
     fuller bins make the statistic far less noisy on the sample sizes a canary stage gets."""
     a, b = list(a), list(b)
     while len(a) > max_bins:
-        a = [sum(a[i:i + 2]) for i in range(0, len(a), 2)]
-        b = [sum(b[i:i + 2]) for i in range(0, len(b), 2)]
+        a = [sum(a[i : i + 2]) for i in range(0, len(a), 2)]
+        b = [sum(b[i : i + 2]) for i in range(0, len(b), 2)]
     return a, b
 
 
@@ -191,8 +195,13 @@ def _coarse(counts: Sequence[float]) -> np.ndarray:
     return np.asarray(coarsen(counts, counts)[0], dtype=np.float64)
 
 
-def _perturbations(counts: Sequence[float], devices: dict[str, Sequence[float]] | None, paired: bool,
-                   multipliers: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, int, str]:
+def _perturbations(
+    counts: Sequence[float],
+    devices: dict[str, Sequence[float]] | None,
+    paired: bool,
+    multipliers: dict[str, np.ndarray],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, int, str]:
     """Bootstrap perturbations of the bin shares (draws × bins), the number of devices they come
     from (0: none measured) and how they were made.
 
@@ -211,12 +220,18 @@ def _perturbations(counts: Sequence[float], devices: dict[str, Sequence[float]] 
         d = np.stack([per[i] for i in ids])
         k = len(ids)
         resid = (d - p * d.sum(axis=1, keepdims=True)) / n * math.sqrt(k / (k - 1))
-        g = np.stack([multipliers.setdefault(i, rng.standard_normal(BOOTSTRAP_DRAWS)) for i in ids], axis=1)
+        g = np.stack(
+            [multipliers.setdefault(i, rng.standard_normal(BOOTSTRAP_DRAWS)) for i in ids], axis=1
+        )
         return g @ resid, k, f"cluster bootstrap over {k} devices"
     effect = 1.0 if paired else DESIGN_EFFECT
     n_eff = max(1, int(n / effect))
     draws = rng.multinomial(n_eff, p, size=BOOTSTRAP_DRAWS) / n_eff - p
-    how = "multinomial (paired)" if paired else f"multinomial × {DESIGN_EFFECT:g} (fewer than 2 devices)"
+    how = (
+        "multinomial (paired)"
+        if paired
+        else f"multinomial × {DESIGN_EFFECT:g} (fewer than 2 devices)"
+    )
     return draws, 0, how
 
 
@@ -251,16 +266,20 @@ class DivergenceEstimate:
             s = 0.5 * self.scale
             return max(0.0, self.raw - z * s - self.noise), self.raw + z * s
         unit = 8 * math.log(2) if self.metric == "js" else 1.0
-        g, noise, s2 = math.sqrt(max(self.raw, 0.0) * unit), self.noise * unit, self.scale ** 2
+        g, noise, s2 = math.sqrt(max(self.raw, 0.0) * unit), self.noise * unit, self.scale**2
         lower = max(0.0, g - z * self.scale) ** 2 - noise
         upper = (g + z * self.scale) ** 2 - noise + s2
         return max(0.0, lower) / unit, max(0.0, upper) / unit
 
 
-def divergence_estimates(a: Sequence[float], b: Sequence[float], metrics: Sequence[str],
-                         devices_a: dict[str, Sequence[float]] | None = None,
-                         devices_b: dict[str, Sequence[float]] | None = None,
-                         paired: bool = False) -> tuple[list[DivergenceEstimate], dict[str, Any]]:
+def divergence_estimates(
+    a: Sequence[float],
+    b: Sequence[float],
+    metrics: Sequence[str],
+    devices_a: dict[str, Sequence[float]] | None = None,
+    devices_b: dict[str, Sequence[float]] | None = None,
+    paired: bool = False,
+) -> tuple[list[DivergenceEstimate], dict[str, Any]]:
     """Raw divergence, expected null value and bootstrap scale for each metric (seeded: the same
     histograms always give the same numbers)."""
     ca, cb = _coarse(a), _coarse(b)
@@ -273,8 +292,13 @@ def divergence_estimates(a: Sequence[float], b: Sequence[float], metrics: Sequen
     null_a, null_b = _shares(pooled, pa), _shares(pooled, pb)
     live = pooled > 0
     w = (pa - pb)[:, live] / np.sqrt(pooled[live])
-    scale = math.sqrt(max(float(np.linalg.eigvalsh(np.atleast_2d(np.cov(w, rowvar=False)))[-1]), 0.0)) \
-        if w.shape[1] > 1 else float(w.std(ddof=1)) if w.size else 0.0
+    scale = (
+        math.sqrt(max(float(np.linalg.eigvalsh(np.atleast_2d(np.cov(w, rowvar=False)))[-1]), 0.0))
+        if w.shape[1] > 1
+        else float(w.std(ddof=1))
+        if w.size
+        else 0.0
+    )
     ks = [k for k in (ka, kb) if k]
     df = min(ks) - 1 if ks else None
     out = []
@@ -350,16 +374,26 @@ class Aggregate:
         counts = list(getattr(hist, "counts", []) or []) if hist is not None else None
         edges = list(getattr(hist, "edges", []) or []) if hist is not None else None
         lat = getattr(agg, "latency", None)
-        return cls(requests=num("requests"), errors=num("errors"),
-                   p99_ms=ms(getattr(agg, "p99", None)), p50_ms=ms(getattr(agg, "p50", None)),
-                   scores=counts, score_edges=edges, compared=num("compared"),
-                   decision_changed=num("decision_changed"), devices_reporting=num("devices_reporting"),
-                   calls=num("calls"), errored_calls=num("errored_calls"),
-                   uncounted_windows=num("uncounted_windows"), compared_calls=num("compared_calls"),
-                   changed_share=float(getattr(agg, "changed_share", 0.0) or 0.0),
-                   latency=lat.to_dict() if isinstance(lat, Sketch) else lat,
-                   device_scores=dict(getattr(agg, "device_scores", None) or {}) or None,
-                   rejected=num("rejected"), rejected_reason=getattr(agg, "rejected_reason", None))
+        return cls(
+            requests=num("requests"),
+            errors=num("errors"),
+            p99_ms=ms(getattr(agg, "p99", None)),
+            p50_ms=ms(getattr(agg, "p50", None)),
+            scores=counts,
+            score_edges=edges,
+            compared=num("compared"),
+            decision_changed=num("decision_changed"),
+            devices_reporting=num("devices_reporting"),
+            calls=num("calls"),
+            errored_calls=num("errored_calls"),
+            uncounted_windows=num("uncounted_windows"),
+            compared_calls=num("compared_calls"),
+            changed_share=float(getattr(agg, "changed_share", 0.0) or 0.0),
+            latency=lat.to_dict() if isinstance(lat, Sketch) else lat,
+            device_scores=dict(getattr(agg, "device_scores", None) or {}) or None,
+            rejected=num("rejected"),
+            rejected_reason=getattr(agg, "rejected_reason", None),
+        )
 
     @property
     def error_rate(self) -> float | None:
@@ -371,27 +405,59 @@ class Aggregate:
         return Sketch.from_dict(self.latency) if self.latency else None
 
     def summary(self) -> dict[str, Any]:
-        return {"requests": self.requests, "errors": self.errors, "calls": self.calls,
-                "errored_calls": self.errored_calls, "error_rate": self.error_rate,
-                "uncounted_windows": self.uncounted_windows,
-                "latency_samples": int((self.latency or {}).get("count") or 0),
-                "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "compared": self.compared,
-                "decision_changed": self.decision_changed, "compared_calls": self.compared_calls,
-                "changed_share": self.changed_share, "devices_reporting": self.devices_reporting,
-                "rejected_rows": self.rejected}
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "calls": self.calls,
+            "errored_calls": self.errored_calls,
+            "error_rate": self.error_rate,
+            "uncounted_windows": self.uncounted_windows,
+            "latency_samples": int((self.latency or {}).get("count") or 0),
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "compared": self.compared,
+            "decision_changed": self.decision_changed,
+            "compared_calls": self.compared_calls,
+            "changed_share": self.changed_share,
+            "devices_reporting": self.devices_reporting,
+            "rejected_rows": self.rejected,
+        }
 
 
-def rate_gate(name: str, k: float, n: int, threshold: float, min_n: int, confidence: float,
-              what: str, unit: str = "calls") -> GateResult:
+def rate_gate(
+    name: str,
+    k: float,
+    n: int,
+    threshold: float,
+    min_n: int,
+    confidence: float,
+    what: str,
+    unit: str = "calls",
+) -> GateResult:
     """Sequential test of a rate: roll back when the data favour ``threshold`` over
     ``threshold/2`` by a likelihood ratio of 1/α, pass at β, otherwise wait."""
     test = Sprt.for_threshold(threshold, confidence)
-    data: dict[str, Any] = {"count": k, "total": n, "unit": unit, "min_samples": min_n, "good": test.p0,
-                            "bad": test.p1, "alpha": test.alpha, "beta": test.beta,
-                            "roll_back_at_llr": test.upper, "advance_at_llr": test.lower}
+    data: dict[str, Any] = {
+        "count": k,
+        "total": n,
+        "unit": unit,
+        "min_samples": min_n,
+        "good": test.p0,
+        "bad": test.p1,
+        "alpha": test.alpha,
+        "beta": test.beta,
+        "roll_back_at_llr": test.upper,
+        "advance_at_llr": test.lower,
+    }
     if n < min_n or n <= 0:
-        return GateResult(name, WAIT, k / n if n else None, threshold,
-                          f"{what}: {n} of {min_n} {unit} needed", data)
+        return GateResult(
+            name,
+            WAIT,
+            k / n if n else None,
+            threshold,
+            f"{what}: {n} of {min_n} {unit} needed",
+            data,
+        )
     llr = test.llr(k, n)
     lo, hi = wilson_interval(k, n, confidence)
     rate = k / n
@@ -399,36 +465,61 @@ def rate_gate(name: str, k: float, n: int, threshold: float, min_n: int, confide
     status = test.decide(llr)
     shown = f"{k:g}/{n} {unit} = {rate:.2%}"
     if status == FAIL:
-        msg = (f"{what} {shown}: the data favour {threshold:.2%} over {test.p0:.2%} by a likelihood "
-               f"ratio of {math.exp(min(llr, 700)):.3g} >= {1 / test.alpha:g} (sequential test, α = {test.alpha:g})")
+        msg = (
+            f"{what} {shown}: the data favour {threshold:.2%} over {test.p0:.2%} by a likelihood "
+            f"ratio of {math.exp(min(llr, 700)):.3g} >= {1 / test.alpha:g} (sequential test, α = {test.alpha:g})"
+        )
     elif status == PASS:
-        msg = (f"{what} {shown}: the data favour {test.p0:.2%} over {threshold:.2%} by a likelihood "
-               f"ratio of {math.exp(min(-llr, 700)):.3g} >= {1 / test.beta:g} (sequential test, β = {test.beta:g})")
+        msg = (
+            f"{what} {shown}: the data favour {test.p0:.2%} over {threshold:.2%} by a likelihood "
+            f"ratio of {math.exp(min(-llr, 700)):.3g} >= {1 / test.beta:g} (sequential test, β = {test.beta:g})"
+        )
     else:
-        msg = (f"{what} {shown}: not conclusive between {test.p0:.2%} (good) and {threshold:.2%} (bad) "
-               f"(log-likelihood ratio {llr:.2f}; rolls back at {test.upper:.2f}, advances at "
-               f"{test.lower:.2f}); collecting more")
+        msg = (
+            f"{what} {shown}: not conclusive between {test.p0:.2%} (good) and {threshold:.2%} (bad) "
+            f"(log-likelihood ratio {llr:.2f}; rolls back at {test.upper:.2f}, advances at "
+            f"{test.lower:.2f}); collecting more"
+        )
     return GateResult(name, status, rate, threshold, msg, data)
 
 
 def error_rate_gate(c: Aggregate, gates: Gates, min_n: int) -> GateResult:
     """Failed calls / calls; windows without call counts are left out and named."""
-    g = rate_gate("error_rate", c.errored_calls, c.calls, gates.max_error_rate, min_n, gates.confidence,
-                  "error rate")
+    g = rate_gate(
+        "error_rate",
+        c.errored_calls,
+        c.calls,
+        gates.max_error_rate,
+        min_n,
+        gates.confidence,
+        "error rate",
+    )
     g.data.update(rows=c.requests, failed_rows=c.errors, uncounted_windows=c.uncounted_windows)
     if c.uncounted_windows:
-        g.message += (f" ({c.uncounted_windows} windows from devices that report no call counts left out: "
-                      f"their rows fail together and cannot be counted as independent)")
+        g.message += (
+            f" ({c.uncounted_windows} windows from devices that report no call counts left out: "
+            f"their rows fail together and cannot be counted as independent)"
+        )
     return g
 
 
 def decision_change_gate(c: Aggregate, gates: Gates) -> GateResult:
     """Mean over compared calls of each call's share of changed decisions."""
-    g = rate_gate("decision_change", c.changed_share, c.compared_calls, gates.max_decision_change,
-                  max(gates.min_compared, 1), gates.confidence, "decision change", unit="compared calls")
+    g = rate_gate(
+        "decision_change",
+        c.changed_share,
+        c.compared_calls,
+        gates.max_decision_change,
+        max(gates.min_compared, 1),
+        gates.confidence,
+        "decision change",
+        unit="compared calls",
+    )
     g.data.update(compared_rows=c.compared, changed_rows=c.decision_changed)
     if c.compared and not c.compared_calls:
-        g.message += " (the devices report no compared-call counts: runtime older than the call counts)"
+        g.message += (
+            " (the devices report no compared-call counts: runtime older than the call counts)"
+        )
     return g
 
 
@@ -454,58 +545,133 @@ def latency_gate(cand: Aggregate, gates: Gates, champion: Aggregate | None = Non
     n = sk.count if sk is not None else 0
     sla = gates.max_p99_ms
     min_n = gates.min_latency_samples
-    data: dict[str, Any] = {"samples": n, "min_samples": min_n,
-                            "champion_p99_ms": champion.p99_ms if champion else None}
-    if sk is None or n < min_n:
-        return GateResult("p99_latency", WAIT, cand.p99_ms, sla,
-                          f"p99: {n} of {min_n} latency samples (calls) needed", data)
+    data: dict[str, Any] = {
+        "samples": n,
+        "min_samples": min_n,
+        "champion_p99_ms": champion.p99_ms if champion else None,
+    }
+    if sk is None or n == 0:
+        return GateResult(
+            "p99_latency",
+            WAIT,
+            cand.p99_ms,
+            sla,
+            f"p99: 0 of {min_n} latency samples (calls)",
+            data,
+        )
     test = Sprt((1 - P99) * GOOD_FRACTION, 1 - P99, 1 - gates.confidence, 1 - gates.confidence)
     over_lo, over_hi = sk.count_above(sla / 1000.0)
     llr_fail, llr_pass = test.llr(over_lo, n), test.llr(over_hi, n)
+    if n < min_n and test.decide(llr_fail) != FAIL:
+        # passing needs the guard (below it the p99 is about the maximum); rolling back only
+        # needs the evidence, which the sequential test measures at any n (5 calls over the SLA
+        # in 5 are a likelihood ratio of 32; one slow call in 300 is evidence *for* the candidate)
+        return GateResult(
+            "p99_latency",
+            WAIT,
+            cand.p99_ms,
+            sla,
+            f"p99: {n} of {min_n} latency samples (calls) needed to pass; {over_lo} over the "
+            f"SLA {sla:g} ms so far",
+            data,
+        )
     lo_ms, hi_ms = p99_bounds(sk, gates.confidence)
-    data.update(over_sla_min=over_lo, over_sla_max=over_hi, llr_roll_back=llr_fail, llr_advance=llr_pass,
-                roll_back_at_llr=test.upper, advance_at_llr=test.lower, p99_lower_ms=lo_ms, p99_upper_ms=hi_ms,
-                confidence=gates.confidence)
+    data.update(
+        over_sla_min=over_lo,
+        over_sla_max=over_hi,
+        llr_roll_back=llr_fail,
+        llr_advance=llr_pass,
+        roll_back_at_llr=test.upper,
+        advance_at_llr=test.lower,
+        p99_lower_ms=lo_ms,
+        p99_upper_ms=hi_ms,
+        confidence=gates.confidence,
+    )
     p99 = cand.p99_ms if cand.p99_ms is not None else (sk.quantile(P99) or 0.0) * 1000.0
-    bounds = (f"p99 {p99:.1f} ms, {gates.confidence:.0%} order-statistic bounds "
-              f"[{'-' if lo_ms is None else f'{lo_ms:.1f}'}, {'-' if hi_ms is None else f'{hi_ms:.1f}'}] ms")
+    bounds = (
+        f"p99 {p99:.1f} ms, {gates.confidence:.0%} order-statistic bounds "
+        f"[{'-' if lo_ms is None else f'{lo_ms:.1f}'}, {'-' if hi_ms is None else f'{hi_ms:.1f}'}] ms"
+    )
     if test.decide(llr_fail) == FAIL:
-        return GateResult("p99_latency", FAIL, p99, sla,
-                          f"{bounds} > SLA {sla:g} ms: at least {over_lo} of {n} calls slower than the SLA "
-                          f"({over_lo / n:.2%}); the data favour > 1 % over 0.5 % (sequential test, "
-                          f"α = {test.alpha:g})", data)
+        return GateResult(
+            "p99_latency",
+            FAIL,
+            p99,
+            sla,
+            f"{bounds} > SLA {sla:g} ms: at least {over_lo} of {n} calls slower than the SLA "
+            f"({over_lo / n:.2%}); the data favour > 1 % over 0.5 % (sequential test, "
+            f"α = {test.alpha:g})",
+            data,
+        )
     if test.decide(llr_pass) == PASS:
-        return GateResult("p99_latency", PASS, p99, sla,
-                          f"{bounds} <= SLA {sla:g} ms: at most {over_hi} of {n} calls slower than the SLA "
-                          f"(sequential test, β = {test.beta:g})", data)
-    return GateResult("p99_latency", WAIT, p99, sla,
-                      f"{bounds}: {over_lo}-{over_hi} of {n} calls slower than SLA {sla:g} ms, not conclusive "
-                      f"between 0.5 % and 1 %; collecting more", data)
+        return GateResult(
+            "p99_latency",
+            PASS,
+            p99,
+            sla,
+            f"{bounds} <= SLA {sla:g} ms: at most {over_hi} of {n} calls slower than the SLA "
+            f"(sequential test, β = {test.beta:g})",
+            data,
+        )
+    return GateResult(
+        "p99_latency",
+        WAIT,
+        p99,
+        sla,
+        f"{bounds}: {over_lo}-{over_hi} of {n} calls slower than SLA {sla:g} ms, not conclusive "
+        f"between 0.5 % and 1 %; collecting more",
+        data,
+    )
 
 
-def divergence_gate(cand: Aggregate, base: Aggregate | None, gates: Gates, min_n: int,
-                    against: str, paired: bool = False) -> GateResult:
+def divergence_gate(
+    cand: Aggregate,
+    base: Aggregate | None,
+    gates: Gates,
+    min_n: int,
+    against: str,
+    paired: bool = False,
+) -> GateResult:
     """Noise-corrected divergence per metric with look-corrected bootstrap bounds."""
     name = "score_divergence"
     limits = gates.divergence_thresholds
     first = next(iter(limits))
     if base is None or not base.scores or not cand.scores:
-        return GateResult(name, WAIT, None, limits[first],
-                          f"divergence: no {against} score histogram yet", {"against": against})
+        return GateResult(
+            name,
+            WAIT,
+            None,
+            limits[first],
+            f"divergence: no {against} score histogram yet",
+            {"against": against},
+        )
     n1, n2 = sum(cand.scores), sum(base.scores)
     # judge only on at least 100 scores per bucket: below that the statistic is mostly noise
     min_n = max(min_n, DIV_MIN_PER_BIN * MAX_BINS)
-    data: dict[str, Any] = {"metrics": dict(limits), "against": against, "candidate_n": n1, "champion_n": n2,
-                            "candidate_hist": cand.scores, "champion_hist": base.scores, "edges": cand.score_edges,
-                            "paired": paired}
+    data: dict[str, Any] = {
+        "metrics": dict(limits),
+        "against": against,
+        "candidate_n": n1,
+        "champion_n": n2,
+        "candidate_hist": cand.scores,
+        "champion_hist": base.scores,
+        "edges": cand.score_edges,
+        "paired": paired,
+    }
     if n1 < min_n or n2 < min_n or len(cand.scores) != len(base.scores):
-        return GateResult(name, WAIT, None, limits[first],
-                          f"divergence: {int(n1)} candidate / {int(n2)} {against} scores, {min_n} each needed",
-                          data)
+        return GateResult(
+            name,
+            WAIT,
+            None,
+            limits[first],
+            f"divergence: {int(n1)} candidate / {int(n2)} {against} scores, {min_n} each needed",
+            data,
+        )
     alpha = 1 - gates.confidence
     j, spend = look_level(alpha, min(n1, n2), min_n)
-    ests, how = divergence_estimates(cand.scores, base.scores, list(limits), cand.device_scores,
-                                     base.device_scores, paired)
+    ests, how = divergence_estimates(
+        cand.scores, base.scores, list(limits), cand.device_scores, base.device_scores, paired
+    )
     z = z_value(1 - spend)
     data.update(how, look=j, z=z, devices=ests[0].df + 1 if ests[0].df is not None else None)
     statuses, parts = [], []
@@ -514,17 +680,37 @@ def divergence_gate(cand: Aggregate, base: Aggregate | None, gates: Gates, min_n
         lcb, ucb = e.bounds(z)
         st = FAIL if lcb > limit * GOOD_FRACTION else PASS if ucb < limit else WAIT
         statuses.append(st)
-        data[e.metric] = {"value": e.value, "raw": e.raw, "noise": e.noise, "scale": e.scale, "lower": lcb,
-                          "upper": ucb,
-                          "threshold": limit, "status": st}
-        parts.append(f"{e.metric.upper()} {e.value:.3f} (raw {e.raw:.3f}, noise {e.noise:.3f}; bounds "
-                     f"[{max(lcb, 0):.3f}, {max(ucb, 0):.3f}]) vs {limit:g}: {st}")
+        data[e.metric] = {
+            "value": e.value,
+            "raw": e.raw,
+            "noise": e.noise,
+            "scale": e.scale,
+            "lower": lcb,
+            "upper": ucb,
+            "threshold": limit,
+            "status": st,
+        }
+        parts.append(
+            f"{e.metric.upper()} {e.value:.3f} (raw {e.raw:.3f}, noise {e.noise:.3f}; bounds "
+            f"[{max(lcb, 0):.3f}, {max(ucb, 0):.3f}]) vs {limit:g}: {st}"
+        )
     status = FAIL if FAIL in statuses else WAIT if WAIT in statuses else PASS
     head = {FAIL: "diverges", PASS: "within", WAIT: "not conclusive"}[status]
-    return GateResult(name, status, ests[0].value, limits[first],
-                      f"vs {against}: {head} — " + "; ".join(parts)
-                      + (" (rolls back when a lower bound exceeds half the threshold, passes when every "
-                         "upper bound is under it)" if status == WAIT else ""), data)
+    return GateResult(
+        name,
+        status,
+        ests[0].value,
+        limits[first],
+        f"vs {against}: {head} — "
+        + "; ".join(parts)
+        + (
+            " (rolls back when a lower bound exceeds half the threshold, passes when every "
+            "upper bound is under it)"
+            if status == WAIT
+            else ""
+        ),
+        data,
+    )
 
 
 @dataclass
@@ -550,7 +736,11 @@ class Verdict:
     gates: list[GateResult]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"decision": self.decision, "reason": self.reason, "gates": [g.to_dict() for g in self.gates]}
+        return {
+            "decision": self.decision,
+            "reason": self.reason,
+            "gates": [g.to_dict() for g in self.gates],
+        }
 
 
 def evaluate(view: StageView, gates: Gates) -> Verdict:
@@ -559,32 +749,57 @@ def evaluate(view: StageView, gates: Gates) -> Verdict:
     n = max(view.stage_devices, 1)
     results: list[GateResult] = []
     failed_frac = view.failed / n
-    results.append(GateResult(
-        "install", FAIL if view.failed and failed_frac > gates.max_failed_fraction else PASS,
-        failed_frac, gates.max_failed_fraction,
-        f"{view.failed} of {view.stage_devices} devices failed to install/self-test the candidate",
-        {"failed": view.failed, "devices": view.stage_devices}))
+    results.append(
+        GateResult(
+            "install",
+            FAIL if view.failed and failed_frac > gates.max_failed_fraction else PASS,
+            failed_frac,
+            gates.max_failed_fraction,
+            f"{view.failed} of {view.stage_devices} devices failed to install/self-test the candidate",
+            {"failed": view.failed, "devices": view.stage_devices},
+        )
+    )
     unknown_frac = view.unknown / n
-    results.append(GateResult(
-        "unknown_devices", PAUSE if view.unknown and unknown_frac > gates.max_unknown_fraction else PASS,
-        unknown_frac, gates.max_unknown_fraction,
-        f"{view.unknown} of {view.stage_devices} devices silent or not converged (unknown)",
-        {"unknown": view.unknown, "devices": view.stage_devices}))
-    results.append(GateResult(
-        "converged", WAIT if view.pending else PASS, float(view.verified), float(view.stage_devices),
-        f"{view.verified} of {view.stage_devices} devices verified running the candidate"
-        + (f", {view.pending} installing" if view.pending else ""),
-        {"verified": view.verified, "pending": view.pending}))
+    results.append(
+        GateResult(
+            "unknown_devices",
+            PAUSE if view.unknown and unknown_frac > gates.max_unknown_fraction else PASS,
+            unknown_frac,
+            gates.max_unknown_fraction,
+            f"{view.unknown} of {view.stage_devices} devices silent or not converged (unknown)",
+            {"unknown": view.unknown, "devices": view.stage_devices},
+        )
+    )
+    results.append(
+        GateResult(
+            "converged",
+            WAIT if view.pending else PASS,
+            float(view.verified),
+            float(view.stage_devices),
+            f"{view.verified} of {view.stage_devices} devices verified running the candidate"
+            + (f", {view.pending} installing" if view.pending else ""),
+            {"verified": view.verified, "pending": view.pending},
+        )
+    )
     c = view.candidate
     results.append(error_rate_gate(c, gates, st.min_samples))
     results.append(latency_gate(c, gates, view.champion))
     if st.kind == "shadow":
         results.append(decision_change_gate(c, gates))
-    results.append(divergence_gate(c, view.champion, gates, st.min_samples, view.champion_label,
-                                   paired=st.kind == "shadow"))
-    results.append(GateResult(
-        "min_duration", PASS if view.elapsed_s >= st.min_duration_s else WAIT, view.elapsed_s,
-        st.min_duration_s, f"{view.elapsed_s:.0f}s of {st.min_duration_s:.0f}s minimum"))
+    results.append(
+        divergence_gate(
+            c, view.champion, gates, st.min_samples, view.champion_label, paired=st.kind == "shadow"
+        )
+    )
+    results.append(
+        GateResult(
+            "min_duration",
+            PASS if view.elapsed_s >= st.min_duration_s else WAIT,
+            view.elapsed_s,
+            st.min_duration_s,
+            f"{view.elapsed_s:.0f}s of {st.min_duration_s:.0f}s minimum",
+        )
+    )
     rejected = c.rejected + (view.champion.rejected if view.champion else 0)
     if rejected:
         why = c.rejected_reason or (view.champion.rejected_reason if view.champion else None)
@@ -602,6 +817,10 @@ def evaluate(view: StageView, gates: Gates) -> Verdict:
     if not waits:
         return Verdict("advance", "all gates passed", results)
     if view.elapsed_s >= st.timeout_s:
-        return Verdict("pause", f"not enough data after {st.timeout_s:.0f}s (stage timeout): "
-                       + "; ".join(f"{g.name}: {g.message}" for g in waits), results)
+        return Verdict(
+            "pause",
+            f"not enough data after {st.timeout_s:.0f}s (stage timeout): "
+            + "; ".join(f"{g.name}: {g.message}" for g in waits),
+            results,
+        )
     return Verdict("wait", "; ".join(f"{g.name}: {g.message}" for g in waits), results)

@@ -29,9 +29,13 @@ def test_delong_needs_two_of_each_class_and_variance():
     r = stats.delong_auc_test(y1, rng.random(31), y1, rng.random(31) + y1)
     assert r.p_value is None and "fewer than 2 positives" in r.reason
     y = np.array([True] * 15 + [False] * 15)
-    r = stats.delong_auc_test(y, np.ones(30), y, np.ones(30))  # constant scores: z = 0 yet p was 0.0
+    r = stats.delong_auc_test(
+        y, np.ones(30), y, np.ones(30)
+    )  # constant scores: z = 0 yet p was 0.0
     assert r.p_value is None and "no variance" in r.reason
-    assert stats.delong_auc_test(y, np.r_[np.nan, rng.random(29)], y, rng.random(30)).p_value is None
+    assert (
+        stats.delong_auc_test(y, np.r_[np.nan, rng.random(29)], y, rng.random(30)).p_value is None
+    )
 
 
 def test_two_proportion_zero_variance_and_impossible_counts():
@@ -44,8 +48,14 @@ def _group(n, pos, rng, scores=None):
     y = np.zeros(n, bool)
     y[:pos] = True
     s = rng.random(n) * 0.5 + 0.5 * y if scores is None else scores
-    return GroupData(scores=s, positives=s > 0.5, versions=["v"] * n, labelled_scores=s,
-                     labelled_positives=s > 0.5, outcomes=y)
+    return GroupData(
+        scores=s,
+        positives=s > 0.5,
+        versions=["v"] * n,
+        labelled_scores=s,
+        labelled_positives=s > 0.5,
+        outcomes=y,
+    )
 
 
 def test_evaluation_waits_on_degenerate_data_with_the_reason():
@@ -54,7 +64,11 @@ def test_evaluation_waits_on_degenerate_data_with_the_reason():
     ev = evaluate(cfg, _group(200, 1, rng), _group(200, 1, rng))  # one positive per group
     assert ev["verdict"] == "NOT_ENOUGH_DATA"
     assert any("1 positive(s)" in r and "need 10 of each" in r for r in ev["reasons"])
-    ev = evaluate(make_config({"decide_on": "auc", "min_class_samples": 2}), _group(200, 2, rng), _group(200, 2, rng))
+    ev = evaluate(
+        make_config({"decide_on": "auc", "min_class_samples": 2}),
+        _group(200, 2, rng),
+        _group(200, 2, rng),
+    )
     assert ev["verdict"] in ("KEEP_CHAMPION", "PROMOTE", "NOT_ENOUGH_DATA")  # configurable floor
     const = _group(100, 50, rng, scores=np.full(100, 0.7))
     ev = evaluate(cfg, const, _group(100, 50, rng, scores=np.full(100, 0.7)))
@@ -65,15 +79,22 @@ def test_evaluation_waits_on_degenerate_data_with_the_reason():
     ev = evaluate(make_config({}), nan, _group(100, 50, rng))
     assert ev["verdict"] == "NOT_ENOUGH_DATA" and any("NaN" in r for r in ev["reasons"])
     good = _group(100, 50, rng)
-    ev = evaluate(make_config({"decide_on": "business", "business_metric": "mean_score"}), good, good)
+    ev = evaluate(
+        make_config({"decide_on": "business", "business_metric": "mean_score"}), good, good
+    )
     assert ev["verdict"] == "KEEP_CHAMPION"  # identical groups: a test with variance, not better
 
 
-@pytest.mark.parametrize(("values", "field"), [
-    ({"cost_fp": float("nan")}, "cost_fp"), ({"cost_fn": float("inf")}, "cost_fn"),
-    ({"cost_tp": -1}, "cost_tp"), ({"min_class_samples": 1}, "min_class_samples"),
-    ({"alpha": float("nan")}, "alpha"),
-])
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"cost_fp": float("nan")}, "cost_fp"),
+        ({"cost_fn": float("inf")}, "cost_fn"),
+        ({"cost_tp": -1}, "cost_tp"),
+        ({"min_class_samples": 1}, "min_class_samples"),
+        ({"alpha": float("nan")}, "alpha"),
+    ],
+)
 def test_evaluation_config_must_be_finite_and_not_negative(values, field):
     with pytest.raises(ValidationError) as e:
         make_config(values)

@@ -26,9 +26,18 @@ def _real_window(seq: int = 1, device: str = "dev-1") -> TelemetryWindow:
     rng = np.random.default_rng(seq)
     for _ in range(20):
         rows = int(rng.integers(1, 9))
-        rec.record("active", _Model(), rows, float(rng.uniform(0.001, 0.05)), scores=rng.random(rows),
-                   decisions=rng.random(rows) > 0.5, error=bool(rng.random() < 0.1))
-    rec.record_shadow(_Model(), 4, 0.01, scores=rng.random(4), divergence=rng.random(4) / 10, changed=1)
+        rec.record(
+            "active",
+            _Model(),
+            rows,
+            float(rng.uniform(0.001, 0.05)),
+            scores=rng.random(rows),
+            decisions=rng.random(rows) > 0.5,
+            error=bool(rng.random() < 0.1),
+        )
+    rec.record_shadow(
+        _Model(), 4, 0.01, scores=rng.random(4), divergence=rng.random(4) / 10, changed=1
+    )
     return rec.roll(seq)
 
 
@@ -52,22 +61,40 @@ def _slot(doc, slot="active"):
     return next(s for s in doc["slots"] if s["slot"] == slot)
 
 
-@pytest.mark.parametrize(("mutate", "reason"), [
-    (lambda d: _slot(d).update(requests=-1), "requests=-1"),
-    (lambda d: _slot(d).update(errors=_slot(d)["requests"] + 1), "errors="),
-    (lambda d: _slot(d).update(errored_calls=_slot(d)["calls"] + 1), "errored_calls="),
-    (lambda d: _slot(d, "shadow").update(decision_changed=99), "decision_changed=99 exceeds compared"),
-    (lambda d: _slot(d, "shadow").update(changed_share=3.0), "changed_share"),
-    (lambda d: _slot(d, "shadow").update(changed_share=math.nan), "changed_share"),
-    (lambda d: d.update(cpu_percent=math.inf), "cpu_percent"),
-    (lambda d: d.update(end=d["start"] - 5), "before start"),
-    (lambda d: _slot(d)["latency"].update(sum=math.nan), "sum is not finite"),
-    (lambda d: _slot(d)["latency"].update(alpha=0.02), "alpha 0.02"),
-    (lambda d: _slot(d)["latency"].update(count=_slot(d)["latency"]["count"] + 3), "buckets hold"),
-    (lambda d: _slot(d)["scores"].update(edges=[i / 10 for i in range(11)], counts=[1] * 10), "other edges"),
-    (lambda d: _slot(d)["scores"].update(counts=[-1] + _slot(d)["scores"]["counts"][1:]), "integer counts"),
-    (lambda d: _slot(d, "shadow")["divergence"].update(edges=[0.0, 0.5, 1.0], counts=[1, 1]), "other edges"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda d: _slot(d).update(requests=-1), "requests=-1"),
+        (lambda d: _slot(d).update(errors=_slot(d)["requests"] + 1), "errors="),
+        (lambda d: _slot(d).update(errored_calls=_slot(d)["calls"] + 1), "errored_calls="),
+        (
+            lambda d: _slot(d, "shadow").update(decision_changed=99),
+            "decision_changed=99 exceeds compared",
+        ),
+        (lambda d: _slot(d, "shadow").update(changed_share=3.0), "changed_share"),
+        (lambda d: _slot(d, "shadow").update(changed_share=math.nan), "changed_share"),
+        (lambda d: d.update(cpu_percent=math.inf), "cpu_percent"),
+        (lambda d: d.update(end=d["start"] - 5), "before start"),
+        (lambda d: _slot(d)["latency"].update(sum=math.nan), "sum is not finite"),
+        (lambda d: _slot(d)["latency"].update(alpha=0.02), "alpha 0.02"),
+        (
+            lambda d: _slot(d)["latency"].update(count=_slot(d)["latency"]["count"] + 3),
+            "buckets hold",
+        ),
+        (
+            lambda d: _slot(d)["scores"].update(edges=[i / 10 for i in range(11)], counts=[1] * 10),
+            "other edges",
+        ),
+        (
+            lambda d: _slot(d)["scores"].update(counts=[-1] + _slot(d)["scores"]["counts"][1:]),
+            "integer counts",
+        ),
+        (
+            lambda d: _slot(d, "shadow")["divergence"].update(edges=[0.0, 0.5, 1.0], counts=[1, 1]),
+            "other edges",
+        ),
+    ],
+)
 def test_impossible_windows_are_refused_with_the_reason(mutate, reason):
     problem = window_problem(_bad(mutate))
     assert problem is not None and reason in problem
@@ -79,8 +106,12 @@ def test_the_aggregate_skips_impossible_stored_rows_instead_of_raising():
     other_alpha["latency"]["alpha"] = 0.05  # used to raise in Sketch.merge: every tick failed
     inconsistent = dict(good, errors=good["requests"] + 5)  # used to raise in the rate gate
     agg = SlotAggregate()
-    for row in (dict(good, device_id="d1", seq=1), dict(other_alpha, device_id="d2", seq=1),
-                dict(inconsistent, device_id="d3", seq=1), dict(good, device_id="d4", seq=2)):
+    for row in (
+        dict(good, device_id="d1", seq=1),
+        dict(other_alpha, device_id="d2", seq=1),
+        dict(inconsistent, device_id="d3", seq=1),
+        dict(good, device_id="d4", seq=2),
+    ):
         agg.add_row(row)
     assert agg.windows == 2 and agg.rejected == 2 and agg.calls == 2 * good["calls"]
     assert "d3 window 1: errors=" in agg.rejected_reason
@@ -100,7 +131,9 @@ def test_ingest_refuses_counts_acknowledges_and_shows_them(make_hub, mosquitto, 
     hub.fleet.start(session_expiry=0)
     assert hub.fleet.ingest.wait_connected(10)
     acks: list[dict] = []
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-7-{time.time_ns()}", protocol=mqtt.MQTTv5)
+    c = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-7-{time.time_ns()}", protocol=mqtt.MQTTv5
+    )
     c.on_message = lambda _c, _u, m: acks.append(json.loads(m.payload))
     c.connect(host, port)
     c.loop_start()
@@ -114,12 +147,20 @@ def test_ingest_refuses_counts_acknowledges_and_shows_them(make_hub, mosquitto, 
         _slot(negative)["errors"] = -4
         for body in (good.model_dump_json(), json.dumps(nan), json.dumps(negative)):
             c.publish(topic(prefix, "dev-7", "telemetry"), body, qos=1).wait_for_publish(5)
-        wait_for(lambda: hub.fleet.device("dev-7").rejected_windows == 2, 15, what="two windows refused")
+        wait_for(
+            lambda: hub.fleet.device("dev-7").rejected_windows == 2, 15, what="two windows refused"
+        )
         assert hub.fleet.window_count("dev-7") == 1  # only the good one stored
         assert hub.fleet.ingest.stats["rejected"] >= 2
         # refused for good, so acknowledged: the device does not resend them forever
-        wait_for(lambda: {s for a in acks for lo, hi in a.get("windows", []) for s in range(lo, hi + 1)}
-                 >= {1, 2, 3}, 10, what="acks for all three windows")
+        wait_for(
+            lambda: (
+                {s for a in acks for lo, hi in a.get("windows", []) for s in range(lo, hi + 1)}
+                >= {1, 2, 3}
+            ),
+            10,
+            what="acks for all three windows",
+        )
         body = TestClient(create_app(hub)).get("/v1/devices/dev-7").json()
         assert body["rejected_windows"] == 2 and "errors=-4" in body["rejected_reason"]
     finally:

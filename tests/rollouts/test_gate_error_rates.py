@@ -13,11 +13,20 @@ import math
 
 import numpy as np
 import pytest
-from scipy.special import expit, logit
+from scipy.special import logit
 from scipy.stats import norm
 
-from cloud_hub.rollouts.gates import (FAIL, PASS, WAIT, Aggregate, Sprt, coarsen, divergence_gate, latency_gate,
-                                      psi)
+from cloud_hub.rollouts.gates import (
+    FAIL,
+    PASS,
+    WAIT,
+    Aggregate,
+    Sprt,
+    coarsen,
+    divergence_gate,
+    latency_gate,
+    psi,
+)
 from cloud_hub.rollouts.plan import Gates
 from edge_runtime.sketch import Sketch
 
@@ -40,7 +49,7 @@ def exact_sprt(p: float, test: Sprt, n_max: int) -> tuple[float, float]:
         keep = np.nonzero(nxt)[0]
         if not len(keep):
             break
-        live, k0 = nxt[keep[0]:keep[-1] + 1], k0 + int(keep[0])
+        live, k0 = nxt[keep[0] : keep[-1] + 1], k0 + int(keep[0])
     return fail, ok
 
 
@@ -50,9 +59,11 @@ def test_rate_test_exact_with_a_look_after_every_call(threshold):
     n_max = int(60 / threshold) * 10
     back_good, adv_good = exact_sprt(threshold / 2, test, n_max)
     back_bad, adv_bad = exact_sprt(threshold, test, n_max)
-    print(f"\nthreshold {threshold:.0%}: P(rollback | {threshold / 2:.2%}) = {back_good:.4f}, "
-          f"P(advance | {threshold:.0%}) = {adv_bad:.4f}; undecided after {n_max} calls "
-          f"{1 - back_good - adv_good:.1e} / {1 - back_bad - adv_bad:.1e}")
+    print(
+        f"\nthreshold {threshold:.0%}: P(rollback | {threshold / 2:.2%}) = {back_good:.4f}, "
+        f"P(advance | {threshold:.0%}) = {adv_bad:.4f}; undecided after {n_max} calls "
+        f"{1 - back_good - adv_good:.1e} / {1 - back_bad - adv_bad:.1e}"
+    )
     assert back_good <= LIMIT and adv_bad <= LIMIT
     assert back_good + adv_good > 0.999 and back_bad + adv_bad > 0.999  # it decides
     # far from the thresholds the test is all but certain
@@ -87,9 +98,11 @@ def test_error_rate_on_clustered_calls():
         out[p] = _first(test.llr(bad, n), test)
         if p == 0.02:  # what counting rows as independent trials did (the audit's 70 %)
             out["rows"] = _first(test.llr(bad_rows, rows), test)
-    print(f"\nerror rate 1 %, 20 rows per call, 5 devices 0.5x-1.5x: P(rollback | 0.5 %) = {out[0.005][0]:.3f}, "
-          f"P(advance | 1 %) = {out[0.01][1]:.3f}, P(advance | 2 %) = {out[0.02][1]:.4f}; "
-          f"rows as trials at 2 %: P(advance) = {out['rows'][1]:.3f}")
+    print(
+        f"\nerror rate 1 %, 20 rows per call, 5 devices 0.5x-1.5x: P(rollback | 0.5 %) = {out[0.005][0]:.3f}, "
+        f"P(advance | 1 %) = {out[0.01][1]:.3f}, P(advance | 2 %) = {out[0.02][1]:.4f}; "
+        f"rows as trials at 2 %: P(advance) = {out['rows'][1]:.3f}"
+    )
     assert out[0.005][0] <= LIMIT and out[0.01][1] <= LIMIT and out[0.02][1] <= 0.001
     assert out["rows"][1] > 0.1  # the fault the call counts fix
 
@@ -109,8 +122,10 @@ def test_decision_change_on_clustered_shares():
         shares = (changed / m).sum(2).cumsum(1)
         n = (np.arange(1, looks + 1) * calls)[None, :]
         res[p] = _first(test.llr(shares, n), test)
-    print(f"\ndecision change 5 %, shares of clustered calls: P(rollback | 2.5 %) = {res[0.025][0]:.3f}, "
-          f"P(advance | 5 %) = {res[0.05][1]:.3f}")
+    print(
+        f"\ndecision change 5 %, shares of clustered calls: P(rollback | 2.5 %) = {res[0.025][0]:.3f}, "
+        f"P(advance | 5 %) = {res[0.05][1]:.3f}"
+    )
     assert res[0.025][0] <= LIMIT and res[0.05][1] <= LIMIT
 
 
@@ -121,8 +136,15 @@ def _latency_sketch_dense(lat: np.ndarray, gamma_log: float, offset: int, size: 
 
 def _sketch(dense: np.ndarray, offset: int, lo: float, hi: float, total: float) -> dict:
     nz = np.nonzero(dense)[0]
-    return {"alpha": 0.01, "count": int(dense.sum()), "zeros": 0, "sum": total, "min": lo, "max": hi,
-            "bins": {str(int(i) + offset): int(dense[i]) for i in nz}}
+    return {
+        "alpha": 0.01,
+        "count": int(dense.sum()),
+        "zeros": 0,
+        "sum": total,
+        "min": lo,
+        "max": hi,
+        "bins": {str(int(i) + offset): int(dense[i]) for i in nz},
+    }
 
 
 def test_p99_gate_on_merged_sketches():
@@ -161,8 +183,10 @@ def test_p99_gate_on_merged_sketches():
                     break
             outcomes.append(decided)
         res[share] = (outcomes.count(FAIL) / len(outcomes), outcomes.count(PASS) / len(outcomes))
-    print(f"\np99 vs SLA: P(rollback | 0.5 % over SLA) = {res[0.005][0]:.3f}, "
-          f"P(advance | 1 % over SLA) = {res[0.01][1]:.3f}")
+    print(
+        f"\np99 vs SLA: P(rollback | 0.5 % over SLA) = {res[0.005][0]:.3f}, "
+        f"P(advance | 1 % over SLA) = {res[0.01][1]:.3f}"
+    )
     assert res[0.005][0] <= LIMIT and res[0.01][1] <= LIMIT
 
 
@@ -182,7 +206,7 @@ def _device_probs(offsets: np.ndarray, shift: float, sd: float = 1.5) -> np.ndar
 
 
 def _population_psi(shift: float, spread: float) -> float:
-    sd = math.sqrt(1.5 ** 2 + spread ** 2)
+    sd = math.sqrt(1.5**2 + spread**2)
     a = _device_probs(np.zeros(1), 0.0, sd)[0]
     b = _device_probs(np.zeros(1), shift, sd)[0]
     return psi(*coarsen(b, a))
@@ -196,21 +220,35 @@ def _shift_for(target: float, spread: float) -> float:
     return mid
 
 
-def _canary(rng, gates, shift: float, spread: float, reps: int, looks: int = 16) -> tuple[float, float]:
+def _canary(
+    rng, gates, shift: float, spread: float, reps: int, looks: int = 16
+) -> tuple[float, float]:
     """(P(roll back), P(advance)) of the real divergence gate: 10 candidate devices vs 20 champion
     devices whose traffic differs (device logit offsets ~ N(0, spread)), 100 scores each per look."""
     outcomes = []
     for _ in range(reps):
         cand_p = _device_probs(rng.normal(0, spread, 10), shift)
         champ_p = _device_probs(rng.normal(0, spread, 20), 0.0)
-        cand_p, champ_p = cand_p / cand_p.sum(1, keepdims=True), champ_p / champ_p.sum(1, keepdims=True)
-        cand, champ = np.zeros(cand_p.shape, dtype=np.int64), np.zeros(champ_p.shape, dtype=np.int64)
+        cand_p, champ_p = (
+            cand_p / cand_p.sum(1, keepdims=True),
+            champ_p / champ_p.sum(1, keepdims=True),
+        )
+        cand, champ = (
+            np.zeros(cand_p.shape, dtype=np.int64),
+            np.zeros(champ_p.shape, dtype=np.int64),
+        )
         decided = WAIT
         for _look in range(looks):
             cand += rng.multinomial(100, cand_p)
             champ += rng.multinomial(100, champ_p)
-            c = Aggregate(scores=cand.sum(0).tolist(), device_scores={f"c{i}": r.tolist() for i, r in enumerate(cand)})
-            b = Aggregate(scores=champ.sum(0).tolist(), device_scores={f"b{i}": r.tolist() for i, r in enumerate(champ)})
+            c = Aggregate(
+                scores=cand.sum(0).tolist(),
+                device_scores={f"c{i}": r.tolist() for i, r in enumerate(cand)},
+            )
+            b = Aggregate(
+                scores=champ.sum(0).tolist(),
+                device_scores={f"b{i}": r.tolist() for i, r in enumerate(champ)},
+            )
             decided = divergence_gate(c, b, gates, 100, "champion devices").status
             if decided != WAIT:
                 break
@@ -227,10 +265,18 @@ def test_divergence_on_device_clustered_canary():
     res = {}
     for spread in (0.5, 0.1):
         for target in (0.0, 0.05, 0.1):
-            res[spread, target] = _canary(rng, gates, _shift_for(target, spread) if target else 0.0, spread, 120)
+            res[spread, target] = _canary(
+                rng, gates, _shift_for(target, spread) if target else 0.0, spread, 120
+            )
     for spread in (0.5, 0.1):
-        print(f"\nPSI 0.1, 10 vs 20 devices, logit spread {spread}: P(rollback | same model) = "
-              f"{res[spread, 0.0][0]:.3f}, P(rollback | PSI 0.05) = {res[spread, 0.05][0]:.3f}, "
-              f"P(advance | PSI 0.1) = {res[spread, 0.1][1]:.3f}, P(advance | same model) = {res[spread, 0.0][1]:.3f}")
-        assert res[spread, 0.0][0] <= LIMIT and res[spread, 0.05][0] <= LIMIT and res[spread, 0.1][1] <= LIMIT
+        print(
+            f"\nPSI 0.1, 10 vs 20 devices, logit spread {spread}: P(rollback | same model) = "
+            f"{res[spread, 0.0][0]:.3f}, P(rollback | PSI 0.05) = {res[spread, 0.05][0]:.3f}, "
+            f"P(advance | PSI 0.1) = {res[spread, 0.1][1]:.3f}, P(advance | same model) = {res[spread, 0.0][1]:.3f}"
+        )
+        assert (
+            res[spread, 0.0][0] <= LIMIT
+            and res[spread, 0.05][0] <= LIMIT
+            and res[spread, 0.1][1] <= LIMIT
+        )
     assert res[0.1, 0.0][1] >= 0.8  # a good candidate gets through when devices are alike

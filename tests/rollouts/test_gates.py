@@ -8,9 +8,24 @@ import random
 import numpy as np
 import pytest
 
-from cloud_hub.rollouts.gates import (FAIL, PASS, WAIT, Aggregate, Sprt, StageView, divergence, divergence_gate,
-                                      evaluate, js_divergence, latency_gate, p99_bounds, psi, rate_gate,
-                                      total_variation, wilson_interval)
+from cloud_hub.rollouts.gates import (
+    FAIL,
+    PASS,
+    WAIT,
+    Aggregate,
+    Sprt,
+    StageView,
+    divergence,
+    divergence_gate,
+    evaluate,
+    js_divergence,
+    latency_gate,
+    p99_bounds,
+    psi,
+    rate_gate,
+    total_variation,
+    wilson_interval,
+)
 from cloud_hub.rollouts.plan import Gates, Plan, build_plan
 from edge_runtime.errors import ValidationError
 from edge_runtime.sketch import Sketch
@@ -35,11 +50,18 @@ def test_sequential_rate_test_numbers():
 
 def test_one_error_in_ten_waits_and_the_threshold_itself_is_not_conclusive():
     g = Gates()
-    assert rate_gate("error_rate", 1, 10, g.max_error_rate, 100, g.confidence, "error rate").status == WAIT
+    assert (
+        rate_gate("error_rate", 1, 10, g.max_error_rate, 100, g.confidence, "error rate").status
+        == WAIT
+    )
     assert rate_gate("error_rate", 1, 10, 0.01, 5, 0.95, "error rate").status == WAIT
     # 10 in 1,000 is exactly the threshold: it used to roll back; now the test wants more data ...
     at = rate_gate("error_rate", 10, 1000, 0.01, 100, 0.95, "error rate")
-    assert at.status == WAIT and "not conclusive" in at.message and at.data["llr"] == pytest.approx(1.944, abs=1e-3)
+    assert (
+        at.status == WAIT
+        and "not conclusive" in at.message
+        and at.data["llr"] == pytest.approx(1.944, abs=1e-3)
+    )
     # ... 39 in 5,000 (0.78 %) is no longer a rollback (the audit's wait zone that disappeared) ...
     assert rate_gate("error_rate", 39, 5000, 0.01, 100, 0.95, "error rate").status != FAIL
     # ... while a rate clearly above the threshold rolls back fast and one clearly under passes
@@ -82,22 +104,39 @@ def _sketch(n: int, value: float = 0.02, slow: int = 0, slow_value: float = 0.4)
 
 
 def _agg(calls=2000, errored=0, scores=None, **kw) -> Aggregate:
-    base = dict(requests=calls * 8, errors=errored * 8, calls=calls, errored_calls=errored, p99_ms=20.0,
-                latency=_sketch(calls), scores=scores or [100] * 10)
+    base = {
+        "requests": calls * 8,
+        "errors": errored * 8,
+        "calls": calls,
+        "errored_calls": errored,
+        "p99_ms": 20.0,
+        "latency": _sketch(calls),
+        "scores": scores or [100] * 10,
+    }
     base.update(kw)
     return Aggregate(**base)
 
 
 def _view(stage, **kw):
-    base = dict(stage=stage, elapsed_s=100.0, stage_devices=10, verified=10, pending=0, failed=0, unknown=0,
-                candidate=_agg(), champion=_agg())
+    base = {
+        "stage": stage,
+        "elapsed_s": 100.0,
+        "stage_devices": 10,
+        "verified": 10,
+        "pending": 0,
+        "failed": 0,
+        "unknown": 0,
+        "candidate": _agg(),
+        "champion": _agg(),
+    }
     base.update(kw)
     return StageView(**base)
 
 
 def test_verdict_paths():
-    plan = build_plan({"shadow": True, "defaults": {"min_duration": "1m", "min_samples": 100,
-                                                    "timeout": "10m"}})
+    plan = build_plan(
+        {"shadow": True, "defaults": {"min_duration": "1m", "min_samples": 100, "timeout": "10m"}}
+    )
     canary = plan.stages[1]
     g = plan.gates
     assert evaluate(_view(canary), g).decision == "advance"
@@ -166,7 +205,9 @@ def test_p99_order_statistic_bounds_match_numpy():
 
     u = int(binom.ppf(0.95, 3000, 0.99)) + 1
     lrank = int(binom.ppf(0.05, 3000, 0.99))
-    assert hi == pytest.approx(xs[u - 1] * 1000, rel=0.011) and lo == pytest.approx(xs[lrank - 1] * 1000, rel=0.011)
+    assert hi == pytest.approx(xs[u - 1] * 1000, rel=0.011) and lo == pytest.approx(
+        xs[lrank - 1] * 1000, rel=0.011
+    )
     assert lo < np.quantile(x, 0.99) * 1000 < hi
     small = Sketch()
     small.extend([0.01] * 100)
@@ -195,13 +236,21 @@ def test_divergence_needs_enough_scores_and_each_metric_its_own_threshold():
     rng = np.random.default_rng(1)
     a = np.histogram(rng.beta(2, 5, 4000), bins=20, range=(0, 1))[0].tolist()
     b = np.histogram(rng.beta(3.2, 4, 4000), bins=20, range=(0, 1))[0].tolist()
-    assert psi(*[[sum(v[i:i + 2]) for i in range(0, 20, 2)] for v in (a, b)]) > 0.5
-    for keys in ({"divergence_metric": "js", "max_divergence": 0.1}, {"max_psi": None, "max_js": 0.018},
-                 {"max_psi": None, "max_tv": 0.13}, {}):
-        r = divergence_gate(Aggregate(scores=b), Aggregate(scores=a), Gates(**keys), 100, "champion")
+    assert psi(*[[sum(v[i : i + 2]) for i in range(0, 20, 2)] for v in (a, b)]) > 0.5
+    for keys in (
+        {"divergence_metric": "js", "max_divergence": 0.1},
+        {"max_psi": None, "max_js": 0.018},
+        {"max_psi": None, "max_tv": 0.13},
+        {},
+    ):
+        r = divergence_gate(
+            Aggregate(scores=b), Aggregate(scores=a), Gates(**keys), 100, "champion"
+        )
         assert r.status == FAIL, (keys, r.message)
     same = np.histogram(rng.beta(2, 5, 4000), bins=20, range=(0, 1))[0].tolist()
-    r = divergence_gate(Aggregate(scores=same), Aggregate(scores=a), Gates(max_js=0.018, max_tv=0.13), 100, "x")
+    r = divergence_gate(
+        Aggregate(scores=same), Aggregate(scores=a), Gates(max_js=0.018, max_tv=0.13), 100, "x"
+    )
     assert r.status == PASS and set(r.data["metrics"]) == {"psi", "js", "tv"}
 
 
@@ -211,10 +260,23 @@ def test_plan_divergence_keys_old_and_new():
     assert Gates(max_divergence=0.2).divergence_thresholds == {"psi": 0.2}
     assert Gates(divergence_metric="tv").divergence_thresholds == {"tv": 0.13}
     assert Gates(max_divergence=0.05, divergence_metric="js").divergence_thresholds == {"js": 0.05}
-    old = {"stages": [{"name": "canary-100%", "kind": "canary", "percent": 100, "min_duration_s": 1,
-                       "min_samples": 1, "timeout_s": 10}],
-           "gates": {"max_divergence": 0.1, "divergence_metric": "js"}, "min_devices": 1}
-    assert Plan.model_validate(old).gates.divergence_thresholds == {"js": 0.1}  # a stored rollout loads
+    old = {
+        "stages": [
+            {
+                "name": "canary-100%",
+                "kind": "canary",
+                "percent": 100,
+                "min_duration_s": 1,
+                "min_samples": 1,
+                "timeout_s": 10,
+            }
+        ],
+        "gates": {"max_divergence": 0.1, "divergence_metric": "js"},
+        "min_devices": 1,
+    }
+    assert Plan.model_validate(old).gates.divergence_thresholds == {
+        "js": 0.1
+    }  # a stored rollout loads
     with pytest.raises(ValidationError, match="max_psi") as e:
         build_plan({"gates": {"max_divergence": 0.2, "max_psi": 0.1}})
     assert e.value.field == "gates"
@@ -222,8 +284,12 @@ def test_plan_divergence_keys_old_and_new():
         build_plan({"gates": {"divergence_metric": "kl"}})
     with pytest.raises(ValidationError, match="at least one of max_psi"):
         build_plan({"gates": {"max_psi": None}})
-    for bad in ({"max_p99_ms": float("nan")}, {"max_psi": float("inf")}, {"min_latency_samples": 0},
-                {"max_js": -1}):
+    for bad in (
+        {"max_p99_ms": float("nan")},
+        {"max_psi": float("inf")},
+        {"min_latency_samples": 0},
+        {"max_js": -1},
+    ):
         with pytest.raises(ValidationError) as e:
             build_plan({"gates": bad})
         assert e.value.field == f"gates.{next(iter(bad))}"
