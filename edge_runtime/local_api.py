@@ -75,8 +75,8 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
             431: "Request Header Fields Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}
 
-_IN = select.EPOLLIN | select.EPOLLONESHOT
-_OUT = select.EPOLLOUT | select.EPOLLONESHOT
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
 
 
 # ---- JSON: depth check and the decoder -------------------------------------------------------
@@ -199,8 +199,8 @@ class _Conn:
     """State of one client connection. Touched only by the worker that claimed it (``busy``)
     or, under the API lock, by the deadline sweep when nobody has it."""
 
-    __slots__ = ("body", "busy", "close_after", "closed", "deadline", "fd", "h", "idle_since",
-                 "out", "phase", "req", "reserved", "sock", "want", "wants_close")
+    __slots__ = ("armed", "body", "busy", "close_after", "closed", "deadline", "fd", "h",
+                 "idle_since", "out", "phase", "req", "reserved", "sock", "want", "wants_close")
 
     def __init__(self, sock: socket.socket, now: float, idle_timeout: float) -> None:
         self.sock = sock
@@ -217,7 +217,8 @@ class _Conn:
         self.wants_close = False  # the current request asked for Connection: close (or HTTP/1.0)
         self.busy = False
         self.closed = False
-        self.want = _IN
+        self.want = _IN  # what it waits for: _IN or _OUT
+        self.armed = _IN  # what epoll watches for it now
 
 
 class LocalApi:
@@ -249,6 +250,11 @@ class LocalApi:
         self._next_sweep = 0.0
         self._accept_paused_until = 0.0
         self._ep = select.epoll()
+        # one worker: level-triggered, many events per wake-up, no re-arming (a request costs
+        # recv + send); several: EPOLLONESHOT hands each ready connection to exactly one
+        # worker, which re-arms it when done (one more syscall, and GIL hand-offs between them)
+        self._oneshot = select.EPOLLONESHOT if self.workers > 1 else 0
+        self._maxevents = 1 if self.workers > 1 else 64
         try:
             tcp = socket.create_server((host, port), family=_family(host), backlog=1024)
         except OSError as exc:
@@ -308,7 +314,7 @@ class LocalApi:
     def start(self) -> LocalApi:
         self._stopping = False
         for fd in self._listeners:
-            self._ep.register(fd, _IN)
+            self._ep.register(fd, _IN | self._oneshot)
         for i in range(self.workers):
             t = threading.Thread(target=self._worker, name=f"local-api-{i}", daemon=True)
             t.start()
@@ -346,7 +352,7 @@ class LocalApi:
         ep = self._ep
         while not self._stopping:
             try:
-                events = ep.poll(0.25, 1)  # one event per wake-up: the others go to other workers
+                events = ep.poll(0.25, self._maxevents)
             except (OSError, ValueError):
                 if self._stopping:
                     return
@@ -389,8 +395,9 @@ class LocalApi:
                     return
                 break
             self._admit(sock, now)
-        with contextlib.suppress(OSError, ValueError):
-            self._ep.modify(fd, _IN)
+        if self._oneshot:
+            with contextlib.suppress(OSError, ValueError):
+                self._ep.modify(fd, _IN | self._oneshot)
 
     def _admit(self, sock: socket.socket, now: float) -> None:
         sock.setblocking(False)
@@ -422,7 +429,7 @@ class LocalApi:
         with self._lock:
             self._conns[conn.fd] = conn
             self.stats["accepted"] += 1
-            self._ep.register(conn.fd, _IN)
+            self._ep.register(conn.fd, _IN | self._oneshot)
 
     def _release(self, conn: _Conn) -> None:
         """Give the connection back: re-arm it for what it waits on, unless it was closed."""
@@ -430,7 +437,9 @@ class LocalApi:
             conn.busy = False
             if not conn.closed:
                 try:
-                    self._ep.modify(conn.fd, conn.want)
+                    if self._oneshot or conn.want != conn.armed:
+                        self._ep.modify(conn.fd, conn.want | self._oneshot)
+                        conn.armed = conn.want
                 except (OSError, ValueError):
                     conn.busy = True  # unusable: close below
             else:
@@ -458,7 +467,7 @@ class LocalApi:
             self._accept_paused_until = 0.0
             for fd in list(self._listeners):
                 with contextlib.suppress(OSError, ValueError):
-                    self._ep.modify(fd, _IN)
+                    self._ep.modify(fd, _IN | self._oneshot)
         late: list[_Conn] = []
         with self._lock:
             for c in self._conns.values():

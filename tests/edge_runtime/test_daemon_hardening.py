@@ -274,3 +274,45 @@ def test_sqlite_is_not_needed_to_read_health_of_a_plain_daemon(cancer_bundle, ke
     h = d.health()
     assert h["status"] == "ok" and h["degraded"] == []
     assert sqlite3  # (the fixed-bundle daemon has no store, no outbox)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_mqtt_link_thread_is_restarted(tmp_path, cancer_bundle, keypair, mosquitto):
+    """A callback error ends paho's network thread (paho re-raises by default): the supervisor
+    restarts it, the link reconnects and the error is in /health and the state message."""
+    import uuid
+
+    import paho.mqtt.client as mqtt
+
+    from edge_runtime.protocol import topic
+
+    host, port = mosquitto
+    prefix = f"test-{uuid.uuid4().hex[:10]}/v1"
+    settings = load_settings(local_api={"enabled": False}, device={"id": "sup-1"},
+                             store={"dir": str(tmp_path / "store"), "public_key": str(keypair[1]),
+                                    "latency_runs": 20},
+                             mqtt={"url": f"mqtt://{host}:{port}", "prefix": prefix})
+    with Daemon(settings) as d:
+        d.supervisor.interval_s = 0.05
+        link = d.fleet.link
+        assert link.wait_connected(20)
+        original = link.client.on_message
+
+        def boom_once(client, userdata, msg):
+            link.client.on_message = original
+            raise RuntimeError("boom in on_message")
+
+        link.client.on_message = boom_once
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect(host, port)
+        pub.loop_start()
+        try:
+            pub.publish(topic(prefix, "sup-1", "desired"), b"{}", qos=1).wait_for_publish(10)
+            assert _wait(lambda: d.supervisor.health()["mqtt_link"]["restarts"] >= 1)
+            h = d.health()["threads"]["mqtt_link"]
+            assert h["last_error"] == "RuntimeError: boom in on_message"
+            assert _wait(lambda: link.connected.is_set() and link.client._thread.is_alive())
+            assert d.fleet.state().health["threads"]["mqtt_link"]["restarts"] >= 1
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
