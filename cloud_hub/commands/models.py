@@ -13,7 +13,7 @@ from edge_runtime.errors import ValidationError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("models", help="model registry: push, list, show, alias",
+    p = sub.add_parser("models", help="model registry: push, list, show, alias, import",
                        description="Model registry commands; they call the hub API at --url / HUB_URL "
                        "with --api-key / HUB_API_KEY.")
     common = argparse.ArgumentParser(add_help=False)
@@ -47,6 +47,10 @@ def register(sub) -> None:
     al.add_argument("version", nargs="?", help="version the alias should point at")
     al.add_argument("--delete", action="store_true", help="remove the alias")
     al.set_defaults(func=cmd_alias)
+
+    from cloud_hub.commands.models_import import register as register_import
+
+    register_import(msub, common)
 
 
 def _client(args):
