@@ -106,11 +106,13 @@ def compare_bundles(src: Bundle, dst: Bundle, *, rows: int = 256, seed: int = 0)
     """Max |Δ| of probabilities/values and decision agreement: golden rows and all rows."""
     ms = Model.load(src, warmup=False)
     md = Model.load(dst, warmup=False)
+    xs: list[np.ndarray] = []  # the feature rows behind each block (for the worst row)
     try:
         ga, gb, gda, gdb = [], [], [], []
         for g in src.manifest.golden:
             if g.rows is not None:
                 x = ms.codec.encode(g.rows)
+                xs.append(np.asarray(x, np.float64))
                 sa, sb = ms.score_array(x), md.score_array(x)
             elif g.tensors is not None:
                 sa, sb = ms._scores(ms.run_tensors(g.tensors)), md._scores(md.run_tensors(g.tensors))
@@ -124,6 +126,7 @@ def compare_bundles(src: Bundle, dst: Bundle, *, rows: int = 256, seed: int = 0)
         if rows:
             if ms.codec is not None:
                 x = synthetic_rows(ms, rows, seed)
+                xs.append(np.asarray(x, np.float64))
                 sa, sb = ms.score_array(x), md.score_array(x)
             else:
                 feeds = _synthetic_tensors(ms, rows, seed)
@@ -132,10 +135,46 @@ def compare_bundles(src: Bundle, dst: Bundle, *, rows: int = 256, seed: int = 0)
             ab.append(_main_output(sb))
             ada.append(ms.decision(sa))
             adb.append(md.decision(sb))
-        return {"golden": _stats(ga, gb, gda, gdb), "all": _stats(aa, ab, ada, adb)}
+        out = {"golden": _stats(ga, gb, gda, gdb), "all": _stats(aa, ab, ada, adb)}
+        if ms.codec is not None and aa and len(xs) == len(aa):
+            out["worst_row"] = _worst_row(ms, np.concatenate(xs), np.concatenate(aa),
+                                          np.concatenate(ab))
+        return out
     finally:
         ms.close()
         md.close()
+
+
+def _worst_row(model: Model, x: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """The row with the largest |Δ|: its feature values as a client sends them (text as
+    text, NaN as None) and both answers — what a refusal names."""
+    d = abs_diff(a, b).reshape(len(a), -1).max(axis=1)
+    i = int(d.argmax())
+    feats: dict[str, Any] = {}
+    for f, v in zip(model.manifest.inputs.features, x[i].tolist()):
+        if np.isnan(v):
+            feats[f.name] = None
+        elif f.dtype == "string":
+            cats = f.categories or []
+            feats[f.name] = cats[int(v)] if 0 <= v < len(cats) else "(unseen category)"
+        else:
+            feats[f.name] = round(v, 6)
+    def r(arr: Any) -> list[float]:
+        return [round(float(t), 6) for t in np.asarray(arr).reshape(-1)]
+
+    return {"index": i, "features": feats, "source": r(a[i]), "converted": r(b[i]),
+            "abs_diff": float(d[i])}
+
+
+def describe_worst(parity: dict[str, Any], limit: int = 10) -> str:
+    """"; worst row: f=…, g=…: source […], converted […]" for a refusal message."""
+    w = parity.get("worst_row")
+    if not w:
+        return ""
+    items = list(w["features"].items())
+    shown = ", ".join(f"{k}={'NaN' if v is None else v}" for k, v in items[:limit])
+    more = ", …" if len(items) > limit else ""
+    return f"; worst row: {shown}{more}: source {w['source']}, converted {w['converted']}"
 
 
 def recompute_golden(bundle: Bundle, golden) -> list[dict[str, Any]]:

@@ -272,8 +272,11 @@ def _measure(src: Bundle, staged: Bundle, cfg: QuantizeConfig, mode: QuantMode,
         else MIN_AGREEMENT[mode.value]
     res["min_label_agreement"] = agree
     if not allp["max_rel_diff"] <= tol or allp["label_agreement"] < agree:
+        from converters.parity import describe_worst
+
+        worst = describe_worst(par) if allp is par["all"] else ""
         raise EngineError(f"the {mode.value} variant of {name} differs from its source by max "
-                          f"|Δ| {allp['max_abs_diff']:.3g} on {allp['rows']} {where} "
+                          f"|Δ| {allp['max_abs_diff']:.3g}{worst} on {allp['rows']} {where} "
                           f"rows, label agreement {allp['label_agreement']:.4f}: its tolerance is "
                           f"|Δ| <= {tol:g} and agreement >= {agree:g}; nothing written (pass "
                           "--tolerance / --min-agreement to accept)",

@@ -93,7 +93,12 @@ def _ref(name: str, version: str | None) -> str:
 
 def _metadata(mv, model) -> dict[str, Any]:
     eng = model.engine
-    if model.codec is not None:
+    if model.codec is not None and any(k.name == "string" for k in model.codec.kinds):
+        # text features: one tensor per feature (BYTES for text, issue 12)
+        oip_of = {"string": "BYTES", "bool": "BOOL"}
+        inputs = [{"name": f.name, "datatype": oip_of.get(f.dtype, "FP64"), "shape": [-1]}
+                  for f in model.manifest.inputs.features]
+    elif model.codec is not None:
         spec = next(t for t in eng.inputs if t.name == model._feed_name)
         inputs = [{"name": spec.name, "datatype": CONTRACT_TO_OIP.get(spec.dtype, "FP32"),
                    "shape": [-1, model.codec.n]}]

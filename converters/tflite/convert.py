@@ -171,11 +171,15 @@ def onnx_to_tflite(src_bundle: str | Path | Bundle, out_dir: str | Path,
             raise ConversionError("nothing to check parity on: the source bundle has no golden "
                                   "vectors and parity_rows is 0", field="parity_rows")
         if check["max_rel_diff"] > tol:
+            from converters.parity import describe_worst
+
+            worst = describe_worst(parity) if check is parity["all"] else ""
             raise ConversionError(
                 f"the TFLite model disagrees with the source: max |Δ| {check['max_abs_diff']:.3g} "
                 f"(relative {check['max_rel_diff']:.3g}) > atol {tol:g} on {check['rows']} rows "
-                f"(label agreement {check['label_agreement']:.4f}); nothing written "
+                f"(label agreement {check['label_agreement']:.4f}){worst}; nothing written "
                 "(raise atol to accept)", field="parity", parity=parity)
+        parity.pop("worst_row", None)
         fields["golden"] = recompute_golden(staged, m.golden)
         fields["provenance"]["parity"] = parity
         return publish(stage, out, fields, {MODEL_FILE: data}, key)

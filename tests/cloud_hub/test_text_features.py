@@ -98,6 +98,10 @@ def test_oip_bytes_tensors_per_feature(churn, server):
             inputs.append({"name": f, "datatype": "BOOL", "shape": [10], "data": vals})
         else:
             inputs.append({"name": f, "datatype": "FP64", "shape": [10], "data": vals})
+    meta = httpx.get(url + "/v2/models/churn", timeout=30).json()
+    assert {i["name"]: i["datatype"] for i in meta["inputs"]} == {
+        **{f: "FP64" for f in ("tenure", "monthly_charges", "total_charges")},
+        "contract": "BYTES", "internet": "BYTES", "payment": "BYTES", "senior": "BOOL"}
     r = httpx.post(url + "/v2/models/churn/infer", json={"inputs": inputs}, timeout=30)
     assert r.status_code == 200, r.text
     out = {o["name"]: o["data"] for o in r.json()["outputs"]}
