@@ -23,8 +23,8 @@ ID = r"^[A-Za-z0-9_.:\-]+$"  # device/document ids: what check_device_id and MQT
 
 
 class RegisterBody(BaseModel):
-    id: str = Field(min_length=1, max_length=128, pattern=ID,
-                    description="Device id (MQTT user name and topic segment).")
+    id: str = Field(description="Device id (MQTT user name and topic segment): 1-128 letters, digits, "
+                    "'-', '_', '.', ':' (checked by the fleet service, field device_id).")
     tags: dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=256)]] = Field(
         default_factory=dict, max_length=64, description="Cohort labels, e.g. region=eu.")
     profile: str = Field("", max_length=64, description="Device profile name, e.g. rpi4.")
