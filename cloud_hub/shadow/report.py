@@ -154,7 +154,7 @@ def _rate_check(name: str, value: float | None, shares: Sequence[float], limit: 
     if limit <= 0 or limit >= 1:  # nothing is below 0; nothing is above 1 — no test needed
         passed = limit >= 1 and (value is None or value < 1)
         return {**out, "passed": passed, "status": "pass" if passed else "fail",
-                "detail": "" if passed else "nothing is below a limit of 0"}
+                "detail": "" if passed else f"nothing is below a limit of {limit:g}"}
     test = Sprt.for_threshold(limit, confidence)
     llr = test.llr(k, n) if n else 0.0
     status = test.decide(llr) if n else "wait"
