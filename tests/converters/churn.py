@@ -39,10 +39,8 @@ def churn_frame(n: int = 1500, seed: int = 7):
 
 
 def churn_pipeline(head: str = "gboost", sparse: bool = False):
-    """ColumnTransformer selecting columns by name → a classifier, fitted on churn_frame().
-
-    ``sparse=True`` keeps OneHotEncoder's sparse output: XGBoost then reads the one-hot
-    zeros as *missing* values, which the ONNX graph (dense) cannot reproduce."""
+    """ColumnTransformer selecting columns by name → a classifier, fitted on churn_frame()
+    (``sparse``: OneHotEncoder's sparse output)."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline

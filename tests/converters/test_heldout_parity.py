@@ -273,14 +273,16 @@ def test_churn_through_edge_runtime_predict_cli(churn_bundle, tmp_path):
     np.testing.assert_allclose([g["probability"] for g in got], want, atol=TOL)
 
 
-def test_churn_lightgbm_exact_and_xgboost_on_sparse_onehot_refused(tmp_path, keys):
-    """LightGBM behind the same ColumnTransformer is exact; XGBoost reading a sparse one-hot
-    matrix answers differently from any dense graph: the gate refuses it, nothing written."""
+def test_churn_lightgbm_exact_and_xgboost_refused_by_the_gate(tmp_path, keys):
+    """LightGBM behind the same ColumnTransformer is exact. XGBoost is not: the ONNX scaler
+    computes in float32 and lands 1 ulp away from scikit-learn's float64 result (~4,000 cells
+    of 21,000), and XGBoost's split values are sample values, so those ulps flip splits
+    (max |Δ| 0.33). The gate refuses it and writes nothing."""
     df = churn_frame()
     out = _export(churn_pipeline("lightgbm"), df, tmp_path / "lgbm", keys[0],
                   label_column="churn")
     assert read_bundle(out).manifest.provenance["parity"]["heldout_max_abs_diff"] <= TOL
-    xgb = churn_pipeline("xgboost", sparse=True)
+    xgb = churn_pipeline("xgboost")
     frame = df.assign(churn=(df["churn"] == "yes").astype(int))
     with pytest.raises(ConversionError, match=r"does not answer like the source.*worst: "):
         _export(xgb, frame, tmp_path / "xgb", keys[0], label_column="churn")
