@@ -15,6 +15,12 @@ connections stop being read and TCP back-pressure slows the devices, which buffe
 PUBLISH and sends the PUBACK once the message is in the session's (also unbounded) delivery queue,
 so each session's delivery queue is bounded too (``max_session_queued``): a full one delays the
 PUBACK, and the device's MQTT in-flight window (paho: 20 QoS1 messages) stops it publishing.
+
+Device limit: the broker runs in the hub's process and shares its GIL; it was measured with 300
+simulated devices (benchmarks/RESULTS.md), not beyond. Past ``max_clients`` connections (default
+``MAX_CLIENTS``: 300 devices plus the hub's own connections) it refuses a new client with a CONNACK
+"server unavailable" and one ERROR log line saying why and what to use instead (Mosquitto), rather
+than slowing every device down; the refused device backs off and retries.
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ class _SnapshotDict(dict):
 MAX_QUEUED = 2000
 #: QoS1 messages received from one client and not yet fanned out (PUBACK waits beyond this)
 MAX_SESSION_QUEUED = 50
+#: connections the embedded broker accepts (devices + the hub's ingest and publisher connections)
+MAX_CLIENTS = 310
+#: MQTT 3.1.1 CONNACK, return code 3: server unavailable
+_CONNACK_UNAVAILABLE = b"\x20\x02\x00\x03"
 
 
 def _bounded_session_class(maxsize: int):
@@ -61,9 +71,12 @@ def _bounded_session_class(maxsize: int):
 
 class EmbeddedBroker:
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, *, max_queued: int = MAX_QUEUED,
-                 max_session_queued: int = MAX_SESSION_QUEUED) -> None:
-        if max_queued < 1 or max_session_queued < 1:
-            raise ValueError("max_queued and max_session_queued must be at least 1")
+                 max_session_queued: int = MAX_SESSION_QUEUED, max_clients: int = MAX_CLIENTS) -> None:
+        if max_queued < 1 or max_session_queued < 1 or max_clients < 1:
+            raise ValueError("max_queued, max_session_queued and max_clients must be at least 1")
+        self.max_clients = max_clients
+        self.clients = 0
+        self.refused = 0
         self.max_session_queued = max_session_queued
         self.host = host
         self.port = port or _free_port(host)
@@ -116,6 +129,7 @@ class EmbeddedBroker:
             # amqtt's broadcast queue is unbounded (memory grows without limit when publishers
             # outpace the fan-out); bounded, its ``await put()`` back-pressures the publishers.
             self._broker._broadcast_queue = asyncio.Queue(maxsize=self.max_queued)
+            self._broker.stream_connected = self._limited(self._broker.stream_connected)
             loop.run_until_complete(self._broker.start())
         except BaseException as exc:  # reported to start()
             self._error = exc
@@ -128,6 +142,32 @@ class EmbeddedBroker:
         except Exception:
             log.debug("embedded broker shutdown error", exc_info=True)
         loop.close()
+
+    def _limited(self, accept):
+        """Wrap amqtt's per-connection handler: refuse past ``max_clients`` (amqtt's own
+        ``max_connections`` makes extra clients wait silently instead)."""
+
+        async def connected(reader, writer, listener_name):
+            if self.clients >= self.max_clients:
+                self.refused += 1
+                peer = writer.get_extra_info("peername")
+                log.error("embedded MQTT broker: refused a connection from %s: %d clients connected, the limit "
+                          "is %d (the in-process amqtt broker is for demos and small fleets; set HUB_MQTT_URL "
+                          "to a Mosquitto or other MQTT v5 broker for more devices)", peer, self.clients,
+                          self.max_clients)
+                try:
+                    writer.write(_CONNACK_UNAVAILABLE)
+                    await writer.drain()
+                finally:
+                    writer.close()
+                return
+            self.clients += 1
+            try:
+                await accept(reader, writer, listener_name)
+            finally:
+                self.clients -= 1
+
+        return connected
 
     @property
     def queued(self) -> int:

@@ -90,3 +90,33 @@ def test_embedded_broker_queues_are_bounded_and_lose_no_qos1_message():
             c.disconnect()
             c.loop_stop()
         broker.stop()
+
+
+def test_embedded_broker_refuses_past_its_device_limit_with_a_clear_log_line(caplog):
+    import logging
+
+    import paho.mqtt.client as mqtt
+
+    from cloud_hub.fleet.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(max_clients=2)
+    broker.start()
+    clients, answers = [], []
+    try:
+        for i in range(3):
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"lim-{i}", protocol=mqtt.MQTTv311)
+            c.on_connect = lambda _c, _u, _f, rc, _p=None, i=i: answers.append((i, rc.value))
+            with caplog.at_level(logging.ERROR, logger="cloud_hub.fleet.broker"):
+                c.connect(broker.host, broker.port)
+                c.loop_start()
+                wait_for(lambda i=i: any(a[0] == i for a in answers), what=f"CONNACK {i}")
+            clients.append(c)
+        assert sorted(answers) == [(0, 0), (1, 0), (2, 136)]  # the third: server unavailable (3.1.1 rc 3)
+        assert broker.refused >= 1
+        assert any("refused a connection" in r.message and "the limit is 2" in r.message and "HUB_MQTT_URL"
+                   in r.message for r in caplog.records)
+    finally:
+        for c in clients:
+            c.disconnect()
+            c.loop_stop()
+        broker.stop()
