@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from cloud_hub.api import schemas as S
 from cloud_hub.api.deps import Admin, HubDep, Viewer
 
 router = APIRouter(tags=["fleet"])
@@ -53,7 +54,7 @@ class DesiredBody(BaseModel):
     rollout_id: str | None = Field(None, max_length=128, pattern=ID)
 
 
-@router.get("/v1/devices", responses=ERRORS)
+@router.get("/v1/devices", responses={**ERRORS, 200: {"model": S.DeviceListOut}})
 def list_devices(hub: HubDep, _: Viewer,
                  selector: Annotated[str | None, Query(description="tags, e.g. region=eu,ring=canary")] = None,
                  online: bool | None = None) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def list_devices(hub: HubDep, _: Viewer,
     return {"devices": [r.to_dict() for r in recs], "count": len(recs)}
 
 
-@router.post("/v1/devices", responses=ERRORS, status_code=201)
+@router.post("/v1/devices", responses={**ERRORS, 201: {"model": S.RegisteredDeviceOut}}, status_code=201)
 def register_device(body: RegisterBody, hub: HubDep, _: Admin) -> dict[str, Any]:
     rec = hub.fleet.register_device(body.id, body.tags, body.profile, password=body.password,
                                     generate_password=body.generate_password)
@@ -71,7 +72,7 @@ def register_device(body: RegisterBody, hub: HubDep, _: Admin) -> dict[str, Any]
     return out
 
 
-@router.get("/v1/devices/{device_id}", responses=ERRORS)
+@router.get("/v1/devices/{device_id}", responses={**ERRORS, 200: {"model": S.DeviceDetailOut}})
 def show_device(device_id: str, hub: HubDep, _: Viewer,
                 events: Annotated[int, Query(ge=0, le=1000)] = 20) -> dict[str, Any]:
     rec = hub.fleet.device(device_id)
@@ -86,7 +87,7 @@ def show_device(device_id: str, hub: HubDep, _: Viewer,
     return out
 
 
-@router.get("/v1/devices/{device_id}/events", responses=ERRORS)
+@router.get("/v1/devices/{device_id}/events", responses={**ERRORS, 200: {"model": S.DeviceEventsOut}})
 def device_events(device_id: str, hub: HubDep, _: Viewer, since: float | None = None,
                   limit: Annotated[int, Query(ge=1, le=10000)] = 200) -> dict[str, Any]:
     hub.fleet.device(device_id)
@@ -94,14 +95,14 @@ def device_events(device_id: str, hub: HubDep, _: Viewer, since: float | None = 
                                                                            limit=limit)]}
 
 
-@router.put("/v1/devices/{device_id}/desired", responses=ERRORS)
+@router.put("/v1/devices/{device_id}/desired", responses={**ERRORS, 200: {"model": S.DesiredOut}})
 def put_desired(device_id: str, body: DesiredBody, hub: HubDep, _: Admin) -> dict[str, Any]:
     hub.fleet.device(device_id)  # 404 for a device that was never registered or seen
     doc = hub.fleet.set_desired(device_id, body.model_dump(exclude_none=False))
     return doc.model_dump(mode="json")
 
 
-@router.get("/v1/fleet/stats", responses=ERRORS)
+@router.get("/v1/fleet/stats", responses={**ERRORS, 200: {"model": S.FleetStatsOut}})
 def fleet_stats(hub: HubDep, _: Viewer, model: str | None = None,
                 by: Annotated[str, Query(description="version | tag | device | slot")] = "version",
                 tag: Annotated[str | None, Query(description="tag key for by=tag")] = None,
@@ -109,7 +110,7 @@ def fleet_stats(hub: HubDep, _: Viewer, model: str | None = None,
     return {"model": model, "by": by, "groups": hub.fleet.stats(model, by=by, tag=tag, slot=slot, since=since)}
 
 
-@router.get("/v1/fleet/ingest", responses=ERRORS)
+@router.get("/v1/fleet/ingest", responses={**ERRORS, 200: {"model": S.IngestOut}})
 def ingest_status(hub: HubDep, _: Viewer) -> dict[str, Any]:
     ing = hub.fleet.ingest
     return {"mqtt_url": hub.fleet.mqtt_url, "embedded_broker": hub.fleet.broker is not None,

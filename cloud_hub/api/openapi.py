@@ -64,6 +64,10 @@ def add_error_responses(schema: dict[str, Any]) -> None:
             if method not in ("get", "put", "post", "delete", "patch"):
                 continue
             responses = op.setdefault("responses", {})
+            for code, entry in responses.items():  # a documented model wins over FastAPI's generic
+                sch = (entry.get("content") or {}).get("application/json", {}).get("schema")  # dict
+                if code.startswith("2") and isinstance(sch, dict) and "$ref" in sch and len(sch) > 1:
+                    entry["content"]["application/json"]["schema"] = {"$ref": sch["$ref"]}
             for code, desc in COMMON.items():
                 entry = responses.setdefault(code, {"description": desc})
                 content = entry.get("content") or {}

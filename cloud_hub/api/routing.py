@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, field_validator
 
+from cloud_hub.api import schemas as S
 from cloud_hub.api.deps import Admin, Client, HubDep, Viewer
 
 router = APIRouter(tags=["champion/challenger"])
@@ -65,17 +66,17 @@ class PromoteIn(BaseModel):
     evaluation: dict[str, Any] | None = Field(None, description="Evaluation overrides for the check.")
 
 
-@router.get("/v1/splits", responses=ERRORS, summary="All champion/challenger splits")
+@router.get("/v1/splits", responses={**ERRORS, 200: {"model": S.SplitListOut}}, summary="All champion/challenger splits")
 def list_splits(hub: HubDep, _: Viewer) -> dict[str, Any]:
     return {"splits": [c.to_dict() for c in hub.routing.list_splits()]}
 
 
-@router.get("/v1/models/{name}/split", responses=ERRORS, summary="A model's split config")
+@router.get("/v1/models/{name}/split", responses={**ERRORS, 200: {"model": S.SplitOut}}, summary="A model's split config")
 def get_split(name: str, hub: HubDep, _: Viewer) -> dict[str, Any]:
     return hub.routing.get_split(name).to_dict()
 
 
-@router.put("/v1/models/{name}/split", responses=ERRORS,
+@router.put("/v1/models/{name}/split", responses={**ERRORS, 200: {"model": S.SplitOut}},
             summary="Create or change a split (fraction changes keep the split id: sticky, nested)")
 def put_split(name: str, body: SplitIn, hub: HubDep, _: Admin) -> dict[str, Any]:
     hub.registry.versions(name)  # 404 for an unknown model
@@ -94,7 +95,7 @@ def split_stats(name: str, hub: HubDep, _: Viewer, all_splits: bool = False) -> 
     return hub.routing.group_stats(name, all_splits=all_splits)
 
 
-@router.post("/v1/models/{name}/feedback", responses=ERRORS,
+@router.post("/v1/models/{name}/feedback", responses={**ERRORS, 200: {"model": S.FeedbackOut}},
              summary="Record true outcomes later, by request id (+ row) or entity key")
 def feedback(name: str, body: FeedbackIn, hub: HubDep, _: Client) -> dict[str, Any]:
     return hub.routing.add_feedback(name, [i.model_dump() for i in body.feedback])
