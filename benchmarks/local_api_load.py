@@ -76,6 +76,9 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     ap.add_argument("--connections", default="1,16")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--profile", default="x86-gateway",
+                    help="device profile (tiny-arm: 1 intra-op thread, so no ONNX Runtime pool "
+                    "thread spinning between requests inflates the daemon's CPU time)")
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -87,10 +90,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="edge-load-"))
     key, pub = generate_keypair(tmp / "fleet.key", tmp / "fleet.pub")
     bundle = build_bundle(tmp / "mlp", key)
-    with ModelStore(tmp / "store", "x86-gateway", pub, latency_runs=20) as store:
+    with ModelStore(tmp / "store", args.profile, pub, latency_runs=20) as store:
         store.install(bundle)
     cfg = tmp / "device.toml"
-    cfg.write_text(f'[device]\nid = "bench"\nprofile = "x86-gateway"\n'
+    cfg.write_text(f'[device]\nid = "bench"\nprofile = "{args.profile}"\n'
                    f'[store]\ndir = "{tmp / "store"}"\npublic_key = "{pub}"\n'
                    '[local_api]\nhost = "127.0.0.1"\nport = 0\n')
     row = json.dumps({"rows": [{f: 0.1 * i for i, f in enumerate(
@@ -136,6 +139,7 @@ def main() -> None:
                                       "median_daemon_cpu_us_per_req": cpu[len(cpu) // 2],
                                       "runs": runs}
     text = json.dumps({"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                       "profile": args.profile,
                        "duration_s": args.duration, "summary": summary}, indent=2)
     print(text)
     if args.json:
