@@ -123,6 +123,26 @@ def test_import_errors_are_clear(tmp_path, keypair, mlflow_registry):  # noqa: F
         sample=str(sample),
     )
     assert got["mlflow"]["version"] == "2" and pushed == [("bundle", ["noexample"])]
+    # --watch: a version already imported is skipped at the next poll
+    from cloud_hub.mlflow_import import watch
+
+    calls: list = []
+
+    def step(seen: set[str]):
+        calls.append(
+            run_import(
+                "models:/churn-prediction@noexample",
+                url,
+                lambda b, a: {"name": "churn-prediction", "version": "2"},
+                key=keypair[0],
+                sample=str(sample),
+                skip_versions=seen,
+            )
+        )
+        return calls[-1]
+
+    watch("models:/churn-prediction@noexample", 0.01, step, lambda: len(calls) >= 2)
+    assert calls[0]["mlflow"]["version"] == "2" and calls[1] is None
     # the CLI prints one line for an error
     r = _cli("models:/churn-prediction@nosuch", "--tracking-uri", url, "--key", str(keypair[0]))
     assert r.returncode == 1 and "alias 'nosuch'" in r.stderr
