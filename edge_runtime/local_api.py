@@ -178,8 +178,12 @@ def _predict(api: LocalApi, payload: Any) -> dict[str, Any]:
 
 
 # ---- responses ------------------------------------------------------------------------------------
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(…, separators=…) builds
+# a new encoder per call
+
+
 def _response(status: int, body: Any, close: bool) -> bytes:
-    data = json.dumps(body, separators=(",", ":")).encode()
+    data = _encode(body).encode()
     head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
             f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n")
@@ -533,7 +537,12 @@ class LocalApi:
             if isinstance(event, h11.Request):
                 self._on_request(conn, event)
             elif isinstance(event, h11.Data):
-                conn.body += event.data
+                if conn.body:
+                    if isinstance(conn.body, bytes):
+                        conn.body = bytearray(conn.body)
+                    conn.body += event.data
+                else:  # usually the whole body in one piece: no copy
+                    conn.body = event.data
             elif isinstance(event, h11.EndOfMessage):
                 self._answer(conn)
                 if conn.phase == "idle":
@@ -637,10 +646,11 @@ class LocalApi:
         req = conn.req
         close = conn.wants_close
         data = self._dispatch(req, bytes(conn.body), close)
-        with self._lock:
-            self._buffered -= conn.reserved
-            conn.reserved = 0
-        conn.body = bytearray()
+        if conn.reserved:
+            with self._lock:
+                self._buffered -= conn.reserved
+                conn.reserved = 0
+        conn.body = b""
         conn.req = None
         self._reply(conn, data, close=close)
 

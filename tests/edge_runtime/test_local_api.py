@@ -252,3 +252,19 @@ def test_concurrent_keep_alive_clients(daemon, rows):
     assert errors == []
     assert len(results) == 180
     assert all(s == 200 and n == want for s, n, want in results)
+
+
+def test_a_body_arriving_in_many_pieces_is_read_whole(daemon, rows):
+    body = json.dumps({"rows": rows[:2]}).encode()
+    body = body[:-1] + b" " * (60 * 1024 - len(body)) + b"}"  # ~60 KiB: several recv() calls
+    with socket.create_connection((daemon.api.host, daemon.api.port), timeout=10) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for i in range(0, len(body), 4096):
+            s.sendall(body[i:i + 4096])
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    head, _, payload = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), out[:200]
+    assert len(json.loads(payload)["predictions"]) == 2
