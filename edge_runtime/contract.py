@@ -476,7 +476,7 @@ class FeatureContract:
     def select(self, x: np.ndarray, names: Sequence[str] | None) -> np.ndarray:
         """Columns of ``x`` (features ``names``) in this contract's order; a feature of
         this contract that x lacks refuses every row (the first one named)."""
-        if names is None or list(names) == self.names:
+        if names is None or names is self.names or list(names) == self.names:
             return x
         pos = {n: i for i, n in enumerate(names)}
         missing = [n for n in self.names if n not in pos]
