@@ -195,44 +195,80 @@ def _coarse(counts: Sequence[float]) -> np.ndarray:
     return np.asarray(coarsen(counts, counts)[0], dtype=np.float64)
 
 
-def _perturbations(
-    counts: Sequence[float],
-    devices: dict[str, Sequence[float]] | None,
-    paired: bool,
-    multipliers: dict[str, np.ndarray],
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, int, str]:
-    """Bootstrap perturbations of the bin shares (draws × bins), the number of devices they come
-    from (0: none measured) and how they were made.
+def _coarse_rows(m: np.ndarray) -> np.ndarray:
+    """:func:`coarsen` on every row of a (devices × bins) matrix at once."""
+    while m.shape[1] > MAX_BINS:
+        if m.shape[1] % 2:
+            m = np.pad(m, ((0, 0), (0, 1)))
+        m = m[:, 0::2] + m[:, 1::2]
+    return m
 
-    With two or more devices: a multiplier (wild) bootstrap over devices, ``Σ_d g_d·(c_d − p̂·n_d)/n``
-    with ``g_d ~ N(0, 1)`` — the cluster-robust covariance *across* bins, so a device whose
-    traffic shifts every score moves all bins together, as it does in the data. A device id seen
-    on both sides (shadow: the same devices, the same requests) gets the same multiplier on both,
-    which cancels what the two histograms share. With fewer devices the spread between devices
-    cannot be measured: multinomial sampling, inflated by ``DESIGN_EFFECT`` unless paired."""
+
+def _device_rows(
+    devices: dict[str, Sequence[float]] | None, width: int
+) -> tuple[list[str], np.ndarray]:
+    """(device ids, their coarsened histograms) for the devices with scores in this binning."""
+    ids = [d for d, v in (devices or {}).items() if len(v) == width and sum(v)]
+    if not ids:
+        return [], np.zeros((0, 0))
+    return ids, _coarse_rows(np.asarray([devices[d] for d in ids], dtype=np.float64))  # type: ignore[index]
+
+
+def _spread(
+    counts: Sequence[float], ids: list[str], rows: np.ndarray, paired: bool
+) -> tuple[np.ndarray | None, np.ndarray | None, int, str]:
+    """How one side's bin shares vary: (per-device residual rows, or None; else a covariance
+    matrix; the number of devices; how).
+
+    With two or more devices: the cluster-robust (between-device) residuals
+    ``(c_d − p̂·n_d)/n·√(k/(k−1))`` — their cross-products are the covariance *across* bins, so a
+    device whose traffic shifts every score moves all bins together, as it does in the data.
+    With fewer devices the spread between devices cannot be measured: the multinomial
+    covariance, inflated by ``DESIGN_EFFECT`` unless paired."""
     c = _coarse(counts)
     n = c.sum()
     p = c / n
-    per = {d: _coarse(v) for d, v in (devices or {}).items() if sum(v)}
-    if len(per) >= 2 and all(len(x) == len(c) for x in per.values()):
-        ids = sorted(per)
-        d = np.stack([per[i] for i in ids])
-        k = len(ids)
-        resid = (d - p * d.sum(axis=1, keepdims=True)) / n * math.sqrt(k / (k - 1))
-        g = np.stack(
-            [multipliers.setdefault(i, rng.standard_normal(BOOTSTRAP_DRAWS)) for i in ids], axis=1
-        )
-        return g @ resid, k, f"cluster bootstrap over {k} devices"
+    k = len(ids)
+    if k >= 2 and rows.shape[1] == len(c):
+        resid = (rows - p * rows.sum(axis=1, keepdims=True)) / n * math.sqrt(k / (k - 1))
+        return resid, None, k, f"cluster bootstrap over {k} devices"
     effect = 1.0 if paired else DESIGN_EFFECT
-    n_eff = max(1, int(n / effect))
-    draws = rng.multinomial(n_eff, p, size=BOOTSTRAP_DRAWS) / n_eff - p
+    cov = (np.diag(p) - np.outer(p, p)) * effect / n
     how = (
         "multinomial (paired)"
         if paired
         else f"multinomial × {DESIGN_EFFECT:g} (fewer than 2 devices)"
     )
-    return draws, 0, how
+    return None, cov, 0, how
+
+
+def _joint_draws(
+    sides: list[tuple[list[str], np.ndarray | None, np.ndarray | None]],
+    width: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Gaussian draws (draws × sides·bins) with the joint covariance of the sides' shares.
+
+    Device residuals enter through ``Rᵀ·R`` with one row per device id across both sides — a
+    multiplier bootstrap ``Σ_d g_d·r_d`` with ``g_d ~ N(0, 1)`` has exactly this covariance — so a
+    device seen on both sides (shadow: the same devices, the same requests) is one row, and what
+    its two histograms share cancels in their difference."""
+    union = {
+        d: i for i, d in enumerate(sorted({d for ids, r, _ in sides if r is not None for d in ids}))
+    }
+    cov = np.zeros((width * len(sides), width * len(sides)))
+    if union:
+        big = np.zeros((len(union), width * len(sides)))
+        for j, (ids, resid, _) in enumerate(sides):
+            if resid is not None:
+                big[[union[d] for d in ids], j * width : (j + 1) * width] = resid
+        cov += big.T @ big
+    for j, (_, _, block) in enumerate(sides):
+        if block is not None:
+            cov[j * width : (j + 1) * width, j * width : (j + 1) * width] += block
+    vals, vecs = np.linalg.eigh(cov)
+    root = vecs * np.sqrt(np.clip(vals, 0.0, None))
+    return rng.standard_normal((BOOTSTRAP_DRAWS, cov.shape[0])) @ root.T
 
 
 def _shares(base: np.ndarray, pert: np.ndarray) -> np.ndarray:
@@ -286,9 +322,13 @@ def divergence_estimates(
     p, q = ca / ca.sum(), cb / cb.sum()
     pooled = (ca + cb) / (ca.sum() + cb.sum())
     rng = np.random.default_rng(_SEED)
-    shared: dict[str, np.ndarray] = {}
-    pa, ka, how_a = _perturbations(a, devices_a, paired, shared, rng)
-    pb, kb, how_b = _perturbations(b, devices_b, paired, shared, rng)
+    ids_a, rows_a = _device_rows(devices_a, len(a))
+    ids_b, rows_b = _device_rows(devices_b, len(b))
+    ra, ca_cov, ka, how_a = _spread(a, ids_a, rows_a, paired)
+    rb, cb_cov, kb, how_b = _spread(b, ids_b, rows_b, paired)
+    width = len(ca)
+    draws = _joint_draws([(ids_a, ra, ca_cov), (ids_b, rb, cb_cov)], width, rng)
+    pa, pb = draws[:, :width], draws[:, width:]
     null_a, null_b = _shares(pooled, pa), _shares(pooled, pb)
     live = pooled > 0
     w = (pa - pb)[:, live] / np.sqrt(pooled[live])
