@@ -302,3 +302,53 @@ def test_schedule_cli_help_and_unreachable_hub(tmp_path):
     )
     assert r.returncode != 0 and "cannot reach the hub" in r.stderr
     assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_schedule_cli_against_a_live_hub(tmp_path, keypair, cancer_bundle, small_input, capsys):
+    import json
+
+    from cloud_hub.app import create_app
+    from cloud_hub.batch.schedule import ScheduleService
+    from cloud_hub.cli import main
+    from tests.cloud_hub.hub_support import live_server
+
+    hub = _hub(tmp_path, keypair, [cancer_bundle])
+    hub.service("schedules", lambda h: ScheduleService(h, tick_s=3600))
+    try:
+        with live_server(create_app(hub)) as url:
+
+            def run(*args: str) -> tuple[int, list[dict], str]:
+                code = main(["batch", "schedule", *args, "--hub", url])
+                out, err = capsys.readouterr()
+                return code, [json.loads(x) for x in out.splitlines() if x.strip()], err
+
+            code, out, _ = run(
+                "create", "--name", "nightly", "--cron", "@daily", "--timezone", "Europe/Paris",
+                "--model", "cancer", "--input", str(small_input),
+                "--output", str(tmp_path / "s-{date}.jsonl"), "--id-column", "customer_id",
+                "--catch-up", "skip",
+            )  # fmt: skip
+            assert code == 0 and out[0]["catch_up"] == "skip"
+            assert out[0]["id_columns"] == ["customer_id"]
+            code, out, _ = run("list")
+            assert code == 0 and [s["name"] for s in out] == ["nightly"]
+            assert run("pause", "nightly")[1][0]["paused"] is True
+            assert run("resume", "nightly")[1][0]["paused"] is False
+            code, out, _ = run("run-now", "nightly")
+            assert code == 0 and out[0]["status"] == "submitted"
+            _wait_job(hub, out[0]["job_id"])
+            code, out, err = run("run-now", "nightly")  # the day's output exists now
+            assert code == 1 and out[0]["error_code"] == "conflict"
+            shown = run("show", "nightly")[1][0]
+            assert [f["status"] for f in shown["firings"]] == ["failed", "submitted"]
+            assert run("delete", "nightly")[0] == 0
+            code, _, err = run("show", "nightly")
+            lines = [x for x in err.splitlines() if x.startswith("cloud-hub: error:")]
+            assert code == 1 and len(lines) == 1 and "unknown schedule nightly" in lines[0]
+            code, _, err = run(
+                "create", "--name", "x", "--cron", "61 * * * *", "--model", "cancer",
+                "--input", "i", "--output", "o-{datetime}.jsonl",
+            )  # fmt: skip
+            assert code == 1 and "minute value 61" in err
+    finally:
+        hub.close()
