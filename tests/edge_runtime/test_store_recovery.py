@@ -43,7 +43,7 @@ def _drop_journal(path):
             p.unlink()
 
 
-@pytest.mark.parametrize("damage", ["deleted", "empty", "garbage"])
+@pytest.mark.parametrize("damage", ["deleted", "empty", "garbage", "page"])
 def test_a_lost_journal_is_rebuilt_from_the_bundles_and_nothing_is_deleted(
         two_installed, keypair, cancer_bundle, cancer_bundle_v2, rows, damage):
     path = two_installed
@@ -54,13 +54,16 @@ def test_a_lost_journal_is_rebuilt_from_the_bundles_and_nothing_is_deleted(
     elif damage == "empty":
         _drop_journal(path)
         (path / "journal.db").write_bytes(b"")
-    else:  # garbage over every page after the header page
+    else:
         db = path / "journal.db"
-        size = db.stat().st_size
-        assert size > 4096
+        assert db.stat().st_size > 4096
         with open(db, "r+b") as fh:
-            fh.seek(0)
-            fh.write(b"\x5a" * 100)  # the header too: "file is not a database"
+            if damage == "garbage":  # the header: "file is not a database"
+                fh.write(b"\x5a" * 100)
+            else:  # inside the pages that hold the tables
+                for page in range(1, db.stat().st_size // 4096):
+                    fh.seek(page * 4096 + 8)
+                    fh.write(b"\x5a" * 64)
     with _open(path, keypair) as s:
         assert _bundles(path) == before
         assert s.slot("active").sha256 == read_bundle(cancer_bundle_v2).digest
