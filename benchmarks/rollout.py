@@ -7,7 +7,14 @@
    gate failure (the rollback decision) to every device back on the champion. Hub CPU and RSS are
    sampled from the hub process with psutil.
 
-       python benchmarks/rollout.py live --devices 1000 [--mqtt-url mqtt://127.0.0.1:1883]
+       python benchmarks/rollout.py live --devices 1000 [--mqtt-url URL | --own-mosquitto]
+
+   ``--own-mosquitto`` starts a private Mosquitto (persistence on, ``max_queued_messages``
+   raised, as ``cloud-hub fleet acl`` writes it) on a free port, stopped by PID at the end. The
+   run counts every window: a seq between a device's first and last that is neither stored at
+   the hub nor still in the device's outbox is *lost*. The rollback is broken down per device
+   from the hub's event table: gate failure → desired received on the device (fan-out) → model
+   back (apply) → the event stored at the hub (report).
 
 2. ``tick``: the controller's decision loop for a 10,000-device cohort with *simulated stored
    telemetry* (device rows and telemetry windows written straight into the fleet tables, no
@@ -146,7 +153,95 @@ def hub_main(args) -> int:
     hub.serve_until_terminated()
 
 
-def bench_live(n: int, mqtt_url: str | None, stage_s: float) -> dict:
+class _PrivateMosquitto:
+    def __init__(self, work: Path) -> None:
+        from cloud_hub.demo.runtime import free_port
+
+        self.port = free_port()
+        store = work / "mosq"
+        store.mkdir(exist_ok=True)
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence true",
+                 f"persistence_location {store}/", "autosave_interval 5", "max_queued_messages 200000",
+                 "max_inflight_messages 100"]
+        if os.geteuid() == 0:
+            lines.append("user root")
+        (work / "mosquitto.conf").write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(work / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(10)
+
+
+def _pct(values: list[float]) -> dict:
+    if not values:
+        return {}
+    v = sorted(values)
+    return {"p50": round(v[len(v) // 2], 2), "p90": round(v[int(len(v) * 0.9)], 2), "max": round(v[-1], 2),
+            "n": len(v)}
+
+
+def _rollback_breakdown(db: Path, rid: str, t_fail: float) -> dict:
+    """Per device, from the hub's stored events of the rollback's desired documents."""
+    import sqlite3
+
+    with sqlite3.connect(db, timeout=30) as c:
+        rows = c.execute("SELECT device_id, step, ts, received_at FROM fleet_events WHERE rollout_id=? "
+                         "AND ts >= ?", (rid, t_fail - 1)).fetchall()
+        desired_at = [r[0] for r in c.execute("SELECT updated_at FROM fleet_desired WHERE rollout_id=? "
+                                              "AND updated_at >= ?", (rid, t_fail - 1))]
+    first: dict[tuple[str, str], tuple[float, float]] = {}
+    for dev, step, ts, rec in rows:
+        if (dev, step) not in first or ts < first[(dev, step)][0]:
+            first[(dev, step)] = (ts, rec)
+    devs = {d for d, _ in first}
+    fan, apply_, report, total = [], [], [], []
+    for d in devs:
+        got = first.get((d, "received"))
+        done = first.get((d, "active")) or first.get((d, "rolled_back"))
+        if got:
+            fan.append(got[0] - t_fail)
+        if got and done:
+            apply_.append(done[0] - got[0])
+        if done:
+            report.append(done[1] - done[0])
+            total.append(done[1] - t_fail)
+    return {"devices_with_events": len(devs),
+            "desired_written_s": round(max(desired_at) - t_fail, 2) if desired_at else None,
+            "fan_out_s": _pct(fan), "apply_s": _pct(apply_), "report_s": _pct(report),
+            "gate_failure_to_event_stored_s": _pct(total),
+            "steps": sorted({s for _, s in first})}
+
+
+def _count_windows(db: Path, fleet) -> dict:
+    """Every seq a device produced is stored at the hub or still in the device's outbox."""
+    import sqlite3
+
+    stored: dict[str, set[int]] = {}
+    with sqlite3.connect(db, timeout=30) as c:
+        for dev, seq in c.execute("SELECT device_id, seq FROM fleet_windows"):
+            stored.setdefault(dev, set()).add(seq)
+    lost = produced = unsent = gaps_dev = 0
+    for d in fleet.devices:
+        ob = d.agent.outbox
+        first, last = ob.first_seq, ob.last_seq
+        with sqlite3.connect(fleet.workdir / d.id / "store" / "fleet" / "outbox.sqlite", timeout=30) as c:
+            pending = {r[0] for r in c.execute("SELECT seq FROM outbox WHERE kind='telemetry'")}
+        have = stored.get(d.id, set())
+        missing = [s for s in range(first, last + 1) if s not in have and s not in pending]
+        produced += last - first + 1
+        unsent += len(pending)
+        lost += len(missing)
+        gaps_dev += bool(missing)
+    return {"windows_produced": produced, "stored_at_hub": sum(len(v) for v in stored.values()),
+            "still_in_outboxes": unsent, "lost": lost, "devices_with_lost_windows": gaps_dev}
+
+
+def bench_live(n: int, mqtt_url: str | None, stage_s: float, own_mosquitto: bool = False,
+               stages: tuple[float, ...] = (1, 5, 25, 50, 100)) -> dict:
     import httpx
     import psutil
 
@@ -156,6 +251,9 @@ def bench_live(n: int, mqtt_url: str | None, stage_s: float) -> dict:
     from edge_runtime.signing import generate_keypair
 
     work = Path(tempfile.mkdtemp(prefix="bench-live-"))
+    broker_proc = _PrivateMosquitto(work) if own_mosquitto else None
+    if broker_proc is not None:
+        mqtt_url = broker_proc.url
     key, pub = generate_keypair(work / "k.key", work / "k.pub")
     b = {k: build_bundle(k, v, work / k, key) for k, v in (("champion", "1.0.0"), ("challenger", "2.0.0"),
                                                             ("bad", "3.0.0"))}
@@ -192,26 +290,42 @@ def bench_live(n: int, mqtt_url: str | None, stage_s: float) -> dict:
     fleet = Fleet(n, hub_url=url, mqtt_url=broker, prefix=prefix, bundle=b["champion"],
                   public_keys=[pub, hub_pub], interval_s=2.0, request_rate=0.5, batch=8,
                   profiles=("tiny-arm",), start_concurrency=16)
-    out: dict = {"devices": n}
+    out: dict = {"devices": n, "broker": "private mosquitto (persistence, max_queued_messages 200000)"
+                 if broker_proc else (mqtt_url or "embedded amqtt"), "load_avg_start": list(os.getloadavg())}
     try:
         t = time.time()
         fleet.start(timeout=600)
         wait_for(lambda: sum(d["online"] for d in http.get("/v1/devices").json()["devices"]) >= n, 600, 1,
                  what="all devices online")
         out["boot_s"] = round(time.time() - t, 1)
-        plan = {"stages": [1, 5, 25, 50, 100], "defaults": {"min_duration": f"{stage_s}s", "min_samples": 100,
+        # a loaded hub may lag behind the boot: start once its ingest has caught up
+        wait_for(lambda: http.get("/v1/fleet/ingest").json().get("backlog", 0) == 0, 600, 1, what="ingest caught up")
+        out["boot_and_ingest_caught_up_s"] = round(time.time() - t, 1)
+        plan = {"stages": list(stages), "defaults": {"min_duration": f"{stage_s}s", "min_samples": 100,
                                                            "timeout": "600s"},
-                "gates": {"silent_after_s": 60, "install_timeout_s": 300, "max_unknown_fraction": 0.05}}
+                # sequential gates sized for a time-compressed run: the bad model (30 % errors) must
+                # roll back, the good one advance, each within a stage of a few hundred calls
+                "gates": {"silent_after_s": 120, "install_timeout_s": 300, "max_unknown_fraction": 0.05,
+                          "max_error_rate": 0.2, "min_latency_samples": 100}}
         t0 = time.time()
         rid = http.post("/v1/rollouts", json={"model": "cancer-risk:2.0.0", "plan": plan}).json()["id"]
         st = wait_for(lambda: (lambda s: s["status"] != "running" and s)(http.get(f"/v1/rollouts/{rid}").json()),
                       1800, 1, what="rollout 1")
         ev = http.get(f"/v1/rollouts/{rid}/events").json()["events"]
-        last_adv = max(e["ts"] for e in ev if e["kind"] == "advanced")
+        if st["status"] != "completed":
+            raise RuntimeError(f"rollout 1 ended {st['status']}: {st.get('reason')}; events: "
+                               + "; ".join(f"{e['kind']}: {e['message'][:200]}" for e in ev[-8:]))
+        last_adv = max(e["ts"] for e in ev if e["kind"] in ("advanced", "completed"))
         wait_for(lambda: all((d.get("bundles") or [{}])[0].get("version") == "2.0.0"
                              for d in http.get("/v1/devices").json()["devices"]), 600, 1, what="all on 2.0.0")
         out["rollout_status"] = st["status"]
         out["start_to_100pct_verified_s"] = round(time.time() - t0, 1)
+        marks = [(e["ts"], e["message"].split(":")[0]) for e in ev if e["kind"] in ("advanced", "completed")]
+        prev = t0
+        out["stages"] = []
+        for ts, what in sorted(marks):
+            out["stages"].append({"stage": what, "s": round(ts - prev, 1)})
+            prev = ts
         out["stage_min_duration_s"] = stage_s
         out["last_stage_start_to_all_verified_s"] = round(time.time() - last_adv, 1)
         bad = http.get("/v1/models/cancer-risk:3.0.0").json()
@@ -227,11 +341,26 @@ def bench_live(n: int, mqtt_url: str | None, stage_s: float) -> dict:
         out["bad_status"] = st2["status"]
         out["bad_reason"] = st2["reason"]
         out["gate_failure_to_all_on_champion_s"] = round(time.time() - t_fail, 1)
+        out["rollback_breakdown"] = _rollback_breakdown(work / "hub" / "hub.db", rid2, t_fail)
+        out["rollback_events"] = [{"ts": round(e["ts"] - t_fail, 2), "kind": e["kind"], "message": e["message"][:160]}
+                                  for e in ev2 if e["ts"] >= t_fail - 1]
+        # let the outboxes drain, then account for every window
+        t_drain = time.time()
+        wait_for(lambda: sum(d.agent.outbox.count("telemetry") for d in fleet.devices) <= 2 * n, 120, 1,
+                 what="outboxes drained")
+        out["drain_s"] = round(time.time() - t_drain, 1)
+        out["windows"] = _count_windows(work / "hub" / "hub.db", fleet)
+        out["load_avg_end"] = list(os.getloadavg())
+    except Exception as exc:  # report what was measured up to the failure
+        out["error"] = f"{type(exc).__name__}: {exc}"[:3000]
+        out["load_avg_at_error"] = list(os.getloadavg())
     finally:
         stop.set()
         fleet.stop()
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+        if broker_proc is not None:
+            broker_proc.stop()
     if samples:
         out["hub_cpu_percent"] = {"mean": round(sum(s[1] for s in samples) / len(samples), 1),
                                   "max": round(max(s[1] for s in samples), 1)}
@@ -249,6 +378,8 @@ def main() -> int:
     lv = sub.add_parser("live")
     lv.add_argument("--devices", type=int, default=1000)
     lv.add_argument("--mqtt-url")
+    lv.add_argument("--own-mosquitto", action="store_true", help="start a private Mosquitto for the run")
+    lv.add_argument("--stages", default="1,5,25,50,100", help="canary percentages of the first rollout")
     lv.add_argument("--stage-seconds", type=float, default=5.0)
     hb = sub.add_parser("hub")
     for a in ("--data-dir", "--port", "--prefix", "--trusted", "--mqtt-url"):
@@ -261,7 +392,8 @@ def main() -> int:
         args.port = int(args.port)
         return hub_main(args)
     res = bench_tick(args.devices, args.windows, args.ticks) if args.cmd == "tick" else \
-        bench_live(args.devices, args.mqtt_url, args.stage_seconds)
+        bench_live(args.devices, args.mqtt_url, args.stage_seconds, args.own_mosquitto,
+                   tuple(float(x) for x in args.stages.split(",")))
     print(json.dumps({"machine": _machine(), "command": " ".join(sys.argv), "result": res}, indent=2))
     return 0
 

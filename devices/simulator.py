@@ -379,11 +379,17 @@ class Fleet:
         for t in self._threads:
             t.join(timeout=10)
         self._threads = []
-        for d in self.devices:
+        def stop_one(d) -> None:
             try:
                 d.stop()
             except Exception:
                 log.exception("stopping %s", d.id)
+
+        # in parallel: a graceful stop waits (up to 2 s) for the hub to acknowledge the last window
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(32, max(1, len(self.devices)))) as pool:
+            list(pool.map(stop_one, self.devices))
         if self.net_loop is not None:
             self.net_loop.close()
             self.net_loop = None
