@@ -148,6 +148,7 @@ def _sketch(dense: np.ndarray, offset: int, lo: float, hi: float, total: float) 
     }
 
 
+@pytest.mark.slow  # real gates on simulated looks: ~15-30 s
 def test_p99_gate_on_merged_sketches():
     """Lognormal latencies on 5 devices of different speed (0.8x-1.2x), 40 calls each per look, real
     sketches and the real gate. SLA placed where 0.5 % (good) or 1 % (bad: the p99) of calls exceed it."""
@@ -193,7 +194,9 @@ def test_p99_gate_on_merged_sketches():
         k = crng.binomial(40, q[None, None, :], size=(20000, 40, 5)).sum(2).cumsum(1)
         n = (np.arange(1, 41) * 200)[None, :]
         llr = test.llr(k, n)
-        counts[share] = _first(np.where((llr <= test.lower) & (n < 1000), test.lower + 1e-9, llr), test)
+        counts[share] = _first(
+            np.where((llr <= test.lower) & (n < 1000), test.lower + 1e-9, llr), test
+        )
     print(
         f"\np99 vs SLA: real gate ({RUNS_P99} runs) P(rollback | 0.5 % over SLA) = {res[0.005][0]:.3f}, "
         f"P(advance | 1 % over SLA) = {res[0.01][1]:.3f}; exact counts (20,000 runs) "
@@ -202,7 +205,9 @@ def test_p99_gate_on_merged_sketches():
     assert counts[0.005][0] <= LIMIT and counts[0.01][1] <= LIMIT
     # the bound is exact for the counts (Ville); the sketch's straddling bucket only makes the gate
     # stricter. A simulated rate near 5 % is judged within its Monte Carlo error (2 standard errors).
-    assert res[0.005][0] <= LIMIT and res[0.01][1] <= LIMIT + 2 * math.sqrt(LIMIT * (1 - LIMIT) / RUNS_P99)
+    assert res[0.005][0] <= LIMIT and res[0.01][1] <= LIMIT + 2 * math.sqrt(
+        LIMIT * (1 - LIMIT) / RUNS_P99
+    )
 
 
 def test_p99_waits_for_samples_and_one_slow_call_does_not_fail():
@@ -271,6 +276,7 @@ def _canary(
     return outcomes.count(FAIL) / reps, outcomes.count(PASS) / reps
 
 
+@pytest.mark.slow  # real gates on simulated looks: ~15-30 s
 def test_divergence_on_device_clustered_canary():
     """Good = population PSI 0.05 (half of ``max_psi`` 0.1) or the same model; bad = PSI 0.1. With
     devices that differ (logit spread 0.5: the audit's 8.5 % false rollbacks per look) and with
