@@ -27,6 +27,8 @@ scikit-learn's exact routing (:mod:`converters.trees`).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import os
 import pickle
@@ -40,7 +42,9 @@ from typing import Any, Literal
 import numpy as np
 
 from converters import columns, gate, heldout
+from converters.onnx_source import ConversionError
 from converters.sample import Sample, finalize, load_sample
+from converters.scalers import exact_scalers, has_standard_scaler
 from converters.trees import exact_trees, refuse_unsupported
 from edge_runtime.bundle import MANIFEST, read_bundle, write_bundle
 from edge_runtime.errors import BundleError, EdgeError, EngineError, ValidationError
@@ -162,7 +166,17 @@ def export_model(model_or_path: Any, sample: Any, out_dir: str | Path,
         conv = _convert_sklearn(model, smp, cfg)
     conv.seconds = time.perf_counter() - t0
     name = cfg.name or _default_name(source_name, model)
-    _write(out, name, conv, smp, cfg, key, source_name, model)
+    try:
+        _write(out, name, conv, smp, cfg, key, source_name, model)
+    except ConversionError as exc:
+        # a float32 Scaler 1 ulp off can flip a split downstream: once more with scikit-learn's
+        # float64 arithmetic (ONNX-only: TFLite / Core ML take no float64), else the refusal
+        if kind != "sklearn" or exc.field != "parity" or not has_standard_scaler(model):
+            raise
+        conv = _convert_sklearn(model, smp, cfg, float64_scalers=True)
+        conv.seconds = time.perf_counter() - t0
+        cfg = dataclasses.replace(cfg, provenance={**cfg.provenance, "scalers": "float64"})
+        _write(out, name, conv, smp, cfg, key, source_name, model)
     return out
 
 
@@ -317,7 +331,8 @@ def _walk(model: Any):
             yield from _walk(step)
 
 
-def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
+def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig,
+                     float64_scalers: bool = False) -> _Converted:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.base import is_classifier, is_outlier_detector, is_regressor
@@ -364,7 +379,8 @@ def _convert_sklearn(model: Any, smp: Sample, cfg: ExportConfig) -> _Converted:
     initial = (columns.initial_types(smp) if by_column
                else [("input", FloatTensorType([None, len(smp.names)]))])
     try:
-        with warnings.catch_warnings(), exact_trees():
+        scalers = exact_scalers() if float64_scalers else contextlib.nullcontext()
+        with warnings.catch_warnings(), exact_trees(), scalers:
             warnings.simplefilter("ignore")
             onx = convert_sklearn(model, initial_types=initial, options=options,
                                   target_opset={"": cfg.target_opset, "ai.onnx.ml": ML_OPSET})
