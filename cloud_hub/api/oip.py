@@ -28,6 +28,7 @@ import math
 import struct
 import time
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -341,7 +342,7 @@ def _bytes_tensor(t: dict[str, Any], name: str, f: str, shape: Any, binary: byte
         return Tensor(np.array(vals, dtype=object).reshape(shape), "BYTES"), offset + size
     if "data" not in t:
         raise TensorError(f"input {name}: 'data' is missing", field=f"{f}.data")
-    flat = _flatten(t["data"], name, f)
+    flat, _types = _flatten(t["data"], name, f)
     if len(flat) != count:
         raise TensorError(f"input {name}: {len(flat)} values do not fill shape {shape} "
                           f"({count} values)", field=f"{f}.shape")
@@ -350,11 +351,10 @@ def _bytes_tensor(t: dict[str, Any], name: str, f: str, shape: Any, binary: byte
 
 def _json_data(data: Any, name: str, f: str, dtype: str, np_dtype: np.dtype, count: int,
                shape: list[int]) -> Tensor:
-    flat = _flatten(data, name, f)
+    flat, types = _flatten(data, name, f)
     if len(flat) != count:
         raise TensorError(f"input {name}: {len(flat)} values do not fill shape {shape} "
                           f"({count} values)", field=f"{f}.shape")
-    types = set(map(type, flat))
     if np_dtype.kind == "b":
         if not types <= {bool}:
             raise TensorError(f"input {name}: data must be booleans", field=f"{f}.data")
@@ -381,25 +381,20 @@ def _json_data(data: Any, name: str, f: str, dtype: str, np_dtype: np.dtype, cou
 _JSON_TYPE = {bool: "bool", str: "str", dict: "object"}
 
 
-def _flatten(data: Any, name: str, f: str) -> list[Any]:
-    """Nested JSON lists → one flat row-major list (the shape is checked by the caller)."""
+def _flatten(data: Any, name: str, f: str) -> tuple[list[Any], set[type]]:
+    """Nested JSON lists → one flat row-major list and the set of its element types (the
+    shape is checked by the caller). One C-level pass per nesting level."""
     if not isinstance(data, list):
-        return [data]
-    if not any(isinstance(v, list) for v in data):
-        return data
-    out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for v in stack[-1]:
-            if isinstance(v, list):
-                if len(stack) > 32:
-                    raise TensorError(f"input {name}: data is nested too deeply", field=f"{f}.data")
-                stack.append(iter(v))
-                break
-            out.append(v)
-        else:
-            stack.pop()
-    return out
+        return [data], {type(data)}
+    flat = data
+    for _ in range(32):
+        types = set(map(type, flat))
+        if list not in types:
+            return flat, types
+        if len(types) != 1:  # lists next to numbers: not a regular array
+            raise TensorError(f"input {name}: data is not a regular array", field=f"{f}.data")
+        flat = list(chain.from_iterable(flat))
+    raise TensorError(f"input {name}: data is nested too deeply", field=f"{f}.data")
 
 
 def _empty() -> ValidationError:
