@@ -100,6 +100,8 @@ def test_mqtt_shared_subscription_splits_work(mosquitto, mqtt_topics, cancer_bun
         wait_until(lambda: len(col.msgs[t["out"]]) >= 400, 60, "400 outputs")
         outs = col.decoded(t["out"])
         assert sorted(o["key"] for o in outs) == sorted(f"k{i}" for i in range(400))  # once each
+        # a worker counts a batch after acknowledging it, just after its outputs arrive here
+        wait_until(lambda: sum(w.stats.published for w in ws) >= 400, 30, "counters")
         counts = [w.stats.published for w in ws]
         assert sum(counts) == 400 and all(c > 0 for c in counts)  # both workers took a share
     finally:
