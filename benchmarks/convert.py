@@ -333,6 +333,12 @@ def recorded_heldout(bundle) -> float | None:
     return par.get("heldout_max_abs_diff", par.get("max_abs_diff"))
 
 
+def read_bundle_provenance(bundle) -> dict:
+    from edge_runtime.bundle import read_bundle
+
+    return read_bundle(bundle).manifest.provenance
+
+
 def heldout_families(work: Path, key) -> list[dict]:
     """Held-out max |Δ| per model family and the churn pipeline: the exporter's recorded number
     and an independent one (2,000 held-out-like rows, another seed, vs the source model)."""
@@ -369,9 +375,10 @@ def heldout_families(work: Path, key) -> list[dict]:
          diab.target, None),
     ]
     churn = churn_frame()
-    for head in ("gboost", "lightgbm"):
-        cases.append((f"churn pipeline ({head})", churn_pipeline(head), churn[FEATURES],
-                      churn["churn"], "fitted"))
+    for head in ("gboost", "lightgbm", "xgboost"):
+        y = (churn["churn"] == "yes").astype(int) if head == "xgboost" else churn["churn"]
+        cases.append((f"churn pipeline ({head})", churn_pipeline(head), churn[FEATURES], y,
+                      "fitted"))
     out = []
     for name, model, x, y, fitted in cases:
         with warnings.catch_warnings():
@@ -386,6 +393,8 @@ def heldout_families(work: Path, key) -> list[dict]:
             out.append(row)
             continue
         row["recorded_heldout_max_abs_diff"] = recorded_heldout(b)
+        if read_bundle_provenance(b).get("scalers"):
+            row["model"] += " [float64 scalers]"
         smp = finalize(load_sample(x, feature_names=list(x.columns)))
         unseen = {n: True for n in smp.names if smp.dtypes.get(n) == "string"}
         xh = heldout.rows(heldout.columns_of(smp.x, smp.names, smp.dtypes, unseen), 2000,
