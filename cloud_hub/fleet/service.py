@@ -227,6 +227,41 @@ class FleetService:
         self._publish_desired(device_id, body)
         return doc
 
+    def set_desired_many(self, docs: Sequence[tuple[str, DesiredState]]) -> None:
+        """:meth:`set_desired` for many devices in ONE transaction, then one publish each.
+
+        A rollback or a stage change writes a document per device; one transaction per device
+        (plus its commit) was most of the rollout controller's fan-out time at 1,000 devices."""
+        if not docs:
+            return
+        now = time.time()
+        rows: dict[str, dict[str, Any]] = {}
+        for device_id, doc in docs:
+            check_device_id(device_id)
+            for slot in doc.bundles:
+                if slot not in ("active", "shadow"):
+                    raise ValidationError(f"desired slot {slot!r} must be 'active' or 'shadow'",
+                                          field=f"bundles.{slot}")
+            rows[device_id] = {"desired_id": doc.id, "rollout_id": doc.rollout_id,
+                               "doc": doc.model_dump(mode="json"), "updated_at": now}
+        w = T.desired
+        with self.engine.begin() as conn:
+            ids = list(rows)
+            have: set[str] = set()
+            for i in range(0, len(ids), 500):
+                have |= set(conn.execute(select(w.c.device_id).where(w.c.device_id.in_(ids[i:i + 500])))
+                            .scalars())
+            upd = [{"b_device_id": d, **r} for d, r in rows.items() if d in have]
+            new = [{"device_id": d, **r} for d, r in rows.items() if d not in have]
+            if upd:
+                conn.execute(w.update().where(w.c.device_id == bindparam("b_device_id"))
+                             .values({k: bindparam(k) for k in ("desired_id", "rollout_id", "doc", "updated_at")}),
+                             upd)
+            if new:
+                conn.execute(w.insert(), new)
+        for device_id, r in rows.items():
+            self._publish_desired(device_id, r["doc"])
+
     def get_desired(self, device_id: str) -> DesiredState | None:
         with self.engine.connect() as conn:
             r = conn.execute(select(T.desired.c.doc).where(T.desired.c.device_id == device_id)).first()

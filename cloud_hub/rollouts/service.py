@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any, Iterable
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from cloud_hub.rollouts import tables as T
 from cloud_hub.rollouts.cohort import Selector, parse_selector, stage_members
@@ -550,6 +550,7 @@ class RolloutService:
     def _push_desired(self, row: Any, members: dict[str, Any], by_id: dict[str, Any]) -> None:
         m = T.rollout_devices
         docs: dict[str, DesiredState] = {}
+        todo: list[tuple[str, DesiredState]] = []
         for did, mem in members.items():
             doc = docs.get(mem.target) or self._desired_for(row, mem.target)
             docs[mem.target] = doc
@@ -559,14 +560,26 @@ class RolloutService:
             current = self._desired_digests(rec.desired if rec else None)
             if rec is not None and current == want and (rec.desired or {}).get("id") == doc.id:
                 continue
-            try:
-                self.fleet.set_desired(did, doc)
-            except EdgeError as exc:
-                log.warning("rollout %s: cannot set desired state of %s: %s", row.id, did, exc.message)
-                continue
-            with self.engine.begin() as conn:
-                conn.execute(m.update().where((m.c.rollout_id == row.id) & (m.c.device_id == did))
-                             .values(desired_id=doc.id))
+            todo.append((did, doc))
+        if not todo:
+            return
+        # one transaction for every document, then one for the members (a transaction per device
+        # was most of the fan-out time of a 1,000-device rollback; issue 14)
+        try:
+            self.fleet.set_desired_many(todo)
+            done = todo
+        except EdgeError:
+            done = []
+            for did, doc in todo:
+                try:
+                    self.fleet.set_desired(did, doc)
+                    done.append((did, doc))
+                except EdgeError as exc:
+                    log.warning("rollout %s: cannot set desired state of %s: %s", row.id, did, exc.message)
+        with self.engine.begin() as conn:
+            conn.execute(m.update().where((m.c.rollout_id == row.id) & (m.c.device_id == bindparam("b_did")))
+                         .values(desired_id=bindparam("b_desired")),
+                         [{"b_did": did, "b_desired": doc.id} for did, doc in done])
 
     def _advance(self, row: Any, now: float, *, forced: str | None, evaluation: dict | None) -> None:
         plan = Plan.model_validate(row.plan)
