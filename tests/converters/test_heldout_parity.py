@@ -464,3 +464,25 @@ def test_check_sample_with_fewer_categories_uses_the_bundle_codes(churn_bundle):
     rep = check_bundles([out], df, CheckConfig(label_column="churn", source_model=model,
                                                single_runs=5, batch_runs=3))
     assert rep.variants[0].max_abs_diff <= TOL and rep.variants[0].label_agreement == 1.0
+
+
+def test_check_pick_never_picks_a_variant_identical_to_its_source(tmp_path, keys, mlp_bundle):
+    """A bundle labelled fp16 whose graph is its source's (what quantize used to write for tree
+    models) answers bit-for-bit like it: check says so and --pick passes it over."""
+    from converters.check import CheckConfig, check_bundles
+    from edge_runtime.bundle import write_bundle
+
+    src = read_bundle(mlp_bundle)
+    fields = src.manifest.unsigned_dict()
+    for k in ("files", "created_at"):
+        fields.pop(k, None)
+    fields["version"] = "1.0.0+fp16"
+    fields["provenance"] = {**fields["provenance"], "quantization": {"mode": "fp16"}}
+    fake = write_bundle(tmp_path / "fake", fields,
+                        {src.manifest.model_file: src.model_path.read_bytes()}, key=keys[0])
+    m, x, y, names = trained("mlp")
+    rep = check_bundles([mlp_bundle, fake.root], (x[:200], y[:200]), CheckConfig(
+        pick=True, single_runs=20, batch_runs=5, max_accuracy_drop=5.0))
+    v = rep.variants[1]
+    assert v.not_a_variant and "not a real fp16 variant" in v.note
+    assert rep.pick.chosen == str(mlp_bundle)
