@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:
 from converters.check import CheckConfig, check_bundles
 from converters.export import ExportConfig, export_model
 from converters.quantize import QuantizeConfig, quantize_bundle
+from edge_runtime.errors import EdgeError
 from edge_runtime.signing import generate_keypair
 
 
@@ -344,7 +345,6 @@ def heldout_families(work: Path, key) -> list[dict]:
     and an independent one (2,000 held-out-like rows, another seed, vs the source model)."""
     import warnings
 
-    import pandas as pd
     from sklearn.datasets import load_breast_cancer, load_diabetes
     from sklearn.ensemble import (
         ExtraTreesClassifier,
@@ -388,7 +388,7 @@ def heldout_families(work: Path, key) -> list[dict]:
         row = {"model": name}
         try:
             b = export_model(model, x, work / f"h-{len(out)}", ExportConfig(key=key))
-        except Exception as exc:  # a refusal is a result: print it
+        except EdgeError as exc:  # a refusal is a result: print it
             row["refused"] = f"{type(exc).__name__}: {str(exc)[:160]}"
             out.append(row)
             continue

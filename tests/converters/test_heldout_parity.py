@@ -480,7 +480,7 @@ def test_check_pick_never_picks_a_variant_identical_to_its_source(tmp_path, keys
     fields["provenance"] = {**fields["provenance"], "quantization": {"mode": "fp16"}}
     fake = write_bundle(tmp_path / "fake", fields,
                         {src.manifest.model_file: src.model_path.read_bytes()}, key=keys[0])
-    m, x, y, names = trained("mlp")
+    _, x, y, _ = trained("mlp")
     rep = check_bundles([mlp_bundle, fake.root], (x[:200], y[:200]), CheckConfig(
         pick=True, single_runs=20, batch_runs=5, max_accuracy_drop=5.0))
     v = rep.variants[1]
