@@ -173,3 +173,19 @@ def test_an_offline_will_without_bundles_keeps_the_last_known_running_bundles(ma
     # an online state is always taken as it is (the device says what it runs now)
     hub.fleet.write_batch(states=[(DeviceState(device_id="d1", online=True), 3.0)])
     assert hub.fleet.device("d1").running("active") is None
+
+
+def test_set_desired_many_writes_every_document_in_one_go(make_hub):
+    from edge_runtime.protocol import DesiredState
+
+    hub = make_hub()
+    hub.fleet.set_desired("dev-1", {"id": "old", "bundles": {}})
+    hub.fleet.set_desired_many([(f"dev-{i}", DesiredState(id=f"d-{i}", rollout_id="r-1", bundles={}))
+                                for i in range(1, 4)])
+    assert [hub.fleet.get_desired(f"dev-{i}").id for i in range(1, 4)] == ["d-1", "d-2", "d-3"]
+    with pytest.raises(ValidationError) as err:
+        hub.fleet.set_desired_many([("dev-9", DesiredState(id="x", bundles={"backup": None}))])
+    assert err.value.field == "bundles.backup"
+    with pytest.raises(ValidationError):
+        hub.fleet.set_desired_many([("bad id!", DesiredState(id="x", bundles={}))])
+    assert hub.fleet.get_desired("dev-9") is None
