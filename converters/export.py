@@ -823,6 +823,9 @@ def _parity_gate(sess: Any, conv: _Converted, smp: Sample, cfg: ExportConfig, ta
     pos = post["classes"].index(post["positive_class"]) if "positive_class" in post else 1
     res = gate.measure(ref, got, xs_show, names if not smp.is_tensor else [], tol=cfg.parity_tolerance,
                        threshold=post.get("threshold"), pos=pos, split=split)
+    w = res.get("worst_row")
+    if w and not smp.is_tensor:  # as a client sends them: text as text, true/false, null
+        w["features"] = {n: smp.value(n, float(v)) for n, v in zip(smp.names, x[w["index"]])}
     gate.enforce(res, "the ONNX model",
                  fix=" (raise parity_tolerance / --tolerance to accept a known difference)")
     res.pop("worst_row", None)

@@ -185,7 +185,11 @@ def _plain(v: Any) -> Any:
 
 
 def _fmt(v: Any) -> str:
-    return "NaN" if v is None else (f"{v:g}" if isinstance(v, float) else repr(v))
+    if v is None:
+        return "NaN"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return f"{v:g}" if isinstance(v, float) else repr(v)
 
 
 def _round(v: float) -> float:

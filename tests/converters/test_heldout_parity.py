@@ -9,6 +9,7 @@ model on rows neither saw at export: held-out-like rows drawn here with another 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -303,10 +304,13 @@ def test_float32_scaler_before_xgboost_is_refused_by_the_gate(tmp_path, keys, mo
     monkeypatch.setattr(export, "exact_scalers", contextlib.nullcontext)
     df = churn_frame()
     frame = df.assign(churn=(df["churn"] == "yes").astype(int))
-    with pytest.raises(ConversionError, match=r"does not answer like the source.*worst: "):
+    with pytest.raises(ConversionError, match=r"does not answer like the source.*worst: ") as err:
         _export(churn_pipeline("xgboost"), frame, tmp_path / "xgb", keys[0],
                 label_column="churn")
     assert not (tmp_path / "xgb").exists()
+    # the worst row as a client would send it: text as text, booleans as true/false
+    assert re.search(r"contract='[a-z-]+'", err.value.message)
+    assert re.search(r"senior=(true|false)", err.value.message)
 
 
 def test_tflite_and_coreml_refuse_text_features_by_name(churn_bundle, tmp_path, keys):
