@@ -38,9 +38,14 @@ wrk.body = '%s'
 
 def start(code: Path, cfg: Path) -> tuple[subprocess.Popen, int]:
     env = dict(os.environ, PYTHONPATH=str(code.resolve()))
-    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "run", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=str(code.resolve()))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime.cli", "run", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=str(code.resolve()),
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
@@ -54,9 +59,25 @@ def start(code: Path, cfg: Path) -> tuple[subprocess.Popen, int]:
 
 
 def wrk(port: int, script: Path, conns: int, duration: float) -> dict[str, float]:
-    out = subprocess.run(["wrk", "-t", "1", "-c", str(conns), "-d", f"{duration:g}s", "--latency",
-                          "-s", str(script), f"http://127.0.0.1:{port}/predict"],
-                         check=True, capture_output=True, text=True, timeout=duration + 60).stdout
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            "1",
+            "-c",
+            str(conns),
+            "-d",
+            f"{duration:g}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}/predict",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 
@@ -65,20 +86,32 @@ def wrk(port: int, script: Path, conns: int, duration: float) -> dict[str, float
         v, unit = float(m.group(1)), m.group(2)
         return v * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
-    return {"req_s": rps, "p50_ms": pct("50"), "p99_ms": pct("99"),
-            "non_2xx": int(errs.group(1)) if errs else 0}
+    return {
+        "req_s": rps,
+        "p50_ms": pct("50"),
+        "p99_ms": pct("99"),
+        "non_2xx": int(errs.group(1)) if errs else 0,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--code", action="append", required=True, type=Path,
-                    help="a directory holding the edge_runtime package to run (repeatable)")
+    ap.add_argument(
+        "--code",
+        action="append",
+        required=True,
+        type=Path,
+        help="a directory holding the edge_runtime package to run (repeatable)",
+    )
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     ap.add_argument("--connections", default="1,16")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--profile", default="x86-gateway",
-                    help="device profile (tiny-arm: 1 intra-op thread, so no ONNX Runtime pool "
-                    "thread spinning between requests inflates the daemon's CPU time)")
+    ap.add_argument(
+        "--profile",
+        default="x86-gateway",
+        help="device profile (tiny-arm: 1 intra-op thread, so no ONNX Runtime pool "
+        "thread spinning between requests inflates the daemon's CPU time)",
+    )
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -93,17 +126,35 @@ def main() -> None:
     with ModelStore(tmp / "store", args.profile, pub, latency_runs=20) as store:
         store.install(bundle)
     cfg = tmp / "device.toml"
-    cfg.write_text(f'[device]\nid = "bench"\nprofile = "{args.profile}"\n'
-                   f'[store]\ndir = "{tmp / "store"}"\npublic_key = "{pub}"\n'
-                   '[local_api]\nhost = "127.0.0.1"\nport = 0\n')
-    row = json.dumps({"rows": [{f: 0.1 * i for i, f in enumerate(
-        ["mean_radius_z", "mean_texture_z", "mean_perimeter_z", "mean_area_z",
-         "mean_smoothness_z"])}]})
+    cfg.write_text(
+        f'[device]\nid = "bench"\nprofile = "{args.profile}"\n'
+        f'[store]\ndir = "{tmp / "store"}"\npublic_key = "{pub}"\n'
+        '[local_api]\nhost = "127.0.0.1"\nport = 0\n'
+    )
+    row = json.dumps(
+        {
+            "rows": [
+                {
+                    f: 0.1 * i
+                    for i, f in enumerate(
+                        [
+                            "mean_radius_z",
+                            "mean_texture_z",
+                            "mean_perimeter_z",
+                            "mean_area_z",
+                            "mean_smoothness_z",
+                        ]
+                    )
+                }
+            ]
+        }
+    )
     script = tmp / "post.lua"
     script.write_text(_LUA % row)
     conns = [int(c) for c in args.connections.split(",")]
-    results: dict[str, dict[int, list[dict[str, float]]]] = {str(c): {n: [] for n in conns}
-                                                             for c in args.code}
+    results: dict[str, dict[int, list[dict[str, float]]]] = {
+        str(c): {n: [] for n in conns} for c in args.code
+    }
     for r in range(args.rounds):
         for code in args.code:
             proc, port = start(code, cfg)
@@ -115,8 +166,9 @@ def main() -> None:
                     cpu = sum(ps.cpu_times()[:2]) - c0
                     # CPU time the daemon spent per request: far less sensitive to a busy
                     # machine than requests/s (which also counts time waiting for a core)
-                    res["daemon_cpu_us_per_req"] = round(cpu / max(1.0, res["req_s"] * args.duration)
-                                                         * 1e6, 1)
+                    res["daemon_cpu_us_per_req"] = round(
+                        cpu / max(1.0, res["req_s"] * args.duration) * 1e6, 1
+                    )
                     res["load_avg_1m"] = round(os.getloadavg()[0], 2)
                     results[str(code)][n].append(res)
                     print(f"round {r + 1} {code} c={n}: {res}", file=sys.stderr)
@@ -134,13 +186,22 @@ def main() -> None:
             rps = sorted(x["req_s"] for x in runs)
             p99 = sorted(x["p99_ms"] for x in runs)
             cpu = sorted(x["daemon_cpu_us_per_req"] for x in runs)
-            summary[code][f"c{n}"] = {"median_req_s": rps[len(rps) // 2],
-                                      "median_p99_ms": p99[len(p99) // 2],
-                                      "median_daemon_cpu_us_per_req": cpu[len(cpu) // 2],
-                                      "runs": runs}
-    text = json.dumps({"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                       "profile": args.profile,
-                       "duration_s": args.duration, "summary": summary}, indent=2)
+            summary[code][f"c{n}"] = {
+                "median_req_s": rps[len(rps) // 2],
+                "median_p99_ms": p99[len(p99) // 2],
+                "median_daemon_cpu_us_per_req": cpu[len(cpu) // 2],
+                "runs": runs,
+            }
+    text = json.dumps(
+        {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "profile": args.profile,
+            "duration_s": args.duration,
+            "summary": summary,
+        },
+        indent=2,
+    )
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n")

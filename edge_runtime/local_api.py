@@ -69,11 +69,20 @@ _SMALL_BODY = 65536  # bodies up to this size do not draw from the shared budget
 _RECV = 65536
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 411: "Length Required", 413: "Content Too Large",
-            415: "Unsupported Media Type", 422: "Unprocessable Content",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -128,15 +137,22 @@ def decode_json(raw: bytes) -> Any:
     if not raw:
         raise _HttpError(400, "invalid_json", "the request body is empty: send JSON rows", "body")
     if not json_depth_ok(raw):
-        raise _HttpError(400, "invalid_json", f"the JSON nests deeper than {_MAX_DEPTH} levels",
-                         "body")
+        raise _HttpError(
+            400, "invalid_json", f"the JSON nests deeper than {_MAX_DEPTH} levels", "body"
+        )
     try:
         return _decoder.decode(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise _HttpError(400, "invalid_json", f"the body is not UTF-8: {exc.reason}", "body") from exc
+        raise _HttpError(
+            400, "invalid_json", f"the body is not UTF-8: {exc.reason}", "body"
+        ) from exc
     except json.JSONDecodeError as exc:
-        raise _HttpError(400, "invalid_json", f"malformed JSON at line {exc.lineno} column "
-                         f"{exc.colno}: {exc.msg}", "body") from exc
+        raise _HttpError(
+            400,
+            "invalid_json",
+            f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+            "body",
+        ) from exc
     except (ValueError, RecursionError) as exc:  # int too long for str → int, etc.
         raise _HttpError(400, "invalid_json", f"unreadable JSON: {exc}", "body") from exc
 
@@ -162,18 +178,21 @@ def _predict(api: LocalApi, payload: Any) -> dict[str, Any]:
                 raise ValidationError(f"unknown field {extra[0]!r} next to rows", field=extra[0])
             rows = payload["rows"]
             if not isinstance(rows, (list, dict)):
-                raise ValidationError("rows must be a list of objects (or one object)",
-                                      field="rows")
+                raise ValidationError(
+                    "rows must be a list of objects (or one object)", field="rows"
+                )
         else:
             rows = payload
     elif isinstance(payload, list):
         rows = payload
     else:
-        raise ValidationError("send {\"rows\": [...]}, one row object or a list of rows",
-                              field="body")
+        raise ValidationError(
+            'send {"rows": [...]}, one row object or a list of rows', field="body"
+        )
     if isinstance(rows, list) and len(rows) > api.max_rows:
-        raise PayloadTooLarge(f"{len(rows)} rows in one call, the limit is {api.max_rows}",
-                              field="rows")
+        raise PayloadTooLarge(
+            f"{len(rows)} rows in one call, the limit is {api.max_rows}", field="rows"
+        )
     return daemon.predict(rows)
 
 
@@ -184,9 +203,11 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(…, sepa
 
 def _response(status: int, body: Any, close: bool) -> bytes:
     data = _encode(body).encode()
-    head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-            f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n"
+    )
     return head.encode() + data
 
 
@@ -194,8 +215,9 @@ def _error(status: int, code: str, message: str, field: str | None, close: bool)
     return _response(status, error_body(message, code, field), close)
 
 
-_BUSY = _error(503, "busy", "the local API is at its connection limit; retry shortly",
-               "connections", True)
+_BUSY = _error(
+    503, "busy", "the local API is at its connection limit; retry shortly", "connections", True
+)
 
 
 # ---- one connection -----------------------------------------------------------------------------------
@@ -203,8 +225,24 @@ class _Conn:
     """State of one client connection. Touched only by the worker that claimed it (``busy``)
     or, under the API lock, by the deadline sweep when nobody has it."""
 
-    __slots__ = ("armed", "body", "busy", "close_after", "closed", "deadline", "fd", "h",
-                 "idle_since", "out", "phase", "req", "reserved", "sock", "want", "wants_close")
+    __slots__ = (
+        "armed",
+        "body",
+        "busy",
+        "close_after",
+        "closed",
+        "deadline",
+        "fd",
+        "h",
+        "idle_since",
+        "out",
+        "phase",
+        "req",
+        "reserved",
+        "sock",
+        "want",
+        "wants_close",
+    )
 
     def __init__(self, sock: socket.socket, now: float, idle_timeout: float) -> None:
         self.sock = sock
@@ -228,11 +266,22 @@ class _Conn:
 class LocalApi:
     """The local endpoint of one :class:`Daemon`; ``start()`` runs its worker threads."""
 
-    def __init__(self, daemon: Daemon, host: str = "127.0.0.1", port: int = 8700, *,
-                 unix_socket: str | Path | None = None, max_body_bytes: int = 1 << 20,
-                 max_rows: int = 10_000, max_connections: int = 256, workers: int = 4,
-                 header_timeout_s: float = 10.0, body_timeout_s: float = 30.0,
-                 idle_timeout_s: float = 30.0, max_buffered_bytes: int = 16 << 20) -> None:
+    def __init__(
+        self,
+        daemon: Daemon,
+        host: str = "127.0.0.1",
+        port: int = 8700,
+        *,
+        unix_socket: str | Path | None = None,
+        max_body_bytes: int = 1 << 20,
+        max_rows: int = 10_000,
+        max_connections: int = 256,
+        workers: int = 4,
+        header_timeout_s: float = 10.0,
+        body_timeout_s: float = 30.0,
+        idle_timeout_s: float = 30.0,
+        max_buffered_bytes: int = 16 << 20,
+    ) -> None:
         self.daemon = daemon
         self.max_body_bytes = max_body_bytes
         self.max_rows = max_rows
@@ -243,8 +292,13 @@ class LocalApi:
         self.idle_timeout_s = idle_timeout_s
         self.max_buffered_bytes = max_buffered_bytes
         self.unix_socket = Path(unix_socket) if unix_socket else None
-        self.stats = {"accepted": 0, "refused_busy": 0, "evicted_idle": 0, "timed_out": 0,
-                      "protocol_errors": 0}
+        self.stats = {
+            "accepted": 0,
+            "refused_busy": 0,
+            "evicted_idle": 0,
+            "timed_out": 0,
+            "protocol_errors": 0,
+        }
         self._lock = threading.Lock()
         self._conns: dict[int, _Conn] = {}
         self._listeners: dict[int, socket.socket] = {}
@@ -263,8 +317,9 @@ class LocalApi:
             tcp = socket.create_server((host, port), family=_family(host), backlog=1024)
         except OSError as exc:
             self._ep.close()
-            raise EdgeError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                            field="local_api.port") from exc
+            raise EdgeError(
+                f"cannot listen on {host}:{port}: {exc.strerror}", field="local_api.port"
+            ) from exc
         self._add_listener(tcp)
         self.host, self.port = str(tcp.getsockname()[0]), int(tcp.getsockname()[1])
         if self.unix_socket is not None:
@@ -292,8 +347,9 @@ class LocalApi:
             sock.listen(1024)
         except OSError as exc:
             sock.close()
-            raise EdgeError(f"cannot listen on {path}: {exc.strerror}",
-                            field="local_api.unix_socket") from exc
+            raise EdgeError(
+                f"cannot listen on {path}: {exc.strerror}", field="local_api.unix_socket"
+            ) from exc
         os.chmod(path, 0o660)
         return sock
 
@@ -311,8 +367,12 @@ class LocalApi:
     def health(self) -> dict[str, Any]:
         """Connection counts for ``/health``: open now, the limit, and what was refused."""
         with self._lock:
-            return {"connections": len(self._conns), "max_connections": self.max_connections,
-                    "workers": self.workers, **self.stats}
+            return {
+                "connections": len(self._conns),
+                "max_connections": self.max_connections,
+                "workers": self.workers,
+                **self.stats,
+            }
 
     # ---- life cycle ------------------------------------------------------------------------------
     def start(self) -> LocalApi:
@@ -393,8 +453,9 @@ class LocalApi:
                 break
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("local api: cannot accept (%s); pausing accepts for 0.5 s",
-                                exc.strerror)
+                    log.warning(
+                        "local api: cannot accept (%s); pausing accepts for 0.5 s", exc.strerror
+                    )
                     self._accept_paused_until = now + 0.5
                     return
                 break
@@ -411,8 +472,11 @@ class LocalApi:
         victim = None
         with self._lock:
             if len(self._conns) >= self.max_connections:
-                idle = [c for c in self._conns.values()
-                        if c.phase == "idle" and not c.busy and not c.out]
+                idle = [
+                    c
+                    for c in self._conns.values()
+                    if c.phase == "idle" and not c.busy and not c.out
+                ]
                 if not idle:
                     self.stats["refused_busy"] += 1
                     full = True
@@ -484,9 +548,15 @@ class LocalApi:
                 what = "request head" if c.phase == "head" else "request body"
                 limit = self.header_timeout_s if c.phase == "head" else self.body_timeout_s
                 with contextlib.suppress(OSError):
-                    c.sock.send(_error(408, "request_timeout",
-                                       f"the {what} did not arrive within {limit:g} s",
-                                       "headers" if c.phase == "head" else "body", True))
+                    c.sock.send(
+                        _error(
+                            408,
+                            "request_timeout",
+                            f"the {what} did not arrive within {limit:g} s",
+                            "headers" if c.phase == "head" else "body",
+                            True,
+                        )
+                    )
             self._close(c)
 
     # ---- one connection's turn ---------------------------------------------------------------------------
@@ -563,27 +633,49 @@ class LocalApi:
         self.stats["protocol_errors"] += 1
         status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
         if status == 431:
-            msg, code, field = f"the request head is over {_MAX_HEAD} bytes", "headers_too_large", \
-                "headers"
+            msg, code, field = (
+                f"the request head is over {_MAX_HEAD} bytes",
+                "headers_too_large",
+                "headers",
+            )
         elif "Content-Length" in str(exc):
             msg, code, field = f"bad Content-Length: {exc}", "invalid_request", "Content-Length"
         else:
-            msg, code, field = f"malformed request: {exc}", "invalid_request", \
-                "Host" if "Host" in str(exc) else None
+            msg, code, field = (
+                f"malformed request: {exc}",
+                "invalid_request",
+                "Host" if "Host" in str(exc) else None,
+            )
         self._reply(conn, _error(status, code, msg, field, True), close=True)
 
     def _on_request(self, conn: _Conn, req: h11.Request) -> None:
         conn.req = req
         conn.body = bytearray()
         if req.http_version not in (b"1.1", b"1.0"):
-            self._reply(conn, _error(400, "invalid_request",
-                                     f"HTTP/{req.http_version.decode()} is not supported",
-                                     "version", True), close=True)
+            self._reply(
+                conn,
+                _error(
+                    400,
+                    "invalid_request",
+                    f"HTTP/{req.http_version.decode()} is not supported",
+                    "version",
+                    True,
+                ),
+                close=True,
+            )
             return
         if len(req.headers) > _MAX_HEADERS:
-            self._reply(conn, _error(431, "headers_too_large",
-                                     f"more than {_MAX_HEADERS} header fields", "headers", True),
-                        close=True)
+            self._reply(
+                conn,
+                _error(
+                    431,
+                    "headers_too_large",
+                    f"more than {_MAX_HEADERS} header fields",
+                    "headers",
+                    True,
+                ),
+                close=True,
+            )
             return
         te = cl = ctype = None
         close = req.http_version == b"1.0"
@@ -599,31 +691,74 @@ class LocalApi:
                 close = b"keep-alive" not in value if close else b"close" in value
         conn.wants_close = close
         if te is not None and cl is not None:
-            self._reply(conn, _error(400, "invalid_request", "Transfer-Encoding and Content-Length "
-                                     "together are refused (request smuggling)",
-                                     "Transfer-Encoding", True), close=True)
+            self._reply(
+                conn,
+                _error(
+                    400,
+                    "invalid_request",
+                    "Transfer-Encoding and Content-Length together are refused (request smuggling)",
+                    "Transfer-Encoding",
+                    True,
+                ),
+                close=True,
+            )
             return
         if te is not None:
-            self._reply(conn, _error(411, "length_required", "send a Content-Length header "
-                                     "(chunked bodies are not accepted)", "Content-Length", True),
-                        close=True)
+            self._reply(
+                conn,
+                _error(
+                    411,
+                    "length_required",
+                    "send a Content-Length header (chunked bodies are not accepted)",
+                    "Content-Length",
+                    True,
+                ),
+                close=True,
+            )
             return
-        if req.method == b"POST" and ctype is not None and ctype.split(b";", 1)[0].strip().lower() \
-                not in (b"application/json", b"text/json"):
-            self._reply(conn, _error(415, "unsupported_media_type",
-                                     f"Content-Type must be application/json, not "
-                                     f"{ctype.decode('latin-1')}", "Content-Type", True),
-                        close=True)
+        if (
+            req.method == b"POST"
+            and ctype is not None
+            and ctype.split(b";", 1)[0].strip().lower() not in (b"application/json", b"text/json")
+        ):
+            self._reply(
+                conn,
+                _error(
+                    415,
+                    "unsupported_media_type",
+                    f"Content-Type must be application/json, not {ctype.decode('latin-1')}",
+                    "Content-Type",
+                    True,
+                ),
+                close=True,
+            )
             return
         if cl is None and req.method == b"POST":
-            self._reply(conn, _error(411, "length_required", "send a Content-Length header "
-                                     "(chunked bodies are not accepted)", "Content-Length", True),
-                        close=True)
+            self._reply(
+                conn,
+                _error(
+                    411,
+                    "length_required",
+                    "send a Content-Length header (chunked bodies are not accepted)",
+                    "Content-Length",
+                    True,
+                ),
+                close=True,
+            )
             return
         n = int(cl) if cl is not None else 0  # h11 accepted only digits, one value
         if n > self.max_body_bytes:
-            self._reply(conn, _error(413, "payload_too_large", f"request body is {n} bytes, the "
-                                     f"limit is {self.max_body_bytes}", "body", True), close=True)
+            self._reply(
+                conn,
+                _error(
+                    413,
+                    "payload_too_large",
+                    f"request body is {n} bytes, the limit is {self.max_body_bytes}",
+                    "body",
+                    True,
+                ),
+                close=True,
+            )
             return
         if n > _SMALL_BODY:
             with self._lock:
@@ -634,8 +769,17 @@ class LocalApi:
                     conn.reserved = n
                     ok = True
             if not ok:
-                self._reply(conn, _error(503, "busy", "too many large request bodies in flight; "
-                                         "retry shortly", "body", True), close=True)
+                self._reply(
+                    conn,
+                    _error(
+                        503,
+                        "busy",
+                        "too many large request bodies in flight; retry shortly",
+                        "body",
+                        True,
+                    ),
+                    close=True,
+                )
                 return
         conn.phase = "body"
         conn.deadline = time.monotonic() + self.body_timeout_s
@@ -706,8 +850,13 @@ class LocalApi:
                     return _response(200, {"models": self.daemon.models()}, close)
                 if path == "/predict":
                     return _error(405, "method_not_allowed", "use POST /predict", "method", close)
-                return _error(404, "not_found", f"no route {path} (routes: /predict, /health, "
-                              "/models)", "path", close)
+                return _error(
+                    404,
+                    "not_found",
+                    f"no route {path} (routes: /predict, /health, /models)",
+                    "path",
+                    close,
+                )
             if method == "POST":
                 if path == "/predict":
                     return _response(200, _predict(self, decode_json(body)), close)
@@ -719,8 +868,9 @@ class LocalApi:
             return _response(exc.status_code, exc.to_dict(), close)
         except Exception as exc:  # never kill the server on a bug: answer 500 and log it
             log.exception("local api: %s %s failed", method, path)
-            return _error(500, "internal_error", f"internal error: {type(exc).__name__}", None,
-                          close)
+            return _error(
+                500, "internal_error", f"internal error: {type(exc).__name__}", None, close
+            )
 
 
 def _items(headers: h11._headers.Headers) -> list[tuple[bytes, bytes, bytes]]:

@@ -43,8 +43,13 @@ class Part:
 
 
 class Supervisor:
-    def __init__(self, interval_s: float = 1.0, healthy_after_s: float = 60.0, *,
-                 on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        interval_s: float = 1.0,
+        healthy_after_s: float = 60.0,
+        *,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self.interval_s = interval_s
         self.on_change = on_change  # called when a part goes down or comes back
         self.healthy_after_s = healthy_after_s
@@ -54,11 +59,16 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._prev_hook: Callable[[Any], Any] | None = None
 
-    def watch(self, name: str, alive: Callable[[], bool], restart: Callable[[], None], *,
-              thread_name: str | None = None) -> None:
+    def watch(
+        self,
+        name: str,
+        alive: Callable[[], bool],
+        restart: Callable[[], None],
+        *,
+        thread_name: str | None = None,
+    ) -> None:
         with self._lock:
-            self._parts[name] = Part(name, alive, restart, thread_name,
-                                     up_since=time.monotonic())
+            self._parts[name] = Part(name, alive, restart, thread_name, up_since=time.monotonic())
 
     def record_error(self, name: str, exc: BaseException) -> None:
         with self._lock:
@@ -88,8 +98,9 @@ class Supervisor:
     def _excepthook(self, args: Any) -> None:
         name = getattr(args.thread, "name", None) or ""
         with self._lock:
-            parts = [p for p in self._parts.values()
-                     if p.thread_name and name.startswith(p.thread_name)]
+            parts = [
+                p for p in self._parts.values() if p.thread_name and name.startswith(p.thread_name)
+            ]
         for p in parts:
             self.record_error(p.name, args.exc_value)
         if self._prev_hook is not None:
@@ -129,8 +140,12 @@ class Supervisor:
             if p.ok:
                 p.ok = False
                 p.next_try = now + p.backoff.next()
-                log.error("%s stopped (%s); restarting in %.1f s", p.name,
-                          p.last_error or "no error recorded", p.next_try - now)
+                log.error(
+                    "%s stopped (%s); restarting in %.1f s",
+                    p.name,
+                    p.last_error or "no error recorded",
+                    p.next_try - now,
+                )
                 continue
             if now < p.next_try:
                 continue
@@ -149,6 +164,10 @@ class Supervisor:
             parts = list(self._parts.values())
         out = {}
         for p in parts:
-            out[p.name] = {"ok": p.ok, "restarts": p.restarts, "last_error": p.last_error,
-                           "last_error_at": p.last_error_at}
+            out[p.name] = {
+                "ok": p.ok,
+                "restarts": p.restarts,
+                "last_error": p.last_error,
+                "last_error_at": p.last_error_at,
+            }
         return out

@@ -19,8 +19,13 @@ def small_disk(tmp_path):
     """A 16 MiB tmpfs mounted at ``tmp_path / "disk"``, unmounted afterwards."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mnt)],
-                         capture_output=True, text=True, timeout=30, check=False)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs for the full-disk test: {res.stderr.strip()}")
     try:

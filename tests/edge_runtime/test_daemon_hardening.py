@@ -40,12 +40,14 @@ def _profile():
 
 
 # ---- telemetry and the outbox -------------------------------------------------------------------
-def test_telemetry_keeps_running_on_a_full_disk_and_counts_what_it_dropped(small_disk, tmp_path,
-                                                                           cancer_bundle, keypair):
+def test_telemetry_keeps_running_on_a_full_disk_and_counts_what_it_dropped(
+    small_disk, tmp_path, cancer_bundle, keypair
+):
     with ModelStore(tmp_path / "store", _profile(), [keypair[1]], latency_runs=20) as store:
         store.install(cancer_bundle)
-        agent = FleetAgent("d1", store, mqtt=None, data_dir=small_disk / "fleet", interval_s=0.5,
-                           resources=False)
+        agent = FleetAgent(
+            "d1", store, mqtt=None, data_dir=small_disk / "fleet", interval_s=0.5, resources=False
+        )
         agent.start()
         try:
             assert _wait(lambda: agent.outbox.count("telemetry") >= 1)
@@ -97,8 +99,9 @@ def test_a_damaged_next_seq_is_rebuilt_not_fatal(tmp_path):
 @pytest.mark.parametrize("jump_s", [-3600.0, -2 * 86400.0, 86400.0])
 def test_windows_span_monotonic_time_and_mark_a_wall_clock_jump(jump_s):
     clock = {"wall": 1_700_000_000.0, "mono": 500.0}
-    rec = TelemetryRecorder("d1", resources=False, wall=lambda: clock["wall"],
-                            mono=lambda: clock["mono"])
+    rec = TelemetryRecorder(
+        "d1", resources=False, wall=lambda: clock["wall"], mono=lambda: clock["mono"]
+    )
     clock["wall"] += 10
     clock["mono"] += 10
     w1 = rec.roll(1)
@@ -116,8 +119,10 @@ def test_windows_span_monotonic_time_and_mark_a_wall_clock_jump(jump_s):
 
 
 def test_uptime_comes_from_the_monotonic_clock(cancer_bundle, keypair, monkeypatch):
-    d = Daemon(load_settings(local_api={"enabled": False}, store={"public_key": str(keypair[1])}),
-               bundle=cancer_bundle).start()
+    d = Daemon(
+        load_settings(local_api={"enabled": False}, store={"public_key": str(keypair[1])}),
+        bundle=cancer_bundle,
+    ).start()
     try:
         real = time.time
         monkeypatch.setattr(time, "time", lambda: real() - 86400)  # the wall clock goes back
@@ -142,9 +147,15 @@ def test_a_dead_thread_is_restarted_with_its_error_in_health():
     sup = Supervisor(interval_s=0.05)
     changes = []
     sup.on_change = lambda: changes.append(1)
-    sup.watch("worker", lambda: box["t"].is_alive(),
-              lambda: box.update(t=threading.Thread(target=work, name="worker-x", daemon=True))
-              or box["t"].start(), thread_name="worker-")
+    sup.watch(
+        "worker",
+        lambda: box["t"].is_alive(),
+        lambda: (
+            box.update(t=threading.Thread(target=work, name="worker-x", daemon=True))
+            or box["t"].start()
+        ),
+        thread_name="worker-",
+    )
     sup.start()
     try:
         box["t"].start()
@@ -158,11 +169,12 @@ def test_a_dead_thread_is_restarted_with_its_error_in_health():
 
 
 def test_the_daemon_supervises_its_fleet_threads(tmp_path, cancer_bundle, keypair):
-    settings = load_settings(local_api={"port": 0},
-                             store={"dir": str(tmp_path / "store"), "public_key": str(keypair[1]),
-                                    "latency_runs": 20},
-                             mqtt={"url": "mqtt://127.0.0.1:1"},  # nothing listens: offline
-                             telemetry={"interval_s": 0.5})
+    settings = load_settings(
+        local_api={"port": 0},
+        store={"dir": str(tmp_path / "store"), "public_key": str(keypair[1]), "latency_runs": 20},
+        mqtt={"url": "mqtt://127.0.0.1:1"},  # nothing listens: offline
+        telemetry={"interval_s": 0.5},
+    )
     with Daemon(settings) as d:
         d.supervisor.interval_s = 0.05
         assert {"telemetry", "shadow", "mqtt_link"} <= set(d.supervisor.health())
@@ -181,18 +193,24 @@ def test_the_daemon_supervises_its_fleet_threads(tmp_path, cancer_bundle, keypai
 
 
 # ---- a daemon started on a full disk -------------------------------------------------------------
-def test_the_daemon_starts_on_a_full_disk_and_serves_the_intact_model(small_disk, cancer_bundle,
-                                                                       keypair, rows):
+def test_the_daemon_starts_on_a_full_disk_and_serves_the_intact_model(
+    small_disk, cancer_bundle, keypair, rows
+):
     store_dir = small_disk / "store"
     with ModelStore(store_dir, _profile(), [keypair[1]], latency_runs=20) as s:
         s.install(cancer_bundle)
     fill(small_disk)
-    settings = load_settings(local_api={"port": 0},
-                             store={"dir": str(store_dir), "public_key": str(keypair[1])},
-                             mqtt={"url": "mqtt://127.0.0.1:1"})
+    settings = load_settings(
+        local_api={"port": 0},
+        store={"dir": str(store_dir), "public_key": str(keypair[1])},
+        mqtt={"url": "mqtt://127.0.0.1:1"},
+    )
     with Daemon(settings) as d:
-        req = urllib.request.Request(f"{d.api.url}/predict", data=json.dumps({"rows": rows}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{d.api.url}/predict",
+            data=json.dumps({"rows": rows}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             assert len(json.loads(r.read())["predictions"]) == 5
         with urllib.request.urlopen(f"{d.api.url}/health", timeout=10) as r:
@@ -203,24 +221,43 @@ def test_the_daemon_starts_on_a_full_disk_and_serves_the_intact_model(small_disk
 
 
 # ---- configuration ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("toml,env,match", [
-    ('[local_api]\nport = true\n', {}, r"local_api\.port \(device\.toml:2\): expected a number"),
-    ('[telemetry]\ninterval_s = 1e-9\n', {}, r"telemetry\.interval_s \(device\.toml:2\)"),
-    ('[telemetry]\ninterval_s = inf\n', {}, r"telemetry\.interval_s \(device\.toml:2\)"),
-    ('[telemetry]\ninterval_s = nan\n', {}, r"telemetry\.interval_s \(device\.toml:2\)"),
-    ('[mqtt]\nurl = "mqtt://h:abc"\n', {}, r"mqtt\.url \(device\.toml:2\): .*port"),
-    ('[mqtt]\nurl = "mqtt://h:1883"\nkeyfile = "nope.key"\n', {},
-     r"mqtt\.keyfile \(device\.toml:3\): file not found: .*nope\.key"),
-    ('[mqtt]\nca_file = "ca.pem"\n', {}, r"mqtt\.ca_file \(device\.toml:2\): file not found"),
-    ("", {"EDGE_LOCAL_API__PORT": "true"}, r"local_api\.port \(env EDGE_LOCAL_API__PORT\)"),
-    ("[local_api]\nport = 8701\n", {"EDGE_LOCAL_API__PORT": "x"},
-     r"local_api\.port \(env EDGE_LOCAL_API__PORT\)"),
-    ("", {"EDGE_STORE__PUBLIC_KEYS": "k.pub"},
-     r"store\.public_keys \(env EDGE_STORE__PUBLIC_KEYS\): .*JSON"),
-    ("", {"EDGE_LOCAL_API": "{bad"}, r"local_api \(env EDGE_LOCAL_API\): .*JSON"),
-    ("", {"EDGE_TELEMETRY__INTERVAL_S": "90000"},
-     r"telemetry\.interval_s \(env EDGE_TELEMETRY__INTERVAL_S\)"),
-])
+@pytest.mark.parametrize(
+    "toml,env,match",
+    [
+        (
+            "[local_api]\nport = true\n",
+            {},
+            r"local_api\.port \(device\.toml:2\): expected a number",
+        ),
+        ("[telemetry]\ninterval_s = 1e-9\n", {}, r"telemetry\.interval_s \(device\.toml:2\)"),
+        ("[telemetry]\ninterval_s = inf\n", {}, r"telemetry\.interval_s \(device\.toml:2\)"),
+        ("[telemetry]\ninterval_s = nan\n", {}, r"telemetry\.interval_s \(device\.toml:2\)"),
+        ('[mqtt]\nurl = "mqtt://h:abc"\n', {}, r"mqtt\.url \(device\.toml:2\): .*port"),
+        (
+            '[mqtt]\nurl = "mqtt://h:1883"\nkeyfile = "nope.key"\n',
+            {},
+            r"mqtt\.keyfile \(device\.toml:3\): file not found: .*nope\.key",
+        ),
+        ('[mqtt]\nca_file = "ca.pem"\n', {}, r"mqtt\.ca_file \(device\.toml:2\): file not found"),
+        ("", {"EDGE_LOCAL_API__PORT": "true"}, r"local_api\.port \(env EDGE_LOCAL_API__PORT\)"),
+        (
+            "[local_api]\nport = 8701\n",
+            {"EDGE_LOCAL_API__PORT": "x"},
+            r"local_api\.port \(env EDGE_LOCAL_API__PORT\)",
+        ),
+        (
+            "",
+            {"EDGE_STORE__PUBLIC_KEYS": "k.pub"},
+            r"store\.public_keys \(env EDGE_STORE__PUBLIC_KEYS\): .*JSON",
+        ),
+        ("", {"EDGE_LOCAL_API": "{bad"}, r"local_api \(env EDGE_LOCAL_API\): .*JSON"),
+        (
+            "",
+            {"EDGE_TELEMETRY__INTERVAL_S": "90000"},
+            r"telemetry\.interval_s \(env EDGE_TELEMETRY__INTERVAL_S\)",
+        ),
+    ],
+)
 def test_config_errors_are_one_line_with_their_source(tmp_path, monkeypatch, toml, env, match):
     for k in [k for k in os.environ if k.startswith("EDGE_")]:
         monkeypatch.delenv(k)
@@ -261,16 +298,23 @@ def test_the_cli_prints_a_config_error_as_one_line(tmp_path):
 
     cfg = tmp_path / "device.toml"
     cfg.write_text("[local_api]\nport = true\n")
-    res = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "run", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=60, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.cli", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "local_api.port (device.toml:2)" in lines[0], res.stderr
 
 
 def test_sqlite_is_not_needed_to_read_health_of_a_plain_daemon(cancer_bundle, keypair):
-    d = Daemon(load_settings(local_api={"enabled": False}, store={"public_key": str(keypair[1])}),
-               bundle=cancer_bundle)
+    d = Daemon(
+        load_settings(local_api={"enabled": False}, store={"public_key": str(keypair[1])}),
+        bundle=cancer_bundle,
+    )
     h = d.health()
     assert h["status"] == "ok" and h["degraded"] == []
     assert sqlite3  # (the fixed-bundle daemon has no store, no outbox)
@@ -288,10 +332,12 @@ def test_a_dead_mqtt_link_thread_is_restarted(tmp_path, cancer_bundle, keypair, 
 
     host, port = mosquitto
     prefix = f"test-{uuid.uuid4().hex[:10]}/v1"
-    settings = load_settings(local_api={"enabled": False}, device={"id": "sup-1"},
-                             store={"dir": str(tmp_path / "store"), "public_key": str(keypair[1]),
-                                    "latency_runs": 20},
-                             mqtt={"url": f"mqtt://{host}:{port}", "prefix": prefix})
+    settings = load_settings(
+        local_api={"enabled": False},
+        device={"id": "sup-1"},
+        store={"dir": str(tmp_path / "store"), "public_key": str(keypair[1]), "latency_runs": 20},
+        mqtt={"url": f"mqtt://{host}:{port}", "prefix": prefix},
+    )
     with Daemon(settings) as d:
         d.supervisor.interval_s = 0.05
         link = d.fleet.link

@@ -37,13 +37,19 @@ def daemon_proc(tmp_path_factory, cancer_bundle, keypair):
     with ModelStore(tmp / "store", profile, [keypair[1]], latency_runs=20) as s:
         s.install(cancer_bundle)
     cfg = tmp / "device.toml"
-    cfg.write_text(f'[device]\nid = "hostile"\n[store]\ndir = "store"\npublic_key = "{keypair[1]}"\n'
-                   "[local_api]\nport = 0\nmax_connections = 64\nheader_timeout_s = 1.0\n"
-                   "body_timeout_s = 1.0\nidle_timeout_s = 60\nmax_body_bytes = 1048576\n"
-                   "max_buffered_bytes = 2097152\n")
+    cfg.write_text(
+        f'[device]\nid = "hostile"\n[store]\ndir = "store"\npublic_key = "{keypair[1]}"\n'
+        "[local_api]\nport = 0\nmax_connections = 64\nheader_timeout_s = 1.0\n"
+        "body_timeout_s = 1.0\nidle_timeout_s = 60\nmax_body_bytes = 1048576\n"
+        "max_buffered_bytes = 2097152\n"
+    )
 
-    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "run", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime.cli", "run", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # like a device with the default 1,024 file handles (the old server stopped answering
     # at ~1,010 connections and spun at 100 % CPU)
     resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (1024, 1024))
@@ -72,8 +78,10 @@ def daemon_proc(tmp_path_factory, cancer_bundle, keypair):
 def _request(port, rows, timeout=20.0) -> tuple[int, dict]:
     body = json.dumps({"rows": rows}).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         data = _read_all(s)
     head, _, payload = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(payload)
@@ -130,8 +138,9 @@ def test_slowloris_heads_are_cut_and_others_still_served(daemon_proc, rows):
     for s in socks:
         s.close()
     assert len(answers) == len(socks), "every slow head was cut within the bound"
-    assert all(a.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in a
-               for a in answers.values())
+    assert all(
+        a.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in a for a in answers.values()
+    )
 
 
 def test_stalled_bodies_are_cut_and_memory_stays_bounded(daemon_proc, rows):
@@ -140,8 +149,10 @@ def test_stalled_bodies_are_cut_and_memory_stays_bounded(daemon_proc, rows):
     socks, refused = [], 0
     for _ in range(30):  # 30 × 1 MiB declared, 256 KiB sent: over the 2 MiB body budget
         s = socket.create_connection(("127.0.0.1", port), timeout=20)
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 1048576\r\n\r\n")
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1048576\r\n\r\n"
+        )
         try:
             s.sendall(b"[" * (256 * 1024))
         except OSError:
@@ -177,8 +188,11 @@ def test_a_2000_connection_flood_is_bounded(daemon_proc, rows):
         status, body = _request(port, rows[:1])
         assert status == 200 and len(body["predictions"]) == 1
         assert _threads(proc) <= threads0 + 2
-        health = json.loads(_raw(port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close"
-                                 b"\r\n\r\n").partition(b"\r\n\r\n")[2])
+        health = json.loads(
+            _raw(port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").partition(
+                b"\r\n\r\n"
+            )[2]
+        )
         api = health["local_api"]
         assert api["connections"] <= api["max_connections"] == 64
         assert api["evicted_idle"] + api["refused_busy"] >= 2000 - 64
@@ -191,21 +205,43 @@ def test_a_2000_connection_flood_is_bounded(daemon_proc, rows):
     assert _request(port, rows[:1])[0] == 200
 
 
-@pytest.mark.parametrize("request_bytes,status,field", [
-    # Content-Length + chunked: the smuggling pattern
-    ((b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n"
-      b"\r\n0\r\n\r\nGET /models HTTP/1.1\r\nHost: x\r\n\r\n"), b"400", b'"Transfer-Encoding"'),
-    (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
-     b"400", b'"Content-Length"'),
-    (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: +12\r\n\r\n{}", b"400",
-     b'"Content-Length"'),
-    (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1_0\r\n\r\n{}", b"400",
-     b'"Content-Length"'),
-    (b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
-     b"411", b'"Content-Length"'),
-])
-def test_smuggling_patterns_are_refused_and_the_connection_closed(daemon_proc, request_bytes,
-                                                                   status, field):
+@pytest.mark.parametrize(
+    "request_bytes,status,field",
+    [
+        # Content-Length + chunked: the smuggling pattern
+        (
+            (
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n"
+                b"\r\n0\r\n\r\nGET /models HTTP/1.1\r\nHost: x\r\n\r\n"
+            ),
+            b"400",
+            b'"Transfer-Encoding"',
+        ),
+        (
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            b"400",
+            b'"Content-Length"',
+        ),
+        (
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: +12\r\n\r\n{}",
+            b"400",
+            b'"Content-Length"',
+        ),
+        (
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1_0\r\n\r\n{}",
+            b"400",
+            b'"Content-Length"',
+        ),
+        (
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            b"411",
+            b'"Content-Length"',
+        ),
+    ],
+)
+def test_smuggling_patterns_are_refused_and_the_connection_closed(
+    daemon_proc, request_bytes, status, field
+):
     _proc, port = daemon_proc
     out = _raw(port, request_bytes)
     assert out.startswith(b"HTTP/1.1 " + status) and field in out
@@ -219,7 +255,7 @@ def test_a_head_cut_by_eof_is_dropped_unanswered(daemon_proc, rows):
         s.shutdown(socket.SHUT_WR)
         assert _read_all(s) == b""
     with socket.create_connection(("127.0.0.1", port), timeout=20) as s:  # a short body too
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{\"rows\"")
+        s.sendall(b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{"rows"')
         s.shutdown(socket.SHUT_WR)
         assert _read_all(s) == b""
     assert _request(port, rows[:1])[0] == 200

@@ -45,7 +45,8 @@ def _drop_journal(path):
 
 @pytest.mark.parametrize("damage", ["deleted", "empty", "garbage", "page"])
 def test_a_lost_journal_is_rebuilt_from_the_bundles_and_nothing_is_deleted(
-        two_installed, keypair, cancer_bundle, cancer_bundle_v2, rows, damage):
+    two_installed, keypair, cancer_bundle, cancer_bundle_v2, rows, damage
+):
     path = two_installed
     before = _bundles(path)
     assert len(before) == 2
@@ -77,7 +78,8 @@ def test_a_lost_journal_is_rebuilt_from_the_bundles_and_nothing_is_deleted(
 
 
 def test_without_a_record_of_the_slots_nothing_is_activated_and_bundles_are_kept(
-        two_installed, keypair, cancer_bundle_v2):
+    two_installed, keypair, cancer_bundle_v2
+):
     path = two_installed
     before = _bundles(path)
     _drop_journal(path)
@@ -110,7 +112,8 @@ def test_a_tampered_bundle_is_not_restored_by_a_rebuild(two_installed, keypair, 
 
 
 def test_full_disk_at_start_serves_the_intact_model_read_only(
-        small_disk, keypair, cancer_bundle, cancer_bundle_v2, rows):
+    small_disk, keypair, cancer_bundle, cancer_bundle_v2, rows
+):
     path = small_disk / "store"
     with _open(path, keypair) as s:
         s.install(cancer_bundle)
@@ -132,8 +135,9 @@ def test_full_disk_at_start_serves_the_intact_model_read_only(
         assert s.model("active").version == "2.0.0"
 
 
-def test_an_install_refused_for_a_full_disk_records_why(small_disk, keypair, cancer_bundle,
-                                                         cancer_bundle_v2, rows):
+def test_an_install_refused_for_a_full_disk_records_why(
+    small_disk, keypair, cancer_bundle, cancer_bundle_v2, rows
+):
     path = small_disk / "store"
     with _open(path, keypair) as s:
         s.install(cancer_bundle)
