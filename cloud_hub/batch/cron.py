@@ -170,14 +170,17 @@ class Cron:
         raise _bad(self.expr, "it never fires")  # excluded by parse; kept as a guard
 
     def firings(self, after: dt.datetime, until: dt.datetime, tz: dt.tzinfo, limit: int):
-        """Firings in ``(after, until]``, at most ``limit`` of them (ascending)."""
+        """Firings in ``(after, until]``, at most ``limit`` of them (ascending): one pass over
+        the wall times (their UTC times never go backwards, see :func:`to_utc`)."""
         out: list[dt.datetime] = []
-        t = after
-        while len(out) < limit:
-            t = self.next_after(t, tz)
-            if t > until:
+        start = after.astimezone(tz).replace(tzinfo=None, second=0, microsecond=0, fold=0)
+        for w in self._walls_from(start - dt.timedelta(hours=3)):
+            u = to_utc(w, tz)
+            if u <= after or (out and u <= out[-1]):
+                continue
+            if u > until or len(out) >= limit:
                 break
-            out.append(t)
+            out.append(u)
         return out
 
 

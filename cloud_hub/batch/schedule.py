@@ -51,6 +51,7 @@ from edge_runtime.errors import ConflictError, EdgeError, NotFoundError, Validat
 log = logging.getLogger("cloud_hub.schedules")
 
 LEASE_S = 60.0  # a claimed firing without a job is taken over after this
+MAX_COUNTED = 10_000  # missed firings counted one by one (a week of a per-minute cron)
 CATCH_UP = ("run_once", "skip")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _KNOWN = {"date", "datetime"}
@@ -323,7 +324,10 @@ class ScheduleService:
         """→ (firings to run as (time, kind), missed firings skipped, next firing)."""
         c, tz = Cron.parse(r["cron"]), zone(r["timezone"])
         first = _aware(r["next_fire_at"])
-        due = [first, *c.firings(first, now, tz, 100_000)]
+        due = [first, *c.firings(first, now, tz, MAX_COUNTED)]
+        if len(due) > MAX_COUNTED:  # down for very long: the last day decides what runs
+            tail = c.firings(now - dt.timedelta(days=1), now, tz, MAX_COUNTED)
+            due += [t for t in tail if t > due[-1]]
         on_time = [t for t in due if (now - t).total_seconds() <= self.grace_s]
         late = [t for t in due if (now - t).total_seconds() > self.grace_s]
         fire = [(t, "cron") for t in on_time]
@@ -399,7 +403,8 @@ class ScheduleService:
                             kind="cron",
                             status="skipped",
                             skipped=str(len(skipped)),
-                            error=f"{len(skipped)} firing(s) missed while no hub was running "
+                            error=f"{len(skipped)}{'+' if len(skipped) >= MAX_COUNTED else ''} "
+                            "firing(s) missed while no hub was running "
                             f"(catch_up={r['catch_up']})",
                             runner=self.runner,
                             claimed_at=now,

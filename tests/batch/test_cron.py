@@ -105,3 +105,23 @@ def test_unknown_zone():
     with pytest.raises(ValidationError) as e:
         zone("Mars/Olympus")
     assert e.value.field == "timezone"
+
+
+# two days around each 2026 DST change of these zones (Lord Howe shifts by 30 minutes)
+_DST_WINDOWS = [(3, 7), (3, 28), (4, 4), (10, 3), (10, 24), (10, 31)]
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe"])
+@pytest.mark.parametrize("expr", ["*/20 * * * *", "30 1-3 * * *", "0 2 * * sun", "15 */5 1,4 * *"])
+def test_firings_in_one_pass_equal_next_after_steps(expr, tz):
+    c, z = Cron.parse(expr), zone(tz)
+    for month, day in _DST_WINDOWS:
+        start = _u(2026, month, day)
+        end = start + dt.timedelta(days=2)
+        stepped, t = [], start
+        while True:
+            t = c.next_after(t, z)
+            if t > end:
+                break
+            stepped.append(t)
+        assert c.firings(start, end, z, 100_000) == stepped

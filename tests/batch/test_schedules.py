@@ -217,6 +217,33 @@ def test_missed_firings_run_once_or_skip(tmp_path, keypair, cancer_bundle, small
         hub.close()
 
 
+def test_long_outage_runs_the_latest_missed_firing(tmp_path, keypair, cancer_bundle, small_input):
+    """More missed firings than are counted one by one: the latest one still runs."""
+    from cloud_hub.batch.schedule import MAX_COUNTED, ScheduleService
+
+    hub = _hub(tmp_path, keypair, [cancer_bundle])
+    try:
+        svc = ScheduleService.of(hub)
+        s = svc.create(
+            name="five",
+            cron="*/5 * * * *",
+            model="cancer",
+            input=str(small_input),
+            output=str(tmp_path / "f-{datetime}.jsonl"),
+        )
+        first = _parse(s["next_fire_at"])
+        latest = first + dt.timedelta(days=40)  # 11,521 firings; the latest is 3 minutes late
+        made = svc.tick(now=latest + dt.timedelta(minutes=3))
+        assert [(m["fire_at"], m["status"]) for m in made] == [(latest.isoformat(), "submitted")]
+        assert _wait_job(hub, made[0]["job_id"])["status"] == "succeeded"
+        skipped = [f for f in svc.get("five")["firings"] if f["status"] == "skipped"]
+        assert len(skipped) == 1 and skipped[0]["skipped"] >= MAX_COUNTED
+        assert "+ firing(s) missed" in skipped[0]["error"]
+        assert _parse(svc.get("five")["next_fire_at"]) == latest + dt.timedelta(minutes=5)
+    finally:
+        hub.close()
+
+
 @pytest.mark.services
 def test_one_job_per_firing_across_replicas(
     tmp_path, keypair, cancer_bundle, small_input, fresh_pg_url
