@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +58,6 @@ class Supervisor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._prev_hook: Callable[[Any], Any] | None = None
 
     def watch(
         self,
@@ -80,8 +80,7 @@ class Supervisor:
     # ---- life cycle -----------------------------------------------------------------------
     def start(self) -> Supervisor:
         self._stop.clear()
-        self._prev_hook = threading.excepthook
-        threading.excepthook = self._excepthook
+        _install_hook(self)
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
         self._thread.start()
         return self
@@ -91,11 +90,9 @@ class Supervisor:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        if self._prev_hook is not None and threading.excepthook == self._excepthook:
-            threading.excepthook = self._prev_hook
-        self._prev_hook = None
+        _LIVE.discard(self)
 
-    def _excepthook(self, args: Any) -> None:
+    def _on_thread_error(self, args: Any) -> None:
         name = getattr(args.thread, "name", None) or ""
         with self._lock:
             parts = [
@@ -103,8 +100,6 @@ class Supervisor:
             ]
         for p in parts:
             self.record_error(p.name, args.exc_value)
-        if self._prev_hook is not None:
-            self._prev_hook(args)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -171,3 +166,28 @@ class Supervisor:
                 "last_error_at": p.last_error_at,
             }
         return out
+
+
+# One process-wide threading.excepthook for every running supervisor (a simulator runs many
+# daemons in one process: chaining one hook per supervisor would grow without end).
+_LIVE: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+_hook_lock = threading.Lock()
+_prev_hook: Callable[[Any], Any] | None = None
+
+
+def _install_hook(sup: Supervisor) -> None:
+    global _prev_hook
+    with _hook_lock:
+        _LIVE.add(sup)
+        if threading.excepthook is not _excepthook:
+            _prev_hook = threading.excepthook
+            threading.excepthook = _excepthook
+
+
+def _excepthook(args: Any) -> None:
+    for sup in list(_LIVE):
+        try:
+            sup._on_thread_error(args)
+        except Exception:  # reporting must never raise
+            log.exception("supervisor: recording a thread error failed")
+    (_prev_hook or threading.__excepthook__)(args)
