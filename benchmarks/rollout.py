@@ -305,29 +305,34 @@ def bench_live(n: int, mqtt_url: str | None, stage_s: float, own_mosquitto: bool
                                                            "timeout": "600s"},
                 # sequential gates sized for a time-compressed run: the bad model (30 % errors) must
                 # roll back, the good one advance, each within a stage of a few hundred calls
-                "gates": {"silent_after_s": 120, "install_timeout_s": 300, "max_unknown_fraction": 0.05,
-                          "max_error_rate": 0.2, "min_latency_samples": 100}}
-        t0 = time.time()
-        rid = http.post("/v1/rollouts", json={"model": "cancer-risk:2.0.0", "plan": plan}).json()["id"]
-        st = wait_for(lambda: (lambda s: s["status"] != "running" and s)(http.get(f"/v1/rollouts/{rid}").json()),
-                      1800, 1, what="rollout 1")
-        ev = http.get(f"/v1/rollouts/{rid}/events").json()["events"]
-        if st["status"] != "completed":
-            raise RuntimeError(f"rollout 1 ended {st['status']}: {st.get('reason')}; events: "
-                               + "; ".join(f"{e['kind']}: {e['message'][:200]}" for e in ev[-8:]))
-        last_adv = max(e["ts"] for e in ev if e["kind"] in ("advanced", "completed"))
-        wait_for(lambda: all((d.get("bundles") or [{}])[0].get("version") == "2.0.0"
-                             for d in http.get("/v1/devices").json()["devices"]), 600, 1, what="all on 2.0.0")
-        out["rollout_status"] = st["status"]
-        out["start_to_100pct_verified_s"] = round(time.time() - t0, 1)
-        marks = [(e["ts"], e["message"].split(":")[0]) for e in ev if e["kind"] in ("advanced", "completed")]
-        prev = t0
-        out["stages"] = []
-        for ts, what in sorted(marks):
-            out["stages"].append({"stage": what, "s": round(ts - prev, 1)})
-            prev = ts
-        out["stage_min_duration_s"] = stage_s
-        out["last_stage_start_to_all_verified_s"] = round(time.time() - last_adv, 1)
+                "gates": {"silent_after_s": 300, "install_timeout_s": 300, "max_unknown_fraction": 0.05,
+                          "max_error_rate": 0.2, "min_latency_samples": 100,
+                          # on a saturated machine a few self-tests miss the profile's latency budget
+                          "max_failed_fraction": 0.05}}
+        champ_ver = "1.0.0"
+        if stages:  # rollout 1: the good candidate through every stage (skipped with --stages none)
+            t0 = time.time()
+            rid = http.post("/v1/rollouts", json={"model": "cancer-risk:2.0.0", "plan": plan}).json()["id"]
+            st = wait_for(lambda: (lambda s: s["status"] != "running" and s)(http.get(f"/v1/rollouts/{rid}").json()),
+                          1800, 1, what="rollout 1")
+            ev = http.get(f"/v1/rollouts/{rid}/events").json()["events"]
+            if st["status"] != "completed":
+                raise RuntimeError(f"rollout 1 ended {st['status']}: {st.get('reason')}; events: "
+                                   + "; ".join(f"{e['kind']}: {e['message'][:200]}" for e in ev[-8:]))
+            last_adv = max(e["ts"] for e in ev if e["kind"] in ("advanced", "completed"))
+            wait_for(lambda: all((d.get("bundles") or [{}])[0].get("version") == "2.0.0"
+                                 for d in http.get("/v1/devices").json()["devices"]), 600, 1, what="all on 2.0.0")
+            out["rollout_status"] = st["status"]
+            out["start_to_100pct_verified_s"] = round(time.time() - t0, 1)
+            marks = [(e["ts"], e["message"].split(":")[0]) for e in ev if e["kind"] in ("advanced", "completed")]
+            prev = t0
+            out["stages"] = []
+            for ts, what in sorted(marks):
+                out["stages"].append({"stage": what, "s": round(ts - prev, 1)})
+                prev = ts
+            out["stage_min_duration_s"] = stage_s
+            out["last_stage_start_to_all_verified_s"] = round(time.time() - last_adv, 1)
+            champ_ver = "2.0.0"
         bad = http.get("/v1/models/cancer-risk:3.0.0").json()
         fleet.inject("errors", rate=0.3, sha256=bad.get("digest") or bad.get("sha256"))
         plan2 = {**plan, "stages": [100]}
@@ -335,8 +340,11 @@ def bench_live(n: int, mqtt_url: str | None, stage_s: float, own_mosquitto: bool
         st2 = wait_for(lambda: (lambda s: s["status"] not in ("running",) and s)(
             http.get(f"/v1/rollouts/{rid2}").json()), 1800, 1, what="rollout 2")
         ev2 = http.get(f"/v1/rollouts/{rid2}/events").json()["events"]
-        t_fail = next(e["ts"] for e in ev2 if e["kind"] == "rollback")
-        wait_for(lambda: all((d.get("bundles") or [{}])[0].get("version") == "2.0.0"
+        t_fail = next((e["ts"] for e in ev2 if e["kind"] == "rollback"), None)
+        if t_fail is None:
+            raise RuntimeError(f"the bad model's rollout ended {st2['status']}: {st2.get('reason')}; events: "
+                               + "; ".join(f"{e['kind']}: {e['message'][:300]}" for e in ev2[-6:]))
+        wait_for(lambda: all((d.get("bundles") or [{}])[0].get("version") == champ_ver
                              for d in http.get("/v1/devices").json()["devices"]), 600, 1, what="all back")
         out["bad_status"] = st2["status"]
         out["bad_reason"] = st2["reason"]
@@ -379,7 +387,8 @@ def main() -> int:
     lv.add_argument("--devices", type=int, default=1000)
     lv.add_argument("--mqtt-url")
     lv.add_argument("--own-mosquitto", action="store_true", help="start a private Mosquitto for the run")
-    lv.add_argument("--stages", default="1,5,25,50,100", help="canary percentages of the first rollout")
+    lv.add_argument("--stages", default="1,5,25,50,100",
+                    help="canary percentages of the first rollout; 'none': only the bad model's rollback")
     lv.add_argument("--stage-seconds", type=float, default=5.0)
     hb = sub.add_parser("hub")
     for a in ("--data-dir", "--port", "--prefix", "--trusted", "--mqtt-url"):
@@ -393,7 +402,7 @@ def main() -> int:
         return hub_main(args)
     res = bench_tick(args.devices, args.windows, args.ticks) if args.cmd == "tick" else \
         bench_live(args.devices, args.mqtt_url, args.stage_seconds, args.own_mosquitto,
-                   tuple(float(x) for x in args.stages.split(",")))
+                   () if args.stages == "none" else tuple(float(x) for x in args.stages.split(",")))
     print(json.dumps({"machine": _machine(), "command": " ".join(sys.argv), "result": res}, indent=2))
     return 0
 
