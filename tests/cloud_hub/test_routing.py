@@ -169,7 +169,8 @@ def test_not_enough_data_then_promote(hub, cancer_data):
     assert ev["verdict"] == "NOT_ENOUGH_DATA"
     assert "need 30" in ev["reasons"][0]
     ev = hub.routing.evaluate("cancer", {"min_samples": 5, "alpha": 0.5})
-    assert ev["verdict"] in ("PROMOTE", "KEEP_CHAMPION")
+    # a handful of labelled rows may be all right in both groups: no variance, no test (issue 18)
+    assert ev["verdict"] in ("PROMOTE", "KEEP_CHAMPION") or "no variance" in ev["reasons"][0], ev["reasons"]
     res = hub.routing.promote("cancer", require_verdict=False)
     assert res["champion"] == "1.0.0" and res["previous"] == "0.9.0"
     aliases = hub.registry.aliases("cancer")

@@ -74,7 +74,10 @@ def test_cli_end_to_end(tmp_path, keypair, cancer_bundle, weak_bundle, cancer_da
         rc = main(["shadow", "report", "cancer", "--sla-ms", "1000", "--max-decision-change", "0.5", "--wait", "30"])
         out = capsys.readouterr().out
         assert "KS statistic=" in out and "segment mean_radius:15=" in out
-        assert rc == (0 if "cancer: PASS" in out else 3)
+        # the report's checks are sequential tests (issue 18): a few hundred requests may not be
+        # conclusive yet, which is NOT_ENOUGH_DATA (exit 4), not a FAIL
+        verdict = next(v for v in ("PASS", "FAIL", "NOT_ENOUGH_DATA") if f"cancer: {v}" in out)
+        assert rc == {"PASS": 0, "FAIL": 3, "NOT_ENOUGH_DATA": 4}[verdict]
         assert main(["shadow", "report", "cancer", "--min-samples", "100000"]) == 4
         capsys.readouterr()
         assert main(["shadow", "records", "cancer", "--limit", "5"]) == 0
