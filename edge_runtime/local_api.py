@@ -298,6 +298,7 @@ class LocalApi:
             "evicted_idle": 0,
             "timed_out": 0,
             "protocol_errors": 0,
+            "accept_paused": 0,
         }
         self._lock = threading.Lock()
         self._conns: dict[int, _Conn] = {}
@@ -445,6 +446,8 @@ class LocalApi:
             return
         now = time.monotonic()
         if now < self._accept_paused_until:  # out of file handles: the sweep re-arms later
+            with contextlib.suppress(OSError, ValueError):
+                self._ep.modify(fd, 0)
             return
         for _ in range(64):
             try:
@@ -457,6 +460,9 @@ class LocalApi:
                         "local api: cannot accept (%s); pausing accepts for 0.5 s", exc.strerror
                     )
                     self._accept_paused_until = now + 0.5
+                    self.stats["accept_paused"] += 1
+                    with contextlib.suppress(OSError, ValueError):
+                        self._ep.modify(fd, 0)  # stop watching it (no spin); the sweep re-arms
                     return
                 break
             self._admit(sock, now)

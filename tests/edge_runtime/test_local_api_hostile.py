@@ -260,3 +260,31 @@ def test_a_head_cut_by_eof_is_dropped_unanswered(daemon_proc, rows):
         assert _read_all(s) == b""
     assert _request(port, rows[:1])[0] == 200
     assert proc.poll() is None and os.path.exists(f"/proc/{proc.pid}")
+
+
+def test_out_of_file_handles_pauses_accepting_without_spinning(daemon_proc, rows):
+    """The old server spun at 100 % CPU once accept() failed with EMFILE: now it stops watching
+    the listener for a moment and picks the waiting connections up once handles are free."""
+    proc, port = daemon_proc
+    p = psutil.Process(proc.pid)
+    limits = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (p.num_fds() + 10, limits[1]))
+    socks = []
+    try:
+        for _ in range(40):  # more than the daemon can hold open: accept() fails with EMFILE
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=20))
+        cpu0 = sum(p.cpu_times()[:2])
+        time.sleep(2.0)
+        burnt = sum(p.cpu_times()[:2]) - cpu0
+        assert burnt < 1.0, f"the daemon burnt {burnt:.2f} CPU-s in 2 s while out of file handles"
+    finally:
+        for s in socks:
+            s.close()
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, limits)
+    assert _request(port, rows[:1])[0] == 200  # it accepts again once handles are free
+    health = json.loads(
+        _raw(port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").partition(
+            b"\r\n\r\n"
+        )[2]
+    )
+    assert health["local_api"]["accept_paused"] >= 1  # accept() did run out of handles
