@@ -74,12 +74,23 @@ fi
 # x86-64 CPU description makes numpy's ARM CPU detection crash under qemu-user.
 mountpoint -q "$ROOTFS/proc" || mount -t proc proc "$ROOTFS/proc"
 mountpoint -q "$ROOTFS/dev" || mount --rbind /dev "$ROOTFS/dev"
-# (onnxruntime's cpuinfo cannot read a CPU list without /sys: harmless, filtered)
+# (filtered, harmless under emulation: onnxruntime's cpuinfo cannot read a CPU list without
+# /sys; Debian's numpy on armhf warns that qemu flushes float32 subnormals to zero)
 in_root() {
   chroot "$ROOTFS" /usr/bin/env -i PATH=/opt/edgefleet/bin:/usr/bin:/bin HOME=/root "$@" \
-    2> >(grep -v -e "cpuinfo" -e "cpuid_info" >&2)
+    2> >(grep -v -e "cpuinfo" -e "cpuid_info" -e "smallest subnormal" -e "getlimits.py" \
+      -e "self._float_to_str" -e "getattr(machar" >&2)
 }
 [ "$(in_root uname -m)" = "$UNAME" ] || fail "the root does not run as $UNAME"
+MISSING=()
+for deb in ${EXTRA_DEBS//,/ }; do
+  in_root dpkg -s "$deb" >/dev/null 2>&1 || MISSING+=("$deb")
+done
+if [ ${#MISSING[@]} -gt 0 ]; then  # a root cached by an older version of this script
+  step "adding ${MISSING[*]} to the cached root"
+  { in_root apt-get update -qq && in_root apt-get install -y -qq "${MISSING[@]}"; } >/dev/null \
+    || fail "apt-get install ${MISSING[*]}"
+fi
 GUEST_PY=$(in_root python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 # ---- wheels: the project + its device dependencies, aarch64 binaries only ----------------------
@@ -156,10 +167,13 @@ step "installing edgefleet[tflite] in /opt/edgefleet inside the $ARCH root (bina
 if [ "$ARCH" = armhf ]; then
   # pip in the root resolves from the package index, binary wheels only; numpy, psutil and
   # cffi come from Debian (no armv7l wheels on PyPI), hence --system-site-packages
+  # the host's CA bundle: the package index may sit behind a TLS-inspecting proxy
+  cp "$("$PY" -m pip config get global.cert 2>/dev/null || echo /etc/ssl/certs/ca-certificates.crt)" \
+    "$ROOTFS$G/ca.crt"
   rm -rf "$ROOTFS/opt/edgefleet"
   in_root python3 -m venv --system-site-packages /opt/edgefleet || fail "python3 -m venv"
-  in_root /opt/edgefleet/bin/pip install -q --disable-pip-version-check --only-binary=:all: \
-    --find-links "$G/wheels" "edgefleet[tflite]" \
+  in_root env PIP_CERT="$G/ca.crt" /opt/edgefleet/bin/pip install -q --disable-pip-version-check \
+    --only-binary=:all: --find-links "$G/wheels" "edgefleet[tflite]" \
     || fail "pip install edgefleet[tflite] with binary wheels only (armv7l)"
   in_root /opt/edgefleet/bin/pip check >&2 || fail "pip check in the armhf venv"
 else
@@ -192,7 +206,8 @@ FORMATS="onnx tflite"
 if [ "$ARCH" = armhf ]; then
   FORMATS=tflite
   # no onnxruntime on armv7l: an ONNX bundle is refused in one line naming the reason
-  if in_root edge-runtime predict --bundle "$G/onnx" --input "@$G/rows.json" \
+  if chroot "$ROOTFS" /usr/bin/env -i PATH=/opt/edgefleet/bin:/usr/bin:/bin HOME=/root \
+      PYTHONWARNINGS=ignore edge-runtime predict --bundle "$G/onnx" --input "@$G/rows.json" \
       >/dev/null 2>"$WORK/onnx-refused.txt"; then
     fail "an ONNX bundle ran on armv7l without onnxruntime?"
   fi
