@@ -809,10 +809,14 @@ class ModelStore:
             self._checkpoint_hook(name)
         marker = os.environ.get(PAUSE_FILE_ENV) if self._pause_at == name else None
         if marker:  # test hook: both variables must be set, and the pause is bounded
-            with open(marker, "w") as fh:
+            # written under a temporary name, then renamed: the test polls for the marker and
+            # must never see it created but still empty
+            tmp = f"{marker}.tmp{os.getpid()}"
+            with open(tmp, "w") as fh:
                 fh.write(f"{name} {os.getpid()}\n")
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.replace(tmp, marker)
             log.warning("store paused at %s for a crash test (%s=%s)", name, PAUSE_ENV, name)
             deadline = time.monotonic() + 600.0
             while time.monotonic() < deadline:  # wait here to be killed
