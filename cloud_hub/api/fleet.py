@@ -57,9 +57,23 @@ class DesiredBody(BaseModel):
 @router.get("/v1/devices", responses={**ERRORS, 200: {"model": S.DeviceListOut}})
 def list_devices(hub: HubDep, _: Viewer,
                  selector: Annotated[str | None, Query(description="tags, e.g. region=eu,ring=canary")] = None,
-                 online: bool | None = None) -> dict[str, Any]:
-    recs = hub.fleet.devices(selector, online=online)
-    return {"devices": [r.to_dict() for r in recs], "count": len(recs)}
+                 online: bool | None = None,
+                 profile: Annotated[str | None, Query(max_length=64, description="only this profile")] = None,
+                 version: Annotated[str | None, Query(max_length=400, description="active slot runs "
+                                                      "name:version (or this version)")] = None,
+                 problems: Annotated[bool, Query(description="only devices with telemetry gaps, a failed "
+                                                 "install or rejected windows")] = False,
+                 sort: Annotated[str, Query(description="id | online | profile | last_seen | version | "
+                                            "rejected")] = "id",
+                 order: Literal["asc", "desc"] = "asc",
+                 limit: Annotated[int | None, Query(ge=1, le=1000, description="page size (paged answer "
+                                                    "with total; all devices when left out)")] = None,
+                 offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    if limit is None and not (profile or version or problems or offset or sort != "id" or order != "asc"):
+        recs = hub.fleet.devices(selector, online=online)
+        return {"devices": [r.to_dict() for r in recs], "count": len(recs), "total": len(recs)}
+    return hub.fleet.device_page(selector, online=online, profile=profile, version=version, problems=problems,
+                                 sort=sort, descending=order == "desc", limit=limit or 10**9, offset=offset)
 
 
 @router.post("/v1/devices", responses={**ERRORS, 201: {"model": S.RegisteredDeviceOut}}, status_code=201)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class DeviceOut(BaseModel):
@@ -27,6 +27,7 @@ class DeviceOut(BaseModel):
     rejected_reason: str | None
     has_credentials: bool
     converged: bool
+    problems: list[str] | None = None  # paged list only: telemetry gaps, failed install, rejected windows
 
 
 class RegisteredDeviceOut(DeviceOut):
@@ -35,7 +36,10 @@ class RegisteredDeviceOut(DeviceOut):
 
 class DeviceListOut(BaseModel):
     devices: list[DeviceOut]
-    count: int
+    count: int = Field(description="devices in this answer")
+    total: int | None = Field(None, description="devices matching the filters (all pages)")
+    offset: int | None = None
+    limit: int | None = None
 
 
 class DeviceEventOut(BaseModel):

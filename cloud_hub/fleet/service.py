@@ -7,14 +7,15 @@ embedded broker) is started by :meth:`FleetService.start` (``cloud-hub serve``).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import String, and_, bindparam, select, type_coerce
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -95,6 +96,34 @@ def parse_selector(selector: Any) -> tuple[dict[str, str] | None, set[str] | Non
     raise ValidationError("selector must be a tag mapping, 'k=v,…' or a list of device ids", field="selector")
 
 
+# the dashboard's sortable columns (FleetService.device_page): query value → DeviceRow field
+PAGE_SORTS = {"id": "id", "online": "online", "profile": "profile", "last_seen": "last_seen",
+              "version": "version", "rejected": "rejected_windows"}
+
+
+class DeviceRow(NamedTuple):
+    """A device in the few columns the dashboard pages, filters and counts on."""
+
+    id: str
+    tags: dict[str, str]
+    profile: str
+    online: bool
+    last_seen: float | None
+    rejected_windows: int
+    version: str | None  # active slot, "name:version"
+
+
+def _json(raw: Any) -> Any:
+    """A JSON column read as text (SQLite) or already decoded (PostgreSQL's json type)."""
+    if raw is None or isinstance(raw, (dict, list)):
+        return raw
+    return json.loads(raw)
+
+
+# steps that end (or restart) an install: a device whose latest one is "failed" is flagged
+INSTALL_STEPS = ("received", "active", "failed", "removed", "rolled_back")
+
+
 def insert_ignore(conn: Connection, table, rows: list[dict[str, Any]]) -> None:
     """Bulk insert, skipping rows that hit a unique constraint (the dedupe)."""
     if not rows:
@@ -164,6 +193,119 @@ class FleetService:
         if online is not None:
             recs = [r for r in recs if r.online == online]
         return recs
+
+    def device_index(self, online: bool | None = None) -> list[DeviceRow]:
+        """Every known device in a few columns (no state documents parsed): what the dashboard's
+        paging, filters and counts need. Same devices and values as :meth:`devices`."""
+        d, s, w = T.devices, T.device_state, T.desired
+
+        def bundle(i: int, k: str):
+            return s.c.state[("bundles", i, k)].as_string()
+
+        with self.engine.connect() as conn:
+            regs = {r[0]: r for r in conn.execute(select(d.c.id, d.c.profile, type_coerce(d.c.tags, String)))}
+            q = select(s.c.device_id, s.c.online, s.c.last_seen, s.c.rejected_windows,
+                       bundle(0, "slot"), bundle(0, "name"), bundle(0, "version"),
+                       bundle(1, "slot"), bundle(1, "name"), bundle(1, "version"),
+                       s.c.state["profile"].as_string(), type_coerce(s.c.state["tags"], String))
+            states = {r[0]: r for r in conn.execute(q)}
+            desired = set(conn.execute(select(w.c.device_id)).scalars())
+        out = []
+        for dev in set(regs) | set(states) | desired:
+            reg, st = regs.get(dev), states.get(dev)
+            is_online = bool(st is not None and st[1])
+            if online is not None and is_online != online:
+                continue
+            if reg is not None:
+                tags, profile = _json(reg[2]), reg[1] or (st[10] if st is not None else "") or ""
+            elif st is not None:
+                tags, profile = _json(st[11]), st[10] or ""
+            else:
+                tags, profile = {}, ""
+            version = None
+            if st is not None:
+                for slot, name, ver in ((st[4], st[5], st[6]), (st[7], st[8], st[9])):
+                    if slot == "active":
+                        version = f"{name}:{ver}"
+                        break
+            out.append(DeviceRow(dev, {str(k): str(v) for k, v in (tags or {}).items()}, profile, is_online,
+                                 st[2] if st is not None else None, int(st[3] or 0) if st is not None else 0,
+                                 version))
+        return out
+
+    def device_page(self, selector: Any = None, *, online: bool | None = None, profile: str | None = None,
+                    version: str | None = None, problems: bool = False, sort: str = "id",
+                    descending: bool = False, limit: int = 200, offset: int = 0) -> dict[str, Any]:
+        """One page of the registry, filtered and sorted here (the dashboard's fleet table).
+
+        Filters and sorting run over :meth:`device_index` (a few columns per device); only the
+        page's devices are loaded in full. ``version`` matches the active slot as
+        ``name:version`` (or the version alone); ``problems`` keeps devices with telemetry gaps,
+        failed installs or rejected windows. Each returned device carries ``problems`` (reasons)."""
+        if sort not in PAGE_SORTS:
+            raise ValidationError(f"sort must be one of {', '.join(PAGE_SORTS)} (got {sort!r})", field="sort")
+        tags, ids = parse_selector(selector)
+        rows = self.device_index(online=online)
+        if ids is not None:
+            rows = [r for r in rows if r.id in ids]
+        if tags:
+            rows = [r for r in rows if all(r.tags.get(k) == v for k, v in tags.items())]
+        if profile:
+            rows = [r for r in rows if r.profile == profile]
+        if version:
+            rows = [r for r in rows if r.version is not None
+                    and (r.version == version or r.version.split(":", 1)[1] == version)]
+        if problems:
+            flags = self.problem_flags([r.id for r in rows])
+            rows = [r for r in rows if flags.get(r.id)]
+        col = PAGE_SORTS[sort]
+        rows.sort(key=lambda r: r.id)
+        if sort != "id":  # devices without a value (never seen, nothing running) last either way
+            blank = [r for r in rows if getattr(r, col) is None]
+            rows = sorted((r for r in rows if getattr(r, col) is not None), key=lambda r: getattr(r, col),
+                          reverse=descending) + blank
+        elif descending:
+            rows.reverse()
+        page_ids = [r.id for r in rows[offset:offset + limit]]
+        full = {r.id: r for r in self._records(ids=set(page_ids))} if page_ids else {}
+        flags = self.problem_flags(page_ids)
+        out = []
+        for i in page_ids:
+            d = full[i].to_dict()
+            d["problems"] = flags.get(i, [])
+            out.append(d)
+        return {"devices": out, "count": len(out), "total": len(rows), "offset": offset, "limit": limit}
+
+    def problem_flags(self, device_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Why each device needs attention: telemetry gaps, a failed install (its latest install
+        event is ``failed``), rejected windows. Devices without a problem are left out."""
+        from sqlalchemy import func
+
+        out: dict[str, list[str]] = {}
+        if not device_ids:
+            return out
+        ids = list(device_ids)
+        e = T.events
+        with self.engine.connect() as conn:
+            rejected = dict(conn.execute(select(T.device_state.c.device_id, T.device_state.c.rejected_windows)
+                                         .where(T.device_state.c.rejected_windows > 0)).all())
+            last = select(e.c.device_id, func.max(e.c.id).label("id")).where(
+                e.c.step.in_(INSTALL_STEPS)).group_by(e.c.device_id).subquery()
+            failed = {r.device_id: r.reason for r in conn.execute(
+                select(e.c.device_id, e.c.reason).join(last, e.c.id == last.c.id).where(e.c.step == "failed"))}
+        gaps = self.window_summary(ids if len(ids) <= 500 else None)
+        for i in ids:
+            why = []
+            missing = gaps.get(i, {}).get("missing", 0)
+            if missing:
+                why.append(f"{missing} telemetry window(s) missing")
+            if i in failed:
+                why.append("install failed" + (f": {failed[i]}" if failed[i] else ""))
+            if rejected.get(i):
+                why.append(f"{rejected[i]} window(s) rejected")
+            if why:
+                out[i] = why
+        return out
 
     def _records(self, ids: set[str] | None = None) -> list[DeviceRecord]:
         d, s, w = T.devices, T.device_state, T.desired

@@ -18,18 +18,14 @@ from cloud_hub.rollouts.service import rollout_service
 
 
 def overview(hub: Any) -> dict[str, Any]:
-    devices = hub.fleet.devices()
+    devices = hub.fleet.device_index()  # a few columns per device: fast at 10,000 devices
     online = sum(1 for d in devices if d.online)
     by_profile = Counter(d.profile or "unknown" for d in devices)
     by_tag: Counter[str] = Counter()
     for d in devices:
-        for k, v in (d.tags or {}).items():
+        for k, v in d.tags.items():
             by_tag[f"{k}={v}"] += 1
-    versions: Counter[str] = Counter()
-    for d in devices:
-        b = d.running("active")
-        if b:
-            versions[f"{b.get('name')}:{b.get('version')}"] += 1
+    versions = Counter(d.version for d in devices if d.version)
     rollouts = rollout_service(hub).list()
     models = {mv.name for mv in hub.registry.list()}
     return {
