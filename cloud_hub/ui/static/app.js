@@ -107,59 +107,173 @@
   };
 
   // ---- pages -----------------------------------------------------------------------
-  var filters = {q: "", online: ""};
+  // Fleet table state: filters, sort and page are sent to /v1/devices (paged on the server).
+  var PAGE = 50;
+  var filters = {selector: "", profile: "", version: "", online: "", problems: false, sort: "id", order: "asc", offset: 0};
+  var filterTimer = null;
+
+  function deviceQuery() {
+    var q = ["limit=" + PAGE, "offset=" + filters.offset, "sort=" + filters.sort, "order=" + filters.order];
+    if (filters.selector) q.push("selector=" + encodeURIComponent(filters.selector));
+    if (filters.profile) q.push("profile=" + encodeURIComponent(filters.profile));
+    if (filters.version) q.push("version=" + encodeURIComponent(filters.version));
+    if (filters.online) q.push("online=" + (filters.online === "online"));
+    if (filters.problems) q.push("problems=true");
+    return "/v1/devices?" + q.join("&");
+  }
+  function setFilter(key, value, now) {
+    filters[key] = value; filters.offset = 0;
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(function () { refresh(true); }, now ? 0 : 300);
+  }
+  function filterInput(key, label, placeholder) {
+    var id = "filter-" + key;
+    var inp = h("input", {type: "search", id: id, value: filters[key], placeholder: placeholder, "aria-label": label});
+    inp.oninput = function () { setFilter(key, inp.value.trim()); };
+    return h("label", {"class": "field", "for": id}, h("span", {}, label), inp);
+  }
+  function sortHeader(label, key) {
+    if (!key) return h("th", {scope: "col"}, label);
+    var on = filters.sort === key;
+    var b = h("button", {type: "button", "class": "sort", id: "sort-" + key,
+                         "aria-label": "Sort by " + label + (on ? (filters.order === "asc" ? ", now ascending" : ", now descending") : "")},
+              label + (on ? (filters.order === "asc" ? " ▲" : " ▼") : ""));
+    b.onclick = function () {
+      if (on) filters.order = filters.order === "asc" ? "desc" : "asc"; else { filters.sort = key; filters.order = "asc"; }
+      filters.offset = 0; refresh(true);
+    };
+    return h("th", {scope: "col", "aria-sort": on ? (filters.order === "asc" ? "ascending" : "descending") : "none"}, b);
+  }
+  function tagText(tags) { return Object.keys(tags || {}).sort().map(function (k) { return k + "=" + tags[k]; }).join(", "); }
+  function parseTags(text) {
+    var out = {};
+    String(text || "").split(",").forEach(function (part) {
+      part = part.trim(); if (!part) return;
+      var i = part.indexOf("=");
+      if (i <= 0) throw new Error("tag " + JSON.stringify(part) + " must be key=value");
+      out[part.slice(0, i).trim()] = part.slice(i + 1).trim();
+    });
+    return out;
+  }
+
+  function registerForm() {
+    var id = h("input", {id: "reg-id", required: true, pattern: "[A-Za-z0-9_.:\\-]{1,128}", autocomplete: "off"});
+    var tags = h("input", {id: "reg-tags", placeholder: "region=eu,ring=canary", autocomplete: "off"});
+    var prof = h("input", {id: "reg-profile", placeholder: "rpi4", autocomplete: "off"});
+    var gen = h("input", {id: "reg-password", type: "checkbox", checked: true});
+    var err = h("p", {"class": "err", role: "alert", id: "reg-error"});
+    [id, tags, prof].forEach(function (e) { e.oninput = function () { state.hold = true; }; });
+    var form = h("form", {"class": "card form", id: "register-form", "aria-label": "Register a device"},
+      h("h2", {}, "Register a device"),
+      h("label", {"for": "reg-id"}, "Device id"), id,
+      h("label", {"for": "reg-tags"}, "Tags (key=value, comma separated)"), tags,
+      h("label", {"for": "reg-profile"}, "Profile"), prof,
+      h("label", {"class": "check", "for": "reg-password"}, gen, " create an MQTT password (shown once)"),
+      err, h("p", {}, h("button", {type: "submit", id: "reg-submit"}, "Register")));
+    form.onsubmit = function (ev) {
+      ev.preventDefault();
+      var body;
+      try { body = {id: id.value.trim(), tags: parseTags(tags.value), profile: prof.value.trim(), generate_password: gen.checked}; }
+      catch (e) { err.textContent = e.message; return; }
+      api("POST", "/v1/devices", body).then(function (d) {
+        state.hold = false; state.registered = d; toast("Registered " + d.id); refresh(true);
+      }).catch(function (e) { err.textContent = "Not registered: " + e.message; });
+    };
+    return form;
+  }
+  function registeredNotice() {
+    var d = state.registered;
+    if (!d) return null;
+    var done = h("button", {type: "button", id: "password-done", "class": "secondary"}, "I have saved it");
+    done.onclick = function () { state.registered = null; refresh(true); };
+    return h("div", {"class": "card notice", role: "alert", id: "registered"},
+      h("p", {}, "Registered device ", h("strong", {}, d.id), "."),
+      d.password ? [h("p", {}, "MQTT user ", h("code", {}, d.id), " password: ", h("code", {id: "new-password"}, d.password)),
+                    h("p", {"class": "muted"}, "This password is shown once; the hub stores only its hash.")]
+                 : h("p", {"class": "muted"}, "No MQTT password was created."),
+      done);
+  }
 
   function fleetPage() {
-    return Promise.all([api("GET", "/ui/data/overview"), api("GET", "/v1/devices")]).then(function (r) {
-      var ov = r[0], devs = r[1].devices;
-      var q = filters.q.toLowerCase();
-      var shown = devs.filter(function (d) {
-        if (filters.online === "online" && !d.online) return false;
-        if (filters.online === "offline" && d.online) return false;
-        if (!q) return true;
-        var act = (d.bundles || []).map(function (b) { return b.name + ":" + b.version; }).join(" ");
-        var tags = Object.keys(d.tags || {}).map(function (k) { return k + "=" + d.tags[k]; }).join(" ");
-        return (d.id + " " + d.profile + " " + tags + " " + act).toLowerCase().indexOf(q) >= 0;
-      });
-      var search = h("input", {type: "search", id: "device-filter", "aria-label": "Filter devices by id, tag, profile or version",
-                               placeholder: "filter: id, tag, profile, version", value: filters.q});
-      search.oninput = function () { filters.q = search.value; refresh(true); };
-      var sel = h("select", {id: "online-filter", "aria-label": "Show online or offline devices"},
-        ["", "online", "offline"].map(function (v) { return h("option", {value: v, selected: filters.online === v}, v || "all devices"); }));
-      sel.onchange = function () { filters.online = sel.value; refresh(true); };
-      var rows = shown.slice(0, 500).map(function (d) {
+    return Promise.all([api("GET", "/ui/data/overview"), api("GET", deviceQuery())]).then(function (r) {
+      var ov = r[0], page = r[1], devs = page.devices;
+      var status = h("select", {id: "filter-online", "aria-label": "Status"},
+        ["", "online", "offline"].map(function (v) { return h("option", {value: v, selected: filters.online === v}, v || "any status"); }));
+      status.onchange = function () { setFilter("online", status.value, true); };
+      var probs = h("input", {type: "checkbox", id: "filter-problems", checked: filters.problems});
+      probs.onchange = function () { setFilter("problems", probs.checked, true); };
+      var rows = devs.map(function (d) {
         var a = (d.bundles || []).filter(function (b) { return b.slot === "active"; })[0];
         var s = (d.bundles || []).filter(function (b) { return b.slot === "shadow"; })[0];
         var des = d.desired && d.desired.bundles ? d.desired.bundles.active : null;
-        return h("tr", {},
+        var bad = (d.problems || []).length > 0;
+        return h("tr", {"class": bad ? "problem" : null},
           h("td", {}, h("a", {href: "#/device/" + encodeURIComponent(d.id)}, d.id)),
           h("td", {}, badge(d.online ? "online" : "offline")),
           h("td", {}, d.profile || "–"),
-          h("td", {"class": "wrap"}, Object.keys(d.tags || {}).map(function (k) { return k + "=" + d.tags[k]; }).join(", ")),
+          h("td", {"class": "wrap"}, tagText(d.tags)),
           h("td", {}, a ? a.name + ":" + a.version : "–", a ? h("div", {"class": "mono muted"}, short(a.sha256)) : null),
           h("td", {}, s ? s.name + ":" + s.version : "–"),
           h("td", {}, des ? des.name + ":" + des.version : "–"),
           h("td", {}, d.desired ? (d.converged ? badge("converged", "ok") : badge("pending", "warn")) : "–"),
+          h("td", {"class": "wrap"}, bad ? d.problems.map(function (p) { return [badge(p, "bad"), " "]; }) : "–"),
           h("td", {}, ago(d.last_seen)));
       });
+      var first = devs.length ? page.offset + 1 : 0, last = page.offset + devs.length;
+      var prev = h("button", {type: "button", "class": "secondary", id: "page-prev", disabled: page.offset <= 0}, "← Previous");
+      prev.onclick = function () { filters.offset = Math.max(0, filters.offset - PAGE); refresh(true); };
+      var next = h("button", {type: "button", "class": "secondary", id: "page-next", disabled: last >= page.total}, "Next →");
+      next.onclick = function () { filters.offset += PAGE; refresh(true); };
       var tags = Object.keys(ov.by_tag).sort().map(function (k) { return h("tr", {}, h("td", {}, k), h("td", {}, ov.by_tag[k])); });
       var profiles = Object.keys(ov.by_profile).sort().map(function (k) { return h("tr", {}, h("td", {}, k), h("td", {}, ov.by_profile[k])); });
       var versions = Object.keys(ov.running_versions).sort().map(function (k) { return h("tr", {}, h("td", {}, k), h("td", {}, ov.running_versions[k])); });
+      var heads = [["device", "id"], ["status", "online"], ["profile", "profile"], ["tags", null], ["active", "version"],
+                   ["shadow", null], ["desired active", null], ["desired", null], ["attention", "rejected"], ["last seen", "last_seen"]];
       return [
         h("h1", {}, "Fleet"),
         h("div", {"class": "cards"},
           card(ov.devices.total, "devices", "count-devices"), card(ov.devices.online, "online", "count-online"),
           card(ov.devices.offline, "offline", "count-offline"), card(ov.models, "models", "count-models"),
           card(ov.rollouts.active, "active rollouts", "count-rollouts")),
+        registeredNotice(),
         h("div", {"class": "grid2"},
-          h("div", {}, h("h2", {}, "By cohort tag"), table(["tag", "devices"], tags, "Devices by tag")),
+          h("div", {}, h("h2", {}, "By cohort tag"), table(["tag", "devices"], tags.slice(0, 50), "Devices by tag")),
           h("div", {}, h("h2", {}, "By profile"), table(["profile", "devices"], profiles, "Devices by profile")),
           h("div", {}, h("h2", {}, "Running (active slot)"), table(["model:version", "devices"], versions, "Versions running"))),
-        h("h2", {}, "Devices (" + shown.length + " of " + devs.length + ")"),
-        h("div", {"class": "toolbar"}, search, sel),
-        table(["device", "status", "profile", "tags", "active", "shadow", "desired active", "desired", "last seen"], rows, "Devices")
+        h("h2", {id: "devices-heading"}, "Devices (" + page.total + " match" + (page.total === 1 ? "es" : "") + ")"),
+        h("div", {"class": "toolbar", role: "search", "aria-label": "Filter devices"},
+          filterInput("selector", "Tags", "region=eu,ring=canary"), filterInput("profile", "Profile", "rpi4"),
+          filterInput("version", "Running", "model:version"),
+          h("label", {"class": "field", "for": "filter-online"}, h("span", {}, "Status"), status),
+          h("label", {"class": "check", "for": "filter-problems"}, probs, " needs attention only")),
+        h("div", {"class": "toolbar", role: "navigation", "aria-label": "Device pages"}, prev,
+          h("span", {id: "page-info", "aria-live": "polite"}, "rows " + first + "–" + last + " of " + page.total), next),
+        h("div", {"class": "scroll"}, h("table", {"aria-label": "Devices", "aria-describedby": "page-info"},
+          h("thead", {}, h("tr", {}, heads.map(function (x) { return sortHeader(x[0], x[1]); }))),
+          h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", {colspan: heads.length, "class": "muted"}, "no device matches"))))),
+        state.role === "admin" ? registerForm() : null
       ];
     });
+  }
+
+  function tagsForm(d) {
+    var inp = h("input", {id: "edit-tags", value: state.hold && state.tagsDraft !== undefined ? state.tagsDraft : tagText(d.tags),
+                          autocomplete: "off", "aria-describedby": "edit-tags-help"});
+    inp.oninput = function () { state.hold = true; state.tagsDraft = inp.value; };
+    var err = h("span", {"class": "err", role: "alert", id: "edit-tags-error"});
+    var form = h("form", {"class": "toolbar", id: "tags-form", "aria-label": "Edit tags of " + d.id},
+      h("label", {"for": "edit-tags"}, "Tags"), inp,
+      h("span", {"class": "muted", id: "edit-tags-help"}, "key=value, comma separated"),
+      h("button", {type: "submit", id: "save-tags"}, "Save tags"), err);
+    form.onsubmit = function (ev) {
+      ev.preventDefault();
+      var tags;
+      try { tags = parseTags(inp.value); } catch (e) { err.textContent = e.message; return; }
+      api("POST", "/v1/devices", {id: d.id, tags: tags, profile: d.profile || ""}).then(function () {
+        state.hold = false; state.tagsDraft = undefined; toast("Tags of " + d.id + " saved"); refresh(true);
+      }).catch(function (e) { err.textContent = "Not saved: " + e.message; });
+    };
+    return form;
   }
 
   function devicePage(id) {
@@ -185,6 +299,12 @@
           (Object.keys(d.tags || {}).map(function (k) { return k + "=" + d.tags[k]; }).join(", ") || "–") +
           " · runtime " + (d.runtime_version || "–") + " · last seen " + ago(d.last_seen) +
           " · windows " + fmt(d.windows) + " · dropped windows " + fmt(d.dropped_windows)),
+        (d.missing_windows || d.rejected_windows) ? h("p", {"class": "reason", role: "note", id: "device-problems"},
+          (d.missing_windows ? d.missing_windows + " telemetry window(s) missing (seqs " +
+            (d.missing_seqs || []).slice(0, 10).map(function (g) { return g[0] === g[1] ? g[0] : g[0] + "–" + g[1]; }).join(", ") + ")" : ""),
+          (d.missing_windows && d.rejected_windows ? " · " : ""),
+          (d.rejected_windows ? d.rejected_windows + " window(s) rejected at ingest: " + (d.rejected_reason || "") : "")) : null,
+        state.role === "admin" ? tagsForm(d) : null,
         h("h2", {}, "Running vs desired"),
         table(["slot", "running", "sha256", "desired", ""], running, "Running bundles"),
         h("h2", {}, "Telemetry"),
@@ -340,7 +460,7 @@
   }
   function stopTimer() { if (state.timer) { clearInterval(state.timer); state.timer = null; } }
   function refresh(force) {
-    if (state.busy && !force) return;
+    if ((state.busy || state.hold) && !force) return;
     var r = parse();
     var fn = {fleet: fleetPage, device: function () { return devicePage(r.arg); }, models: modelsPage,
               rollouts: rolloutsPage, rollout: function () { return rolloutPage(r.arg); }}[r.page] || fleetPage;
@@ -367,6 +487,7 @@
       if (on) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
     });
     stopTimer();
+    state.hold = false;
     refresh(true);
     state.timer = setInterval(function () { if (!document.hidden) refresh(false); }, REFRESH_MS);
   }
