@@ -18,10 +18,18 @@ import random
 class Backoff:
     """``next()`` returns the next delay in seconds; ``reset()`` after a success."""
 
-    def __init__(self, min_s: float = 0.5, max_s: float = 30.0, *, factor: float = 2.0,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        min_s: float = 0.5,
+        max_s: float = 30.0,
+        *,
+        factor: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
         if min_s <= 0 or max_s < min_s or factor < 1:
-            raise ValueError(f"backoff needs 0 < min_s <= max_s and factor >= 1 (got {min_s}, {max_s}, {factor})")
+            raise ValueError(
+                f"backoff needs 0 < min_s <= max_s and factor >= 1 (got {min_s}, {max_s}, {factor})"
+            )
         self.min_s = float(min_s)
         self.max_s = float(max_s)
         self.factor = float(factor)
