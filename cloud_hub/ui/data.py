@@ -40,6 +40,17 @@ def overview(hub: Any) -> dict[str, Any]:
     }
 
 
+def cohort_preview(hub: Any, selector: str, *, first: int = 20) -> dict[str, Any]:
+    """Devices a rollout cohort selector matches now (count, online, the first ids by id)."""
+    from cloud_hub.rollouts.cohort import parse_selector
+
+    sel = parse_selector(selector)
+    rows = [r for r in hub.fleet.device_index() if sel.matches(r.id, r.tags, r.profile)]
+    rows.sort(key=lambda r: r.id)
+    return {"selector": str(sel), "count": len(rows), "online": sum(1 for r in rows if r.online),
+            "devices": [{"id": r.id, "online": r.online, "version": r.version} for r in rows[:first]]}
+
+
 def timeseries(hub: Any, model: str, *, since: float | None = None, buckets: int = 40,
                slot: str = "active") -> dict[str, Any]:
     """Fleet p99 / p50 latency, error rate and requests per version per time bucket."""

@@ -105,6 +105,26 @@ async def device_series(device_id: str, hub: HubDep, _: Viewer,
     return await asyncio.to_thread(data.device_series, hub, device_id, limit=limit)
 
 
+@router.get("/ui/data/cohort", summary="Live preview of a cohort selector: how many and which devices match "
+            "(the rollout controller's selector rules)")
+async def cohort_preview(hub: HubDep, _: Viewer,
+                         selector: Annotated[str, Query(max_length=2048)] = "*",
+                         first: Annotated[int, Query(ge=0, le=200)] = 20) -> dict[str, Any]:
+    return await asyncio.to_thread(data.cohort_preview, hub, selector, first=first)
+
+
+class PlanCheck(BaseModel):
+    plan: dict[str, Any] | None = Field(None, description="A plan document, as in a plan file.")
+
+
+@router.post("/ui/data/plan", summary="Validate a rollout plan document exactly as the CLI validates a plan "
+             "file; returns the plan with every default filled in")
+async def plan_check(body: PlanCheck, _: Viewer) -> dict[str, Any]:
+    from cloud_hub.rollouts.plan import build_plan
+
+    return {"plan": build_plan(body.plan, source="plan").to_dict()}
+
+
 def _keys_configured(hub: Any) -> bool:
     s = hub.settings
     return bool(s.admin_keys or s.client_keys or s.viewer_keys)

@@ -222,3 +222,61 @@ def test_cross_site_post_is_refused(stack):
     assert r.status_code == 403 and r.json()["code"] == "csrf"
     r = httpx.post(f"{hub.url}/v1/rollouts/{rid}/pause", cookies={"edgefleet_key": ADMIN, "edgefleet_csrf": "t"})
     assert r.status_code == 403 and r.json()["code"] == "csrf"
+
+
+def test_admin_starts_a_rollout_from_the_page_and_devices_move(stack, browser):
+    """Issue 20: cohort selector with a live preview, the plan validated as a plan file, a
+    confirmation restating it, then the rollout runs and the cohort's devices install it."""
+    from selenium.webdriver.support.ui import Select
+
+    hub, _fleet, rid, ids = stack
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    httpx.post(f"{hub.url}/v1/rollouts/{rid}/abort", headers=admin, json={"reason": "make room"})
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{hub.url}/v1/rollouts/{rid}", headers=admin).json()["status"] != "aborted":
+        assert time.monotonic() < deadline, "the fixture's rollout did not abort"
+        time.sleep(0.3)
+    drv = browser
+    _login(drv, hub.url, ADMIN)
+    drv.get(hub.url + "/ui#/rollouts")
+    _wait(drv, lambda d: d.find_element("id", "start-form"), what="start form")
+    Select(drv.find_element("id", "ro-model")).select_by_value("cancer-risk:2.0.0")
+    cohort = drv.find_element("id", "ro-cohort")
+    cohort.clear()
+    cohort.send_keys(f"id in ({ids}-0000,{ids}-0001,{ids}-0002)")
+    _wait(drv, lambda d: d.find_element("id", "cohort-preview").text.startswith("3 devices match"), what="preview 3")
+    assert f"{ids}-0000, {ids}-0001, {ids}-0002" in drv.find_element("id", "cohort-preview").text
+    # an invalid plan is refused with the plan file's message, nothing started
+    stages = drv.find_element("id", "ro-stages")
+    stages.clear()
+    stages.send_keys("50,20")
+    drv.find_element("id", "ro-review-button").click()
+    _wait(drv, lambda d: "canary percentages must increase" in d.find_element("id", "ro-error").text, what="plan error")
+    stages.clear()
+    stages.send_keys("100")
+    for fid, value in (("ro-duration", "0s"), ("ro-samples", "1"), ("gate-max_unknown_fraction", "1")):
+        box = drv.find_element("id", fid)
+        box.clear()
+        box.send_keys(value)
+    drv.find_element("id", "ro-review-button").click()
+    summary = _wait(drv, lambda d: d.find_element("id", "ro-summary"), what="confirmation").text
+    assert "cancer-risk:2.0.0" in summary and "(3 devices now" in summary and "canary-100%: 100 %" in summary
+    assert "max_p99_ms 200" in summary
+    _shot(drv, "rollout-start-confirm")
+    assert drv.switch_to.active_element.get_attribute("id") == "ro-confirm"  # keyboard: Enter confirms
+    drv.switch_to.active_element.send_keys("\n")
+    _wait(drv, lambda d: "Rollout " in d.find_element("tag name", "h1").text and "#/rollout/" in d.current_url,
+          what="rollout page")
+    new_id = drv.current_url.split("#/rollout/")[1]
+    ro = httpx.get(f"{hub.url}/v1/rollouts/{new_id}", headers=admin).json()
+    assert ro["status"] in ("running", "completed") and ro["candidate"]["version"] == "2.0.0"
+    assert ro["cohort"].startswith("id in")
+
+    def moved(_d) -> bool:  # the cohort's devices now run the candidate; the others do not
+        devs = {d["id"]: d for d in httpx.get(f"{hub.url}/v1/devices", headers=admin).json()["devices"]}
+        ver = {k: (next((b for b in d["bundles"] if b["slot"] == "active"), {}) or {}).get("version")
+               for k, d in devs.items()}
+        return all(ver[f"{ids}-000{i}"] == "2.0.0" for i in range(3)) and ver[f"{ids}-0005"] == "1.0.0"
+
+    _wait(drv, moved, timeout=60, what="cohort devices running 2.0.0")
+    _shot(drv, "rollout-started-from-page")

@@ -363,8 +363,127 @@
     });
   }
 
+  function durText(s) { return s >= 3600 && s % 3600 === 0 ? s / 3600 + " h" : s >= 60 && s % 60 === 0 ? s / 60 + " min" : s + " s"; }
+  function planSummary(plan) {
+    return h("ol", {"aria-label": "Stages"}, plan.stages.map(function (st) {
+      return h("li", {}, st.name + ": " + st.percent + " % of the cohort (" + st.kind + "), at least " + durText(st.min_duration_s) +
+               " and " + st.min_samples + " samples; pause when not enough data after " + durText(st.timeout_s));
+    }));
+  }
+  var GATE_KEYS = ["max_error_rate", "confidence", "max_p99_ms", "min_latency_samples", "max_decision_change",
+                   "max_psi", "max_js", "max_tv", "min_compared", "max_failed_fraction", "max_unknown_fraction", "install_timeout_s"];
+
+  function startForm(candidates, defaults) {
+    var field = function (id, label, value, attrs) {
+      var inp = h("input", Object.assign({id: id, value: value, autocomplete: "off"}, attrs || {}));
+      inp.oninput = function () { state.hold = true; };
+      return [h("label", {"for": id}, label), inp];
+    };
+    var model = h("select", {id: "ro-model", required: true},
+      candidates.map(function (c) { return h("option", {value: c}, c); }));
+    model.onchange = function () { state.hold = true; };
+    var cohort = h("input", {id: "ro-cohort", value: "*", autocomplete: "off", "aria-describedby": "cohort-preview"});
+    var preview = h("div", {id: "cohort-preview", "class": "muted", "aria-live": "polite"}, "…");
+    var previewTimer = null;
+    function updatePreview() {
+      api("GET", "/ui/data/cohort?first=10&selector=" + encodeURIComponent(cohort.value || "*")).then(function (p) {
+        preview.textContent = p.count + " device" + (p.count === 1 ? "" : "s") + " match " + p.selector + " (" + p.online + " online)" +
+          (p.count ? ": " + p.devices.map(function (d) { return d.id; }).join(", ") + (p.count > p.devices.length ? ", …" : "") : "");
+        preview.className = p.count ? "muted" : "err";
+      }).catch(function (e) { preview.textContent = "Selector: " + e.message; preview.className = "err"; });
+    }
+    cohort.oninput = function () { state.hold = true; clearTimeout(previewTimer); previewTimer = setTimeout(updatePreview, 250); };
+    var shadow = h("input", {id: "ro-shadow", type: "checkbox"});
+    shadow.onchange = function () { state.hold = true; };
+    var g = defaults.gates;
+    var gateFields = GATE_KEYS.map(function (k) { return field("gate-" + k, k, g[k] === null ? "" : String(g[k]), {inputmode: "decimal", placeholder: "off"}); });
+    var err = h("p", {"class": "err", role: "alert", id: "ro-error"});
+    var review = h("div", {id: "ro-review", "aria-live": "polite"});
+    var form = h("form", {"class": "card form", id: "start-form", "aria-label": "Start a rollout"},
+      h("h2", {}, "Start a rollout"),
+      h("label", {"for": "ro-model"}, "Candidate (model:version)"), model,
+      h("label", {"for": "ro-cohort"}, "Cohort selector (region=eu,profile=rpi4 · id in (a,b) · * for all)"), cohort, preview,
+      h("fieldset", {}, h("legend", {}, "Plan (defaults shown)"),
+        h("label", {"class": "check", "for": "ro-shadow"}, shadow, " shadow stage first (100 %, compares against the champion)"),
+        field("ro-stages", "Canary stages, % (increasing, last 100)", "1,5,25,50,100"),
+        field("ro-duration", "Minimum duration per stage", "10m"),
+        field("ro-samples", "Minimum samples per stage", "100", {inputmode: "numeric"}),
+        field("ro-timeout", "Pause after (not enough data)", "2h"),
+        field("ro-min-devices", "Minimum devices per stage", String(defaults.min_devices), {inputmode: "numeric"})),
+      h("fieldset", {}, h("legend", {}, "Gates (empty = off, only for max_psi / max_js / max_tv)"), gateFields),
+      err, h("p", {}, h("button", {type: "submit", id: "ro-review-button"}, "Review")), review);
+    function num(v) { return v.trim() === "" ? null : Number(v); }
+    function doc() {
+      var gates = {};
+      GATE_KEYS.forEach(function (k) {
+        var v = document.getElementById("gate-" + k).value;
+        if (v.trim() === "" && k.indexOf("max_") === 0 && ["max_psi", "max_js", "max_tv"].indexOf(k) >= 0) gates[k] = null;
+        else if (k === "install_timeout_s") gates[k] = v.trim();
+        else gates[k] = isNaN(num(v)) ? v : num(v);
+      });
+      var stages = document.getElementById("ro-stages").value.split(",").map(function (x) { return x.trim(); })
+        .filter(Boolean).map(function (x) { return isNaN(Number(x)) ? x : Number(x); });
+      var samples = document.getElementById("ro-samples").value.trim(), md = document.getElementById("ro-min-devices").value.trim();
+      return {shadow: shadow.checked, stages: stages,
+              defaults: {min_duration: document.getElementById("ro-duration").value.trim(),
+                         min_samples: isNaN(Number(samples)) || !samples ? samples : Number(samples),
+                         timeout: document.getElementById("ro-timeout").value.trim()},
+              gates: gates, min_devices: isNaN(Number(md)) || !md ? md : Number(md)};
+    }
+    form.onsubmit = function (ev) {
+      ev.preventDefault();
+      err.textContent = ""; while (review.firstChild) review.removeChild(review.firstChild);
+      var plan = doc(), sel = cohort.value.trim() || "*";
+      Promise.all([api("POST", "/ui/data/plan", {plan: plan}), api("GET", "/ui/data/cohort?first=0&selector=" + encodeURIComponent(sel))])
+        .then(function (r) {
+          var p = r[0].plan, c = r[1];
+          if (!c.count) throw new Error("cohort " + c.selector + " matches no device");
+          var gates = Object.keys(p.gates).filter(function (k) { return p.gates[k] !== null; }).map(function (k) { return k + " " + p.gates[k]; }).join(" · ");
+          var go = h("button", {type: "button", id: "ro-confirm", "class": "danger"}, "Confirm: start the rollout");
+          var cancel = h("button", {type: "button", id: "ro-cancel", "class": "secondary"}, "Cancel");
+          cancel.onclick = function () { while (review.firstChild) review.removeChild(review.firstChild); model.focus(); };
+          go.onclick = function () {
+            go.disabled = true;
+            api("POST", "/v1/rollouts", {model: model.value, cohort: sel, plan: plan}).then(function (ro) {
+              state.hold = false; toast("Rollout " + ro.id + " started"); location.hash = "#/rollout/" + encodeURIComponent(ro.id);
+            }).catch(function (e) { err.textContent = "Not started: " + e.message; go.disabled = false; });
+          };
+          add(review, h("div", {"class": "card notice", role: "region", "aria-label": "Confirm the rollout", id: "ro-summary"},
+            h("h3", {}, "This will start a rollout of " + model.value + " to cohort " + c.selector + " (" + c.count + " devices now, " + c.online + " online)."),
+            planSummary(p),
+            h("p", {}, "Each stage advances only when every gate passes on enough data: " + gates +
+              "; it rolls back to the champion when a gate provably fails. At least " + p.min_devices + " device(s) per stage."),
+            h("div", {"class": "toolbar"}, go, cancel)));
+          go.focus();
+        }).catch(function (e) { err.textContent = "Plan not valid: " + e.message; });
+    };
+    setTimeout(updatePreview, 0);
+    return form;
+  }
+
+  function candidates() {
+    return api("GET", "/v1/models").then(function (j) {
+      return Promise.all(j.models.map(function (m) { return api("GET", "/v1/models/" + encodeURIComponent(m.name) + "/versions"); }))
+        .then(function (all) {
+          var out = [];
+          j.models.forEach(function (m, i) { all[i].versions.slice().reverse().forEach(function (v) { out.push(m.name + ":" + v.version); }); });
+          return out;
+        });
+    });
+  }
+
   function rolloutsPage() {
-    return api("GET", "/v1/rollouts").then(function (j) {
+    var admin = state.role === "admin";
+    return Promise.all([api("GET", "/v1/rollouts"), admin ? candidates() : null,
+                        admin ? api("POST", "/ui/data/plan", {plan: {}}) : null]).then(function (all) {
+      var j = all[0];
+      var form = admin ? startForm(all[1], all[2].plan) : null;
+      return rolloutsList(j).concat([form]);
+    });
+  }
+
+  function rolloutsList(j) {
+    return (function () {
       var rows = j.rollouts.map(function (r) {
         return h("tr", {}, h("td", {}, h("a", {href: "#/rollout/" + encodeURIComponent(r.id)}, r.id)),
                  h("td", {}, r.model + ":" + r.candidate.version), h("td", {}, r.champion ? r.champion.version : "–"),
@@ -373,7 +492,7 @@
       });
       return [h("h1", {}, "Rollouts (" + j.rollouts.length + ")"),
               table(["id", "candidate", "champion", "status", "stage", "cohort", "reason", "started"], rows, "Rollouts")];
-    });
+    })();
   }
 
   function actionButton(label, cls, rid, action, enabled) {
