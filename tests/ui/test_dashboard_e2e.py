@@ -280,3 +280,44 @@ def test_admin_starts_a_rollout_from_the_page_and_devices_move(stack, browser):
 
     _wait(drv, moved, timeout=60, what="cohort devices running 2.0.0")
     _shot(drv, "rollout-started-from-page")
+
+
+def test_admin_moves_an_alias_viewer_sees_no_alias_form(stack, browser):
+    hub, _fleet, _rid, _ids = stack
+    drv = browser
+    _login(drv, hub.url, ADMIN)
+    drv.get(hub.url + "/ui#/models")
+    name = _wait(drv, lambda d: d.find_element("id", "alias-name-cancer-risk"), what="alias form")
+    name.clear()
+    name.send_keys("staging")
+    from selenium.webdriver.support.ui import Select
+
+    Select(drv.find_element("id", "alias-version-cancer-risk")).select_by_value("2.0.0")
+    drv.find_element("id", "alias-move-cancer-risk").click()
+    alert = drv.switch_to.alert
+    assert "cancer-risk@staging at version 2.0.0 (new alias)" in alert.text
+    alert.accept()
+    _wait(drv, lambda d: "staging → 2.0.0" in d.find_element("tag name", "main").text, what="alias moved")
+    got = httpx.get(f"{hub.url}/v1/models/cancer-risk/aliases", headers={"X-API-Key": VIEWER}).json()
+    assert got["aliases"]["staging"] == "2.0.0"
+    _shot(drv, "models-alias-moved")
+
+    drv.delete_all_cookies()
+    _login(drv, hub.url, VIEWER)
+    drv.get(hub.url + "/ui#/models")
+    _wait(drv, lambda d: "staging → 2.0.0" in d.find_element("tag name", "main").text, what="models as viewer")
+    assert not drv.find_elements("css selector", "form[id^=alias-form]")
+    assert not drv.find_elements("tag name", "button") or all(
+        b.get_attribute("id") == "logout" for b in drv.find_elements("tag name", "button"))
+    drv.get(hub.url + "/ui#/rollouts")
+    _wait(drv, lambda d: "Rollouts (" in d.find_element("tag name", "main").text, what="rollouts as viewer")
+    assert not drv.find_elements("id", "start-form")
+    status = drv.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const csrf = (document.cookie.match(/edgefleet_csrf=([^;]+)/) || [])[1] || "";
+        fetch("/v1/models/cancer-risk/aliases/staging", {method: "PUT", credentials: "same-origin",
+              headers: {"X-CSRF-Token": csrf, "Content-Type": "application/json"},
+              body: JSON.stringify({version: "1.0.0"})}).then(r => done(r.status));""")
+    assert status == 403
+    got = httpx.get(f"{hub.url}/v1/models/cancer-risk/aliases", headers={"X-API-Key": VIEWER}).json()
+    assert got["aliases"]["staging"] == "2.0.0"

@@ -320,6 +320,33 @@
     });
   }
 
+  function aliasForm(m, versions) {
+    var key = m.name.replace(/[^A-Za-z0-9_-]/g, "_");
+    var alias = h("input", {id: "alias-name-" + key, value: "champion", autocomplete: "off", list: "alias-list-" + key,
+                            pattern: "[A-Za-z0-9][A-Za-z0-9_.\\-]*"});
+    alias.oninput = function () { state.hold = true; };
+    var list = h("datalist", {id: "alias-list-" + key}, Object.keys(m.aliases).map(function (a) { return h("option", {value: a}); }));
+    var ver = h("select", {id: "alias-version-" + key},
+      versions.slice().reverse().map(function (v) { return h("option", {value: v.version}, v.version); }));
+    ver.onchange = function () { state.hold = true; };
+    var err = h("span", {"class": "err", role: "alert", id: "alias-error-" + key});
+    var form = h("form", {"class": "toolbar", id: "alias-form-" + key, "aria-label": "Move an alias of " + m.name},
+      h("label", {"for": alias.id}, "Alias"), alias, list, h("label", {"for": ver.id}, "→ version"), ver,
+      h("button", {type: "submit", id: "alias-move-" + key}, "Move alias"), err);
+    form.onsubmit = function (ev) {
+      ev.preventDefault();
+      var a = alias.value.trim(), now = m.aliases[a];
+      if (!a) { err.textContent = "alias: give a name"; return; }
+      if (now === ver.value) { err.textContent = m.name + "@" + a + " already points at " + now; return; }
+      if (!window.confirm("Point " + m.name + "@" + a + " at version " + ver.value + (now ? " (now " + now + ")" : " (new alias)") +
+                          "? Devices and clients that follow @" + a + " get " + ver.value + ".")) return;
+      api("PUT", "/v1/models/" + encodeURIComponent(m.name) + "/aliases/" + encodeURIComponent(a), {version: ver.value})
+        .then(function () { state.hold = false; toast(m.name + "@" + a + " → " + ver.value); refresh(true); })
+        .catch(function (e) { err.textContent = "Not moved: " + e.message; });
+    };
+    return form;
+  }
+
   function modelsPage() {
     return api("GET", "/v1/models").then(function (j) {
       var models = j.models;
@@ -352,6 +379,7 @@
             h("h2", {}, m.name + " "),
             h("p", {}, "aliases: ", Object.keys(m.aliases).map(function (a) { return [badge(a + " → " + m.aliases[a], "ok"), " "]; })),
             table(["version", "aliases", "format", "size", "signature", "sha256", "provenance"], rows, "Versions of " + m.name),
+            state.role === "admin" ? aliasForm(m, versions) : null,
             h("div", {"class": "grid2"},
               Charts.line(s("p99_ms"), {title: "Fleet p99 latency (ms) per version, from merged sketches", xTime: true}),
               Charts.line(s("error_rate"), {title: "Fleet error rate per version", xTime: true}),
