@@ -199,16 +199,11 @@ class FleetService:
         paging, filters and counts need. Same devices and values as :meth:`devices`."""
         d, s, w = T.devices, T.device_state, T.desired
 
-        def bundle(i: int, k: str):
-            return s.c.state[("bundles", i, k)].as_string()
-
         with self.engine.connect() as conn:
             regs = {r[0]: r for r in conn.execute(select(d.c.id, d.c.profile, type_coerce(d.c.tags, String)))}
-            q = select(s.c.device_id, s.c.online, s.c.last_seen, s.c.rejected_windows,
-                       bundle(0, "slot"), bundle(0, "name"), bundle(0, "version"),
-                       bundle(1, "slot"), bundle(1, "name"), bundle(1, "version"),
-                       s.c.state["profile"].as_string(), type_coerce(s.c.state["tags"], String))
-            states = {r[0]: r for r in conn.execute(q)}
+            # the state document as text, decoded once here (a JSON path per field re-parses it per path)
+            states = {r[0]: r for r in conn.execute(select(s.c.device_id, s.c.online, s.c.last_seen,
+                                                           s.c.rejected_windows, type_coerce(s.c.state, String)))}
             desired = set(conn.execute(select(w.c.device_id)).scalars())
         out = []
         for dev in set(regs) | set(states) | desired:
@@ -216,18 +211,16 @@ class FleetService:
             is_online = bool(st is not None and st[1])
             if online is not None and is_online != online:
                 continue
+            doc = (_json(st[4]) if st is not None else None) or {}
             if reg is not None:
-                tags, profile = _json(reg[2]), reg[1] or (st[10] if st is not None else "") or ""
-            elif st is not None:
-                tags, profile = _json(st[11]), st[10] or ""
+                tags, profile = _json(reg[2]), reg[1] or doc.get("profile") or ""
             else:
-                tags, profile = {}, ""
+                tags, profile = doc.get("tags") or {}, doc.get("profile") or ""
             version = None
-            if st is not None:
-                for slot, name, ver in ((st[4], st[5], st[6]), (st[7], st[8], st[9])):
-                    if slot == "active":
-                        version = f"{name}:{ver}"
-                        break
+            for b in doc.get("bundles") or []:
+                if b.get("slot") == "active":
+                    version = f"{b.get('name')}:{b.get('version')}"
+                    break
             out.append(DeviceRow(dev, {str(k): str(v) for k, v in (tags or {}).items()}, profile, is_online,
                                  st[2] if st is not None else None, int(st[3] or 0) if st is not None else 0,
                                  version))
@@ -433,7 +426,11 @@ class FleetService:
     # ---- ingest writes (called by the subscriber's writer thread, in batches) ---------------
     def write_batch(self, states: Sequence[tuple[DeviceState, float]] = (),
                     events: Sequence[tuple[DeviceEvent, float]] = (),
-                    windows: Sequence[tuple[TelemetryWindow, float]] = ()) -> None:
+                    windows: Sequence[tuple[TelemetryWindow, float]] = (), *,
+                    validated: bool = False) -> None:
+        """Store a batch. ``validated=True`` says every window passed
+        :func:`cloud_hub.fleet.validate.split_windows` (the ingest's check): the aggregate then does
+        not check its rows again."""
         seen: dict[str, float] = {}
         with self.engine.begin() as conn:
             if events:
@@ -461,7 +458,7 @@ class FleetService:
                                       "decision_changed": s.decision_changed,
                                       "compared_calls": s.compared_calls, "changed_share": s.changed_share,
                                       "divergence": s.divergence,
-                                      "dropped": s.dropped})
+                                      "dropped": s.dropped, "validated": validated})
                     prev = last_window.get(w.device_id)
                     if prev is None or w.seq > prev[1]:
                         last_window[w.device_id] = (at, w.seq, w.dropped_windows)
