@@ -46,7 +46,7 @@ def _extra_file(cancer_bundle, dest):
 
 def _cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "cloud_hub.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=120,
+                          capture_output=True, text=True, timeout=120, check=False,
                           env={**os.environ, **(env or {})})
 
 
