@@ -477,11 +477,10 @@ class MicroBatcher:
 
     Adaptive: the worker takes whatever is queued when it wakes; it waits up
     to ``max_wait`` for more only while the previous batch held more than one
-    request (i.e. there is concurrency to gain from). A batch of n requests runs
-    inline when n × the engine time of a lone request (EWMA) <= ``inline_max_s``
-    (the event loop is never held longer than for one small request); a larger
-    batch, or a slow model, runs in a worker thread so the event loop keeps
-    parsing (and queueing) the next requests meanwhile.
+    request (i.e. there is concurrency to gain from). A batch of one runs
+    inline when the model is fast (engine time EWMA <= ``inline_max_s``); a
+    larger batch, or a slow model, runs in a worker thread so the event loop
+    keeps parsing (and queueing) the next requests meanwhile.
     """
 
     def __init__(self, model: Model, max_size: int, max_wait: float, size_metric=None, *,
@@ -538,20 +537,14 @@ class MicroBatcher:
             xs = [it[0] for it in items]
             self._running = True
             try:
-                if 0.0 < self._cost * len(xs) <= self.inline_max_s or (len(xs) == 1 and self._cost == 0.0):
-                    # a lone request, or a batch whose engine time is bounded by the same budget
-                    # (n lone-request costs: one engine call on n rows costs less than n calls), on a
-                    # small model: no thread hop — under load the hop (a GIL hand-over to the worker
-                    # thread and back) costs more than the model
-                    x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
-                    s, took = _timed_score(self.model, x)
+                if len(xs) == 1 and self._cost <= self.inline_max_s:
+                    # a lone request on a small model: no thread hop (it costs more than the model)
+                    s, took = _timed_score(self.model, xs[0])
                 else:  # the engine runs while the event loop parses the next requests
                     x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
                     s, took = await asyncio.to_thread(_timed_score, self.model, x)
                 if len(xs) == 1:
                     self._cost = took if self._cost == 0.0 else 0.9 * self._cost + 0.1 * took
-                elif self._cost == 0.0:  # no lone run yet: a batch's time bounds a lone run's from above
-                    self._cost = took
             except BaseException as exc:  # hand the error to every waiter
                 self._running = False
                 for _, fut in items:
