@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=["cancer", "gbdt"], default="cancer",
                     help="cancer: 30-feature logistic regression; gbdt: 5-feature GradientBoosting, 100 trees")
     ap.add_argument("--workers", type=int, default=1, help="worker processes of the hub and the plain minimal endpoint")
+    ap.add_argument("--baseline", type=Path,
+                    help="also run the hub from this code tree (e.g. git archive OLD | tar -x -C DIR) as 'hub-base'")
     ap.add_argument("--profile", type=float, default=0.0,
                     help="seconds of wrk (c=16) per route under cProfile for the per-stage CPU split (0: off)")
     args = ap.parse_args(argv)
@@ -245,15 +247,16 @@ def main(argv: list[str] | None = None) -> int:
         hub_variants = [("hub", {})]  # default settings
         if args.no_microbatch:
             hub_variants.append(("hub-nobatch", {"HUB_MICROBATCH": "0"}))
+        if args.baseline:
+            hub_variants.append(("hub-base", {"PYTHONPATH": str(args.baseline.resolve())}))
         for label, extra in hub_variants:
             env = {"HUB_DATA_DIR": str(work / f"{label}-data"), "HUB_TRUSTED_KEYS": json.dumps(
-                [str(work / "keys" / "bench.pub")]), "PYTHONPATH": str(ROOT),
-                "HUB_ADMIN_KEYS": json.dumps([API_KEY]), "HUB_CLIENT_KEYS": json.dumps(["bench-client-key-0123456789"]),
+                [str(work / "keys" / "bench.pub")]), "PYTHONPATH": str(ROOT), "HUB_ADMIN_KEYS": json.dumps([API_KEY]), "HUB_CLIENT_KEYS": json.dumps(["bench-client-key-0123456789"]),
                 **extra}
             for attempt in range(3):  # a free port can be taken between probe and bind
                 port = free_port()
                 proc = start([py, "-m", "cloud_hub.cli", "serve", "--port", str(port), "--workers", str(args.workers)],
-                             work / f"{label}.log", env)
+                             work / f"{label}.log", env, cwd=args.baseline if label == "hub-base" else None)
                 base = f"http://127.0.0.1:{port}"
                 try:
                     wait_ready(base + "/v2/health/ready", proc)
