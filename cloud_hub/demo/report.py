@@ -206,7 +206,8 @@ def render_report(data: dict[str, Any], path: str | Path) -> Path:
     """Write the report. ``data`` keys: title, started, finished, summary (list of (k, v)),
     rollouts (list of {id, label, outcome, events}), series ({"p99": {ver: [(t, ms)]},
     "error_rate": {ver: [(t, rate)]}}), shadow ({edges, champion, challenger, decision_change,
-    divergence_edges, divergence}), thresholds ({max_p99_ms, max_error_rate})."""
+    divergence_edges, divergence}), thresholds ({max_p99_ms, max_error_rate}); optional result
+    (the text shown instead of PASS/FAIL, e.g. a rollout's status)."""
     t0, t1 = data["started"], data["finished"]
     th = data.get("thresholds", {})
     tl = [{"label": r["label"], "outcome": r["outcome"],
@@ -223,7 +224,7 @@ def render_report(data: dict[str, Any], path: str | Path) -> Path:
         f"<h1>{_esc(data['title'])}</h1>",
         f"<p>{_esc(dt.datetime.fromtimestamp(t0, dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC'))} · "
         f"{t1 - t0:.1f} s · result: <span class={'ok' if data.get('ok') else 'bad'}>"
-        f"{'PASS' if data.get('ok') else 'FAIL'}</span></p>",
+        f"{_esc(data.get('result') or ('PASS' if data.get('ok') else 'FAIL'))}</span></p>",
         "<h2>Summary</h2><table>",
         *(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in data.get("summary", [])),
         "</table>",

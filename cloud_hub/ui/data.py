@@ -51,6 +51,43 @@ def cohort_preview(hub: Any, selector: str, *, first: int = 20) -> dict[str, Any
             "devices": [{"id": r.id, "online": r.online, "version": r.version} for r in rows[:first]]}
 
 
+def rollout_report(hub: Any, rollout_id: str) -> str:
+    """The demo's self-contained HTML report (cloud_hub/demo/report.py) for one rollout."""
+    import tempfile
+    from pathlib import Path
+
+    from cloud_hub.demo.report import render_report
+
+    svc = rollout_service(hub)
+    ro = svc.status(rollout_id)
+    events = svc.events(rollout_id)
+    t0 = ro["created_at"]
+    t1 = ro.get("finished_at") or time.time()
+    ts = timeseries(hub, ro["model"], since=t0 - 60)
+    series: dict[str, dict[str, list[tuple[float, float | None]]]] = {"p99": {}, "error_rate": {}}
+    for version, points in ts["series"].items():
+        series["p99"][version] = [(p["t"], p["p99_ms"]) for p in points]
+        series["error_rate"][version] = [(p["t"], p["error_rate"]) for p in points]
+    gates = ro.get("plan", {}).get("gates", {}) if isinstance(ro.get("plan"), dict) else {}
+    label = f"{ro['model']}:{ro['candidate']['version']}"
+    summary = [("rollout", ro["id"]), ("candidate", label),
+               ("champion", ro["champion"]["version"] if ro.get("champion") else "none"),
+               ("cohort", str(ro.get("cohort"))), ("status", ro["status"]), ("stage", ro["stage"]["name"]),
+               ("reason", ro.get("reason") or ""),
+               ("devices", ", ".join(f"{k} {v}" for k, v in (ro.get("devices") or {}).items()))]
+    for g in ro.get("gates") or []:
+        summary.append((f"gate {g['name']}", f"{g['status']}: {g.get('message') or ''}"))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = render_report({
+            "title": f"edgefleet rollout {ro['id']} — {label}", "started": t0, "finished": t1,
+            "ok": ro["status"] == "completed", "result": ro["status"], "summary": summary,
+            "rollouts": [{"id": ro["id"], "label": label, "outcome": ro["status"], "events": events, "end_ts": t1}],
+            "series": series, "shadow": None,
+            "thresholds": {k: gates[k] for k in ("max_p99_ms", "max_error_rate") if gates.get(k)}},
+            Path(tmp) / "report.html")
+        return path.read_text()
+
+
 def timeseries(hub: Any, model: str, *, since: float | None = None, buckets: int = 40,
                slot: str = "active") -> dict[str, Any]:
     """Fleet p99 / p50 latency, error rate and requests per version per time bucket."""

@@ -125,6 +125,15 @@ async def plan_check(body: PlanCheck, _: Viewer) -> dict[str, Any]:
     return {"plan": build_plan(body.plan, source="plan").to_dict()}
 
 
+@router.get("/ui/data/rollouts/{rollout_id}/report", response_class=HTMLResponse,
+            summary="A rollout's self-contained HTML report (the demo's report) as a download")
+async def rollout_report(rollout_id: str, hub: HubDep, _: Viewer) -> HTMLResponse:
+    html = await asyncio.to_thread(data.rollout_report, hub, rollout_id)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in rollout_id)[:64]
+    return HTMLResponse(html, headers={"Content-Disposition": f'attachment; filename="rollout-{safe}.html"',
+                                       "Cache-Control": "no-store"})
+
+
 def _keys_configured(hub: Any) -> bool:
     s = hub.settings
     return bool(s.admin_keys or s.client_keys or s.viewer_keys)

@@ -321,3 +321,22 @@ def test_admin_moves_an_alias_viewer_sees_no_alias_form(stack, browser):
     assert status == 403
     got = httpx.get(f"{hub.url}/v1/models/cancer-risk/aliases", headers={"X-API-Key": VIEWER}).json()
     assert got["aliases"]["staging"] == "2.0.0"
+
+
+def test_rollout_report_download(stack, browser):
+    hub, _fleet, rid, _ids = stack
+    drv = browser
+    _login(drv, hub.url, VIEWER)
+    drv.get(hub.url + f"/ui#/rollout/{rid}")
+    link = _wait(drv, lambda d: d.find_element("id", "rollout-report"), what="report link")
+    assert link.get_attribute("download") == f"rollout-{rid}.html"
+    href = link.get_attribute("href")
+    r = httpx.get(href, headers={"X-API-Key": VIEWER})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert f'filename="rollout-{rid}.html"' in r.headers["content-disposition"]
+    html = r.text
+    status = httpx.get(f"{hub.url}/v1/rollouts/{rid}", headers={"X-API-Key": VIEWER}).json()["status"]
+    assert f"edgefleet rollout {rid}" in html and f">{status}</span>" in html and "<svg" in html
+    assert "<script" not in html and "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # self-contained
+    assert httpx.get(f"{hub.url}/ui/data/rollouts/nosuch/report", headers={"X-API-Key": VIEWER}).status_code == 404
+    assert httpx.get(href).status_code == 401

@@ -583,6 +583,8 @@
                        actionButton("Resume", "", ro.id, "resume", ro.status === "paused"),
                        actionButton("Abort", "danger", ro.id, "abort", ro.status === "running" || ro.status === "paused")]
                     : h("span", {"class": "muted"}, "Read-only: an admin key is needed to pause, resume or abort.")),
+            h("p", {}, h("a", {href: "/ui/data/rollouts/" + rid + "/report", download: "rollout-" + ro.id + ".html", id: "rollout-report"},
+              "Download the report (self-contained HTML)")),
             h("h2", {}, "Stage timeline"), tl,
             h("p", {}, "Next decision: ", badge(nd.decision || "none"), " ", nd.reason || ""),
             h("div", {"class": "grid2"},
