@@ -340,3 +340,28 @@ def test_rollout_report_download(stack, browser):
     assert "<script" not in html and "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # self-contained
     assert httpx.get(f"{hub.url}/ui/data/rollouts/nosuch/report", headers={"X-API-Key": VIEWER}).status_code == 404
     assert httpx.get(href).status_code == 401
+
+
+def test_jobs_page_lists_schedules_admin_pauses_viewer_cannot(stack, browser, tmp_path):
+    hub, _fleet, _rid, _ids = stack
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    r = httpx.post(f"{hub.url}/v1/schedules", headers=admin,
+                   json={"name": "ui-nightly", "cron": "0 3 * * *", "model": "cancer-risk@champion",
+                         "input": str(tmp_path / "in.csv"), "output": str(tmp_path / "out-{date}.parquet")})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    drv = browser
+    _login(drv, hub.url, ADMIN)
+    drv.get(hub.url + "/ui#/jobs")
+    btn = _wait(drv, lambda d: d.find_element("id", f"schedule-toggle-{sid}"), what="schedule listed")
+    assert "ui-nightly" in drv.find_element("tag name", "main").text and btn.text == "Pause"
+    btn.click()
+    drv.switch_to.alert.accept()
+    _wait(drv, lambda d: d.find_element("id", f"schedule-toggle-{sid}").text == "Resume", what="paused")
+    assert httpx.get(f"{hub.url}/v1/schedules/{sid}", headers=admin).json()["paused"] is True
+    _shot(drv, "jobs")
+    drv.delete_all_cookies()
+    _login(drv, hub.url, VIEWER)
+    drv.get(hub.url + "/ui#/jobs")
+    _wait(drv, lambda d: "ui-nightly" in d.find_element("tag name", "main").text, what="jobs as viewer")
+    assert not drv.find_elements("css selector", "main button")

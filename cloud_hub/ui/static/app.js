@@ -602,6 +602,62 @@
     });
   }
 
+  // ---- jobs, streams, schedules -----------------------------------------------------
+  function actBtn(label, path, what, id, enabled, cls) {
+    var b = h("button", {type: "button", "class": cls || "secondary", id: id, disabled: !enabled, "aria-label": label + " " + what}, label);
+    b.onclick = function () {
+      if (!window.confirm(label + " " + what + "?")) return;
+      b.disabled = true;
+      api("POST", path, {}).then(function () { toast(label + ": " + what); refresh(true); })
+        .catch(function (e) { toast(label + " failed: " + e.message); b.disabled = false; });
+    };
+    return b;
+  }
+  function jobsPage() {
+    var admin = state.role === "admin";
+    return Promise.all([api("GET", "/v1/jobs?limit=200"), api("GET", "/v1/streams"), api("GET", "/v1/schedules")]).then(function (r) {
+      var jobs = r[0].jobs.map(function (j) {
+        var q = encodeURIComponent(j.id);
+        return h("tr", {}, h("td", {"class": "mono"}, j.id), h("td", {}, badge(j.status)), h("td", {}, j.model),
+          h("td", {}, j.progress === null ? "–" : (j.progress * 100).toFixed(1) + " %",
+            h("div", {"class": "muted"}, fmt(j.rows_done) + " / " + fmt(j.rows_total) + " rows")),
+          h("td", {}, fmt(j.rows_rejected), j.rejects ? h("div", {"class": "mono muted"}, j.rejects) : null),
+          h("td", {"class": "wrap"}, j.error || ""), h("td", {}, j.created_at || "–"),
+          admin ? h("td", {}, actBtn("Cancel", "/v1/jobs/" + q + "/cancel", "job " + j.id, "job-cancel-" + j.id,
+                                     j.status === "queued" || j.status === "running", "danger"), " ",
+                    actBtn("Resume", "/v1/jobs/" + q + "/resume", "job " + j.id, "job-resume-" + j.id,
+                           j.status !== "queued" && j.status !== "running" && j.status !== "succeeded")) : null);
+      });
+      var streams = r[1].streams.map(function (st) {
+        var q = encodeURIComponent(st.id), stats = st.stats || {};
+        return h("tr", {}, h("td", {}, st.name), h("td", {}, badge(st.status)), h("td", {}, st.model),
+          h("td", {"class": "wrap mono"}, st.source + " → " + st.sink),
+          h("td", {"class": "wrap"}, Object.keys(stats).map(function (k) { return k + " " + fmt(stats[k]); }).join(" · ") || "–"),
+          h("td", {"class": "wrap"}, st.error || ""),
+          admin ? h("td", {}, actBtn("Stop", "/v1/streams/" + q + "/stop", "stream " + st.name, "stream-stop-" + st.id,
+                                     st.desired !== "stopped", "danger"), " ",
+                    actBtn("Start", "/v1/streams/" + q + "/start", "stream " + st.name, "stream-start-" + st.id,
+                           st.desired === "stopped")) : null);
+      });
+      var scheds = r[2].schedules.map(function (sc) {
+        var q = encodeURIComponent(sc.id);
+        return h("tr", {}, h("td", {}, sc.name), h("td", {"class": "mono"}, sc.cron + " " + sc.timezone), h("td", {}, sc.model),
+          h("td", {}, sc.paused ? badge("paused") : badge("active", "ok")), h("td", {}, fmt(sc.next_fire_at)),
+          h("td", {}, fmt(sc.last_fire_at)),
+          admin ? h("td", {}, actBtn(sc.paused ? "Resume" : "Pause", "/v1/schedules/" + q + (sc.paused ? "/resume" : "/pause"),
+                                     "schedule " + sc.name, "schedule-toggle-" + sc.id, true)) : null);
+      });
+      var act = admin ? ["actions"] : [];
+      return [h("h1", {}, "Jobs and streams"),
+        h("h2", {}, "Batch jobs (" + jobs.length + ")"),
+        table(["id", "status", "model", "progress", "rejected", "error", "created"].concat(act), jobs, "Batch jobs"),
+        h("h2", {}, "Managed streams (" + streams.length + ")"),
+        table(["name", "status", "model", "source → sink", "counters", "error"].concat(act), streams, "Managed streams"),
+        h("h2", {}, "Schedules (" + scheds.length + ")"),
+        table(["name", "cron", "model", "state", "next firing", "last firing"].concat(act), scheds, "Schedules")];
+    });
+  }
+
   // ---- routing ---------------------------------------------------------------------
   function parse() {
     var hsh = (location.hash || "#/fleet").slice(2).split("/");
@@ -612,7 +668,7 @@
     if ((state.busy || state.hold) && !force) return;
     var r = parse();
     var fn = {fleet: fleetPage, device: function () { return devicePage(r.arg); }, models: modelsPage,
-              rollouts: rolloutsPage, rollout: function () { return rolloutPage(r.arg); }}[r.page] || fleetPage;
+              rollouts: rolloutsPage, rollout: function () { return rolloutPage(r.arg); }, jobs: jobsPage}[r.page] || fleetPage;
     state.busy = true;
     var focused = document.activeElement && document.activeElement.id;
     var caret = focused && document.activeElement.selectionStart;
