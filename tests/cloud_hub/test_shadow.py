@@ -89,8 +89,27 @@ def test_report_matches_direct_computation(hub, cancer_data, weak_bundle, execut
 
 
 def test_slow_shadow_never_blocks_primary_and_overflow_is_counted(tmp_path, keypair, cancer_bundle,
-                                                                   slow_bundle, cancer_data, executor):
+                                                                   slow_bundle, cancer_data, executor,
+                                                                   monkeypatch):
+    import threading
+
+    import cloud_hub.shadow.service as shadow_service
+
     x, _, names = cancer_data
+    release = threading.Event()
+    if executor == "thread":
+        # The thread worker batches what is queued into one run of the slow model; on a loaded
+        # machine the primary (waiting for the GIL between requests) was the slower of the two and
+        # nothing overflowed. Hold the worker's first comparison until every request is sent, so
+        # "the shadow is slower than the primary" holds by construction; the real comparison runs
+        # after. (The process executor's first comparison waits for a spawned interpreter.)
+        real_compare = shadow_service.compare_group
+
+        def held_compare(models, group):
+            release.wait(120)
+            return real_compare(models, group)
+
+        monkeypatch.setattr(shadow_service, "compare_group", held_compare)
     hub = make_hub(tmp_path / "hub", keypair, shadow_queue_size=4, shadow_executor=executor)
     try:
         hub.registry.push(cancer_bundle, aliases=["champion"])
@@ -105,6 +124,7 @@ def test_slow_shadow_never_blocks_primary_and_overflow_is_counted(tmp_path, keyp
             answered += 1
             depths.append(hub.shadow.status()["queue_depth"])
         st = hub.shadow.status()
+        release.set()
         assert answered == n
         assert st["dropped"] > 0, st  # the slow shadow could not keep up: requests dropped, counted
         assert st["mirrored"] + st["dropped"] == n
@@ -129,6 +149,7 @@ def test_slow_shadow_never_blocks_primary_and_overflow_is_counted(tmp_path, keyp
         assert rep["verdict"] == "FAIL"
         assert any(r.startswith("shadow_p99_ms=") for r in rep["shadows"][0]["reasons"]), rep["shadows"][0]["checks"]
     finally:
+        release.set()
         hub.close()
 
 
