@@ -365,3 +365,42 @@ def test_jobs_page_lists_schedules_admin_pauses_viewer_cannot(stack, browser, tm
     drv.get(hub.url + "/ui#/jobs")
     _wait(drv, lambda d: "ui-nightly" in d.find_element("tag name", "main").text, what="jobs as viewer")
     assert not drv.find_elements("css selector", "main button")
+
+
+def test_admin_attaches_a_shadow_and_starts_and_stops_a_split(stack, browser):
+    from selenium.webdriver.support.ui import Select
+
+    hub, _fleet, _rid, _ids = stack
+    key = {"X-API-Key": ADMIN}
+    httpx.put(f"{hub.url}/v1/models/cancer-risk/aliases/challenger", headers=key, json={"version": "2.0.0"})
+    drv = browser
+    _login(drv, hub.url, ADMIN)
+    drv.get(hub.url + "/ui#/models")
+    _wait(drv, lambda d: d.find_element("id", "shadow-attach-cancer-risk"), what="serving panel")
+    Select(drv.find_element("id", "shadow-version-cancer-risk")).select_by_value("2.0.0")
+    drv.find_element("id", "shadow-attach-cancer-risk").click()
+    _wait(drv, lambda d: [s["version"] for s in httpx.get(f"{hub.url}/v1/models/cancer-risk/shadows",
+                                                           headers=key).json()["shadows"]] == ["2.0.0"],
+          what="shadow attached")
+    _wait(drv, lambda d: d.find_element("id", "shadow-detach-cancer-risk-2.0.0"), what="detach button")
+    box = drv.find_element("id", "split-fraction-cancer-risk")
+    box.clear()
+    box.send_keys("0.25")
+    drv.find_element("id", "split-put-cancer-risk").click()
+    drv.switch_to.alert.accept()
+    _wait(drv, lambda d: httpx.get(f"{hub.url}/v1/models/cancer-risk/split", headers=key).status_code == 200,
+          what="split created")
+    assert httpx.get(f"{hub.url}/v1/models/cancer-risk/split", headers=key).json()["challenger_fraction"] == 0.25
+    text = _wait(drv, lambda d: "evaluation verdict" in (t := d.find_element("id", "split-cancer-risk").text) and t,
+                 what="verdict shown")
+    assert "25.0 % to @challenger" in text
+    _shot(drv, "models-shadow-split")
+    drv.find_element("id", "split-stop-cancer-risk").click()
+    drv.switch_to.alert.accept()
+    _wait(drv, lambda d: httpx.get(f"{hub.url}/v1/models/cancer-risk/split", headers=key).status_code == 404,
+          what="split removed")
+    _wait(drv, lambda d: d.find_element("id", "shadow-detach-cancer-risk-2.0.0"), what="detach button again")
+    drv.find_element("id", "shadow-detach-cancer-risk-2.0.0").click()
+    drv.switch_to.alert.accept()
+    _wait(drv, lambda d: httpx.get(f"{hub.url}/v1/models/cancer-risk/shadows", headers=key).json()["shadows"] == [],
+          what="shadow detached")

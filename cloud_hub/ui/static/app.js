@@ -380,15 +380,93 @@
             h("p", {}, "aliases: ", Object.keys(m.aliases).map(function (a) { return [badge(a + " → " + m.aliases[a], "ok"), " "]; })),
             table(["version", "aliases", "format", "size", "signature", "sha256", "provenance"], rows, "Versions of " + m.name),
             state.role === "admin" ? aliasForm(m, versions) : null,
+            h("div", {id: "serving-" + m.name.replace(/[^A-Za-z0-9_-]/g, "_"), "class": "serving", "data-model": m.name}),
             h("div", {"class": "grid2"},
               Charts.line(s("p99_ms"), {title: "Fleet p99 latency (ms) per version, from merged sketches", xTime: true}),
               Charts.line(s("error_rate"), {title: "Fleet error rate per version", xTime: true}),
               Charts.histogram(dist.scores, {title: "Score distribution per version (champion vs challenger)"}),
               Charts.histogram(shadowDiv, {title: "Shadow |divergence| histogram"}))));
         });
+        setTimeout(function () { models.forEach(function (m, i) { servingPanel(m, all[i][0].versions); }); }, 0);
         return out;
       });
     });
+  }
+
+  // Shadow and champion/challenger split of a model (online serving), with admin actions.
+  function servingPanel(m, versions) {
+    var key = m.name.replace(/[^A-Za-z0-9_-]/g, "_"), q = encodeURIComponent(m.name);
+    var box = document.getElementById("serving-" + key);
+    if (!box) return;
+    Promise.all([api("GET", "/v1/models/" + q + "/shadows"),
+                 api("GET", "/v1/models/" + q + "/split").catch(function (e) { if (e.status === 404) return null; throw e; })])
+      .then(function (r) {
+        var shadows = r[0].shadows || [], split = r[1];
+        var evalP = split ? api("GET", "/v1/models/" + q + "/evaluation").catch(function (e) { return {verdict: "unavailable", reason: e.message}; })
+                          : Promise.resolve(null);
+        return evalP.then(function (ev) {
+          var admin = state.role === "admin";
+          var rows = shadows.map(function (sh) {
+            return h("tr", {}, h("td", {}, sh.version), h("td", {}, fmt(sh.sample_rate)),
+              admin ? h("td", {}, actDelete("Detach", "/v1/models/" + q + "/shadows/" + encodeURIComponent(sh.version),
+                                            "shadow " + sh.version + " of " + m.name, "shadow-detach-" + key + "-" + sh.version)) : null);
+          });
+          var verdict = ev ? (ev.verdict || ev.decision || "unknown") : null;
+          var nodes = [h("h3", {}, "Online serving"),
+            table(["shadow version", "sample rate"].concat(admin ? ["action"] : []), rows, "Shadows of " + m.name),
+            h("p", {id: "split-" + key}, split ? "Split: " + (split.challenger_fraction * 100).toFixed(1) + " % to @challenger" +
+              (split.enabled === false ? " (disabled)" : "") + " · evaluation verdict: " : "No champion/challenger split.",
+              split ? badge(verdict, verdict === "PROMOTE" ? "ok" : "warn") : null, ev && ev.reason ? " " + ev.reason : "")];
+          if (admin) {
+            var ver = h("select", {id: "shadow-version-" + key, "aria-label": "Shadow version of " + m.name},
+              versions.slice().reverse().map(function (v) { return h("option", {value: v.version}, v.version); }));
+            var rate = h("input", {id: "shadow-rate-" + key, value: "1.0", inputmode: "decimal", "aria-label": "Sample rate", size: 5});
+            var attach = h("button", {type: "button", id: "shadow-attach-" + key}, "Attach shadow");
+            attach.onclick = function () {
+              api("POST", "/v1/models/" + q + "/shadows", {version: ver.value, sample_rate: Number(rate.value)})
+                .then(function () { state.hold = false; toast("Shadow " + ver.value + " attached"); servingPanel(m, versions); })
+                .catch(function (e) { toast("Not attached: " + e.message); });
+            };
+            var frac = h("input", {id: "split-fraction-" + key, value: split ? String(split.challenger_fraction) : "0.1",
+                                   inputmode: "decimal", "aria-label": "Challenger fraction (0-1)", size: 5});
+            var put = h("button", {type: "button", id: "split-put-" + key}, split ? "Change split" : "Start split");
+            put.onclick = function () {
+              if (!window.confirm("Send " + (Number(frac.value) * 100) + " % of " + m.name + "'s entities to @challenger?")) return;
+              api("PUT", "/v1/models/" + q + "/split", {challenger_fraction: Number(frac.value)})
+                .then(function () { state.hold = false; toast("Split set"); servingPanel(m, versions); })
+                .catch(function (e) { toast("Split not set: " + e.message); });
+            };
+            ver.onchange = rate.oninput = frac.oninput = function () { state.hold = true; };
+            nodes = nodes.concat([
+              h("div", {"class": "toolbar", role: "group", "aria-label": "Shadow actions for " + m.name}, ver, rate, attach),
+              h("div", {"class": "toolbar", role: "group", "aria-label": "Split actions for " + m.name}, frac, put,
+                split ? actDelete("Stop split", "/v1/models/" + q + "/split", "the split of " + m.name, "split-stop-" + key) : null,
+                split ? promoteBtn(m, key, verdict) : null)]);
+          }
+          while (box.firstChild) box.removeChild(box.firstChild);
+          add(box, nodes);
+        });
+      }).catch(function (e) { box.textContent = "Serving: " + e.message; });
+  }
+  function actDelete(label, path, what, id) {
+    var b = h("button", {type: "button", "class": "danger", id: id, "aria-label": label + " " + what}, label);
+    b.onclick = function () {
+      if (!window.confirm(label + ": " + what + "?")) return;
+      api("DELETE", path).then(function () { toast(label + ": done"); refresh(true); })
+        .catch(function (e) { toast(label + " failed: " + e.message); });
+    };
+    return b;
+  }
+  function promoteBtn(m, key, verdict) {
+    var b = h("button", {type: "button", id: "promote-" + key, "aria-label": "Promote the challenger of " + m.name}, "Promote challenger");
+    b.onclick = function () {
+      if (!window.confirm("Promote " + m.name + "@challenger to @champion? Evaluation verdict: " + verdict +
+                          (verdict === "PROMOTE" ? "." : " (the hub refuses without a PROMOTE verdict)."))) return;
+      api("POST", "/v1/models/" + encodeURIComponent(m.name) + "/promote", {})
+        .then(function () { toast(m.name + ": challenger promoted"); refresh(true); })
+        .catch(function (e) { toast("Not promoted: " + e.message); });
+    };
+    return b;
   }
 
   function durText(s) { return s >= 3600 && s % 3600 === 0 ? s / 3600 + " h" : s >= 60 && s % 60 === 0 ? s / 60 + " min" : s + " s"; }
