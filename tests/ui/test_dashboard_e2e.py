@@ -107,6 +107,27 @@ def _wait(drv, cond, timeout=20.0, what="condition"):
                          f"{drv.find_element('tag name', 'main').text[:500]}")
 
 
+def _do(action, timeout: float = 10.0):
+    """Run a browser action again when the page re-rendered under it (it refreshes every 2 s)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return action()
+        except StaleElementReferenceException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _type(drv, element_id: str, text: str) -> None:
+    """Replace an input's value by typing (one key sequence, so a re-render cannot split it)."""
+    from selenium.webdriver.common.keys import Keys
+
+    _do(lambda: drv.find_element("id", element_id).send_keys(Keys.CONTROL, "a", Keys.NULL, Keys.BACKSPACE, text))
+
+
 def _shot(drv, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     p = ARTIFACTS / f"{name}.png"
@@ -118,7 +139,7 @@ def _login(drv, url: str, key: str) -> None:
     drv.get(url + "/ui")
     box = _wait(drv, lambda d: d.find_element("id", "api-key"), what="login form")
     box.send_keys(key)
-    drv.find_element("id", "login-button").click()
+    _do(lambda: drv.find_element("id", "login-button").click())
     _wait(drv, lambda d: "role:" in d.find_element("id", "whoami").text, what="logged in")
 
 
@@ -167,7 +188,7 @@ def test_admin_sees_fleet_and_pauses_a_running_rollout(stack, browser):
     _shot(drv, "rollout-paused")
     # resume again so the next test sees a running rollout
     _wait(drv, lambda d: d.find_element("id", "rollout-resume").is_enabled(), what="resume enabled")
-    drv.find_element("id", "rollout-resume").click()
+    _do(lambda: drv.find_element("id", "rollout-resume").click())
     drv.switch_to.alert.accept()
     _wait(drv, lambda d: "running" in d.find_element("id", "rollout-status").text, what="running again")
 
@@ -203,12 +224,12 @@ def test_phone_width_and_login_errors(stack, browser):
     box = _wait(drv, lambda d: d.find_element("id", "api-key"), what="login form")
     assert drv.find_element("css selector", "label[for=api-key]").text == "API key"
     box.send_keys("wrong-key-wrong-key")
-    drv.find_element("id", "login-button").click()
+    _do(lambda: drv.find_element("id", "login-button").click())
     _wait(drv, lambda d: "invalid API key" in d.find_element("css selector", "[role=alert]").text, what="error")
     box = drv.find_element("id", "api-key")
     box.clear()
     box.send_keys(VIEWER)
-    drv.find_element("id", "login-button").click()
+    _do(lambda: drv.find_element("id", "login-button").click())
     _wait(drv, lambda d: d.find_element("css selector", "#count-devices .n").text == "6", what="fleet on a phone")
     width = drv.execute_script("return document.documentElement.scrollWidth")
     assert width <= 400, f"page is {width}px wide on a 390px screen (tables must scroll inside their box)"
@@ -240,25 +261,18 @@ def test_admin_starts_a_rollout_from_the_page_and_devices_move(stack, browser):
     _login(drv, hub.url, ADMIN)
     drv.get(hub.url + "/ui#/rollouts")
     _wait(drv, lambda d: d.find_element("id", "start-form"), what="start form")
-    Select(drv.find_element("id", "ro-model")).select_by_value("cancer-risk:2.0.0")
-    cohort = drv.find_element("id", "ro-cohort")
-    cohort.clear()
-    cohort.send_keys(f"id in ({ids}-0000,{ids}-0001,{ids}-0002)")
+    _do(lambda: Select(drv.find_element("id", "ro-model")).select_by_value("cancer-risk:2.0.0"))
+    _type(drv, "ro-cohort", f"id in ({ids}-0000,{ids}-0001,{ids}-0002)")
     _wait(drv, lambda d: d.find_element("id", "cohort-preview").text.startswith("3 devices match"), what="preview 3")
     assert f"{ids}-0000, {ids}-0001, {ids}-0002" in drv.find_element("id", "cohort-preview").text
     # an invalid plan is refused with the plan file's message, nothing started
-    stages = drv.find_element("id", "ro-stages")
-    stages.clear()
-    stages.send_keys("50,20")
-    drv.find_element("id", "ro-review-button").click()
+    _type(drv, "ro-stages", "50,20")
+    _do(lambda: drv.find_element("id", "ro-review-button").click())
     _wait(drv, lambda d: "canary percentages must increase" in d.find_element("id", "ro-error").text, what="plan error")
-    stages.clear()
-    stages.send_keys("100")
+    _type(drv, "ro-stages", "100")
     for fid, value in (("ro-duration", "0s"), ("ro-samples", "1"), ("gate-max_unknown_fraction", "1")):
-        box = drv.find_element("id", fid)
-        box.clear()
-        box.send_keys(value)
-    drv.find_element("id", "ro-review-button").click()
+        _type(drv, fid, value)
+    _do(lambda: drv.find_element("id", "ro-review-button").click())
     summary = _wait(drv, lambda d: d.find_element("id", "ro-summary"), what="confirmation").text
     assert "cancer-risk:2.0.0" in summary and "(3 devices now" in summary and "canary-100%: 100 %" in summary
     assert "max_p99_ms 200" in summary
@@ -287,13 +301,12 @@ def test_admin_moves_an_alias_viewer_sees_no_alias_form(stack, browser):
     drv = browser
     _login(drv, hub.url, ADMIN)
     drv.get(hub.url + "/ui#/models")
-    name = _wait(drv, lambda d: d.find_element("id", "alias-name-cancer-risk"), what="alias form")
-    name.clear()
-    name.send_keys("staging")
+    _wait(drv, lambda d: d.find_element("id", "alias-name-cancer-risk"), what="alias form")
+    _type(drv, "alias-name-cancer-risk", "staging")
     from selenium.webdriver.support.ui import Select
 
-    Select(drv.find_element("id", "alias-version-cancer-risk")).select_by_value("2.0.0")
-    drv.find_element("id", "alias-move-cancer-risk").click()
+    _do(lambda: Select(drv.find_element("id", "alias-version-cancer-risk")).select_by_value("2.0.0"))
+    _do(lambda: drv.find_element("id", "alias-move-cancer-risk").click())
     alert = drv.switch_to.alert
     assert "cancer-risk@staging at version 2.0.0 (new alias)" in alert.text
     alert.accept()
@@ -377,16 +390,14 @@ def test_admin_attaches_a_shadow_and_starts_and_stops_a_split(stack, browser):
     _login(drv, hub.url, ADMIN)
     drv.get(hub.url + "/ui#/models")
     _wait(drv, lambda d: d.find_element("id", "shadow-attach-cancer-risk"), what="serving panel")
-    Select(drv.find_element("id", "shadow-version-cancer-risk")).select_by_value("2.0.0")
-    drv.find_element("id", "shadow-attach-cancer-risk").click()
+    _do(lambda: Select(drv.find_element("id", "shadow-version-cancer-risk")).select_by_value("2.0.0"))
+    _do(lambda: drv.find_element("id", "shadow-attach-cancer-risk").click())
     _wait(drv, lambda d: [s["version"] for s in httpx.get(f"{hub.url}/v1/models/cancer-risk/shadows",
                                                            headers=key).json()["shadows"]] == ["2.0.0"],
           what="shadow attached")
     _wait(drv, lambda d: d.find_element("id", "shadow-detach-cancer-risk-2.0.0"), what="detach button")
-    box = drv.find_element("id", "split-fraction-cancer-risk")
-    box.clear()
-    box.send_keys("0.25")
-    drv.find_element("id", "split-put-cancer-risk").click()
+    _type(drv, "split-fraction-cancer-risk", "0.25")
+    _do(lambda: drv.find_element("id", "split-put-cancer-risk").click())
     drv.switch_to.alert.accept()
     _wait(drv, lambda d: httpx.get(f"{hub.url}/v1/models/cancer-risk/split", headers=key).status_code == 200,
           what="split created")
@@ -395,12 +406,12 @@ def test_admin_attaches_a_shadow_and_starts_and_stops_a_split(stack, browser):
                  what="verdict shown")
     assert "25.0 % to @challenger" in text
     _shot(drv, "models-shadow-split")
-    drv.find_element("id", "split-stop-cancer-risk").click()
+    _do(lambda: drv.find_element("id", "split-stop-cancer-risk").click())
     drv.switch_to.alert.accept()
     _wait(drv, lambda d: httpx.get(f"{hub.url}/v1/models/cancer-risk/split", headers=key).status_code == 404,
           what="split removed")
     _wait(drv, lambda d: d.find_element("id", "shadow-detach-cancer-risk-2.0.0"), what="detach button again")
-    drv.find_element("id", "shadow-detach-cancer-risk-2.0.0").click()
+    _do(lambda: drv.find_element("id", "shadow-detach-cancer-risk-2.0.0").click())
     drv.switch_to.alert.accept()
     _wait(drv, lambda d: httpx.get(f"{hub.url}/v1/models/cancer-risk/shadows", headers=key).json()["shadows"] == [],
           what="shadow detached")

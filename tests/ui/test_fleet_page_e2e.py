@@ -16,9 +16,11 @@ from benchmarks.dashboard_devices import seed
 from tests.ui.test_dashboard_e2e import (
     ADMIN,
     VIEWER,
+    _do,
     _login,
     _require_browser,
     _shot,
+    _type,
     _wait,
     browser,  # noqa: F401  (the fixture)
 )
@@ -55,28 +57,30 @@ def test_fleet_page_pages_sorts_and_filters_10000_devices(big_hub, browser):  # 
     _login(drv, hub.url, VIEWER)
     _wait(drv, lambda d: d.find_element("css selector", "#count-devices .n").text == str(N), what="10000 devices")
     _wait(drv, lambda d: _info(d) == f"rows 1–50 of {N}", what="first page")
-    rows = drv.find_elements("css selector", "table[aria-label=Devices] tbody tr")
-    assert len(rows) == 50 and rows[0].text.startswith("dev-00000")
-    assert "problem" in rows[0].get_attribute("class")  # gap, failed install and rejected windows
-    assert "install failed" in rows[0].text
+    def first_rows(d):
+        rows = d.find_elements("css selector", "table[aria-label=Devices] tbody tr")
+        return len(rows), rows[0].text, rows[0].get_attribute("class")
+
+    n, text, cls = _do(lambda: first_rows(drv))
+    assert n == 50 and text.startswith("dev-00000")
+    assert "problem" in cls and "install failed" in text  # gap, failed install and rejected windows
     assert not drv.find_elements("id", "register-form")  # a viewer gets no actions
     _shot(drv, "fleet-10000")
 
-    drv.find_element("id", "page-next").click()
+    _do(lambda: drv.find_element("id", "page-next").click())
     _wait(drv, lambda d: _info(d) == f"rows 51–100 of {N}", what="second page")
-    first = drv.find_element("css selector", "table[aria-label=Devices] tbody tr td a").text
+    first = _do(lambda: drv.find_element("css selector", "table[aria-label=Devices] tbody tr td a").text)
     assert first == "dev-00050"
 
-    box = drv.find_element("id", "filter-selector")
-    box.send_keys("region=eu")
+    _type(drv, "filter-selector", "region=eu")
     _wait(drv, lambda d: _info(d) == f"rows 1–50 of {expect['eu']}", what="tag filter")
     assert drv.switch_to.active_element.get_attribute("id") == "filter-selector"  # typing keeps focus
-    drv.find_element("id", "filter-version").send_keys("cancer-risk:2.0.0")
+    _do(lambda: drv.find_element("id", "filter-version").send_keys("cancer-risk:2.0.0"))
     # region eu is i % 3 == 0, version 2.0.0 is i % 10 == 0: i % 30 == 0
     _wait(drv, lambda d: _info(d) == f"rows 1–50 of {len(range(0, N, 30))}", what="tag + version filter")
-    ids = [a.text for a in drv.find_elements("css selector", "table[aria-label=Devices] tbody tr td a")]
+    ids = _do(lambda: [a.text for a in drv.find_elements("css selector", "table[aria-label=Devices] tbody tr td a")])
     assert ids[:3] == ["dev-00000", "dev-00030", "dev-00060"]
-    drv.find_element("id", "filter-problems").click()
+    _do(lambda: drv.find_element("id", "filter-problems").click())
     _wait(drv, lambda d: "of " in _info(d) and all(
         "problem" in r.get_attribute("class") for r in d.find_elements("css selector", "table[aria-label=Devices] tbody tr")),
         what="needs-attention filter")
@@ -84,13 +88,12 @@ def test_fleet_page_pages_sorts_and_filters_10000_devices(big_hub, browser):  # 
 
     # clear the filters from the keyboard, then sort by last seen, newest first (ascending, then descending)
     for key in ("selector", "version"):
-        drv.find_element("id", f"filter-{key}").clear()
-        drv.find_element("id", f"filter-{key}").send_keys(" ")
-    drv.find_element("id", "filter-problems").click()
+        _type(drv, f"filter-{key}", "")
+    _do(lambda: drv.find_element("id", "filter-problems").click())
     _wait(drv, lambda d: _info(d) == f"rows 1–50 of {N}", what="filters cleared")
-    drv.find_element("id", "sort-last_seen").click()
+    _do(lambda: drv.find_element("id", "sort-last_seen").click())
     _wait(drv, lambda d: d.find_element("css selector", "th[aria-sort=ascending] #sort-last_seen"), what="sort asc")
-    drv.find_element("id", "sort-last_seen").click()
+    _do(lambda: drv.find_element("id", "sort-last_seen").click())
     _wait(drv, lambda d: d.find_element("css selector", "th[aria-sort=descending] #sort-last_seen"), what="sort desc")
     _wait(drv, lambda d: d.find_element("css selector", "table[aria-label=Devices] tbody tr td a").text == "dev-00000",
           what="newest first")
@@ -105,28 +108,25 @@ def test_admin_registers_a_device_and_edits_tags_viewer_cannot(big_hub, browser)
     _login(drv, hub.url, ADMIN)
     form = _wait(drv, lambda d: d.find_element("id", "register-form"), what="register form")
     assert form.get_attribute("aria-label") == "Register a device"
-    drv.find_element("id", "reg-id").send_keys("ui-new-1")
-    drv.find_element("id", "reg-tags").send_keys("region=eu,ring=pilot")
-    drv.find_element("id", "reg-profile").send_keys("rpi4")
-    drv.find_element("id", "reg-submit").click()
+    _do(lambda: drv.find_element("id", "reg-id").send_keys("ui-new-1"))
+    _do(lambda: drv.find_element("id", "reg-tags").send_keys("region=eu,ring=pilot"))
+    _do(lambda: drv.find_element("id", "reg-profile").send_keys("rpi4"))
+    _do(lambda: drv.find_element("id", "reg-submit").click())
     pw = _wait(drv, lambda d: d.find_element("id", "new-password").text, what="one-time password")
     assert len(pw) >= 16
     _shot(drv, "device-registered")
     dev = httpx.get(f"{hub.url}/v1/devices/ui-new-1", headers={"Authorization": f"Bearer {ADMIN}"}).json()
     assert dev["tags"] == {"region": "eu", "ring": "pilot"} and dev["has_credentials"] and "password" not in dev
-    drv.find_element("id", "password-done").click()
+    _do(lambda: drv.find_element("id", "password-done").click())
     _wait(drv, lambda d: not d.find_elements("id", "new-password"), what="password gone")
 
     # bad tags: refused on the page, naming the problem, nothing sent
     drv.get(hub.url + "/ui#/device/ui-new-1")
-    box = _wait(drv, lambda d: d.find_element("id", "edit-tags"), what="tags form")
-    box.clear()
-    box.send_keys("region")
-    drv.find_element("id", "save-tags").click()
+    _wait(drv, lambda d: d.find_element("id", "edit-tags"), what="tags form")
+    _type(drv, "edit-tags", "region")
+    _do(lambda: drv.find_element("id", "save-tags").click())
     _wait(drv, lambda d: "key=value" in d.find_element("id", "edit-tags-error").text, what="tag error")
-    box = drv.find_element("id", "edit-tags")
-    box.clear()
-    box.send_keys("region=us,ring=pilot\n")  # Enter submits: keyboard only
+    _type(drv, "edit-tags", "region=us,ring=pilot\n")  # Enter submits: keyboard only
     _wait(drv, lambda d: httpx.get(f"{hub.url}/v1/devices/ui-new-1", headers={"X-API-Key": ADMIN})
           .json()["tags"] == {"region": "us", "ring": "pilot"}, what="tags saved")
     dev = httpx.get(f"{hub.url}/v1/devices/ui-new-1", headers={"X-API-Key": ADMIN}).json()
