@@ -8,7 +8,8 @@ fail together and share their inputs, so the rollout gates test calls, not rows 
 :mod:`cloud_hub.rollouts.gates`). It also keeps each device's score histogram, so the
 divergence gate can measure how much devices differ from one another. A stored row that
 fails :func:`cloud_hub.fleet.validate.slot_problem` (written before windows were checked at
-ingest) is skipped and counted in ``rejected``, never merged and never raised.
+ingest) is skipped and counted in ``rejected``, never merged and never raised; rows marked
+``validated`` at ingest are not checked again (only for what the merge needs).
 """
 
 from __future__ import annotations
@@ -77,9 +78,14 @@ class SlotAggregate:
 
     def add_row(self, row: Mapping[str, Any]) -> None:
         """Fold one ``fleet_slot_stats`` row (or a SlotStats dict) in; an impossible row is counted
-        in ``rejected`` and skipped."""
+        in ``rejected`` and skipped. A row the ingest validated (``validated`` true) gets only the
+        checks the merge itself needs (sketch alpha, histogram edges): the full check of
+        :func:`~cloud_hub.fleet.validate.slot_problem` already passed before it was stored, and
+        re-running it on every read was most of a controller tick."""
         try:
-            problem = slot_problem(row, hub_edges=False) or self._edges_problem(row)
+            problem = (
+                None if row.get("validated") else slot_problem(row, hub_edges=False)
+            ) or self._merge_problem(row)
         except (AttributeError, TypeError, ValueError) as exc:  # not even the expected types
             problem = f"unreadable row ({type(exc).__name__}: {exc})"
         if problem is not None:
@@ -120,7 +126,10 @@ class SlotAggregate:
         if dev is not None:
             self.devices.add(dev)
 
-    def _edges_problem(self, row: Mapping[str, Any]) -> str | None:
+    def _merge_problem(self, row: Mapping[str, Any]) -> str | None:
+        alpha = (row.get("latency") or {}).get("alpha", self.latency.alpha)
+        if abs(float(alpha) - self.latency.alpha) > 1e-12:
+            return f"latency sketch alpha {alpha!r} differs from the aggregate's {self.latency.alpha} (cannot merge)"
         for name, mine in (("scores", self.scores), ("divergence", self.divergence)):
             theirs = (row.get(name) or {}).get("edges")
             if mine is not None and theirs and list(theirs) != mine.edges:

@@ -202,7 +202,7 @@ class IngestSubscriber:
         backoff = Backoff(0.2, 10.0)
         while True:
             try:
-                self.fleet.write_batch(states, events, windows)
+                self.fleet.write_batch(states, events, windows, validated=True)
                 break
             except Exception:
                 self.stats["db_errors"] += 1

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 from cloud_hub.db import create_tables, metadata, migration
@@ -115,6 +116,9 @@ slot_stats = Table(
     Column("changed_share", Float, nullable=False, default=0.0, server_default="0"),
     Column("divergence", JSON, nullable=False),
     Column("dropped", Integer, nullable=False, default=0),
+    # True when the ingest checked the window (cloud_hub.fleet.validate) before storing it; the
+    # aggregate re-checks only the other rows (stored before the check existed, or written directly)
+    Column("validated", Boolean, nullable=False, default=False, server_default=false()),
     UniqueConstraint("device_id", "seq", "slot", "sha256", name="uq_fleet_slot_stats"),
     Index("ix_fleet_slot_stats_model", "name", "version", "slot", "end"),
     Index("ix_fleet_slot_stats_device", "device_id", "end"),
@@ -140,3 +144,14 @@ def _add_call_counts(conn) -> None:
             kind = col.type.compile(conn.dialect)
             default = f" NOT NULL DEFAULT {col.server_default.arg}" if col.server_default is not None else ""
             conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}{default}")
+
+
+@migration("0005_fleet_validated")
+def _add_validated(conn) -> None:
+    """Rows stored before this column are marked not validated: the aggregate re-checks them."""
+    from sqlalchemy import inspect
+
+    if "validated" in {c["name"] for c in inspect(conn).get_columns(slot_stats.name)}:
+        return
+    default = false().compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE {slot_stats.name} ADD COLUMN validated BOOLEAN NOT NULL DEFAULT {default}")

@@ -151,6 +151,7 @@ def test_ingest_refuses_counts_acknowledges_and_shows_them(make_hub, mosquitto, 
             lambda: hub.fleet.device("dev-7").rejected_windows == 2, 15, what="two windows refused"
         )
         assert hub.fleet.window_count("dev-7") == 1  # only the good one stored
+        assert _validated_flags(hub) == {True}  # checked at ingest: not checked again on read
         assert hub.fleet.ingest.stats["rejected"] >= 2
         # refused for good, so acknowledged: the device does not resend them forever
         wait_for(
@@ -166,3 +167,85 @@ def test_ingest_refuses_counts_acknowledges_and_shows_them(make_hub, mosquitto, 
     finally:
         c.loop_stop()
         c.disconnect()
+
+
+def _validated_flags(hub) -> set[bool]:
+    from sqlalchemy import select
+
+    from cloud_hub.fleet import tables as T
+
+    with hub.engine.connect() as conn:
+        return {bool(v) for v in conn.execute(select(T.slot_stats.c.validated)).scalars()}
+
+
+def test_rows_not_validated_at_ingest_are_still_checked_on_read(make_hub):
+    """Only windows that passed the ingest's check are marked ``validated``; any other stored row
+    (written before the check existed, or by a direct writer) is checked when it is read."""
+    hub = make_hub()
+    good = _real_window(1, "dev-1")
+    bad = _bad(lambda d: _slot(d).update(errors=_slot(d)["requests"] + 5))  # passes the schema
+    bad = bad.model_copy(update={"device_id": "dev-2"})
+    hub.fleet.write_batch(windows=[(good, 1.0)], validated=True)
+    hub.fleet.write_batch(windows=[(bad, 1.0)])  # default: not validated
+    assert _validated_flags(hub) == {True, False}
+    agg = hub.fleet.window_stats(None, name="cancer", slot="active")
+    good_slot = next(s for s in good.slots if s.slot == "active")
+    assert agg.windows == 1 and agg.rejected == 1 and agg.calls == good_slot.calls
+    assert agg.requests == good_slot.requests and "dev-2 window 1: errors=" in agg.rejected_reason
+
+
+def test_a_validated_row_that_cannot_be_merged_is_still_skipped_not_raised():
+    """The merge's own preconditions (sketch alpha, histogram edges) are checked on every row."""
+    good = _slot(_real_window().model_dump(mode="json"))
+    other_alpha = json.loads(json.dumps(good))
+    other_alpha["latency"]["alpha"] = 0.05
+    other_edges = json.loads(json.dumps(good))
+    other_edges["scores"]["edges"] = [i / 10 for i in range(11)]
+    other_edges["scores"]["counts"] = [0] * 10
+    agg = SlotAggregate()
+    for row in (
+        dict(good, device_id="d1", seq=1, validated=True),
+        dict(other_alpha, device_id="d2", seq=1, validated=True),
+        dict(other_edges, device_id="d3", seq=1, validated=True),
+    ):
+        agg.add_row(row)
+    assert agg.windows == 1 and agg.rejected == 2 and agg.calls == good["calls"]
+    assert "d3 window 1: scores histogram edges differ" in agg.rejected_reason
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_rows_stored_before_the_validated_column_are_marked_not_validated(
+    backend, tmp_path, request
+):
+    from sqlalchemy import delete, select, text
+
+    from cloud_hub.db import connect, migrate, schema_migrations
+    from cloud_hub.fleet import tables as T
+
+    url = (
+        f"sqlite:///{tmp_path / 'hub.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("fresh_pg_url")
+    )
+    engine = connect(url)
+    try:
+        migrate(engine)
+        with engine.begin() as conn:  # the schema as it was before the column
+            conn.execute(text("ALTER TABLE fleet_slot_stats DROP COLUMN validated"))
+            conn.execute(
+                delete(schema_migrations).where(schema_migrations.c.id == "0005_fleet_validated")
+            )
+            conn.execute(
+                text(
+                    'INSERT INTO fleet_slot_stats (device_id, seq, start, "end", slot, name, version, '
+                    "sha256, requests, errors, latency, scores, decisions, compared, decision_changed, "
+                    "divergence, dropped) VALUES ('old', 1, 0, 1, 'active', 'm', '1', :sha, 0, 0, "
+                    "'{}', '{}', '{}', 0, 0, '{}', 0)"
+                ),
+                {"sha": "a" * 64},
+            )
+        assert migrate(engine) == ["0005_fleet_validated"]
+        with engine.connect() as conn:
+            assert list(conn.execute(select(T.slot_stats.c.validated)).scalars()) == [False]
+    finally:
+        engine.dispose()
