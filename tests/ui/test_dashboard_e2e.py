@@ -65,7 +65,9 @@ def stack(tmp_path_factory, keypair):
         plan = {"shadow": {"percent": 100, "min_duration": "1h", "min_samples": 10**9, "timeout": "2h"},
                 "stages": [{"percent": 100, "min_duration": "1h"}],
                 # this test is about the page, not the gates: never pause on slow installs here
-                "gates": {"max_unknown_fraction": 1.0}}
+                # (nor roll back on the challenger's different scores once enough telemetry arrived)
+                "gates": {"max_unknown_fraction": 1.0, "max_psi": 1e6, "max_decision_change": 0.999,
+                          "max_error_rate": 0.999, "max_p99_ms": 1e6}}
         ro = hub.rollouts.start("cancer-risk:2.0.0", "", plan)
         yield hub, fleet, ro["id"], f"ui{run}"
     finally:
@@ -385,17 +387,20 @@ def test_admin_attaches_a_shadow_and_starts_and_stops_a_split(stack, browser):
 
     hub, _fleet, _rid, _ids = stack
     key = {"X-API-Key": ADMIN}
-    httpx.put(f"{hub.url}/v1/models/cancer-risk/aliases/challenger", headers=key, json={"version": "2.0.0"})
+    # the rollout test may have made 2.0.0 the champion: shadow and challenger = the other version
+    champ = httpx.get(f"{hub.url}/v1/models/cancer-risk/aliases", headers=key).json()["aliases"]["champion"]
+    other = "1.0.0" if champ == "2.0.0" else "2.0.0"
+    httpx.put(f"{hub.url}/v1/models/cancer-risk/aliases/challenger", headers=key, json={"version": other})
     drv = browser
     _login(drv, hub.url, ADMIN)
     drv.get(hub.url + "/ui#/models")
     _wait(drv, lambda d: d.find_element("id", "shadow-attach-cancer-risk"), what="serving panel")
-    _do(lambda: Select(drv.find_element("id", "shadow-version-cancer-risk")).select_by_value("2.0.0"))
+    _do(lambda: Select(drv.find_element("id", "shadow-version-cancer-risk")).select_by_value(other))
     _do(lambda: drv.find_element("id", "shadow-attach-cancer-risk").click())
     _wait(drv, lambda d: [s["version"] for s in httpx.get(f"{hub.url}/v1/models/cancer-risk/shadows",
-                                                           headers=key).json()["shadows"]] == ["2.0.0"],
+                                                           headers=key).json()["shadows"]] == [other],
           what="shadow attached")
-    _wait(drv, lambda d: d.find_element("id", "shadow-detach-cancer-risk-2.0.0"), what="detach button")
+    _wait(drv, lambda d: d.find_element("id", f"shadow-detach-cancer-risk-{other}"), what="detach button")
     _type(drv, "split-fraction-cancer-risk", "0.25")
     _do(lambda: drv.find_element("id", "split-put-cancer-risk").click())
     drv.switch_to.alert.accept()
@@ -410,8 +415,8 @@ def test_admin_attaches_a_shadow_and_starts_and_stops_a_split(stack, browser):
     drv.switch_to.alert.accept()
     _wait(drv, lambda d: httpx.get(f"{hub.url}/v1/models/cancer-risk/split", headers=key).status_code == 404,
           what="split removed")
-    _wait(drv, lambda d: d.find_element("id", "shadow-detach-cancer-risk-2.0.0"), what="detach button again")
-    _do(lambda: drv.find_element("id", "shadow-detach-cancer-risk-2.0.0").click())
+    _wait(drv, lambda d: d.find_element("id", f"shadow-detach-cancer-risk-{other}"), what="detach button again")
+    _do(lambda: drv.find_element("id", f"shadow-detach-cancer-risk-{other}").click())
     drv.switch_to.alert.accept()
     _wait(drv, lambda d: httpx.get(f"{hub.url}/v1/models/cancer-risk/shadows", headers=key).json()["shadows"] == [],
           what="shadow detached")
