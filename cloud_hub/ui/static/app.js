@@ -748,15 +748,18 @@
     var fn = {fleet: fleetPage, device: function () { return devicePage(r.arg); }, models: modelsPage,
               rollouts: rolloutsPage, rollout: function () { return rolloutPage(r.arg); }, jobs: jobsPage}[r.page] || fleetPage;
     state.busy = true;
+    var seq = state.seq = (state.seq || 0) + 1;  // a slower, older answer must not replace a newer page
     var focused = document.activeElement && document.activeElement.id;
     var caret = focused && document.activeElement.selectionStart;
     return fn().then(function (nodes) {
+      if (seq !== state.seq) return;
       render(nodes);
       if (focused) {
         var e = document.getElementById(focused);
         if (e) { e.focus(); if (caret !== undefined && caret !== null && e.setSelectionRange) { try { e.setSelectionRange(caret, caret); } catch (x) {} } }
       }
     }).catch(function (e) {
+      if (seq !== state.seq) return;
       if (e.status === 401) return showLogin("Your session has ended; log in again.");
       render(h("p", {"class": "err", role: "alert"}, "Error: " + e.message));
     }).then(function () { state.busy = false; });
