@@ -121,3 +121,20 @@ def test_readme_setup_commands_are_what_ci_runs():
         'python3 -m venv .venv && .venv/bin/pip install -e ".[all]" && .venv/bin/cloud-hub demo'
     )
     assert f"    {demo_cmd}\n" in readme
+
+
+def test_readme_is_a_front_page():
+    """The README stays short; its tour blocks are the tested ones of docs/tour.md."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(readme) <= 200, f"README.md has {len(readme)} lines: move detail into docs/"
+    tested = {b.code for b in runnable_blocks(DOCS / "tour.md")}
+    copies = []
+    for i, line in enumerate(readme):
+        if line.strip() == "<!-- runnable: docs/tour.md -->":
+            assert readme[i + 1] == "```bash", f"README.md:{i + 1}: marker without a ```bash block"
+            end = readme.index("```", i + 2)
+            copies.append("\n".join(readme[i + 2 : end]))
+    assert copies, "the README's tour blocks lost their markers"
+    for code in copies:
+        assert code in tested, f"README block not in docs/tour.md's runnable blocks:\n{code}"
+    assert "docs/assets/architecture.svg" in "\n".join(readme)
