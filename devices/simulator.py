@@ -186,7 +186,8 @@ class SimDevice:
             mqtt.update(username=self.id, password=self.password)
         return EdgeSettings(
             device={"id": self.id, "profile": self.profile, "tags": self.tags},
-            mqtt=mqtt, hub={"url": f.hub_url},
+            mqtt=mqtt, hub={"url": f.hub_url, **({} if f.install_jitter_s is None
+                                                 else {"install_jitter_s": f.install_jitter_s})},
             store={"dir": str(self.dir / "store"), "public_keys": [str(k) for k in f.public_keys],
                    "allow_unsigned": f.allow_unsigned, "latency_runs": 10},
             telemetry={"interval_s": f.interval_s, "buffer_max_windows": f.buffer_max_windows},
@@ -296,10 +297,16 @@ class Fleet:
                  share_models: bool = True, id_prefix: str = "sim", passwords: Mapping[str, str] | None = None,
                  buffer_max_windows: int = 10_000, workdir: str | Path | None = None, seed: int = 0,
                  load_threads: int = 1, keepalive_s: int = 10, start_concurrency: int = 8,
-                 shared_network: bool = True) -> None:
+                 shared_network: bool = True, install_jitter_s: float | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         if n < 1:
             raise ValidationError("a fleet needs at least one device", field="n")
-        self.n = n
+        k, shards = shard
+        if not (shards >= 1 and 0 <= k < shards):
+            raise ValidationError(f"shard must be (k, N) with 0 <= k < N (got {shard!r})", field="shard")
+        self.fleet_size = n  # devices of the whole fleet; this process holds those with i % N == k
+        self.shard = (k, shards)
+        self.install_jitter_s = install_jitter_s
         self.hub_url = hub_url
         self.mqtt_url = mqtt_url
         self.prefix = prefix
@@ -335,8 +342,13 @@ class Fleet:
                 t = dict(tags[i % len(tags)])
             else:
                 t = {"region": regions[i % 3], "ring": "canary" if rnd.random() < 0.1 else "main"}
+            if i % shards != k:  # another simulator process holds it (same id, tags and profile)
+                continue
             self.devices.append(SimDevice(self, i, dev_id, t, profiles[i % len(profiles)],
                                           (passwords or {}).get(dev_id)))
+        self.n = len(self.devices)  # devices in this process
+        if self.n == 0:
+            raise ValidationError(f"shard {k} of {shards} of a {n}-device fleet holds no device", field="shard")
         self._by_id = {d.id: d for d in self.devices}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -493,13 +505,13 @@ class Fleet:
                         log.exception("telemetry tick of %s failed", d.id)
 
     def _load(self, k: int) -> None:
-        mine = [d for d in self.devices if d.index % self.load_threads == k]
+        mine = [j for j in range(len(self.devices)) if j % self.load_threads == k]  # positions
         if not mine:
             return
-        rnd = random.Random(self.seed * 31 + k)
+        rnd = random.Random(self.seed * 31 + k + 1000 * self.shard[0])
         period = 1.0 / self.request_rate
         now = time.monotonic()
-        heap = [(now + rnd.random() * period, d.index) for d in mine]
+        heap = [(now + rnd.random() * period, j) for j in mine]
         heapq.heapify(heap)
         rows = self.rows
         while not self._stop.is_set():
@@ -524,3 +536,195 @@ class Fleet:
                 "requests": sum(d.requests for d in self.devices),
                 "errors": sum(d.errors for d in self.devices),
                 "buffered_windows": sum(d.agent.outbox.count("telemetry") for d in self.devices if d.agent)}
+
+    def outbox_seqs(self) -> dict[str, dict[str, Any]]:
+        """Per running device: ``first``/``last`` telemetry seq it produced and the seqs still in its
+        outbox (not yet acknowledged by the hub), read in that order — so a seq in
+        ``[first, last]`` that is not ``pending`` had been acknowledged, i.e. stored at the hub,
+        before this call returned (the window-accounting step of ``benchmarks/rollout.py``)."""
+        import sqlite3
+        from contextlib import closing
+
+        out: dict[str, dict[str, Any]] = {}
+        for d in self.devices:
+            a = d.agent
+            if a is None:
+                continue
+            ob = a.outbox
+            first, last, dropped = ob.first_seq, ob.last_seq, ob.dropped
+            with closing(sqlite3.connect(f"file:{ob.path}?mode=ro", uri=True, timeout=30)) as c:
+                pending = sorted(r[0] for r in c.execute("SELECT seq FROM outbox WHERE kind='telemetry'"))
+            out[d.id] = {"first": first, "last": last, "pending": pending, "dropped": dropped}
+        return out
+
+
+# ---- a fleet split over several processes ------------------------------------------------------------
+def _fleet_process(conn: Any, n: int, shard: tuple[int, int], kw: dict[str, Any], log_level: int) -> None:
+    """Body of one simulator process of a :class:`ProcessFleet`: a sharded :class:`Fleet` driven
+    by ``(method, args, kwargs)`` requests on ``conn``; every answer is ``("ok", value)`` or
+    ``("error", text)``. Ends after ``stop`` or when the parent goes away."""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s sim-{shard[0]} %(name)s %(levelname)s %(message)s")
+    try:
+        fleet = Fleet(n, shard=shard, **kw)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ok", [d.id for d in fleet.devices]))
+    while True:
+        try:
+            method, args, kwargs = conn.recv()
+        except (EOFError, OSError):  # the parent died: stop the devices, do not linger
+            fleet.stop()
+            return
+        try:
+            value = getattr(fleet, method)(*args, **kwargs)
+            conn.send(("ok", None if value is fleet else value))
+        except Exception as exc:  # noqa: BLE001
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        if method == "stop":
+            return
+
+
+class ProcessFleet:
+    """The fleet ``Fleet(n, **kw)`` would simulate, split over ``procs`` processes.
+
+    Process ``k`` runs the devices ``i`` with ``i % procs == k`` (same ids, tags, profiles and
+    seeds as one process would give them), each with its own MQTT network loop, telemetry and
+    load threads and shared-model cache. One Python process is one GIL: a thousand daemons in
+    one process queue every install, self-test, state report and request behind each other,
+    which no real fleet does; several processes use every core the host has.
+
+    ``start``, ``stop``, ``inject``, ``stats`` and ``outbox_seqs`` are those of :class:`Fleet`
+    (answers merged); ``tags`` must be picklable (a list, not a lambda). Each process is
+    stopped through its pipe, and killed by PID if it does not end in time.
+    """
+
+    def __init__(self, n: int, *, procs: int = 2, workdir: str | Path | None = None,
+                 id_prefix: str = "sim", log_level: int = logging.ERROR, **kw: Any) -> None:
+        import multiprocessing as mp
+
+        if n < 1:
+            raise ValidationError("a fleet needs at least one device", field="n")
+        self.n = n
+        self.procs = max(1, min(int(procs), n))
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="edgefleet-sim-"))
+        self.ids = [f"{id_prefix}-{i:04d}" for i in range(n)]
+        self._shard_of = {dev: i % self.procs for i, dev in enumerate(self.ids)}
+        ctx = mp.get_context("spawn")  # a fresh interpreter: no locks or threads inherited from the parent
+        self._procs: list[Any] = []
+        self._conns: list[Any] = []
+        kw = {**kw, "workdir": str(self.workdir), "id_prefix": id_prefix}
+        try:
+            for k in range(self.procs):
+                parent, child = ctx.Pipe()
+                p = ctx.Process(target=_fleet_process, args=(child, n, (k, self.procs), kw, log_level),
+                                name=f"sim-fleet-{k}", daemon=True)
+                p.start()
+                child.close()
+                self._procs.append(p)
+                self._conns.append(parent)
+            for k in range(self.procs):
+                self._answer(k, 120.0)
+        except BaseException:
+            self._kill()
+            raise
+        self.started = False
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def _answer(self, k: int, timeout: float) -> Any:
+        conn = self._conns[k]
+        if not conn.poll(timeout):
+            raise TimeoutError(f"simulator process {k} (pid {self._procs[k].pid}) did not answer in {timeout:g}s")
+        status, value = conn.recv()
+        if status != "ok":
+            raise RuntimeError(f"simulator process {k}: {value}")
+        return value
+
+    def _call_all(self, method: str, *args: Any, timeout: float = 600.0,
+                  per_shard: list[tuple[tuple, dict]] | None = None, **kwargs: Any) -> list[Any]:
+        """Send to every process first (they work in parallel), then collect the answers."""
+        for k, conn in enumerate(self._conns):
+            a, kw = per_shard[k] if per_shard is not None else (args, kwargs)
+            conn.send((method, a, kw))
+        return [self._answer(k, timeout) for k in range(self.procs)]
+
+    # ---- the Fleet interface ------------------------------------------------------------------
+    def start(self, *, wait: bool = True, timeout: float = 60.0) -> ProcessFleet:
+        """Boot every process's devices in parallel (each waits for its own to connect)."""
+        self._call_all("start", timeout=timeout + 600.0,
+                       per_shard=[((), {"wait": wait, "timeout": timeout})] * self.procs)
+        self.started = True
+        return self
+
+    def stop(self) -> None:
+        try:
+            if self._conns:
+                for conn in self._conns:
+                    try:
+                        conn.send(("stop", (), {}))
+                    except (OSError, ValueError):
+                        pass
+                for k in range(len(self._conns)):
+                    try:
+                        self._answer(k, 120.0)
+                    except Exception as exc:  # noqa: BLE001 - the others must still stop
+                        log.warning("stopping simulator process %d: %s", k, exc)
+        finally:
+            self._kill()
+            if self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            self.started = False
+
+    def _kill(self) -> None:
+        for p in self._procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()  # this process's own child, by its PID
+                p.join(timeout=10)
+        for conn in self._conns:
+            conn.close()
+        self._procs, self._conns = [], []
+
+    def __enter__(self) -> ProcessFleet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def inject(self, fault: str, devices: Iterable[str] | float | None = None, **kw: Any) -> list[str]:
+        """:meth:`Fleet.inject` on the whole fleet (counts and fractions: the first devices by index)."""
+        if fault not in FAULTS:
+            raise ValidationError(f"fault must be one of {', '.join(FAULTS)} (got {fault!r})", field="fault")
+        if devices is None:
+            ids = list(self.ids)
+        elif isinstance(devices, float) and 0 < devices <= 1:
+            ids = self.ids[:max(1, round(devices * self.n))]
+        elif isinstance(devices, int):
+            ids = self.ids[:devices]
+        else:
+            ids = [devices] if isinstance(devices, str) else list(devices)
+            unknown = [x for x in ids if x not in self._shard_of]
+            if unknown:
+                raise ValidationError(f"no simulated device {unknown[0]!r}", field="devices")
+        mine: list[list[str]] = [[] for _ in range(self.procs)]
+        for x in ids:
+            mine[self._shard_of[x]].append(x)
+        if devices is None:  # "all" per process (also devices added there later, as Fleet does)
+            self._call_all("inject", fault, None, **kw)
+        else:
+            self._call_all("inject", per_shard=[((fault, m), kw) for m in mine])
+        return ids
+
+    def stats(self) -> dict[str, Any]:
+        parts = self._call_all("stats", timeout=120.0)
+        return {k: sum(p[k] for p in parts) for k in parts[0]}
+
+    def outbox_seqs(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for part in self._call_all("outbox_seqs", timeout=300.0):
+            out.update(part)
+        return out

@@ -48,7 +48,8 @@ class FleetAgent:
                  sample_rate: float = 1.0, shadow_queue: int = 1024, buffer_max_windows: int = 10_000,
                  profile: str = "", tags: Mapping[str, str] | None = None, own_timer: bool = True,
                  resources: bool = True, download_headers: dict[str, str] | None = None,
-                 allow_file_urls: bool = False, ack_timeout_s: float = 10.0) -> None:
+                 allow_file_urls: bool = False, ack_timeout_s: float = 10.0,
+                 install_jitter_s: float = 0.0) -> None:
         self.device_id = device_id
         self.store = store
         self.profile = profile
@@ -63,7 +64,7 @@ class FleetAgent:
         self.reconciler = Reconciler(device_id, store, self.emit, meta_get=self.outbox.get_meta,
                                      meta_set=self.outbox.set_meta, on_change=self._state_changed,
                                      hub_url=hub_url, download_dir=self.data_dir, headers=download_headers,
-                                     allow_file_urls=allow_file_urls)
+                                     allow_file_urls=allow_file_urls, install_jitter_s=install_jitter_s)
         self.link: DeviceLink | None = None
         if mqtt is not None:
             self.link = DeviceLink(mqtt, device_id, self.outbox, prefix=prefix,
@@ -270,7 +271,7 @@ class FleetAgent:
                          key_file=str(m.keyfile) if m.keyfile else None, keepalive=m.keepalive_s)
         kw: dict[str, Any] = dict(
             mqtt=cfg, data_dir=Path(s.store.dir) / "fleet", prefix=m.prefix, hub_url=s.hub.url,
-            allow_file_urls=s.hub.allow_file_urls,
+            allow_file_urls=s.hub.allow_file_urls, install_jitter_s=s.hub.install_jitter_s,
             interval_s=s.telemetry.interval_s, buffer_max_windows=s.telemetry.buffer_max_windows,
             sample_rate=s.shadow.sample_rate, profile=daemon.profile.name, tags=s.device.tags)
         kw.update(overrides)

@@ -47,3 +47,12 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempts = 0
+
+
+def spread_delay(max_s: float, rng: random.Random | None = None) -> float:
+    """A one-off delay drawn uniformly from ``[0, max_s]`` (0 when ``max_s <= 0``): spreads work
+    that a whole fleet is told to do at the same instant (e.g. the reconciler's install jitter,
+    ``[hub] install_jitter_s``) over ``max_s`` seconds instead of every device starting at once."""
+    if max_s <= 0:
+        return 0.0
+    return (rng or random).uniform(0.0, float(max_s))

@@ -10,11 +10,19 @@ Idempotence: the id of the last desired document applied (or refused for a reaso
 a retry cannot fix) is kept in the outbox's meta table, so a replayed or duplicated
 desired document (retained re-delivery on every reconnect, QoS 1 duplicates) applies once.
 Transient failures (download) are retried with backoff.
+
+Install jitter (``[hub] install_jitter_s``): before *downloading* a bundle the reconciler waits a
+random 0…``install_jitter_s`` seconds, so a fleet told at once (a stage of a rollout, a new
+champion) does not download, verify, load and self-test in the same instant. The wait happens
+after the ``received`` event, once per desired document; a newer desired document ends it (the
+old one is then never applied), and a rollback to the previous model (a local slot swap) or a
+shadow removal is never delayed.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 import tempfile
 import threading
@@ -26,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.backoff import Backoff
+from edge_runtime.backoff import Backoff, spread_delay
 from edge_runtime.errors import EdgeError
 from edge_runtime.protocol import DesiredBundle, DesiredState
 
@@ -39,13 +47,18 @@ class TransientError(EdgeError):
     code = "transient"
 
 
+class _Superseded(Exception):
+    """A newer desired document arrived while this one waited (install jitter): drop this one."""
+
+
 class Reconciler:
     def __init__(self, device_id: str, store: Any, emit: Callable[..., None], *,
                  meta_get: Callable[[str, str], str], meta_set: Callable[[str, Any], None],
                  on_change: Callable[[], None] = lambda: None, hub_url: str | None = None,
                  download_dir: str | Path | None = None, download_timeout_s: float = 60.0,
                  retry_min_s: float = 1.0, retry_max_s: float = 60.0,
-                 headers: dict[str, str] | None = None, allow_file_urls: bool = False) -> None:
+                 headers: dict[str, str] | None = None, allow_file_urls: bool = False,
+                 install_jitter_s: float = 0.0, rng: random.Random | None = None) -> None:
         self.device_id = device_id
         self.store = store
         self.emit = emit
@@ -57,6 +70,10 @@ class Reconciler:
         self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
         self.headers = headers or {}
         self.allow_file_urls = allow_file_urls
+        self.install_jitter_s = max(0.0, float(install_jitter_s))
+        self._rng = rng or random.Random()
+        self._jittered_id: str | None = None  # the document whose install already waited its jitter
+        self.last_jitter_s = 0.0
         self._lock = threading.Lock()
         self._pending: DesiredState | None = None
         self._busy = False
@@ -120,6 +137,8 @@ class Reconciler:
             except TransientError as exc:
                 ok = None
                 self.last_error = exc.message
+            except _Superseded:  # a newer document (or stop) ended the install jitter
+                ok = False
             finally:
                 with self._lock:
                     self._busy = False
@@ -184,6 +203,7 @@ class Reconciler:
             self.emit("failed", slot=slot, bundle=_bundle(want), reason=problem, **ctx)
             self.last_error = problem
             return False
+        self._install_jitter(ctx["desired_id"])
         self.emit("downloading", slot=slot, bundle=_bundle(want), **ctx)
         tmp = Path(tempfile.mkdtemp(prefix="edge-dl-", dir=self.download_dir))
         try:
@@ -220,6 +240,22 @@ class Reconciler:
             return True
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _install_jitter(self, desired_id: str) -> None:
+        """Wait 0…install_jitter_s before the first download of a desired document; raise
+        :class:`_Superseded` when a newer document arrives (or the reconciler stops) meanwhile."""
+        if self.install_jitter_s <= 0 or self._jittered_id == desired_id:
+            return
+        self._jittered_id = desired_id
+        delay = self.last_jitter_s = spread_delay(self.install_jitter_s, self._rng)
+        self._wake.clear()
+        with self._lock:
+            newer = self._pending is not None
+        if not newer:
+            self._wake.wait(delay)
+        with self._lock:
+            if self._stopped or self._pending is not None:
+                raise _Superseded()
 
     def url_problem(self, url: str) -> str | None:
         """Why a desired document's bundle URL is refused, or None.

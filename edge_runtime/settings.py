@@ -108,6 +108,11 @@ class HubSection(_Section):
                             "{url}/v1/bundles/{sha256}.")
     allow_file_urls: bool = Field(False, description="Accept file:// bundle URLs in desired documents "
                                   "(a local path; development and air-gapped setups only).")
+    install_jitter_s: Float = Field(1.0, ge=0.0, le=3600.0, description="Before downloading a bundle a "
+                                    "desired document asks for, wait a random 0…this many seconds, so a "
+                                    "fleet told at once does not download and self-test in the same "
+                                    "instant; a newer desired document ends the wait, and a rollback to "
+                                    "the previous model (a local slot swap) is never delayed. 0: no wait.")
 
 
 class StoreSection(_Section):

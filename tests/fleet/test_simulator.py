@@ -38,3 +38,35 @@ def test_faults_reach_the_hub(mosquitto, prefix, make_hub, keypair, cancer_bundl
         assert "fault" in str(ei.value)
     finally:
         fleet.stop()
+
+
+def test_a_fleet_split_over_processes_is_the_same_fleet(mosquitto, prefix, make_hub, keypair, cancer_bundle):
+    """ProcessFleet (issue 14): the devices of Fleet(n) over several processes — same ids and tags,
+    faults reach the right process, stats and outbox seqs merge, every process stops."""
+    from devices.simulator import Fleet, ProcessFleet
+
+    hub = make_hub(mqtt_url="mqtt://127.0.0.1:1883", mqtt_prefix=prefix)
+    hub.fleet.start(session_expiry=0)
+    assert hub.fleet.ingest.wait_connected(10)
+    kw = {"mqtt_url": hub.fleet.mqtt_url, "prefix": prefix, "bundle": cancer_bundle, "public_keys": [keypair[1]],
+          "interval_s": 0.25, "request_rate": 20, "tags": [{"region": "eu"}, {"region": "us"}, {"region": "us"}]}
+    shard = Fleet(5, shard=(1, 2), share_models=False, shared_network=False, **kw)  # not started
+    assert [d.id for d in shard.devices] == ["sim-0001", "sim-0003"]
+    assert [d.tags["region"] for d in shard.devices] == ["us", "eu"]  # as in the unsharded fleet
+    shard.stop()  # (never started: removes its work directory)
+    fleet = ProcessFleet(5, procs=2, **kw)
+    try:
+        assert len(set(fleet.pids)) == 2
+        fleet.start(timeout=60)
+        assert fleet.inject("errors", ["sim-0003"], rate=1.0) == ["sim-0003"]
+        wait_for(lambda: hub.fleet.window_stats(["sim-0003"]).errors >= 5, what="the faulty device's windows")
+        assert hub.fleet.window_stats(["sim-0002"]).errors == 0
+        wait_for(lambda: {d.id for d in hub.fleet.devices() if d.online} >= set(fleet.ids), what="5 online")
+        st = fleet.stats()
+        assert st["devices"] == 5 and st["connected"] == 5 and st["requests"] > 0
+        seqs = fleet.outbox_seqs()
+        assert sorted(seqs) == fleet.ids
+        assert all(s["last"] >= s["first"] for s in seqs.values())
+    finally:
+        fleet.stop()
+    assert fleet.pids == []
