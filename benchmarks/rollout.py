@@ -51,7 +51,7 @@ def _machine() -> dict:
 
 
 # ---- tick benchmark ---------------------------------------------------------------------------
-def bench_tick(n: int, windows: int, ticks: int, legacy: bool = False) -> dict:
+def bench_tick(n: int, windows: int, ticks: int, legacy: bool = False, profile: str | None = None) -> dict:
     from cloud_hub.demo.models import build_bundle
     from cloud_hub.demo.runtime import LocalHub
     from cloud_hub.fleet import tables as FT
@@ -133,10 +133,27 @@ def bench_tick(n: int, windows: int, ticks: int, legacy: bool = False) -> dict:
                 last_seen=time.time() + 3600))
         conn.execute(FT.device_state.update().values(last_seen=time.time() + 3600))
     times = []
-    for _ in range(ticks):
+    prof = None
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+    for i in range(ticks):
         t = time.perf_counter()
+        if prof is not None and i == ticks - 1:  # the last tick only (steady: nothing new to fold in)
+            prof.enable()
         out = svc.tick_one(r["id"], now=time.time())
+        if prof is not None and i == ticks - 1:
+            prof.disable()
         times.append(time.perf_counter() - t)
+    if prof is not None:
+        import io
+        import pstats
+
+        prof.dump_stats(profile)
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(35)
+        print(buf.getvalue(), file=sys.stderr)
     st = svc.status(r["id"])
     h.close()
     return {"devices": n, "stage_devices": len(members), "windows_per_device": windows,
@@ -207,7 +224,7 @@ def _rollback_breakdown(db: Path, rid: str, t_fail: float) -> dict:
     fan, apply_, report, total = [], [], [], []
     for d in devs:
         got = first.get((d, "received"))
-        done = first.get((d, "active")) or first.get((d, "rolled_back"))
+        done = first.get((d, "rolled_back")) or first.get((d, "active"))
         if got:
             fan.append(got[0] - t_fail)
         if got and done:
@@ -216,44 +233,75 @@ def _rollback_breakdown(db: Path, rid: str, t_fail: float) -> dict:
             report.append(done[1] - done[0])
             total.append(done[1] - t_fail)
     return {"devices_with_events": len(devs),
+            "devices_rolled_back": sum(1 for d in devs if (d, "rolled_back") in first),
+            "devices_downloading": sum(1 for d in devs if (d, "downloading") in first),
             "desired_written_s": round(max(desired_at) - t_fail, 2) if desired_at else None,
             "fan_out_s": _pct(fan), "apply_s": _pct(apply_), "report_s": _pct(report),
             "gate_failure_to_event_stored_s": _pct(total),
             "steps": sorted({s for _, s in first})}
 
 
-def _count_windows(db: Path, fleet) -> dict:
-    """Every seq a device produced is stored at the hub or still in the device's outbox."""
+def _count_windows(db: Path, seqs: dict[str, dict]) -> dict:
+    """Every seq a device produced is stored at the hub or still in the device's outbox.
+
+    ``seqs`` (``Fleet.outbox_seqs``) is read *before* the hub's table: a seq in a device's
+    ``[first, last]`` that was not in its outbox then had been acknowledged, i.e. committed at the
+    hub, so it must be in the table read after; one missing from both is lost."""
     import sqlite3
 
     stored: dict[str, set[int]] = {}
     with sqlite3.connect(db, timeout=30) as c:
         for dev, seq in c.execute("SELECT device_id, seq FROM fleet_windows"):
             stored.setdefault(dev, set()).add(seq)
-    lost = produced = unsent = gaps_dev = 0
-    for d in fleet.devices:
-        ob = d.agent.outbox
-        first, last = ob.first_seq, ob.last_seq
-        with sqlite3.connect(fleet.workdir / d.id / "store" / "fleet" / "outbox.sqlite", timeout=30) as c:
-            pending = {r[0] for r in c.execute("SELECT seq FROM outbox WHERE kind='telemetry'")}
-        have = stored.get(d.id, set())
-        missing = [s for s in range(first, last + 1) if s not in have and s not in pending]
-        produced += last - first + 1
+    lost = produced = unsent = gaps_dev = dropped = 0
+    examples: dict[str, list[int]] = {}
+    for dev, s in seqs.items():
+        first, last, pending = s["first"], s["last"], set(s["pending"])
+        have = stored.get(dev, set())
+        missing = [q for q in range(first, last + 1) if q not in have and q not in pending]
+        produced += max(0, last - first + 1)
         unsent += len(pending)
         lost += len(missing)
-        gaps_dev += bool(missing)
-    return {"windows_produced": produced, "stored_at_hub": sum(len(v) for v in stored.values()),
-            "still_in_outboxes": unsent, "lost": lost, "devices_with_lost_windows": gaps_dev}
+        dropped += s.get("dropped", 0)
+        if missing:
+            gaps_dev += 1
+            if len(examples) < 5:
+                examples[dev] = missing[:10]
+    return {"devices_counted": len(seqs), "windows_produced": produced,
+            "stored_at_hub": sum(len(stored.get(d, ())) for d in seqs), "still_in_outboxes": unsent,
+            "lost": lost, "devices_with_lost_windows": gaps_dev, "dropped_by_full_outboxes": dropped,
+            **({"lost_examples": examples} if examples else {})}
+
+
+def _versions(http) -> dict[str, str | None]:
+    """device id → version of its active bundle, as the hub sees it (its stored state documents)."""
+    out = {}
+    for d in http.get("/v1/devices").json()["devices"]:
+        act = [b for b in (d.get("bundles") or []) if b.get("slot", "active") == "active"]
+        out[d["id"]] = act[0].get("version") if act else None
+    return out
+
+
+def _stage_times(ev: list[dict], t0: float) -> list[dict]:
+    marks = sorted((e["ts"], e["message"].split(":")[0]) for e in ev if e["kind"] in ("advanced", "completed"))
+    out, prev = [], t0
+    for ts, what in marks:
+        out.append({"stage": what, "s": round(ts - prev, 1)})
+        prev = ts
+    return out
 
 
 def bench_live(n: int, mqtt_url: str | None, stage_s: float, own_mosquitto: bool = False,
-               stages: tuple[float, ...] = (1, 5, 25, 50, 100)) -> dict:
+               stages: tuple[float, ...] = (1, 5, 25, 50, 100), *, procs: int = 1, request_rate: float = 0.5,
+               batch: int = 8, interval_s: float = 2.0, install_jitter_s: float | None = None,
+               shadow_percent: float | None = None, min_latency_samples: int = 100,
+               max_error_rate: float = 0.2, rollback_from_all: bool = True, poll_s: float = 0.5) -> dict:
     import httpx
     import psutil
 
     from cloud_hub.demo.models import build_bundle
     from cloud_hub.demo.runtime import free_port, wait_for
-    from devices.simulator import Fleet
+    from devices.simulator import Fleet, ProcessFleet
     from edge_runtime.signing import generate_keypair
 
     work = Path(tempfile.mkdtemp(prefix="bench-live-"))
@@ -271,7 +319,7 @@ def bench_live(n: int, mqtt_url: str | None, stage_s: float, own_mosquitto: bool
     line = proc.stdout.readline()
     _, hub_pub, broker = line.split()
     url = f"http://127.0.0.1:{port}"
-    http = httpx.Client(base_url=url, timeout=60)
+    http = httpx.Client(base_url=url, timeout=120)
     for k in ("champion", "challenger", "bad"):
         import io
         import tarfile
@@ -284,20 +332,37 @@ def bench_live(n: int, mqtt_url: str | None, stage_s: float, own_mosquitto: bool
                       params={"alias": "champion"} if k == "champion" else None)
         r.raise_for_status()
     ps = psutil.Process(proc.pid)
-    samples: list[tuple[float, float, int]] = []
+    samples: list[tuple[float, float, int, float, float]] = []  # ts, hub cpu, hub rss, sim cpu, load1
+    sims: list = []
     stop = threading.Event()
 
     def sampler():
         ps.cpu_percent()
         while not stop.wait(1.0):
-            samples.append((time.time(), ps.cpu_percent(), ps.memory_info().rss))
+            try:
+                sim = sum(p.cpu_percent() for p in sims)
+                samples.append((time.time(), ps.cpu_percent(), ps.memory_info().rss, sim, os.getloadavg()[0]))
+            except psutil.Error:
+                pass
 
+    kw = dict(hub_url=url, mqtt_url=broker, prefix=prefix, bundle=b["champion"], public_keys=[pub, hub_pub],
+              interval_s=interval_s, request_rate=request_rate, batch=batch, profiles=("tiny-arm",),
+              start_concurrency=16, install_jitter_s=install_jitter_s)
+    fleet = ProcessFleet(n, procs=procs, **kw) if procs > 1 else Fleet(n, **kw)
+    sims.extend(psutil.Process(p) for p in (fleet.pids if procs > 1 else [os.getpid()]))
+    for p in sims:
+        p.cpu_percent()
     threading.Thread(target=sampler, daemon=True).start()
-    fleet = Fleet(n, hub_url=url, mqtt_url=broker, prefix=prefix, bundle=b["champion"],
-                  public_keys=[pub, hub_pub], interval_s=2.0, request_rate=0.5, batch=8,
-                  profiles=("tiny-arm",), start_concurrency=16)
-    out: dict = {"devices": n, "broker": "private mosquitto (persistence, max_queued_messages 200000)"
-                 if broker_proc else (mqtt_url or "embedded amqtt"), "load_avg_start": list(os.getloadavg())}
+    out: dict = {"devices": n, "simulator_processes": procs,
+                 "broker": "private mosquitto (persistence, max_queued_messages 200000)"
+                 if broker_proc else (mqtt_url or "embedded amqtt"), "load_avg_start": list(os.getloadavg()),
+                 "traffic": {"calls_per_s_per_device": request_rate, "rows_per_call": batch,
+                             "window_s": interval_s, "install_jitter_s": install_jitter_s}}
+    phase: dict[str, float] = {}
+
+    def mark(name: str) -> None:
+        phase[name] = time.time()
+
     try:
         t = time.time()
         fleet.start(timeout=600)
@@ -307,67 +372,88 @@ def bench_live(n: int, mqtt_url: str | None, stage_s: float, own_mosquitto: bool
         # a loaded hub may lag behind the boot: start once its ingest has caught up
         wait_for(lambda: http.get("/v1/fleet/ingest").json().get("backlog", 0) == 0, 600, 1, what="ingest caught up")
         out["boot_and_ingest_caught_up_s"] = round(time.time() - t, 1)
-        plan = {"stages": list(stages), "defaults": {"min_duration": f"{stage_s}s", "min_samples": 100,
-                                                           "timeout": "600s"},
-                # sequential gates sized for a time-compressed run: the bad model (30 % errors) must
-                # roll back, the good one advance, each within a stage of a few hundred calls
-                "gates": {"silent_after_s": 300, "install_timeout_s": 300, "max_unknown_fraction": 0.05,
-                          "max_error_rate": 0.2, "min_latency_samples": 100,
-                          # on a saturated machine a few self-tests miss the profile's latency budget
-                          "max_failed_fraction": 0.05}}
+        mark("booted")
+        gates = {"silent_after_s": 300, "install_timeout_s": 300, "max_unknown_fraction": 0.05,
+                 "max_error_rate": max_error_rate, "min_latency_samples": min_latency_samples,
+                 # on a saturated machine a few self-tests miss the profile's latency budget
+                 "max_failed_fraction": 0.05}
+        plan: dict = {"stages": list(stages), "defaults": {"min_duration": f"{stage_s}s", "min_samples": 100,
+                                                           "timeout": "900s"}, "gates": gates}
+        if shadow_percent:
+            plan["shadow"] = {"percent": shadow_percent}
+        out["plan"] = plan
         champ_ver = "1.0.0"
         if stages:  # rollout 1: the good candidate through every stage (skipped with --stages none)
             t0 = time.time()
             rid = http.post("/v1/rollouts", json={"model": "cancer-risk:2.0.0", "plan": plan}).json()["id"]
             st = wait_for(lambda: (lambda s: s["status"] != "running" and s)(http.get(f"/v1/rollouts/{rid}").json()),
-                          1800, 1, what="rollout 1")
+                          3600, 1, what="rollout 1")
             ev = http.get(f"/v1/rollouts/{rid}/events").json()["events"]
+            out["stages"] = _stage_times(ev, t0)
             if st["status"] != "completed":
                 raise RuntimeError(f"rollout 1 ended {st['status']}: {st.get('reason')}; events: "
                                    + "; ".join(f"{e['kind']}: {e['message'][:200]}" for e in ev[-8:]))
             last_adv = max(e["ts"] for e in ev if e["kind"] in ("advanced", "completed"))
-            wait_for(lambda: all((d.get("bundles") or [{}])[0].get("version") == "2.0.0"
-                                 for d in http.get("/v1/devices").json()["devices"]), 600, 1, what="all on 2.0.0")
             out["rollout_status"] = st["status"]
+            out["start_to_completed_s"] = round(last_adv - t0, 1)
+            try:  # the plan tolerates max_failed_fraction: name the devices that did not converge
+                wait_for(lambda: all(v == "2.0.0" for v in _versions(http).values()), 300, 1, what="all on 2.0.0")
+            except TimeoutError:
+                out["not_on_candidate"] = {d: v for d, v in _versions(http).items() if v != "2.0.0"}
             out["start_to_100pct_verified_s"] = round(time.time() - t0, 1)
-            marks = [(e["ts"], e["message"].split(":")[0]) for e in ev if e["kind"] in ("advanced", "completed")]
-            prev = t0
-            out["stages"] = []
-            for ts, what in sorted(marks):
-                out["stages"].append({"stage": what, "s": round(ts - prev, 1)})
-                prev = ts
             out["stage_min_duration_s"] = stage_s
             out["last_stage_start_to_all_verified_s"] = round(time.time() - last_adv, 1)
             champ_ver = "2.0.0"
+            mark("rollout_1_done")
         bad = http.get("/v1/models/cancer-risk:3.0.0").json()
-        fleet.inject("errors", rate=0.3, sha256=bad.get("digest") or bad.get("sha256"))
-        plan2 = {**plan, "stages": [100]}
+        bad_sha = bad.get("digest") or bad.get("sha256")
+        # the bad model: one 100 % stage. With rollback_from_all, every device installs it before
+        # the injected errors start (the stage cannot pass meanwhile: its minimum duration is an
+        # hour), so the rollback moves the whole fleet — the worst case, not the devices that
+        # happened to have installed it when the error gate fired.
+        stage2 = {"percent": 100, "min_duration": "1h", "timeout": "2h"} if rollback_from_all else 100
+        plan2 = {**{k: v for k, v in plan.items() if k != "shadow"}, "stages": [stage2]}
+        if not rollback_from_all:
+            fleet.inject("errors", rate=0.3, sha256=bad_sha)
+        t_bad = time.time()
         rid2 = http.post("/v1/rollouts", json={"model": "cancer-risk:3.0.0", "plan": plan2}).json()["id"]
+        if rollback_from_all:
+            wait_for(lambda: http.get(f"/v1/rollouts/{rid2}").json()["status"] != "running"
+                     or all(v == "3.0.0" for v in _versions(http).values()), 900, 1, what="all on the bad model")
+            out["bad_model_installed_everywhere_s"] = round(time.time() - t_bad, 1)
+            fleet.inject("errors", rate=0.3, sha256=bad_sha)
         st2 = wait_for(lambda: (lambda s: s["status"] not in ("running",) and s)(
-            http.get(f"/v1/rollouts/{rid2}").json()), 1800, 1, what="rollout 2")
+            http.get(f"/v1/rollouts/{rid2}").json()), 1800, 0.2, what="rollout 2")
         ev2 = http.get(f"/v1/rollouts/{rid2}/events").json()["events"]
         t_fail = next((e["ts"] for e in ev2 if e["kind"] == "rollback"), None)
         if t_fail is None:
             raise RuntimeError(f"the bad model's rollout ended {st2['status']}: {st2.get('reason')}; events: "
                                + "; ".join(f"{e['kind']}: {e['message'][:300]}" for e in ev2[-6:]))
-        wait_for(lambda: all((d.get("bundles") or [{}])[0].get("version") == champ_ver
-                             for d in http.get("/v1/devices").json()["devices"]), 600, 1, what="all back")
+        on_bad = sum(v == "3.0.0" for v in _versions(http).values())
+        wait_for(lambda: all(v == champ_ver for v in _versions(http).values()), 600, poll_s, what="all back")
         out["bad_status"] = st2["status"]
         out["bad_reason"] = st2["reason"]
+        out["devices_on_bad_model_when_seen"] = on_bad
         out["gate_failure_to_all_on_champion_s"] = round(time.time() - t_fail, 1)
+        out["all_on_champion_poll_s"] = poll_s
+        mark("rolled_back")
+        time.sleep(3)  # the last state reports and events reach the hub's tables
         out["rollback_breakdown"] = _rollback_breakdown(work / "hub" / "hub.db", rid2, t_fail)
         out["rollback_events"] = [{"ts": round(e["ts"] - t_fail, 2), "kind": e["kind"], "message": e["message"][:160]}
                                   for e in ev2 if e["ts"] >= t_fail - 1]
         # let the outboxes drain, then account for every window
         t_drain = time.time()
-        wait_for(lambda: sum(d.agent.outbox.count("telemetry") for d in fleet.devices) <= 2 * n, 120, 1,
-                 what="outboxes drained")
+        wait_for(lambda: fleet.stats()["buffered_windows"] <= 2 * n, 300, 2, what="outboxes drained")
         out["drain_s"] = round(time.time() - t_drain, 1)
-        out["windows"] = _count_windows(work / "hub" / "hub.db", fleet)
+        out["windows"] = _count_windows(work / "hub" / "hub.db", fleet.outbox_seqs())
         out["load_avg_end"] = list(os.getloadavg())
     except Exception as exc:  # report what was measured up to the failure
         out["error"] = f"{type(exc).__name__}: {exc}"[:3000]
         out["load_avg_at_error"] = list(os.getloadavg())
+        try:
+            out["windows_at_error"] = _count_windows(work / "hub" / "hub.db", fleet.outbox_seqs())
+        except Exception as exc2:  # noqa: BLE001
+            out["windows_at_error"] = f"not counted: {type(exc2).__name__}: {exc2}"[:300]
     finally:
         stop.set()
         fleet.stop()
@@ -376,9 +462,22 @@ def bench_live(n: int, mqtt_url: str | None, stage_s: float, own_mosquitto: bool
         if broker_proc is not None:
             broker_proc.stop()
     if samples:
-        out["hub_cpu_percent"] = {"mean": round(sum(s[1] for s in samples) / len(samples), 1),
-                                  "max": round(max(s[1] for s in samples), 1)}
-        out["hub_rss_mb"] = {"max": round(max(s[2] for s in samples) / 2**20, 1)}
+        def summary(rows: list) -> dict:
+            return {"hub_cpu_percent": {"mean": round(sum(s[1] for s in rows) / len(rows), 1),
+                                        "max": round(max(s[1] for s in rows), 1)},
+                    "hub_rss_mb_max": round(max(s[2] for s in rows) / 2**20, 1),
+                    "simulator_cpu_percent": {"mean": round(sum(s[3] for s in rows) / len(rows), 1),
+                                              "max": round(max(s[3] for s in rows), 1)},
+                    "load1": {"min": round(min(s[4] for s in rows), 1), "max": round(max(s[4] for s in rows), 1)}}
+
+        out["resources"] = summary(samples)
+        out["hub_rss_mb"] = {"max": out["resources"]["hub_rss_mb_max"]}
+        bounds = [("boot", 0.0, phase.get("booted")), ("rollout_1", phase.get("booted"), phase.get("rollout_1_done")),
+                  ("bad_model_and_rollback", phase.get("rollout_1_done", phase.get("booted")),
+                   phase.get("rolled_back"))]
+        out["resources_by_phase"] = {name: summary(rows) for name, lo, hi in bounds
+                                     if lo is not None and hi is not None
+                                     and (rows := [s for s in samples if lo <= s[0] <= hi])}
     return out
 
 
@@ -391,6 +490,8 @@ def main() -> int:
     t.add_argument("--ticks", type=int, default=5)
     t.add_argument("--legacy", action="store_true",
                    help="store the windows as not validated at ingest (rows from before the check)")
+    t.add_argument("--profile", metavar="FILE",
+                   help="cProfile the last tick into FILE (pstats) and print its top functions on stderr")
     lv = sub.add_parser("live")
     lv.add_argument("--devices", type=int, default=1000)
     lv.add_argument("--mqtt-url")
@@ -398,6 +499,21 @@ def main() -> int:
     lv.add_argument("--stages", default="1,5,25,50,100",
                     help="canary percentages of the first rollout; 'none': only the bad model's rollback")
     lv.add_argument("--stage-seconds", type=float, default=5.0)
+    lv.add_argument("--procs", type=int, default=0,
+                    help="simulator processes (devices i %% N in process i); 0: one per 250 devices")
+    lv.add_argument("--request-rate", type=float, default=0.5, help="predict calls per second per device")
+    lv.add_argument("--batch", type=int, default=8, help="rows per predict call")
+    lv.add_argument("--interval", type=float, default=2.0, help="seconds per telemetry window")
+    lv.add_argument("--install-jitter", type=float, default=None,
+                    help="the devices' [hub] install_jitter_s (default: the daemon's)")
+    lv.add_argument("--shadow", type=float, default=None, metavar="PERCENT",
+                    help="start rollout 1 with a shadow stage on this share of the fleet")
+    lv.add_argument("--min-latency-samples", type=int, default=100)
+    lv.add_argument("--max-error-rate", type=float, default=0.2)
+    lv.add_argument("--rollback-when-first-seen", action="store_true",
+                    help="inject the bad model's errors from the start (the gate fires while most devices "
+                         "are still installing it) instead of once every device runs it")
+    lv.add_argument("--poll", type=float, default=0.5, help="seconds between the all-back-on-champion polls")
     hb = sub.add_parser("hub")
     for a in ("--data-dir", "--port", "--prefix", "--trusted", "--mqtt-url"):
         hb.add_argument(a)
@@ -408,9 +524,14 @@ def main() -> int:
     if args.cmd == "hub":
         args.port = int(args.port)
         return hub_main(args)
-    res = bench_tick(args.devices, args.windows, args.ticks, args.legacy) if args.cmd == "tick" else \
+    res = bench_tick(args.devices, args.windows, args.ticks, args.legacy, args.profile) if args.cmd == "tick" else \
         bench_live(args.devices, args.mqtt_url, args.stage_seconds, args.own_mosquitto,
-                   () if args.stages == "none" else tuple(float(x) for x in args.stages.split(",")))
+                   () if args.stages == "none" else tuple(float(x) for x in args.stages.split(",")),
+                   procs=args.procs or max(1, -(-args.devices // 250)), request_rate=args.request_rate,
+                   batch=args.batch, interval_s=args.interval, install_jitter_s=args.install_jitter,
+                   shadow_percent=args.shadow, min_latency_samples=args.min_latency_samples,
+                   max_error_rate=args.max_error_rate, rollback_from_all=not args.rollback_when_first_seen,
+                   poll_s=args.poll)
     print(json.dumps({"machine": _machine(), "command": " ".join(sys.argv), "result": res}, indent=2))
     return 0
 

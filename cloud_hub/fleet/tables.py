@@ -34,6 +34,9 @@ devices = Table(
     Column("credentials_hash", Text, nullable=True),
     Column("registered", Boolean, nullable=False, default=True),
     Column("created_at", Float, nullable=False),
+    # change marker, set by a database trigger on every insert/update (migration 0005_fleet_rev)
+    Column("rev", BigInteger, nullable=False, default=0, server_default="0"),
+    Index("ix_fleet_devices_rev", "rev"),
 )
 
 device_state = Table(
@@ -49,6 +52,8 @@ device_state = Table(
     # windows refused at ingest (cloud_hub.fleet.validate): counted, the last reason kept
     Column("rejected_windows", Integer, nullable=False, default=0, server_default="0"),
     Column("rejected_reason", Text, nullable=True),
+    Column("rev", BigInteger, nullable=False, default=0, server_default="0"),  # see fleet_devices.rev
+    Index("ix_fleet_device_state_rev", "rev"),
 )
 
 desired = Table(
@@ -58,6 +63,8 @@ desired = Table(
     Column("rollout_id", String(128), nullable=True),
     Column("doc", JSON, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("rev", BigInteger, nullable=False, default=0, server_default="0"),  # see fleet_devices.rev
+    Index("ix_fleet_desired_rev", "rev"),
 )
 
 events = Table(
@@ -155,3 +162,92 @@ def _add_validated(conn) -> None:
         return
     default = false().compile(dialect=conn.dialect)
     conn.exec_driver_sql(f"ALTER TABLE {slot_stats.name} ADD COLUMN validated BOOLEAN NOT NULL DEFAULT {default}")
+
+
+# ---- change markers (the rollout controller's cached device index, issue 14) -------------------
+# Every insert/update of fleet_devices, fleet_device_state and fleet_desired gets a ``rev`` from a
+# database trigger, whoever writes (this hub, another replica, an older version, plain SQL); a
+# delete leaves a tombstone. A reader that remembers a *mark* re-reads only the devices whose rows
+# changed since (cloud_hub.fleet.devindex):
+# * SQLite (one writer at a time): rev = a counter bumped per row; mark = counter + 1.
+# * PostgreSQL: rev = the writing transaction's id (txid_current()); mark = the xmin of the
+#   reader's snapshot taken *before* it reads, i.e. every transaction with a smaller id had
+#   finished — a transaction still open then has an id >= mark and is read again next time.
+rev_counter = Table(
+    "fleet_rev", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("rev", BigInteger, nullable=False),
+)
+
+device_gone = Table(
+    "fleet_device_gone", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(128), nullable=False),
+    Column("rev", BigInteger, nullable=False),
+    Index("ix_fleet_device_gone_rev", "rev"),
+)
+
+# (table, its device id column) whose changes the triggers record
+REV_TABLES = (("fleet_devices", "id"), ("fleet_device_state", "device_id"), ("fleet_desired", "device_id"))
+
+
+def rev_trigger_names() -> list[str]:
+    return [f"{t}_rev_{op}" for t, _ in REV_TABLES for op in ("ins", "upd", "del", "mov")]
+
+
+def _sqlite_rev_triggers(conn) -> None:
+    conn.exec_driver_sql("INSERT INTO fleet_rev (id, rev) SELECT 1, 0 WHERE NOT EXISTS (SELECT 1 FROM fleet_rev)")
+    bump = "UPDATE fleet_rev SET rev = rev + 1 WHERE id = 1;"
+    for table, col in REV_TABLES:
+        stamp = f"UPDATE {table} SET rev = (SELECT rev FROM fleet_rev WHERE id = 1) WHERE rowid = NEW.rowid;"
+        gone = f"INSERT INTO fleet_device_gone (device_id, rev) SELECT OLD.{col}, rev FROM fleet_rev WHERE id = 1;"
+        for op, when, body in (
+            ("ins", "AFTER INSERT", bump + stamp),
+            # WHEN: the stamp's own update (rev changes) does not stamp again
+            ("upd", "AFTER UPDATE", bump + stamp),
+            ("del", "AFTER DELETE", bump + gone),
+            # a row whose device id changes: the old id is gone
+            ("mov", "AFTER UPDATE", bump + gone),
+        ):
+            cond = {"upd": " WHEN NEW.rev IS OLD.rev", "mov": f" WHEN NEW.{col} IS NOT OLD.{col}"}.get(op, "")
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {table}_rev_{op}")
+            conn.exec_driver_sql(f"CREATE TRIGGER {table}_rev_{op} {when} ON {table} FOR EACH ROW{cond} "
+                                 f"BEGIN {body} END")
+
+
+def _pg_rev_triggers(conn) -> None:
+    conn.exec_driver_sql("CREATE OR REPLACE FUNCTION fleet_rev_stamp() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                         "BEGIN NEW.rev := txid_current(); RETURN NEW; END $$")
+    for table, col in REV_TABLES:
+        fn = f"{table}_rev_gone"
+        conn.exec_driver_sql(f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                             f"BEGIN INSERT INTO fleet_device_gone (device_id, rev) "
+                             f"VALUES (OLD.{col}, txid_current()); RETURN NULL; END $$")
+        for op, when, func in (("ins", "BEFORE INSERT", "fleet_rev_stamp"),
+                               ("upd", "BEFORE UPDATE", "fleet_rev_stamp"),
+                               ("del", "AFTER DELETE", fn),
+                               ("mov", "AFTER UPDATE", fn)):
+            cond = f" WHEN (OLD.{col} IS DISTINCT FROM NEW.{col})" if op == "mov" else ""
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {table}_rev_{op} ON {table}")
+            conn.exec_driver_sql(f"CREATE TRIGGER {table}_rev_{op} {when} ON {table} FOR EACH ROW{cond} "
+                                 f"EXECUTE PROCEDURE {func}()")
+
+
+@migration("0005_fleet_rev")
+def _add_revs(conn) -> None:
+    """Change markers for the controller's device index: a ``rev`` column (+ index) on the three
+    device tables, the counter and tombstone tables, and the triggers that keep them."""
+    from sqlalchemy import inspect
+
+    rev_counter.create(conn, checkfirst=True)
+    device_gone.create(conn, checkfirst=True)
+    for table in (devices, device_state, desired):
+        insp = inspect(conn)
+        if "rev" not in {c["name"] for c in insp.get_columns(table.name)}:
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN rev BIGINT NOT NULL DEFAULT 0")
+        if f"ix_{table.name}_rev" not in {i["name"] for i in insp.get_indexes(table.name)}:
+            conn.exec_driver_sql(f"CREATE INDEX ix_{table.name}_rev ON {table.name} (rev)")
+    if conn.dialect.name == "sqlite":
+        _sqlite_rev_triggers(conn)
+    elif conn.dialect.name == "postgresql":
+        _pg_rev_triggers(conn)

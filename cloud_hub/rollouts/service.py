@@ -21,13 +21,14 @@ a hub killed between two of them resumes from the database.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 import threading
 import time
 from typing import Any, Iterable
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Text, bindparam, cast, select
 
 from cloud_hub.rollouts import tables as T
 from cloud_hub.rollouts.cohort import Selector, parse_selector, stage_members
@@ -377,7 +378,7 @@ class RolloutService:
         stage = plan.stages[idx]
         gates = plan.gates
         selector: Selector = parse_selector(row.cohort)
-        records = self.fleet.devices()
+        records = self.fleet.cached_devices()  # only devices changed since the last tick are re-read
         by_id = {r.id: r for r in records}
         cohort = [r.id for r in records if selector.match_record(r)]
         members = self._members(row.id)
@@ -508,13 +509,22 @@ class RolloutService:
             cached = (ids, SlotAggregate(), 0)
         members, agg, last_id = cached
         t = FT.slot_stats
-        q = select(t).where(and_(t.c.name == row.model_name, t.c.version == version, t.c.slot == slot,
-                                 t.c.end >= float(since), t.c.id > last_id)).order_by(t.c.id)
+        # the JSON columns as text, decoded only for the rows of these devices (the other side's
+        # rows of the same version — e.g. stage vs champion devices — are skipped undecoded)
+        plain = [c for c in t.c if c.name not in _SLOT_JSON]
+        cols = plain + [cast(t.c[n], Text).label(n) for n in _SLOT_JSON]
+        q = select(*cols).where(and_(t.c.name == row.model_name, t.c.version == version, t.c.slot == slot,
+                                     t.c.end >= float(since), t.c.id > last_id)).order_by(t.c.id)
+        names = [c.name for c in plain] + list(_SLOT_JSON)
+        i_id, i_dev, n_plain = names.index("id"), names.index("device_id"), len(plain)
         with self.engine.connect() as conn:
             for r in conn.execute(q):
-                last_id = r.id
-                if r.device_id in members:
-                    agg.add_row(r._mapping)
+                last_id = r[i_id]
+                if r[i_dev] in members:
+                    d = dict(zip(names[:n_plain], r[:n_plain]))
+                    for n, raw in zip(_SLOT_JSON, r[n_plain:]):
+                        d[n] = _loads(raw)
+                    agg.add_row(d)
         self._agg_cache = {k: v for k, v in self._agg_cache.items() if k[0] != row.id or k[1:3] == key[1:3]}
         self._agg_cache[key] = (members, agg, last_id)
         return agg
@@ -650,6 +660,26 @@ class RolloutService:
     def _event(conn: Any, rid: str, kind: str, stage: str | None, message: str, data: Any = None) -> None:
         conn.execute(T.rollout_events.insert().values(rollout_id=rid, ts=time.time(), kind=kind, stage=stage,
                                                       message=message, data=_jsonable(data)))
+
+
+_SLOT_JSON = ("latency", "scores", "decisions", "divergence")  # fleet_slot_stats' JSON columns
+
+
+def _loads(raw: Any) -> Any:
+    """A JSON column read as text (SQLite) or already decoded (PostgreSQL's driver): orjson, and the
+    standard parser for what orjson refuses (NaN, huge integers), so the values are json.loads'."""
+    if raw is None or not isinstance(raw, (str, bytes)):
+        return raw
+    try:
+        return _orjson_loads(raw)
+    except ValueError:  # orjson.JSONDecodeError
+        return json.loads(raw)
+
+
+try:
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - orjson is a hub dependency
+    _orjson_loads = json.loads
 
 
 def _agg_dict(a: Aggregate) -> dict[str, Any]:
