@@ -7,6 +7,7 @@ Parts (each against the Mosquitto on 127.0.0.1:1883, unique topic prefix per run
            every --interval s and serving --rate requests/s; the hub ingest runs in a separate
            process (its CPU measured with psutil). Checks that every window produced arrived.
   ceiling  the hub ingest alone, fed pre-built windows as fast as 8 publishers can: windows/s.
+  write    the ingest's write path alone in this process (no broker): windows per CPU-second.
   offline  one device offline for --offline-s seconds with a time-compressed window interval,
            then reconnected: every buffered window delivered? how long did the replay take?
   shadow   active-path p50/p99 of single-row predictions with and without a shadow model
@@ -264,6 +265,82 @@ def part_ceiling(args, tmp: Path) -> dict:
             "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
+def part_write(args, tmp: Path) -> dict:
+    """The hub's ingest write path alone, in this process (no broker): ``IngestSubscriber._write``
+    fed the ceiling part's windows (1,000 devices) in batches of ``--write-batch`` messages —
+    parse, validate, one transaction per batch, acks built (handed to a stub MQTT client). Windows
+    per CPU-second of this process; ``--profile FILE`` writes a cProfile of all batches."""
+    from cloud_hub.fleet.ingest import IngestSubscriber
+    from cloud_hub.hub import Hub
+    from cloud_hub.settings import HubSettings
+    from edge_runtime.protocol import SlotStats, TelemetryWindow
+    from edge_runtime.sketch import Histogram, Sketch
+
+    hub = Hub(HubSettings(data_dir=tmp / "hub-write", database_url=args.db_url or None))
+    import sqlalchemy
+
+    with hub.engine.begin() as c:  # a database shared between runs (PostgreSQL): start empty
+        for t in ("fleet_windows", "fleet_slot_stats", "fleet_device_state"):
+            c.execute(sqlalchemy.text(f"DELETE FROM {t}"))
+    hub.fleet.mqtt_url = "mqtt://127.0.0.1:9"  # never connected: the stub below replaces the client
+    sub = IngestSubscriber(hub.fleet)
+
+    class _Stub:
+        published = acked = 0
+
+        def publish(self, *_a, **_k):
+            _Stub.published += 1
+
+        def ack(self, *_a, **_k):
+            _Stub.acked += 1
+
+    sub.client = _Stub()
+    sk = Sketch()
+    sk.extend(np.random.default_rng(0).lognormal(-7, 0.4, 500).tolist())
+    h = Histogram.unit(20)
+    for v in np.random.default_rng(1).random(500):
+        h.add(float(v))
+    slot = SlotStats(slot="active", name="cancer", version="1.0.0", sha256="a" * 64, requests=500, calls=100,
+                     latency=sk.to_dict(), scores=h.to_dict(), decisions={"0": 300, "1": 200})
+    n_dev, per_dev = 1000, max(1, args.ceiling_windows // 1000)
+    prefix = hub.fleet.prefix
+    msgs = []
+    for seq in range(1, per_dev + 1):
+        for dev in range(n_dev):
+            w = TelemetryWindow(device_id=f"d{dev:04d}", seq=seq, start=seq * 10.0, end=seq * 10.0 + 10,
+                                slots=[slot])
+            msgs.append((f"{prefix}/devices/d{dev:04d}/telemetry", w.model_dump_json().encode(), len(msgs) + 1, 1,
+                         time.time()))
+    prof = None
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+    t, c = time.perf_counter(), time.process_time()
+    bs = args.write_batch
+    for i in range(0, len(msgs), bs):
+        sub._write(msgs[i:i + bs])
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    if prof is not None:
+        import io
+        import pstats
+
+        prof.disable()
+        prof.dump_stats(args.profile)
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
+        print(buf.getvalue(), file=sys.stderr)
+    with hub.engine.connect() as c2:
+        stored = c2.execute(sqlalchemy.text("SELECT COUNT(*) FROM fleet_windows")).scalar_one()
+    dialect = hub.engine.dialect.name
+    hub.close()
+    return {"database": dialect, "windows": len(msgs), "stored": stored, "batch": bs,
+            "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "windows_per_s": round(len(msgs) / wall, 1),
+            "windows_per_cpu_s": round(len(msgs) / cpu, 1), "acks": _Stub.published, "pubacks": _Stub.acked,
+            "stats": dict(sub.stats), "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
+
+
 def part_fanout(args, tmp: Path) -> dict:
     """The hub's desired-state fan-out (a rollback's first step): N documents written one
     transaction each (``set_desired``) vs all in one (``set_desired_many``), no broker."""
@@ -381,7 +458,7 @@ def part_shadow(args, tmp: Path, b1, b2, pub, x, names) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["all", "fleet", "ceiling", "offline", "shadow", "fanout", "_hub"])
+    p.add_argument("part", choices=["all", "fleet", "ceiling", "write", "offline", "shadow", "fanout", "_hub"])
     p.add_argument("--mqtt", default="mqtt://127.0.0.1:1883")
     p.add_argument("--devices", type=int, default=1000)
     p.add_argument("--interval", type=float, default=10.0)
@@ -396,6 +473,8 @@ def main(argv=None) -> int:
     p.add_argument("--prefix")
     p.add_argument("--db-url", help="hub database (default: SQLite in the run's temp dir)")
     p.add_argument("--data-dir")
+    p.add_argument("--write-batch", type=int, default=200, help="write part: messages per _write batch")
+    p.add_argument("--profile", help="write part: cProfile the batches into this file (pstats)")
     args = p.parse_args(argv)
     if args.part == "_hub":
         return hub_main(args)
@@ -421,6 +500,8 @@ def main(argv=None) -> int:
             result["ceiling"] = part_ceiling(args, tmp)
         elif part == "fanout":
             result["fanout"] = part_fanout(args, tmp)
+        elif part == "write":
+            result["write"] = part_write(args, tmp)
         elif part == "offline":
             result["offline"] = part_offline(args, tmp, b1, pub)
         elif part == "shadow":

@@ -136,9 +136,11 @@ def parse_selector(text: str | None) -> Selector:
 
 
 def stage_members(device_ids: Iterable[str], rollout_id: str, fraction: float,
-                  min_devices: int = 1) -> set[str]:
-    """Devices in a stage of ``fraction``: bucket below it, plus the lowest ``min_devices`` buckets."""
-    ranked = sorted((bucket(d, rollout_id), d) for d in device_ids)
+                  min_devices: int = 1, bucket_of: Any = None) -> set[str]:
+    """Devices in a stage of ``fraction``: bucket below it, plus the lowest ``min_devices`` buckets.
+    ``bucket_of(device_id)``, when given, must return ``bucket(device_id, rollout_id)`` (a memo)."""
+    b_of = bucket_of or (lambda d: bucket(d, rollout_id))
+    ranked = sorted((b_of(d), d) for d in device_ids)
     chosen = {d for b, d in ranked if b < fraction}
     for _, d in ranked[:min_devices]:
         chosen.add(d)

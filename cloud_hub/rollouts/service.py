@@ -58,6 +58,8 @@ class RolloutService:
         self._lock = threading.RLock()
         self.controller = None
         self._agg_cache: dict[tuple, tuple] = {}
+        self._cohort_memo: dict[tuple, dict] = {}
+        self._bucket_memo: dict[str, dict[str, float]] = {}
 
     # ---- collaborators ----------------------------------------------------------------
     @property
@@ -142,7 +144,9 @@ class RolloutService:
 
     # ---- reads --------------------------------------------------------------------------
     def _row(self, rid: str, conn=None) -> Any:
-        q = select(T.rollouts).where(T.rollouts.c.id == rid)
+        # every column but the champion baseline (per-device score histograms: megabytes of JSON
+        # at 100,000 devices), read by _baseline only when a stage needs it
+        q = select(*_ROW_COLS).where(T.rollouts.c.id == rid)
         if conn is not None:
             row = conn.execute(q).first()
         else:
@@ -151,6 +155,10 @@ class RolloutService:
         if row is None:
             raise NotFoundError(f"unknown rollout {rid!r}", field="id")
         return row
+
+    def _baseline(self, rid: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            return c.execute(select(T.rollouts.c.baseline).where(T.rollouts.c.id == rid)).scalar()
 
     def get(self, rid: str) -> dict[str, Any]:
         return self._summary(self._row(rid))
@@ -261,6 +269,9 @@ class RolloutService:
             ids = list(conn.execute(select(T.rollouts.c.id).where(
                 T.rollouts.c.status.in_(("running", "rolling_back", "aborting"))).order_by(T.rollouts.c.created_at))
                 .scalars())
+        live = set(ids)  # forget the memos of rollouts no longer ticked
+        self._cohort_memo = {k: v for k, v in self._cohort_memo.items() if k[0] in live}
+        self._bucket_memo = {k: v for k, v in self._bucket_memo.items() if k in live}
         out = []
         for rid in ids:
             try:
@@ -351,6 +362,35 @@ class RolloutService:
         b = desired.get("bundles") or {}
         return tuple((b.get(s) or {}).get("sha256") for s in ("active", "shadow"))  # type: ignore[return-value]
 
+    def _cohort(self, rid: str, selector: Selector, records: list[Any]) -> list[str]:
+        """Ids of the records the selector matches. A record object seen at the previous tick
+        keeps its answer (the device index replaces a changed device's record, never edits it);
+        any other record is matched again."""
+        key = (rid, str(selector))
+        old = self._cohort_memo.get(key) or {}
+        memo: dict[str, tuple[Any, bool]] = {}
+        out = []
+        for r in records:
+            hit = old.get(r.id)
+            ok = hit[1] if hit is not None and hit[0] is r else selector.match_record(r)
+            memo[r.id] = (r, ok)
+            if ok:
+                out.append(r.id)
+        self._cohort_memo = {k: v for k, v in self._cohort_memo.items() if k[0] != rid}
+        self._cohort_memo[key] = memo
+        return out
+
+    def _buckets(self, rid: str):
+        """``bucket(device, rid)`` remembered per rollout (a hash per device per tick otherwise)."""
+        memo = self._bucket_memo.setdefault(rid, {})
+
+        def bucket_of(device_id: str) -> float:
+            b = memo.get(device_id)
+            if b is None:
+                b = memo[device_id] = bucket(device_id, rid)
+            return b
+        return bucket_of
+
     def _members(self, rid: str) -> dict[str, Any]:
         m = T.rollout_devices
         with self.engine.connect() as conn:
@@ -380,12 +420,12 @@ class RolloutService:
         selector: Selector = parse_selector(row.cohort)
         records = self.fleet.cached_devices()  # only devices changed since the last tick are re-read
         by_id = {r.id: r for r in records}
-        cohort = [r.id for r in records if selector.match_record(r)]
+        cohort = self._cohort(row.id, selector, records)
         members = self._members(row.id)
         rolling_back = row.status in ("rolling_back", "aborting")
         target = "shadow" if stage.kind == "shadow" else "candidate"
         if row.status == "running":
-            want = stage_members(cohort, row.id, stage.fraction, plan.min_devices)
+            want = stage_members(cohort, row.id, stage.fraction, plan.min_devices, bucket_of=self._buckets(row.id))
             changes: list[tuple[str, str]] = []
             for did in want:
                 m = members.get(did)
@@ -470,10 +510,11 @@ class RolloutService:
                     champion = Aggregate.from_fleet(self._window_stats(row, champ_ids, row.champion_version,
                                                                        "active", since))
                     label = "champion devices"
-                if (champion is None or not champion.scores or sum(champion.scores) < stage.min_samples) \
-                        and row.baseline:
-                    champion = Aggregate(**row.baseline)
-                    label = "champion baseline (earlier stage)"
+                if champion is None or not champion.scores or sum(champion.scores) < stage.min_samples:
+                    baseline = self._baseline(row.id)
+                    if baseline:
+                        champion = Aggregate(**baseline)
+                        label = "champion baseline (earlier stage)"
                 elif champion is not None and persist and champion.scores \
                         and sum(champion.scores) >= stage.min_samples:
                     with self.engine.begin() as conn:
@@ -663,6 +704,7 @@ class RolloutService:
 
 
 _SLOT_JSON = ("latency", "scores", "decisions", "divergence")  # fleet_slot_stats' JSON columns
+_ROW_COLS = [c for c in T.rollouts.c if c.name != "baseline"]
 
 
 def _loads(raw: Any) -> Any:
