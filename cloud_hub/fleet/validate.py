@@ -59,6 +59,39 @@ def _count(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
+def _bins_total(bins: Mapping[str, Any], zeros: int) -> int | None:
+    """``zeros`` + the bucket counts when every key converts with ``int`` and every count is a
+    plain int >= 0 (what the per-bucket loop of :func:`sketch_problem` accepts, checked in C-level
+    passes: the loop was most of the ingest's validation), else None (the loop then runs)."""
+    counts = bins.values()
+    if not set(map(type, counts)) <= {int} or (counts and min(counts) < 0):
+        return None
+    try:
+        list(map(int, bins))
+    except (TypeError, ValueError):
+        return None
+    return zeros + sum(counts)
+
+
+def _all_type(values: Any, types: set) -> bool:
+    return set(map(type, values)) <= types
+
+
+def _hist_ok(got: Any, counts: Any, edges: Sequence[float]) -> bool:
+    """The common case of :func:`histogram_problem` in C-level passes: exactly this hub's edges
+    (int/float values, no bool) and plain int counts >= 0. False: the full check runs."""
+    return (
+        isinstance(got, (list, tuple))
+        and isinstance(counts, (list, tuple))
+        and len(got) == len(edges)
+        and len(counts) == len(edges) - 1
+        and _all_type(got, {float, int})
+        and list(got) == list(edges)
+        and _all_type(counts, {int})
+        and min(counts) >= 0
+    )
+
+
 def sketch_problem(data: Mapping[str, Any] | None) -> str | None:
     """Why a serialized latency sketch cannot be merged, or None."""
     if not data:
@@ -72,15 +105,17 @@ def sketch_problem(data: Mapping[str, Any] | None) -> str | None:
     bins = data.get("bins") or {}
     if not isinstance(bins, Mapping):
         return "latency sketch bins must be a mapping"
-    total = zeros
-    for k, c in bins.items():
-        try:
-            int(k)
-        except (TypeError, ValueError):
-            return f"latency sketch bucket key {k!r} is not an integer"
-        if not _count(c):
-            return f"latency sketch bucket {k} count {c!r} must be an integer >= 0"
-        total += c
+    total = _bins_total(bins, zeros)
+    if total is None:  # something is wrong: the loop below names the first bad bucket
+        total = zeros
+        for k, c in bins.items():
+            try:
+                int(k)
+            except (TypeError, ValueError):
+                return f"latency sketch bucket key {k!r} is not an integer"
+            if not _count(c):
+                return f"latency sketch bucket {k} count {c!r} must be an integer >= 0"
+            total += c
     if total != count:
         return f"latency sketch buckets hold {total} samples but count says {count}"
     if not _finite(data.get("sum", 0.0)):
@@ -99,6 +134,8 @@ def histogram_problem(
     if not data:
         return None
     got, counts = data.get("edges"), data.get("counts")
+    if _hist_ok(got, counts, edges):
+        return None
     if (
         not isinstance(got, (list, tuple))
         or len(got) != len(edges)
