@@ -59,6 +59,8 @@ class RolloutService:
         self.controller = None
         self._agg_cache: dict[tuple, tuple] = {}
         self._cohort_memo: dict[tuple, dict] = {}
+        self._in_sync: dict[str, dict[str, tuple]] = {}
+        self._baseline_written: dict[str, tuple] = {}
         self._bucket_memo: dict[str, dict[str, float]] = {}
 
     # ---- collaborators ----------------------------------------------------------------
@@ -272,6 +274,8 @@ class RolloutService:
         live = set(ids)  # forget the memos of rollouts no longer ticked
         self._cohort_memo = {k: v for k, v in self._cohort_memo.items() if k[0] in live}
         self._bucket_memo = {k: v for k, v in self._bucket_memo.items() if k in live}
+        self._in_sync = {k: v for k, v in self._in_sync.items() if k in live}
+        self._baseline_written = {k: v for k, v in self._baseline_written.items() if k in live}
         out = []
         for rid in ids:
             try:
@@ -517,9 +521,18 @@ class RolloutService:
                         label = "champion baseline (earlier stage)"
                 elif champion is not None and persist and champion.scores \
                         and sum(champion.scores) >= stage.min_samples:
-                    with self.engine.begin() as conn:
-                        conn.execute(T.rollouts.update().where(T.rollouts.c.id == row.id)
-                                     .values(baseline=_agg_dict(champion)))
+                    # written again only when the champion's aggregate folded in new rows (or is
+                    # another one) since this process wrote it: the same rows give the same baseline
+                    key = (row.id, row.stage_index, row.stage_started_at, row.champion_version, "active")
+                    fold = self._agg_cache.get(key)
+                    last = self._baseline_written.get(row.id)
+                    if fold is None or last is None or last[0] != key or last[1] is not fold[1] \
+                            or last[2] != fold[2]:
+                        with self.engine.begin() as conn:
+                            conn.execute(T.rollouts.update().where(T.rollouts.c.id == row.id)
+                                         .values(baseline=_agg_dict(champion)))
+                        if fold is not None:
+                            self._baseline_written[row.id] = (key, fold[1], fold[2])
         view = StageView(stage=stage, elapsed_s=max(0.0, now - row.stage_started_at),
                          stage_devices=len(stage_ids), verified=counts["verified"],
                          pending=counts["installing"], failed=counts["failed"], unknown=counts["unknown"],
@@ -600,18 +613,30 @@ class RolloutService:
 
     def _push_desired(self, row: Any, members: dict[str, Any], by_id: dict[str, Any]) -> None:
         m = T.rollout_devices
-        docs: dict[str, DesiredState] = {}
+        docs: dict[str, tuple[DesiredState, tuple]] = {}
         todo: list[tuple[str, DesiredState]] = []
+        # devices found up to date at the previous tick whose record object is still the same (the
+        # device index replaces a record whose rows changed) are up to date now: not checked again
+        old = self._in_sync.get(row.id) or {}
+        in_sync: dict[str, tuple[Any, str]] = {}
         for did, mem in members.items():
-            doc = docs.get(mem.target) or self._desired_for(row, mem.target)
-            docs[mem.target] = doc
+            hit = docs.get(mem.target)
+            if hit is None:
+                doc = self._desired_for(row, mem.target)
+                hit = docs[mem.target] = (doc, (doc.bundles["active"].sha256 if doc.bundles.get("active") else None,
+                                                doc.bundles["shadow"].sha256 if doc.bundles.get("shadow") else None))
+            doc, want = hit
             rec = by_id.get(did)
-            want = (doc.bundles["active"].sha256 if doc.bundles.get("active") else None,
-                    doc.bundles["shadow"].sha256 if doc.bundles.get("shadow") else None)
+            seen = old.get(did)
+            if rec is not None and seen is not None and seen[0] is rec and seen[1] == doc.id:
+                in_sync[did] = seen
+                continue
             current = self._desired_digests(rec.desired if rec else None)
             if rec is not None and current == want and (rec.desired or {}).get("id") == doc.id:
+                in_sync[did] = (rec, doc.id)
                 continue
             todo.append((did, doc))
+        self._in_sync[row.id] = in_sync
         if not todo:
             return
         # one transaction for every document, then one for the members (a transaction per device

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 
 import pytest
@@ -53,8 +54,8 @@ def _mutate(rnd: random.Random, s: dict) -> dict:
         lat["zeros"] = rnd.choice(_ODD)
     elif where == "edge":
         i = rnd.choice([0, len(sc["edges"]) - 1, rnd.randrange(len(sc["edges"]))])
-        e = sc["edges"][i] if isinstance(sc["edges"][i], float) and sc["edges"][i] == sc["edges"][i] else 0.5
-        sc["edges"][i] = rnd.choice([e + 1e-13, e + 1e-9, True, False, int(e) if e == e else 0, str(e), float("nan")])
+        e = sc["edges"][i] if isinstance(sc["edges"][i], float) and math.isfinite(sc["edges"][i]) else 0.5
+        sc["edges"][i] = rnd.choice([e + 1e-13, e + 1e-9, True, False, int(e), str(e), float("nan")])
     elif where == "hcount":
         sc["counts"][rnd.randrange(len(sc["counts"]))] = rnd.choice(_ODD)
     elif where == "hlen":

@@ -86,23 +86,23 @@ def test_gate_results_with_caches_equal_a_cold_hub(tmp_path, keypair, demo_bundl
         rid = svc.start(f"{cand.name}:{cand.version}", "*", plan)["id"]
         seq = 0
         decisions = set()
-        for rnd_i in range(6):
+        for rnd_i in range(7):
             now = time.time()
             row = svc._row(rid)
-            if row.status != "running":
+            if row.status not in ("running", "rolling_back"):
                 break
             members = svc._members(rid)
             stage = [d for d, m in members.items() if m.target == "candidate"]
             # devices change between ticks: installs finish, some go offline or silent, one fails,
             # new windows arrive, a device joins the cohort, tags change
-            changed = rnd.sample(stage, k=max(1, len(stage) // 3))
+            changed = rnd.sample(stage, k=max(1, len(stage) // 3)) if stage else []
             for d in changed:
                 running[d] = cand.digest
             for d in rnd.sample(sorted(running), k=3):
                 online[d] = not online[d]
             report(changed + [d for d in running if not online[d]], now)
             if rnd_i == 2:
-                fleet.write_batch(events=[(DeviceEvent(device_id=stage[0], event_id=f"e-{rid}-fail", step="failed",
+                fleet.write_batch(events=[(DeviceEvent(device_id=(stage or ["dev-00"])[0], event_id=f"e-{rid}-fail", step="failed",
                                                        bundle={"sha256": cand.digest}, rollout_id=rid,
                                                        reason="self-test failed", ts=now), now)])
             if rnd_i == 3:
@@ -112,12 +112,12 @@ def test_gate_results_with_caches_equal_a_cold_hub(tmp_path, keypair, demo_bundl
                 fleet.register_device("dev-01", tags={"region": "apac"})
             if rnd_i == 4:  # plain SQL, as another replica or program: one device silent for long
                 with hub.engine.begin() as conn:
-                    conn.execute(FT.device_state.update().where(FT.device_state.c.device_id == stage[-1])
+                    conn.execute(FT.device_state.update().where(FT.device_state.c.device_id == (stage or ["dev-00"])[-1])
                                  .values(last_seen=now - 3600))
             rows = []
-            for d in running:
+            for d, sha in running.items():
                 seq += 1
-                is_cand = running[d] == cand.digest
+                is_cand = sha == cand.digest
                 rows.append(_window_row(rnd, d, seq, row.stage_started_at + rnd_i,
                                         cand.version if is_cand else champ.version,
                                         cand.digest if is_cand else champ.digest, cand.name,
@@ -130,6 +130,11 @@ def test_gate_results_with_caches_equal_a_cold_hub(tmp_path, keypair, demo_bundl
             if cached["verdict"]:
                 decisions.add(cached["verdict"]["decision"])
             svc.tick_one(rid, now=now)  # the real tick, which also warms the caches for the next round
+            if rnd_i == 3 and svc.get(rid)["status"] == "running":
+                # the next rounds at 100 %: the champion side is the stored baseline
+                svc.advance(rid, "test")
+                assert svc._baseline(rid)
         assert fleet._index.stats["incremental"] >= 3  # the cache was really used
+        assert {"wait", "rollback"} <= decisions  # waiting at 50 %, rolled back at 100 % (baseline side)
     finally:
         hub.close()
