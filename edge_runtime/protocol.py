@@ -25,7 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_PREFIX = "edgefleet/v1"
 SLOTS = ("active", "shadow")
-EVENT_STEPS = ("received", "downloading", "verified", "self_test_passed", "active", "failed",
+# "retrying": a transient error (the hub or the network unreachable during a download) that the
+# device retries with backoff — not a refusal of the bundle, so rollout gates never count it as a
+# failed install (a device stuck retrying becomes "unknown" at the install timeout instead).
+EVENT_STEPS = ("received", "downloading", "retrying", "verified", "self_test_passed", "active", "failed",
                "removed", "rolled_back")
 
 

@@ -162,8 +162,8 @@ class Reconciler:
             want = doc.bundles[slot]
             try:
                 ok = self._apply_slot(slot, want, ctx) and ok
-            except TransientError as exc:
-                self.emit("failed", slot=slot, bundle=_bundle(want), reason=exc.message, **ctx)
+            except TransientError as exc:  # retried with backoff: not a refusal of the bundle
+                self.emit("retrying", slot=slot, bundle=_bundle(want), reason=exc.message, **ctx)
                 raise
         if ok:
             self._meta_set("applied_desired_id", doc.id)

@@ -70,6 +70,7 @@ INSTALL_POINTS = INSTALL_STEPS + ("commit:renamed", "switch:in_transaction", "sw
 log = logging.getLogger("edge_runtime.store")
 
 PAUSE_ENV = "EDGE_STORE_PAUSE_AT"
+LATENCY_ROUNDS = 3  # rounds of latency_runs timed calls before a model is refused as too slow
 _RESERVE_BYTES = 256 * 1024
 PAUSE_FILE_ENV = "EDGE_STORE_PAUSE_FILE"
 
@@ -662,19 +663,28 @@ class ModelStore:
         call = _single_row_call(model)
         if call is None:
             raise StoreError("no golden row or tensor to time a single-row call", field="golden")
-        times = np.empty(self.latency_runs)
-        for i in range(self.latency_runs):
-            t = time.perf_counter()
-            call()
-            times[i] = time.perf_counter() - t
-        report.p50_ms = float(np.percentile(times, 50) * 1e3)
-        report.p99_ms = float(np.percentile(times, 99) * 1e3)
-        report.rss_growth_mb = max(0.0, (_rss() - rss0) / 2**20)
         prof = self.profile
+        # Wall-clock timing: on a busy device a p99 over 200 calls is the 2nd-slowest call, and two
+        # preemptions by other processes would refuse a model that fits its budget. A round over
+        # the budget is therefore measured again (up to LATENCY_ROUNDS): the best round is judged,
+        # so a model that is really too slow fails every round, and the message gives them all.
+        rounds: list[tuple[float, float]] = []
+        for _ in range(LATENCY_ROUNDS):
+            times = np.empty(self.latency_runs)
+            for i in range(self.latency_runs):
+                t = time.perf_counter()
+                call()
+                times[i] = time.perf_counter() - t
+            rounds.append((float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)))
+            if rounds[-1][1] <= prof.latency_budget_ms:
+                break
+        report.p50_ms, report.p99_ms = min(rounds, key=lambda r: r[1])
+        report.rss_growth_mb = max(0.0, (_rss() - rss0) / 2**20)
         if report.p99_ms > prof.latency_budget_ms:
-            raise StoreError(f"single-row p99 {report.p99_ms:.3f} ms over {self.latency_runs} runs "
-                             f"exceeds the {prof.name} latency budget {prof.latency_budget_ms:g} ms",
-                             field="profile.latency_budget_ms")
+            each = ", ".join(f"{p99:.3f}" for _p50, p99 in rounds)
+            raise StoreError(f"single-row p99 {report.p99_ms:.3f} ms (best of {len(rounds)} rounds of "
+                             f"{self.latency_runs} runs: {each} ms) exceeds the {prof.name} latency "
+                             f"budget {prof.latency_budget_ms:g} ms", field="profile.latency_budget_ms")
         if report.rss_growth_mb > prof.memory_budget_mb:
             raise StoreError(f"loading the model grew RSS by {report.rss_growth_mb:.1f} MB, over the "
                              f"{prof.name} memory budget {prof.memory_budget_mb} MB",

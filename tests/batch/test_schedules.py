@@ -160,7 +160,12 @@ def test_schedule_rest_firings_alias_resolved_at_firing(
             assert resumed["paused"] is False
             assert _parse(resumed["next_fire_at"]) > dt.datetime.now(dt.UTC)
 
-            # run now: a job today; the same day's output exists already → a recorded failure
+            # run now: a job today; the same day's output exists already → a recorded failure. The
+            # firings above wrote the outputs of the next two 06:00 (Paris) dates, and "today" in
+            # Paris may be one of them (e.g. 00:19 Paris after a run at 23:19 UTC): start from an
+            # empty output folder so the first run-now never meets a firing's file
+            for p in out_dir.iterdir():
+                p.unlink()
             r = client.post("/v1/schedules/nightly-churn/run")
             assert r.status_code == 202 and r.json()["status"] == "submitted", r.text
             _wait_job(hub, r.json()["job_id"])

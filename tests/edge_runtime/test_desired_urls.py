@@ -63,3 +63,24 @@ def test_setting_reaches_the_agent(tmp_path):
     cfg = tmp_path / "device.toml"
     cfg.write_text('[device]\nid = "d1"\n[hub]\nurl = "http://127.0.0.1:1"\nallow_file_urls = true\n')
     assert load_settings(cfg).hub.allow_file_urls is True
+
+
+def test_unreachable_hub_is_retrying_not_a_failed_install(store, cancer_bundle, tmp_path):
+    """A download that cannot reach the hub (killed, restarting, network down) is retried with
+    backoff and reported as ``retrying``: rollout gates count ``failed`` as the candidate's refusal
+    (it rolled a good candidate back when the hub was SIGKILLed mid-stage)."""
+    import socket
+
+    from edge_runtime.bundle import read_bundle
+    from edge_runtime.reconcile import TransientError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r, events = _reconciler(store, tmp_path, install_jitter_s=0)
+    with pytest.raises(TransientError):
+        r.apply(_doc(f"http://127.0.0.1:{port}/v1/bundles/x", read_bundle(cancer_bundle).digest))
+    steps = [e["step"] for e in events]
+    assert "failed" not in steps and steps[-1] == "retrying", steps
+    assert "refused" in events[-1]["reason"] or "failed" in events[-1]["reason"]
+    assert store.slot("active") is None
