@@ -191,6 +191,19 @@ def slot_problem(s: Mapping[str, Any], *, hub_edges: bool = True) -> str | None:
     return problem
 
 
+class _Fields:
+    """``model.model_dump()`` as :func:`slot_problem` reads it (``.get``), without the deep copy:
+    SlotStats' fields are plain values, dicts and lists, so the values are the same."""
+
+    __slots__ = ("_m",)
+
+    def __init__(self, model: Any) -> None:
+        self._m = model
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self._m, key, default)
+
+
 def window_problem(w: TelemetryWindow) -> str | None:
     """Why a telemetry window is refused, or None."""
     if w.seq < 0:
@@ -203,7 +216,7 @@ def window_problem(w: TelemetryWindow) -> str | None:
     if w.cpu_percent < 0 or w.rss_bytes < 0 or w.dropped_windows < 0:
         return "cpu_percent, rss_bytes and dropped_windows must be >= 0"
     for s in w.slots:
-        problem = slot_problem(s.model_dump())
+        problem = slot_problem(_Fields(s))
         if problem:
             return f"slot {s.slot} {s.name}:{s.version}: {problem}"
     return None

@@ -127,3 +127,24 @@ def test_the_aggregate_merge_equals_sketch_from_dict_and_merge():
     assert out["scores"] == (scores.to_dict() if scores else None)
     assert out["divergence"] == (div.to_dict() if div else None)
     assert out["p99_ms"] == pytest.approx(lat.quantile(0.99) * 1000, abs=1e-4)
+
+
+def test_window_validation_reads_the_model_as_its_dump():
+    """window_problem checks each slot through its attributes instead of a model_dump() copy."""
+    from pydantic import ValidationError
+
+    from edge_runtime.protocol import SlotStats
+
+    rnd = random.Random(5)
+    seen = 0
+    for _ in range(600):
+        s = _slot(rnd)
+        for _ in range(rnd.randint(0, 2)):
+            s = _mutate(rnd, s)
+        try:
+            m = SlotStats.model_validate(s)
+        except ValidationError:
+            continue
+        seen += 1
+        assert V.slot_problem(V._Fields(m)) == V.slot_problem(m.model_dump())
+    assert seen > 300
