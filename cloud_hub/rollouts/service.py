@@ -371,17 +371,22 @@ class RolloutService:
         keeps its answer (the device index replaces a changed device's record, never edits it);
         any other record is matched again."""
         key = (rid, str(selector))
-        old = self._cohort_memo.get(key) or {}
-        memo: dict[str, tuple[Any, bool]] = {}
+        memo = self._cohort_memo.get(key)
+        if memo is None or len(memo) > 2 * len(records) + 1000:  # (ids of deleted devices pile up)
+            self._cohort_memo = {k: v for k, v in self._cohort_memo.items() if k[0] != rid}
+            memo = self._cohort_memo[key] = {}
         out = []
+        # updated in place, only for changed records: a new dict of 100,000 entries per tick was
+        # promoted to the oldest GC generation and made full collections (≈1.5 s) frequent
         for r in records:
-            hit = old.get(r.id)
-            ok = hit[1] if hit is not None and hit[0] is r else selector.match_record(r)
-            memo[r.id] = (r, ok)
+            hit = memo.get(r.id)
+            if hit is not None and hit[0] is r:
+                ok = hit[1]
+            else:
+                ok = selector.match_record(r)
+                memo[r.id] = (r, ok)
             if ok:
                 out.append(r.id)
-        self._cohort_memo = {k: v for k, v in self._cohort_memo.items() if k[0] != rid}
-        self._cohort_memo[key] = memo
         return out
 
     def _buckets(self, rid: str):
@@ -617,8 +622,7 @@ class RolloutService:
         todo: list[tuple[str, DesiredState]] = []
         # devices found up to date at the previous tick whose record object is still the same (the
         # device index replaces a record whose rows changed) are up to date now: not checked again
-        old = self._in_sync.get(row.id) or {}
-        in_sync: dict[str, tuple[Any, str]] = {}
+        in_sync = self._in_sync.setdefault(row.id, {})  # updated in place (see _cohort)
         for did, mem in members.items():
             hit = docs.get(mem.target)
             if hit is None:
@@ -627,16 +631,18 @@ class RolloutService:
                                                 doc.bundles["shadow"].sha256 if doc.bundles.get("shadow") else None))
             doc, want = hit
             rec = by_id.get(did)
-            seen = old.get(did)
+            seen = in_sync.get(did)
             if rec is not None and seen is not None and seen[0] is rec and seen[1] == doc.id:
-                in_sync[did] = seen
                 continue
             current = self._desired_digests(rec.desired if rec else None)
             if rec is not None and current == want and (rec.desired or {}).get("id") == doc.id:
                 in_sync[did] = (rec, doc.id)
                 continue
+            in_sync.pop(did, None)
             todo.append((did, doc))
-        self._in_sync[row.id] = in_sync
+        if len(in_sync) > 2 * len(members) + 1000:
+            for did in [d for d in in_sync if d not in members]:
+                del in_sync[did]
         if not todo:
             return
         # one transaction for every document, then one for the members (a transaction per device
