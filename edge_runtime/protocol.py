@@ -7,9 +7,10 @@ Topic layout, per device ``D`` under a configurable prefix (default
     {prefix}/devices/D/desired    hub→dev  QoS1 retained
     {prefix}/devices/D/events     dev→hub  QoS1
     {prefix}/devices/D/telemetry  dev→hub  QoS1, per-device seq number
-    {prefix}/devices/D/ack        hub→dev  QoS1, what the hub has *stored* (window seq ranges,
+    {prefix}/devices/D/ack        hub→dev  QoS0, what the hub has *stored* (window seq ranges,
                                            event ids): the device deletes only these from its
                                            outbox; a broker's PUBACK proves nothing about the hub
+                                           (a lost ack heals: the device resends, the hub acks again)
 
 Payloads are JSON objects built by the pydantic models below, so device and
 hub agree on every field name.
