@@ -13,6 +13,10 @@ those (``FleetService._records`` on their ids, so a record is built exactly as f
   transaction's id: every transaction below the mark had finished, one still open has an id at or
   above it and is picked up next time).
 
+(On PostgreSQL a transaction left open for long — idle in transaction with an id — holds the
+mark back: every refresh then re-reads all devices changed since it began, up to a full reload
+per call. Slower, never stale.)
+
 So an index never acts on a state older than its last refresh, on one replica or several. When
 the triggers are missing (a database made by ``metadata.create_all``, or they were dropped) it
 does not cache at all: every call is a full load, as before.

@@ -126,9 +126,14 @@ slot_stats = Table(
     # True when the ingest checked the window (cloud_hub.fleet.validate) before storing it; the
     # aggregate re-checks only the other rows (stored before the check existed, or written directly)
     Column("validated", Boolean, nullable=False, default=False, server_default=false()),
+    # PostgreSQL: the writing transaction's id (column default txid_current(), migration
+    # 0005_fleet_xid), so the controller's incremental aggregate also reads rows committed after a
+    # row with a higher id; 0 on SQLite (one writer: ids are in commit order)
+    Column("xid", BigInteger, nullable=False, server_default="0"),
     UniqueConstraint("device_id", "seq", "slot", "sha256", name="uq_fleet_slot_stats"),
     Index("ix_fleet_slot_stats_model", "name", "version", "slot", "end"),
     Index("ix_fleet_slot_stats_device", "device_id", "end"),
+    Index("ix_fleet_slot_stats_xid", "xid"),
 )
 
 ALL = (devices, device_state, desired, events, windows, slot_stats)
@@ -199,7 +204,8 @@ def _sqlite_rev_triggers(conn) -> None:
     conn.exec_driver_sql("INSERT INTO fleet_rev (id, rev) SELECT 1, 0 WHERE NOT EXISTS (SELECT 1 FROM fleet_rev)")
     bump = "UPDATE fleet_rev SET rev = rev + 1 WHERE id = 1;"
     for table, col in REV_TABLES:
-        stamp = f"UPDATE {table} SET rev = (SELECT rev FROM fleet_rev WHERE id = 1) WHERE rowid = NEW.rowid;"
+        stamp = (f"UPDATE {table} SET rev = COALESCE((SELECT rev FROM fleet_rev WHERE id = 1), 0) "
+                 f"WHERE rowid = NEW.rowid;")
         gone = f"INSERT INTO fleet_device_gone (device_id, rev) SELECT OLD.{col}, rev FROM fleet_rev WHERE id = 1;"
         for op, when, body in (
             ("ins", "AFTER INSERT", bump + stamp),
@@ -251,3 +257,18 @@ def _add_revs(conn) -> None:
         _sqlite_rev_triggers(conn)
     elif conn.dialect.name == "postgresql":
         _pg_rev_triggers(conn)
+
+
+@migration("0005_fleet_xid")
+def _add_slot_xid(conn) -> None:
+    """``fleet_slot_stats.xid``: on PostgreSQL defaulting to the inserting transaction's id (rows
+    stored before get 0: committed long ago), on SQLite always 0."""
+    from sqlalchemy import inspect
+
+    insp = inspect(conn)
+    if "xid" not in {c["name"] for c in insp.get_columns(slot_stats.name)}:
+        conn.exec_driver_sql(f"ALTER TABLE {slot_stats.name} ADD COLUMN xid BIGINT NOT NULL DEFAULT 0")
+    if "ix_fleet_slot_stats_xid" not in {i["name"] for i in insp.get_indexes(slot_stats.name)}:
+        conn.exec_driver_sql(f"CREATE INDEX ix_fleet_slot_stats_xid ON {slot_stats.name} (xid)")
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"ALTER TABLE {slot_stats.name} ALTER COLUMN xid SET DEFAULT txid_current()")

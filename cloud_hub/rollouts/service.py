@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, Iterable
 
-from sqlalchemy import Text, bindparam, cast, select
+from sqlalchemy import Text, bindparam, cast, select, text
 
 from cloud_hub.rollouts import tables as T
 from cloud_hub.rollouts.cohort import Selector, parse_selector, stage_members
@@ -60,6 +60,7 @@ class RolloutService:
         self._agg_cache: dict[tuple, tuple] = {}
         self._cohort_memo: dict[tuple, dict] = {}
         self._in_sync: dict[str, dict[str, tuple]] = {}
+        self._stage_memo: dict[str, tuple] = {}
         self._baseline_written: dict[str, tuple] = {}
         self._bucket_memo: dict[str, dict[str, float]] = {}
 
@@ -275,6 +276,7 @@ class RolloutService:
         self._cohort_memo = {k: v for k, v in self._cohort_memo.items() if k[0] in live}
         self._bucket_memo = {k: v for k, v in self._bucket_memo.items() if k in live}
         self._in_sync = {k: v for k, v in self._in_sync.items() if k in live}
+        self._stage_memo = {k: v for k, v in self._stage_memo.items() if k in live}
         self._baseline_written = {k: v for k, v in self._baseline_written.items() if k in live}
         out = []
         for rid in ids:
@@ -389,6 +391,16 @@ class RolloutService:
                 out.append(r.id)
         return out
 
+    def _stage_members(self, rid: str, cohort: list[str], fraction: float, min_devices: int) -> set[str]:
+        """:func:`stage_members`, reused while the cohort (same ids, same order), the fraction and
+        the minimum are those of the previous tick (sorting 100,000 buckets per tick otherwise)."""
+        last = self._stage_memo.get(rid)
+        if last is not None and last[1] == fraction and last[2] == min_devices and last[0] == cohort:
+            return set(last[3])
+        want = stage_members(cohort, rid, fraction, min_devices, bucket_of=self._buckets(rid))
+        self._stage_memo[rid] = (list(cohort), fraction, min_devices, frozenset(want))
+        return want
+
     def _buckets(self, rid: str):
         """``bucket(device, rid)`` remembered per rollout (a hash per device per tick otherwise)."""
         memo = self._bucket_memo.setdefault(rid, {})
@@ -434,7 +446,7 @@ class RolloutService:
         rolling_back = row.status in ("rolling_back", "aborting")
         target = "shadow" if stage.kind == "shadow" else "candidate"
         if row.status == "running":
-            want = stage_members(cohort, row.id, stage.fraction, plan.min_devices, bucket_of=self._buckets(row.id))
+            want = self._stage_members(row.id, cohort, stage.fraction, plan.min_devices)
             changes: list[tuple[str, str]] = []
             for did in want:
                 m = members.get(did)
@@ -532,12 +544,12 @@ class RolloutService:
                     fold = self._agg_cache.get(key)
                     last = self._baseline_written.get(row.id)
                     if fold is None or last is None or last[0] != key or last[1] is not fold[1] \
-                            or last[2] != fold[2]:
+                            or last[2] != fold[5]:
                         with self.engine.begin() as conn:
                             conn.execute(T.rollouts.update().where(T.rollouts.c.id == row.id)
                                          .values(baseline=_agg_dict(champion)))
                         if fold is not None:
-                            self._baseline_written[row.id] = (key, fold[1], fold[2])
+                            self._baseline_written[row.id] = (key, fold[1], fold[5])
         view = StageView(stage=stage, elapsed_s=max(0.0, now - row.stage_started_at),
                          stage_devices=len(stage_ids), verified=counts["verified"],
                          pending=counts["installing"], failed=counts["failed"], unknown=counts["unknown"],
@@ -565,27 +577,45 @@ class RolloutService:
         key = (row.id, row.stage_index, row.stage_started_at, version, slot)
         cached = self._agg_cache.get(key)
         if cached is None or cached[0] != ids:
-            cached = (ids, SlotAggregate(), 0)
-        members, agg, last_id = cached
+            cached = (ids, SlotAggregate(), 0, None, {}, 0)
+        members, agg, last_id, mark, recent, folded = cached
         t = FT.slot_stats
+        # PostgreSQL: row ids come from a sequence, and with several writers (hub replicas, ingest
+        # workers) a row can commit after a row with a higher id was already read. Rows carry the
+        # writing transaction's id (``xid``); every transaction below the snapshot xmin taken before
+        # a read had finished by then, so a late row has xid >= that mark and is read at the next
+        # tick; rows folded since the mark are remembered (``recent``) and not folded twice.
+        pg = self.engine.dialect.name == "postgresql"
+        new_rows = t.c.id > last_id
+        if pg and mark is not None:
+            new_rows = new_rows | (t.c.xid >= mark)
         # the JSON columns as text, decoded only for the rows of these devices (the other side's
         # rows of the same version — e.g. stage vs champion devices — are skipped undecoded)
         plain = [c for c in t.c if c.name not in _SLOT_JSON]
         cols = plain + [cast(t.c[n], Text).label(n) for n in _SLOT_JSON]
         q = select(*cols).where(and_(t.c.name == row.model_name, t.c.version == version, t.c.slot == slot,
-                                     t.c.end >= float(since), t.c.id > last_id)).order_by(t.c.id)
+                                     t.c.end >= float(since), new_rows)).order_by(t.c.id)
         names = [c.name for c in plain] + list(_SLOT_JSON)
-        i_id, i_dev, n_plain = names.index("id"), names.index("device_id"), len(plain)
+        i_id, i_dev, i_xid, n_plain = names.index("id"), names.index("device_id"), names.index("xid"), len(plain)
         with self.engine.connect() as conn:
+            new_mark = int(conn.execute(text("SELECT txid_snapshot_xmin(txid_current_snapshot())")).scalar_one()) \
+                if pg else None
             for r in conn.execute(q):
-                last_id = r[i_id]
+                if r[i_id] in recent:
+                    continue
+                last_id = max(last_id, r[i_id])
                 if r[i_dev] in members:
                     d = dict(zip(names[:n_plain], r[:n_plain]))
                     for n, raw in zip(_SLOT_JSON, r[n_plain:]):
                         d[n] = _loads(raw)
                     agg.add_row(d)
+                    folded += 1
+                    if pg:
+                        recent[r[i_id]] = r[i_xid]
+        if pg:
+            recent = {i: x for i, x in recent.items() if x >= new_mark}
         self._agg_cache = {k: v for k, v in self._agg_cache.items() if k[0] != row.id or k[1:3] == key[1:3]}
-        self._agg_cache[key] = (members, agg, last_id)
+        self._agg_cache[key] = (members, agg, last_id, new_mark, recent, folded)
         return agg
 
     def _assign(self, row: Any, changes: list[tuple[str, str]], idx: int, now: float,

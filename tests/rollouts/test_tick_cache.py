@@ -138,3 +138,45 @@ def test_gate_results_with_caches_equal_a_cold_hub(tmp_path, keypair, demo_bundl
         assert {"wait", "rollback"} <= decisions  # waiting at 50 %, rolled back at 100 % (baseline side)
     finally:
         hub.close()
+
+
+def test_a_window_committed_late_with_a_lower_id_is_folded(tmp_path, keypair, demo_bundles, fresh_pg_url):
+    """PostgreSQL, several writers: a window row whose transaction commits after a row with a higher
+    id was already folded in is still folded in at the next tick (by its transaction id), once."""
+    rnd = random.Random(3)
+    hub = Hub(HubSettings(data_dir=tmp_path / "hub", database_url=fresh_pg_url, dev=True,
+                          trusted_keys=[keypair[1]]))
+    try:
+        champ = hub.registry.push(demo_bundles["champion"], aliases=["champion"])
+        cand = hub.registry.push(demo_bundles["challenger"])
+        for i in range(10):
+            hub.fleet.register_device(f"dev-{i}")
+        hub.fleet.write_batch(states=[(DeviceState(device_id=f"dev-{i}", online=True, bundles=[
+            {"slot": "active", "name": champ.name, "version": "1", "sha256": champ.digest}]), time.time())
+            for i in range(10)])
+        svc = rollout_service(hub)
+        rid = svc.start(f"{cand.name}:{cand.version}", "*", {"stages": [50, 100]})["id"]
+        row = svc._row(rid)
+        stage = sorted(d for d, m in svc._members(rid).items() if m.target == "candidate")
+        rows = [_window_row(rnd, d, seq, row.stage_started_at, cand.version, cand.digest, cand.name, 0.0, 0.0)
+                for seq, d in enumerate(stage * 2)]
+        svc.tick_one(rid)  # the aggregate cache is warm (no rows yet)
+        late = hub.engine.connect()
+        try:
+            tx = late.begin()
+            late.execute(FT.slot_stats.insert(), rows[:1])  # the lower id, committed last
+            with hub.engine.begin() as conn:
+                conn.execute(FT.slot_stats.insert(), rows[1:])
+            first = _view(svc._observe(svc._row(rid), time.time(), persist=False))
+            assert first["candidate"]["calls"] == 20 * (len(rows) - 1)
+            tx.commit()
+        finally:
+            late.close()
+        now = time.time()
+        cached = _view(svc._observe(svc._row(rid), now, persist=False))
+        assert cached["candidate"]["calls"] == 20 * len(rows)
+        assert cached == _scratch(tmp_path / "hub", fresh_pg_url, rid, now)
+        again = _view(svc._observe(svc._row(rid), now, persist=False))  # nothing folded twice
+        assert again == cached
+    finally:
+        hub.close()
