@@ -30,10 +30,25 @@ ROUTERS: list[str] = [
 ]
 
 
+class HubApp(FastAPI):
+    """The hub's FastAPI app; inference calls take :mod:`cloud_hub.api.fastpath` first."""
+
+    fast_path = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        fast = self.fast_path
+        if fast is not None:
+            hit = fast.match(scope)
+            if hit is not None:
+                await fast(scope, receive, send, *hit)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(hub: Hub) -> FastAPI:
-    app = FastAPI(title="edgefleet hub", version="0.1.0",
-                  description="Model registry, online/batch/stream inference, champion/challenger, "
-                              "shadow deployments and canary rollouts to device fleets.")
+    app = HubApp(title="edgefleet hub", version="0.1.0",
+                 description="Model registry, online/batch/stream inference, champion/challenger, "
+                             "shadow deployments and canary rollouts to device fleets.")
     app.state.hub = hub
     for name in ROUTERS:
         app.include_router(importlib.import_module(name).router)
@@ -50,6 +65,9 @@ def create_app(hub: Hub) -> FastAPI:
     from cloud_hub.api.openapi import install as install_openapi
 
     install_openapi(app)  # the error body and the shared status codes on every operation
+    from cloud_hub.api.fastpath import FastPath
+
+    app.fast_path = FastPath(app, hub)  # the inference routes, outermost (same checks, less machinery)
     return app
 
 

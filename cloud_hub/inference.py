@@ -475,12 +475,15 @@ def slice_scores(s: Scores, a: int, b: int) -> Scores:
 class MicroBatcher:
     """Merge concurrent ``submit(x)`` calls for one model into one engine call.
 
-    Adaptive: the worker takes whatever is queued when it wakes; it waits up
-    to ``max_wait`` for more only while the previous batch held more than one
-    request (i.e. there is concurrency to gain from). A batch of one runs
-    inline when the model is fast (engine time EWMA <= ``inline_max_s``); a
-    larger batch, or a slow model, runs in a worker thread so the event loop
-    keeps parsing (and queueing) the next requests meanwhile.
+    Adaptive, without idling: the worker takes whatever is queued when it wakes, then
+    lets the event loop run while each of its turns adds requests (requests the loop has
+    already read reach ``submit`` a turn or two later) — at most ``max_wait`` — and stops
+    at the first two turns that add nothing. Clients that wait for their answer before
+    sending again (most HTTP clients) send nothing more until answered, so a timer wait
+    would only leave the CPU idle. A batch whose estimated engine time (a per-row EWMA)
+    is within ``inline_max_s`` runs inline, on the event loop: for a small model the
+    thread hop costs more than the model; a slower batch runs in a worker thread so the
+    loop keeps parsing (and queueing) the next requests meanwhile.
     """
 
     def __init__(self, model: Model, max_size: int, max_wait: float, size_metric=None, *,
@@ -494,7 +497,7 @@ class MicroBatcher:
         self.queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_n = 1
+        self._row_cost = 0.0  # EWMA of the engine time per row of a batch
         self._running = False
 
     def idle(self) -> bool:
@@ -518,33 +521,33 @@ class MicroBatcher:
             items = [await q.get()]
             rows = len(items[0][0])
             deadline = loop.time() + self.max_wait
+            idle_turns = 0
             while rows < self.max_size:
                 if not q.empty():
                     it = q.get_nowait()
-                elif self._last_n > 1 and self.max_wait > 0:
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        break
-                    try:
-                        it = await asyncio.wait_for(q.get(), left)
-                    except TimeoutError:
-                        break
-                else:
+                    items.append(it)
+                    rows += len(it[0])
+                    idle_turns = 0
+                    continue
+                if idle_turns >= 2 or loop.time() >= deadline:
                     break
-                items.append(it)
-                rows += len(it[0])
-            self._last_n = len(items)
+                idle_turns += 1
+                await asyncio.sleep(0)  # one loop turn: parsed requests join this batch
             xs = [it[0] for it in items]
             self._running = True
             try:
                 if len(xs) == 1 and self._cost <= self.inline_max_s:
                     # a lone request on a small model: no thread hop (it costs more than the model)
                     s, took = _timed_score(self.model, xs[0])
-                else:  # the engine runs while the event loop parses the next requests
-                    x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
-                    s, took = await asyncio.to_thread(_timed_score, self.model, x)
-                if len(xs) == 1:
                     self._cost = took if self._cost == 0.0 else 0.9 * self._cost + 0.1 * took
+                else:
+                    x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
+                    if self._cost <= self.inline_max_s and 0.0 < self._row_cost * rows <= self.inline_max_s:
+                        s, took = _timed_score(self.model, x)  # small batch, fast model: inline
+                    else:  # the engine runs while the event loop parses the next requests
+                        s, took = await asyncio.to_thread(_timed_score, self.model, x)
+                    per_row = took / rows
+                    self._row_cost = per_row if self._row_cost == 0.0 else 0.9 * self._row_cost + 0.1 * per_row
             except BaseException as exc:  # hand the error to every waiter
                 self._running = False
                 for _, fut in items:

@@ -40,28 +40,48 @@ async def get_hub(request: Request) -> Hub:
 HubDep = Annotated[Hub, Depends(get_hub)]
 
 
-async def caller_role(request: Request, hub: HubDep) -> str:
-    s = hub.settings
-    keys = {**{k: "viewer" for k in s.viewer_keys}, **{k: "client" for k in s.client_keys},
-            **{k: "admin" for k in s.admin_keys}}
+_KEYS_CACHE: list = [None, None]  # [(viewer, client, admin) tuples, [(key bytes, role)]]
+
+
+def _keys(s) -> list[tuple[bytes, str]]:
+    """The configured keys with their roles, a later role winning for a key given twice; rebuilt
+    only when the settings' key lists change (compared by value, so never stale)."""
+    spec = (tuple(s.viewer_keys), tuple(s.client_keys), tuple(s.admin_keys))
+    if _KEYS_CACHE[0] != spec:
+        keys = {**{k: "viewer" for k in spec[0]}, **{k: "client" for k in spec[1]},
+                **{k: "admin" for k in spec[2]}}
+        _KEYS_CACHE[:] = [spec, [(k.encode(), role) for k, role in keys.items()]]
+    return _KEYS_CACHE[1]
+
+
+def role_for(s, api_key: str | None, authorization: str | None, cookie_key) -> str:
+    """The caller's role from its ``X-API-Key`` / ``Authorization`` header values (``cookie_key``:
+    a callable giving the dashboard session cookie's key, asked only when neither header is sent)."""
+    keys = _keys(s)
     if not keys:
         return "admin"
-    token = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization")
-    if not token and auth is not None:
-        if not auth.lower().startswith("bearer "):
+    token = api_key
+    if not token and authorization is not None:
+        if not authorization.lower().startswith("bearer "):
             raise AuthError("unsupported Authorization scheme: send 'Authorization: Bearer KEY'")
-        token = auth[7:].strip()
-    if token is None and auth is None:
+        token = authorization[7:].strip()
+    if token is None and authorization is None:
         # the dashboard's session cookie, only when no key header is sent: the CSRF
         # middleware checks the session's token exactly for these requests
-        token = request.cookies.get("edgefleet_key")
+        token = cookie_key()
     if not token:
         raise AuthError("missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
-    for key, role in keys.items():
-        if secrets.compare_digest(key.encode(), token.encode()):
+    given = token.encode()
+    for key, role in keys:
+        if secrets.compare_digest(key, given):
             return role
     raise AuthError("invalid API key")
+
+
+async def caller_role(request: Request, hub: HubDep) -> str:
+    h = request.headers
+    return role_for(hub.settings, h.get("x-api-key"), h.get("authorization"),
+                    lambda: request.cookies.get("edgefleet_key"))
 
 
 def require(role: str):

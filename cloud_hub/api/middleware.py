@@ -11,33 +11,29 @@ and a memory stream per request — measurable on the predict hot path).
   Bundle uploads (``POST /v1/models``) have their own, larger limit;
 * one structured access-log line per request (``HUB_ACCESS_LOG``);
 * ``hub_http_requests`` / ``hub_http_request_duration_seconds`` metrics.
+
+The inference routes usually do not come here: the app answers them first on its fast path
+(:mod:`cloud_hub.api.fastpath`), which does the same four things.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 
 import orjson
-from starlette.requests import Request
 
 from cloud_hub.inference import new_request_id
 from cloud_hub.logs import AccessLog, request_id_var
-from edge_runtime.errors import EdgeError, PayloadTooLarge, error_body
+from edge_runtime.errors import PayloadTooLarge, error_body
 
 _RID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
-
-_FAST = re.compile(r"^/(?:v1/models/([^/]+)/predict|v2/models/([^/]+)(?:/versions/([^/]+))?/infer)$")
 
 
 class HubMiddleware:
     def __init__(self, app, hub) -> None:
         self.app = app
         self.hub = hub
-        self.fast_path = True
-        self._endpoints = None
         s = hub.settings
         self.max_body = int(s.max_body_bytes)
         self.max_upload = int(s.max_upload_bytes)
@@ -92,7 +88,7 @@ class HubMiddleware:
                                                                f"the limit of {limit} bytes",
                                                                "payload_too_large", "body"))
                     return
-                await self._dispatch(scope, receive, send_wrapper)
+                await self.app(scope, receive, send_wrapper)
             else:
                 seen = [0]
 
@@ -105,7 +101,7 @@ class HubMiddleware:
                                                   field="body")
                     return message
 
-                await self._dispatch(scope, counting_receive, send_wrapper)
+                await self.app(scope, counting_receive, send_wrapper)
         finally:
             dt = time.perf_counter() - t0
             self.metrics.observe_http(scope["method"], status_box[0], dt)
@@ -113,41 +109,6 @@ class HubMiddleware:
                 self.access_log.log({"request_id": rid, "method": scope["method"], "path": scope["path"],
                                      "status": status_box[0], "duration_ms": round(dt * 1000, 3)})
             request_id_var.reset(token)
-
-
-    async def _dispatch(self, scope, receive, send) -> None:
-        """Inference calls go straight to their endpoint function (same code, same
-        errors) without the generic router and dependency machinery, which cost
-        more than the model on small requests; everything else goes to the app."""
-        if self.fast_path and scope["method"] == "POST":
-            m = _FAST.match(scope["path"])
-            if m is not None:
-                if self._endpoints is None:
-                    from cloud_hub.api import oip, predict
-
-                    self._endpoints = (predict.predict, oip.infer, oip.infer_version)
-                predict_fn, infer_fn, infer_version_fn = self._endpoints
-                request = Request(scope, receive)
-                try:
-                    if m.group(1) is not None:
-                        scope["path_params"] = {"ref": m.group(1)}
-                        response = await predict_fn(m.group(1), request)
-                    elif m.group(3) is None:
-                        scope["path_params"] = {"name": m.group(2)}
-                        response = await infer_fn(m.group(2), request)
-                    else:
-                        scope["path_params"] = {"name": m.group(2), "version": m.group(3)}
-                        response = await infer_version_fn(m.group(2), m.group(3), request)
-                except EdgeError as exc:
-                    await _reply(send, exc.status_code, exc.to_dict(), close=False)
-                    return
-                except Exception:  # same contract as the app's handler: no stack trace to clients
-                    logging.getLogger("cloud_hub").exception("unhandled error")
-                    await _reply(send, 500, error_body("internal error", "internal_error"), close=False)
-                    return
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 async def _reply(send, status: int, body: dict, close: bool = True) -> None:

@@ -170,18 +170,25 @@ async def infer_version(name: str, version: str, request: Request) -> Response:
 
 
 async def _infer(hub, request: Request, ref: str) -> Response:
+    body, media_type, headers = await infer_bytes(
+        hub, ref, await request.body(), header_len=request.headers.get(HEADER_LEN),
+        request_id=request.scope["state"].get("request_id") or new_request_id())
+    return Response(body, media_type=media_type, headers=headers)
+
+
+async def infer_bytes(hub, ref: str, raw: bytes, *, header_len: str | None, request_id: str,
+                      started: float | None = None) -> tuple[bytes, str, dict[str, str] | None]:
     """decode (tensors) → PredictService (routing, contract, engine, post-processing,
-    observers, metrics: the same as ``/v1``) → encode (tensors)."""
+    observers, metrics: the same as ``/v1``) → encode (tensors). Returns the body, its media type
+    and the extra headers; shared by the routes and the app's fast path."""
     svc = hub.inference
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     try:
-        raw = await request.body()
-        header, binary = _split_body(raw, request.headers.get(HEADER_LEN))
+        header, binary = _split_body(raw, header_len)
         arrays = _decode_inputs(header, binary)
         _mv, model = await svc.pair(ref)  # the model whose inputs the tensors describe
         req = PredictRequest(ref=ref, name=parse_ref(ref).name, rows=[], keys=None, key_field=None,
-                             request_id=request.scope["state"].get("request_id") or new_request_id(),
-                             endpoint="oip", started=started)
+                             request_id=request_id, endpoint="oip", started=started)
         if model.codec is not None:
             req.x, req.decoded = _feature_matrix(model, arrays)
             req.names = model.codec.names
@@ -202,9 +209,9 @@ async def _infer(hub, request: Request, ref: str) -> Response:
         resp["id"] = header["id"]
     js = orjson.dumps(resp)
     if not tail:
-        return Response(js, media_type="application/json")
-    return Response(js + b"".join(tail), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(js))})
+        return js, "application/json", None
+    return (js + b"".join(tail), "application/octet-stream",
+            {"Inference-Header-Content-Length": str(len(js))})
 
 
 def _outputs(result: PredictResult, wanted: set[str] | None) -> dict[str, np.ndarray]:

@@ -37,6 +37,14 @@ async def authorize(request: Request, hub, role: str) -> str:
     return r
 
 
+async def predict_bytes(hub, ref: str, raw: bytes, *, entity_key: str | None, request_id: str) -> bytes:
+    """The route's work after auth, on the raw body: decode → data plane → JSON bytes. Shared by
+    the route below and the app's fast path (:mod:`cloud_hub.api.fastpath`)."""
+    body = load_json(raw)
+    result = await hub.inference.predict_body(ref, body, key_field=entity_key, request_id=request_id)
+    return orjson.dumps(result.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 class ORJSONResponse(Response):
     media_type = "application/json"
 
@@ -79,8 +87,7 @@ async def predict(ref: str, request: Request) -> ORJSONResponse:
     Without ``rows``, the entity key field can be named with ``?entity_key=``."""
     hub = request.app.state.hub
     await authorize(request, hub, "client")  # inline, not Depends: fewer steps on the hot path
-    body = load_json(await request.body())
-    result = await hub.inference.predict_body(
-        ref, body, key_field=request.query_params.get("entity_key"),
-        request_id=request.scope["state"]["request_id"])
-    return ORJSONResponse(result.to_dict())
+    data = await predict_bytes(hub, ref, await request.body(),
+                               entity_key=request.query_params.get("entity_key"),
+                               request_id=request.scope["state"]["request_id"])
+    return Response(data, media_type="application/json")

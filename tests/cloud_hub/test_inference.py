@@ -56,15 +56,32 @@ def test_microbatcher_merges_and_splits(cancer_bundle, cancer_data):
     model = Model.load(cancer_bundle)
     x, _, _ = cancer_data
     batcher = MicroBatcher(model, max_size=64, max_wait=0.005)
+    calls = []
+    real = model.score_array
+
+    def counted(a):
+        calls.append(len(a))
+        return real(a)
+
+    model.score_array = counted
+
+    async def late(i):  # a request parsed a loop turn later still joins the batch
+        await asyncio.sleep(0)
+        return await batcher.submit(x[i:i + 2])
 
     async def go():
-        return await asyncio.gather(*[batcher.submit(x[i:i + 2]) for i in range(0, 40, 2)])
+        first = [batcher.submit(x[i:i + 2]) for i in range(0, 20, 2)]
+        return await asyncio.gather(*first, *[late(i) for i in range(20, 40, 2)])
 
     parts = asyncio.run(go())
-    want = model.score_array(x[:40]).probability
+    want = real(x[:40]).probability
     got = np.concatenate([p.probability for p in parts])
     np.testing.assert_allclose(got, want, atol=1e-12)
-    assert batcher._last_n > 1  # requests were merged
+    assert calls == [40], calls  # 20 requests of 2 rows, one engine call
+    # the batches of a fast model now run inline (no thread hop); answers are the same
+    parts = asyncio.run(go())
+    np.testing.assert_allclose(np.concatenate([p.probability for p in parts]), want, atol=1e-12)
+    assert calls == [40, 40] and 0 < batcher._row_cost * 40 <= batcher.inline_max_s
     batcher.close()
 
 
