@@ -83,7 +83,8 @@ def test_gate_results_with_caches_equal_a_cold_hub(tmp_path, keypair, demo_bundl
         plan = {"stages": [50, 100], "defaults": {"min_duration": "1h", "min_samples": 50, "timeout": "2h"},
                 "gates": {"max_unknown_fraction": 0.5, "max_failed_fraction": 0.3, "silent_after_s": 30,
                           "min_latency_samples": 100}}
-        rid = svc.start(f"{cand.name}:{cand.version}", "*", plan)["id"]
+        # a fixed id: stage membership hashes it, and the path below (wait, advance, rollback) with it
+        rid = svc.start(f"{cand.name}:{cand.version}", "*", plan, rollout_id="ro-tick-cache")["id"]
         seq = 0
         decisions = set()
         for rnd_i in range(7):
