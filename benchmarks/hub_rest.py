@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="worker processes of the hub and the plain minimal endpoint")
     ap.add_argument("--baseline", type=Path,
                     help="also run the hub from this code tree (e.g. git archive OLD | tar -x -C DIR) as 'hub-base'")
+    ap.add_argument("--granian", action="store_true",
+                    help="also run our hub's app under granian (pip install granian) as 'hub-granian'")
     ap.add_argument("--profile", type=float, default=0.0,
                     help="seconds of wrk (c=16) per route under cProfile for the per-stage CPU split (0: off)")
     args = ap.parse_args(argv)
@@ -249,14 +251,26 @@ def main(argv: list[str] | None = None) -> int:
             hub_variants.append(("hub-nobatch", {"HUB_MICROBATCH": "0"}))
         if args.baseline:
             hub_variants.append(("hub-base", {"PYTHONPATH": str(args.baseline.resolve())}))
+        if args.granian:
+            hub_variants.append(("hub-granian", {}))
         for label, extra in hub_variants:
             env = {"HUB_DATA_DIR": str(work / f"{label}-data"), "HUB_TRUSTED_KEYS": json.dumps(
                 [str(work / "keys" / "bench.pub")]), "PYTHONPATH": str(ROOT), "HUB_ADMIN_KEYS": json.dumps([API_KEY]), "HUB_CLIENT_KEYS": json.dumps(["bench-client-key-0123456789"]),
                 **extra}
+            cmd = [py, "-m", "cloud_hub.cli", "serve", "--workers", str(args.workers), "--port"]
+            if label == "hub-granian":
+                # the same app (the workers' factory) under granian; the data dir is prepared first,
+                # as `cloud-hub serve --workers N` does, so the workers do not race to migrate it
+                subprocess.run([py, "-c", "from cloud_hub.hub import Hub\nfrom cloud_hub.commands.serve import "
+                                "load_settings\nHub(load_settings()).close()"],
+                               env={**os.environ, **env}, check=True, capture_output=True, timeout=120)
+                cmd = [py, "-m", "granian", "--interface", "asgi", "--factory", "--loop", "uvloop", "--no-ws",
+                       "--log-level", "warning", "--workers", str(args.workers), "--host", "127.0.0.1",
+                       "cloud_hub.commands.serve:app_factory", "--port"]
             for attempt in range(3):  # a free port can be taken between probe and bind
                 port = free_port()
-                proc = start([py, "-m", "cloud_hub.cli", "serve", "--port", str(port), "--workers", str(args.workers)],
-                             work / f"{label}.log", env, cwd=args.baseline if label == "hub-base" else None)
+                proc = start(cmd + [str(port)], work / f"{label}.log", env,
+                             cwd=args.baseline if label == "hub-base" else None)
                 base = f"http://127.0.0.1:{port}"
                 try:
                     wait_ready(base + "/v2/health/ready", proc)
@@ -339,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         targets.append(t)
         if venv_py.exists():
             port = free_port()
-            t.proc = start([str(venv_py), str(PEERS / "kserve_server.py"), str(model_file), str(port), str(free_port())],
-                           work / "kserve.log")
+            t.proc = start([str(venv_py), str(PEERS / "kserve_server.py"), str(model_file), str(port), str(free_port()),
+                            mname], work / "kserve.log")
             t.log = work / "kserve.log"
             t.url = f"http://127.0.0.1:{port}/v2/models/{mname}/infer"
             t.pgid = t.proc.pid

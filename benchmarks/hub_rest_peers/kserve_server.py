@@ -1,6 +1,6 @@
 """KServe's Python model server with a minimal ONNX Runtime model.
 
-Usage: python kserve_server.py MODEL.onnx PORT
+Usage: python kserve_server.py MODEL.onnx PORT GRPC_PORT [MODEL_NAME]  (name default: cancer)
 """
 
 import sys
@@ -38,6 +38,6 @@ class OnnxModel(Model):
 
 
 if __name__ == "__main__":
-    model = OnnxModel("cancer", sys.argv[1])
+    model = OnnxModel(sys.argv[4] if len(sys.argv) > 4 else "cancer", sys.argv[1])
     ModelServer(http_port=int(sys.argv[2]), grpc_port=int(sys.argv[3]), workers=1, enable_grpc=False,
                 enable_latency_logging=False).start([model])

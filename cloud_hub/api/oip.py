@@ -409,6 +409,17 @@ def _empty() -> ValidationError:
     return ValidationError("rows is empty: send at least one row", field="rows")
 
 
+_OIP_OF_DTYPE: dict[np.dtype, str] = {}
+
+
+def _oip_datatype(dtype: np.dtype) -> str:
+    """The OIP datatype of a contract's numpy dtype (``dtype.name`` is a slow property: cached)."""
+    got = _OIP_OF_DTYPE.get(dtype)
+    if got is None:
+        got = _OIP_OF_DTYPE[dtype] = CONTRACT_TO_OIP.get(dtype.name, dtype.name)
+    return got
+
+
 def _feature_matrix(model, arrays: dict[str, Tensor]) -> tuple[np.ndarray, dict[int, Refusal]]:
     """Feature tensors → (n, k) numeric matrix in contract order and the refusals of values
     the tensors could not hold (type problems). The contract check itself runs in
@@ -422,7 +433,7 @@ def _feature_matrix(model, arrays: dict[str, Tensor]) -> tuple[np.ndarray, dict[
             raise TensorError(f"unknown input(s) {', '.join(extra)} next to {feed}", field=f"inputs.{extra[0]}")
         t = arrays[feed]
         x = t.array
-        want = CONTRACT_TO_OIP.get(codec.dtype.name, codec.dtype.name)
+        want = _oip_datatype(codec.dtype)
         if t.datatype != want:
             raise TensorError(f"input {feed}: datatype {t.datatype} does not match the model's {want}",
                               field=f"inputs.{feed}.datatype")
