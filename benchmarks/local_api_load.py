@@ -10,7 +10,11 @@ daemon's CPU time per request (user + system), which a busy machine disturbs far
 than requests/s.
 
     python benchmarks/local_api_load.py --code /tmp/before --code . [--duration 5]
-        [--connections 1,16] [--rounds 3] [--json out.json]
+        [--connections 1,16] [--rounds 3] [--plain] [--json out.json]
+
+``--plain`` adds, interleaved the same way, the endpoint a device owner writes by hand
+(``benchmarks/local_api_peers/plain_device.py``: the standard library's HTTP server and ONNX
+Runtime, the same body and model, no checks) — the floor the daemon is compared with.
 """
 
 from __future__ import annotations
@@ -34,6 +38,27 @@ _LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '%s'
 """
+
+
+PLAIN = "plain (http.server + ORT)"
+FEATURES = ["mean_radius_z", "mean_texture_z", "mean_perimeter_z", "mean_area_z", "mean_smoothness_z"]
+
+
+def start_plain(model: Path) -> tuple[subprocess.Popen, int]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent / "local_api_peers" / "plain_device.py"),
+         str(model), str(port), *FEATURES],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    if "listening" not in line:
+        proc.kill()
+        raise SystemExit(f"plain endpoint did not start: {line}{proc.stderr.read()}")
+    return proc, port
 
 
 def start(code: Path, cfg: Path) -> tuple[subprocess.Popen, int]:
@@ -113,6 +138,7 @@ def main() -> None:
         "thread spinning between requests inflates the daemon's CPU time)",
     )
     ap.add_argument("--json")
+    ap.add_argument("--plain", action="store_true", help="also run the hand-written endpoint (see above)")
     args = ap.parse_args()
 
     import psutil
@@ -131,33 +157,17 @@ def main() -> None:
         f'[store]\ndir = "{tmp / "store"}"\npublic_key = "{pub}"\n'
         '[local_api]\nhost = "127.0.0.1"\nport = 0\n'
     )
-    row = json.dumps(
-        {
-            "rows": [
-                {
-                    f: 0.1 * i
-                    for i, f in enumerate(
-                        [
-                            "mean_radius_z",
-                            "mean_texture_z",
-                            "mean_perimeter_z",
-                            "mean_area_z",
-                            "mean_smoothness_z",
-                        ]
-                    )
-                }
-            ]
-        }
-    )
+    row = json.dumps({"rows": [{f: 0.1 * i for i, f in enumerate(FEATURES)}]})
     script = tmp / "post.lua"
     script.write_text(_LUA % row)
     conns = [int(c) for c in args.connections.split(",")]
+    targets: list = list(args.code) + ([PLAIN] if args.plain else [])
     results: dict[str, dict[int, list[dict[str, float]]]] = {
-        str(c): {n: [] for n in conns} for c in args.code
+        str(c): {n: [] for n in conns} for c in targets
     }
     for r in range(args.rounds):
-        for code in args.code:
-            proc, port = start(code, cfg)
+        for code in targets:
+            proc, port = start_plain(bundle / "model.onnx") if code == PLAIN else start(code, cfg)
             ps = psutil.Process(proc.pid)
             try:
                 for n in conns:
