@@ -192,12 +192,17 @@ class DeviceLink:
     def publish_state(self) -> None:
         # Keep the last will in step with what runs, so a device that vanishes still shows
         # (offline) which bundles it was running; paho sends it with the next CONNECT.
+        # One state document for both (building it reads the store and the daemon's health).
+        st: DeviceState | None = None
         try:
-            self.client.will_set(self.topic("state"), self._state(False), qos=1, retain=True)
+            st = self._state_fn() if self._state_fn is not None else DeviceState(device_id=self.device_id)
+            self.client.will_set(self.topic("state"), st.model_copy(update={"online": False}).model_dump_json(),
+                                 qos=1, retain=True)
         except Exception:  # a state callback failing must not stop the online report
             log.exception("refreshing the last will failed")
         if self.connected.is_set():
-            self.client.publish(self.topic("state"), self._state(True), qos=1, retain=True)
+            body = st.model_copy(update={"online": True}).model_dump_json() if st is not None else self._state(True)
+            self.client.publish(self.topic("state"), body, qos=1, retain=True)
 
     def publish_event(self, body: dict[str, Any]) -> None:
         self.outbox.add_event(body)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.backoff import Backoff, spread_delay
-from edge_runtime.errors import EdgeError
+from edge_runtime.errors import ConflictError, EdgeError
 from edge_runtime.protocol import DesiredBundle, DesiredState
 
 log = logging.getLogger("edge_runtime.reconcile")
@@ -47,8 +47,9 @@ class TransientError(EdgeError):
     code = "transient"
 
 
-class _Superseded(Exception):
-    """A newer desired document arrived while this one waited (install jitter): drop this one."""
+class _Superseded(ConflictError):
+    """A newer desired document arrived while this one waited (install jitter): drop this one
+    (never leaves the reconciler)."""
 
 
 class Reconciler:
@@ -74,6 +75,10 @@ class Reconciler:
         self._rng = rng or random.Random()
         self._jittered_id: str | None = None  # the document whose install already waited its jitter
         self.last_jitter_s = 0.0
+        # optional semaphore held while a document is applied (not during the install jitter): a
+        # host simulating many devices (devices.simulator) limits how many reconcile at once,
+        # as each real device has its own CPU; None on a device
+        self.concurrency: threading.Semaphore | None = None
         self._lock = threading.Lock()
         self._pending: DesiredState | None = None
         self._busy = False
@@ -132,8 +137,15 @@ class Reconciler:
                 if doc.id == self.settled_id:
                     continue
                 self._busy = True
+            cpu = self.concurrency
             try:
-                ok = self.apply(doc)
+                if cpu is not None:
+                    cpu.acquire()
+                try:
+                    ok = self.apply(doc)
+                finally:
+                    if cpu is not None:
+                        cpu.release()
             except TransientError as exc:
                 ok = None
                 self.last_error = exc.message
@@ -194,7 +206,9 @@ class Reconciler:
                     self.store.rollback()
                     self.emit("rolled_back", slot=slot, bundle=_bundle(want), **ctx)
                     self.emit("active", slot=slot, bundle=_bundle(want), **ctx)
-                    self.on_change()
+                    # no state report here: apply() reports it at the end, microseconds later
+                    # (a report is a state document built and sent; at 1,000 devices rolling
+                    # back at once on one host it was a tenth of the time)
                     return True
                 except EdgeError as exc:
                     log.warning("local rollback failed (%s); downloading instead", exc.message)
@@ -249,13 +263,20 @@ class Reconciler:
         self._jittered_id = desired_id
         delay = self.last_jitter_s = spread_delay(self.install_jitter_s, self._rng)
         self._wake.clear()
-        with self._lock:
-            newer = self._pending is not None
+        with self._lock:  # (after the clear: a submit or stop that set the event before it is seen here)
+            newer = self._pending is not None or self._stopped
         if not newer:
-            self._wake.wait(delay)
+            cpu = self.concurrency if self._thread is threading.current_thread() else None
+            if cpu is not None:
+                cpu.release()  # nobody's CPU is used while waiting
+            try:
+                self._wake.wait(delay)
+            finally:
+                if cpu is not None:
+                    cpu.acquire()
         with self._lock:
             if self._stopped or self._pending is not None:
-                raise _Superseded()
+                raise _Superseded(f"desired document {desired_id} superseded while waiting its install jitter")
 
     def url_problem(self, url: str) -> str | None:
         """Why a desired document's bundle URL is refused, or None.
