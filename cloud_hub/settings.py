@@ -52,7 +52,8 @@ class HubSettings(BaseSettings):
                              "a lone request runs at once, concurrent ones for the same bundle share one "
                              "engine call (see Hub REST in benchmarks/RESULTS.md). 0 turns it off.")
     microbatch_max_size: int = Field(64, description="Largest micro-batch.")
-    microbatch_max_wait_ms: float = Field(2.0, description="Longest wait to fill a micro-batch.")
+    microbatch_max_wait_ms: float = Field(2.0, description="Longest wait to fill a micro-batch (it closes "
+                                          "earlier, as soon as two event-loop turns add no request).")
     onnx_providers: list[str] = Field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
                                       description="ONNX Runtime providers, best first; unavailable ones are skipped.")
     threads: int = Field(1, description="ONNX Runtime intra-op threads per model.")
