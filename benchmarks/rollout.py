@@ -150,7 +150,21 @@ def bench_tick(n: int, windows: int, ticks: int, legacy: bool = False, profile: 
         import cProfile
 
         prof = cProfile.Profile()
+    import gc
+
+    gc_acc = {"s": 0.0, "full": 0, "t0": 0.0}
+
+    def _gc(phase, info):  # time in the cyclic GC, and full (generation 2) collections, per tick
+        if phase == "start":
+            gc_acc["t0"] = time.perf_counter()
+        else:
+            gc_acc["s"] += time.perf_counter() - gc_acc["t0"]
+            gc_acc["full"] += info["generation"] == 2
+
+    gc.callbacks.append(_gc)
+    gc_each = []
     for i in range(ticks):
+        g0 = dict(gc_acc)
         t = time.perf_counter()
         if prof is not None and i == ticks - 1:  # the last tick only (steady: nothing new to fold in)
             prof.enable()
@@ -158,6 +172,8 @@ def bench_tick(n: int, windows: int, ticks: int, legacy: bool = False, profile: 
         if prof is not None and i == ticks - 1:
             prof.disable()
         times.append(time.perf_counter() - t)
+        gc_each.append({"gc_s": round(gc_acc["s"] - g0["s"], 3), "full_gc": gc_acc["full"] - g0["full"]})
+    gc.callbacks.remove(_gc)
     if prof is not None:
         import io
         import pstats
@@ -172,6 +188,7 @@ def bench_tick(n: int, windows: int, ticks: int, legacy: bool = False, profile: 
             "slot_rows": n * windows, "first_tick_s": round(first_tick, 3),
             "tick_s": {"min": round(min(times), 3), "median": round(sorted(times)[len(times) // 2], 3),
                        "max": round(max(times), 3), "each": [round(x, 3) for x in times]},
+            "gc_per_tick": gc_each,
             "legacy_rows": legacy,
             "decision": out.get("decision"), "gates": {g["name"]: g["status"] for g in st["gates"]},
             "candidate_requests": st["candidate_stats"]["requests"]}
