@@ -40,18 +40,22 @@ async def get_hub(request: Request) -> Hub:
 HubDep = Annotated[Hub, Depends(get_hub)]
 
 
-_KEYS_CACHE: list = [None, None]  # [(viewer, client, admin) tuples, [(key bytes, role)]]
+# ((viewer, client, admin) key tuples, [(key bytes, role)]): one reference, read and replaced
+# whole, so a thread never pairs one hub's key lists with another's table
+_keys_cache: tuple | None = None
 
 
 def _keys(s) -> list[tuple[bytes, str]]:
     """The configured keys with their roles, a later role winning for a key given twice; rebuilt
     only when the settings' key lists change (compared by value, so never stale)."""
+    global _keys_cache
     spec = (tuple(s.viewer_keys), tuple(s.client_keys), tuple(s.admin_keys))
-    if _KEYS_CACHE[0] != spec:
+    cached = _keys_cache
+    if cached is None or cached[0] != spec:
         keys = {**{k: "viewer" for k in spec[0]}, **{k: "client" for k in spec[1]},
                 **{k: "admin" for k in spec[2]}}
-        _KEYS_CACHE[:] = [spec, [(k.encode(), role) for k, role in keys.items()]]
-    return _KEYS_CACHE[1]
+        cached = _keys_cache = (spec, [(k.encode(), role) for k, role in keys.items()])
+    return cached[1]
 
 
 def role_for(s, api_key: str | None, authorization: str | None, cookie_key) -> str:

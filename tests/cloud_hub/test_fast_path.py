@@ -172,3 +172,19 @@ def test_requests_other_layers_must_see_take_the_full_stack(served, cancer_data,
                    headers={"Authorization": f"Bearer {CLIENT}", **headers})
     assert r.status_code == status, r.text
     assert status == 200 or r.json()["error"]
+
+
+def test_key_table_follows_each_hubs_settings(hub_settings):
+    """The cached key table is compared by value: two hubs in one process (tests, tools) with
+    different keys never answer with each other's table."""
+    from cloud_hub.api.deps import AuthError, role_for
+
+    a = hub_settings(client_keys=["key-a-0123456789abcdef"])
+    b = hub_settings(admin_keys=["key-b-0123456789abcdef"])
+    for _ in range(3):
+        assert role_for(a, "key-a-0123456789abcdef", None, lambda: None) == "client"
+        with pytest.raises(AuthError):
+            role_for(a, "key-b-0123456789abcdef", None, lambda: None)
+        assert role_for(b, None, "Bearer key-b-0123456789abcdef", lambda: None) == "admin"
+        with pytest.raises(AuthError):
+            role_for(b, "key-a-0123456789abcdef", None, lambda: None)
