@@ -30,6 +30,8 @@ from urllib.parse import parse_qsl
 import orjson
 
 from cloud_hub.api.deps import ROLE_RANK, ForbiddenError, role_for
+from cloud_hub.api.oip import HEADER_LEN, _ref, infer_bytes
+from cloud_hub.api.predict import predict_bytes
 from cloud_hub.inference import new_request_id
 from cloud_hub.logs import request_id_var
 from edge_runtime.errors import EdgeError, PayloadTooLarge, error_body
@@ -39,6 +41,7 @@ _RID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # headers that another layer acts on: such a request takes the full stack
 _FULL_STACK_HEADERS = frozenset((b"cookie", b"origin", b"content-encoding"))
 _OTEL_RECHECK_S = 1.0
+_HEADER_LEN = HEADER_LEN.encode()
 log = logging.getLogger("cloud_hub")
 
 
@@ -74,7 +77,8 @@ class FastPath:
                 headers[k] = v
         now = time.monotonic()
         if now >= self._otel_next:  # providers may be configured at run time: look again each second
-            self._otel_on = self.app._native_telemetry.enabled()
+            tel = getattr(self.app, "_native_telemetry", None)  # FastAPI's own OpenTelemetry (newer releases)
+            self._otel_on = tel is not None and bool(tel.enabled())
             self._otel_next = now + _OTEL_RECHECK_S
         if self._otel_on:
             return None
@@ -124,8 +128,6 @@ class FastPath:
             if raw is None:  # the client went away
                 return 499
             if m.group(1) is not None:
-                from cloud_hub.api.predict import predict_bytes
-
                 entity_key = None
                 qs = scope.get("query_string", b"")
                 if qs:
@@ -134,13 +136,11 @@ class FastPath:
                 body = await predict_bytes(self.hub, m.group(1), raw, entity_key=entity_key, request_id=rid)
                 media_type, extra = b"application/json", None
             else:
-                from cloud_hub.api.oip import HEADER_LEN, _ref, infer_bytes
-
                 name, version = m.group(2), m.group(3)
                 scope["path_params"] = {"name": name} if version is None else {"name": name, "version": version}
                 started = time.perf_counter()
                 body, media, extra = await infer_bytes(
-                    self.hub, _ref(name, version), raw, header_len=_str(headers.get(HEADER_LEN.encode())),
+                    self.hub, _ref(name, version), raw, header_len=_str(headers.get(_HEADER_LEN)),
                     request_id=rid, started=started)
                 media_type = media.encode()
         except EdgeError as exc:
