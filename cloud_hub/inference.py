@@ -519,6 +519,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             items = [await q.get()]
+            self._running = True  # collecting: a request arriving meanwhile joins this batch
             rows = len(items[0][0])
             deadline = loop.time() + self.max_wait
             idle_turns = 0
@@ -534,7 +535,6 @@ class MicroBatcher:
                 idle_turns += 1
                 await asyncio.sleep(0)  # one loop turn: parsed requests join this batch
             xs = [it[0] for it in items]
-            self._running = True
             try:
                 if len(xs) == 1 and self._cost <= self.inline_max_s:
                     # a lone request on a small model: no thread hop (it costs more than the model)
