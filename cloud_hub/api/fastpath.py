@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from cloud_hub.api.deps import ROLE_RANK, ForbiddenError, role_for
+from cloud_hub.api.middleware import length_refusal
 from cloud_hub.api.oip import HEADER_LEN, _ref, infer_bytes
 from cloud_hub.api.predict import predict_bytes
 from cloud_hub.inference import new_request_id
@@ -108,17 +109,9 @@ class FastPath:
         rid_header = (b"x-request-id", rid.encode())
         length = headers.get(b"content-length")
         if length is not None:
-            try:
-                n = int(length)
-            except ValueError:
-                n = -1
-            if n < 0:
-                return await _reply(send, 400, error_body("invalid Content-Length header", "invalid_request",
-                                                          "Content-Length"), rid_header, close=True)
-            if n > self.max_body:
-                return await _reply(send, 413, error_body(f"request body of {n} bytes exceeds the limit of "
-                                                          f"{self.max_body} bytes", "payload_too_large", "body"),
-                                    rid_header, close=True)
+            refusal = length_refusal(length, self.max_body)
+            if refusal is not None:  # the body is not read: the connection is not reused
+                return await _reply(send, *refusal, rid_header, close=True)
         try:
             role = role_for(self.settings, _str(headers.get(b"x-api-key")),
                             _str(headers.get(b"authorization")), lambda: None)

@@ -75,18 +75,9 @@ class HubMiddleware:
         limit = self._limit(scope)
         try:
             if length is not None:
-                try:
-                    n = int(length)
-                except ValueError:
-                    n = -1
-                if n < 0:
-                    await _reply(send_wrapper, 400, error_body("invalid Content-Length header",
-                                                               "invalid_request", "Content-Length"))
-                    return
-                if n > limit:
-                    await _reply(send_wrapper, 413, error_body(f"request body of {n} bytes exceeds "
-                                                               f"the limit of {limit} bytes",
-                                                               "payload_too_large", "body"))
+                refusal = length_refusal(length, limit)
+                if refusal is not None:
+                    await _reply(send_wrapper, *refusal)
                     return
                 await self.app(scope, receive, send_wrapper)
             else:
@@ -109,6 +100,21 @@ class HubMiddleware:
                 self.access_log.log({"request_id": rid, "method": scope["method"], "path": scope["path"],
                                      "status": status_box[0], "duration_ms": round(dt * 1000, 3)})
             request_id_var.reset(token)
+
+
+def length_refusal(length: bytes, limit: int) -> tuple[int, dict] | None:
+    """A ``Content-Length`` value → (400, error) when it is not a length, (413, error) above
+    ``limit``, None when the body may be read. Shared with the inference fast path."""
+    try:
+        n = int(length)
+    except ValueError:
+        n = -1
+    if n < 0:
+        return 400, error_body("invalid Content-Length header", "invalid_request", "Content-Length")
+    if n > limit:
+        return 413, error_body(f"request body of {n} bytes exceeds the limit of {limit} bytes",
+                               "payload_too_large", "body")
+    return None
 
 
 async def _reply(send, status: int, body: dict, close: bool = True) -> None:
