@@ -21,7 +21,6 @@ a hub killed between two of them resumes from the database.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
 import threading
@@ -30,6 +29,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import Text, bindparam, cast, select, text
 
+from cloud_hub.fleet.service import _loads  # a JSON column: orjson, json.loads for NaN/huge ints
 from cloud_hub.rollouts import tables as T
 from cloud_hub.rollouts.cohort import Selector, parse_selector, stage_members
 from cloud_hub.rollouts.gates import Aggregate, StageView, Verdict, evaluate
@@ -774,21 +774,6 @@ _SLOT_JSON = ("latency", "scores", "decisions", "divergence")  # fleet_slot_stat
 _ROW_COLS = [c for c in T.rollouts.c if c.name != "baseline"]
 
 
-def _loads(raw: Any) -> Any:
-    """A JSON column read as text (SQLite) or already decoded (PostgreSQL's driver): orjson, and the
-    standard parser for what orjson refuses (NaN, huge integers), so the values are json.loads'."""
-    if raw is None or not isinstance(raw, (str, bytes)):
-        return raw
-    try:
-        return _orjson_loads(raw)
-    except ValueError:  # orjson.JSONDecodeError
-        return json.loads(raw)
-
-
-try:
-    from orjson import loads as _orjson_loads
-except ImportError:  # pragma: no cover - orjson is a hub dependency
-    _orjson_loads = json.loads
 
 
 def _agg_dict(a: Aggregate) -> dict[str, Any]:
