@@ -137,6 +137,8 @@ def main() -> None:
         help="device profile (tiny-arm: 1 intra-op thread, so no ONNX Runtime pool "
         "thread spinning between requests inflates the daemon's CPU time)",
     )
+    ap.add_argument("--workers", type=int, default=None,
+                    help="[local_api] workers of the daemon (default: the daemon's own default)")
     ap.add_argument("--json")
     ap.add_argument("--plain", action="store_true", help="also run the hand-written endpoint (see above)")
     args = ap.parse_args()
@@ -156,6 +158,7 @@ def main() -> None:
         f'[device]\nid = "bench"\nprofile = "{args.profile}"\n'
         f'[store]\ndir = "{tmp / "store"}"\npublic_key = "{pub}"\n'
         '[local_api]\nhost = "127.0.0.1"\nport = 0\n'
+        + (f"workers = {args.workers}\n" if args.workers else "")
     )
     row = json.dumps({"rows": [{f: 0.1 * i for i, f in enumerate(FEATURES)}]})
     script = tmp / "post.lua"

@@ -14,10 +14,15 @@ the field), no active model 503. A handler never lets an exception kill the serv
 
 Built so that a hostile neighbour on the device cannot exhaust it:
 
-* **No thread per connection.** ``workers`` threads share one epoll set with
-  ``EPOLLONESHOT``: a readable connection wakes exactly one worker, which reads what
-  is there (non-blocking), feeds h11 and, once a request is complete, runs it inline
-  (inference included) and writes the answer. A slow or idle client holds no thread.
+* **No thread per connection.** One I/O thread waits on an epoll set (level-triggered,
+  many events per wake-up), reads what is there (non-blocking), feeds h11 and, once a
+  request is complete, runs it inline (inference included) and writes the answer. A slow
+  or idle client holds no thread. With ``workers`` > 1, a request that would hold the I/O
+  thread long — a body over 64 KiB, or any ``/predict`` while recent small ones average over
+  2 ms (a slow model) — is handed to one of ``workers - 1`` pool threads, so ``/health`` and
+  other clients are still served meanwhile (ONNX Runtime releases the GIL while it runs).
+  Fast requests never change threads: on a 2-core device, handing each request between
+  threads cost more than the request (GIL hand-offs; issue 17).
 * **Bounded connections**: past ``max_connections`` the longest-idle keep-alive
   connection is closed to make room; if none is idle the newcomer gets 503 and is closed.
 * **Deadlines**: a request head must arrive within ``header_timeout_s`` of its first
@@ -44,6 +49,7 @@ import json
 import logging
 import math
 import os
+import queue
 import re
 import select
 import socket
@@ -67,6 +73,7 @@ _MAX_HEADERS = 100
 _MAX_DEPTH = 32  # JSON nesting ({"rows": [{...}]} is 3; tensors a few more)
 _SMALL_BODY = 65536  # bodies up to this size do not draw from the shared budget
 _RECV = 65536
+_INLINE_MAX_S = 0.002  # a /predict whose recent small calls average more goes to a pool thread
 
 
 _REASONS = {
@@ -309,11 +316,10 @@ class LocalApi:
         self._next_sweep = 0.0
         self._accept_paused_until = 0.0
         self._ep = select.epoll()
-        # one worker: level-triggered, many events per wake-up, no re-arming (a request costs
-        # recv + send); several: EPOLLONESHOT hands each ready connection to exactly one
-        # worker, which re-arms it when done (one more syscall, and GIL hand-offs between them)
-        self._oneshot = select.EPOLLONESHOT if self.workers > 1 else 0
-        self._maxevents = 1 if self.workers > 1 else 64
+        # the I/O thread: level-triggered, many events per wake-up, no re-arming (a request
+        # costs recv + send); slow requests go to the pool (``workers - 1`` threads)
+        self._jobs: queue.SimpleQueue[_Conn | None] = queue.SimpleQueue()
+        self._cost = 0.0  # EWMA seconds of a small /predict (decides inline vs pool)
         try:
             tcp = socket.create_server((host, port), family=_family(host), backlog=1024)
         except OSError as exc:
@@ -379,15 +385,18 @@ class LocalApi:
     def start(self) -> LocalApi:
         self._stopping = False
         for fd in self._listeners:
-            self._ep.register(fd, _IN | self._oneshot)
-        for i in range(self.workers):
-            t = threading.Thread(target=self._worker, name=f"local-api-{i}", daemon=True)
+            self._ep.register(fd, _IN)
+        targets = [self._worker] + [self._pool_worker] * (self.workers - 1)
+        for i, target in enumerate(targets):
+            t = threading.Thread(target=target, name=f"local-api-{i}", daemon=True)
             t.start()
             self._threads.append(t)
         return self
 
     def stop(self) -> None:
         self._stopping = True
+        for _ in range(self.workers - 1):
+            self._jobs.put(None)
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
@@ -412,12 +421,12 @@ class LocalApi:
             sock.close()
         self._listeners.clear()
 
-    # ---- the worker loop ----------------------------------------------------------------------------
+    # ---- the I/O thread and the pool -------------------------------------------------------------------
     def _worker(self) -> None:
         ep = self._ep
         while not self._stopping:
             try:
-                events = ep.poll(0.25, self._maxevents)
+                events = ep.poll(0.25, 64)
             except (OSError, ValueError):
                 if self._stopping:
                     return
@@ -466,9 +475,6 @@ class LocalApi:
                     return
                 break
             self._admit(sock, now)
-        if self._oneshot:
-            with contextlib.suppress(OSError, ValueError):
-                self._ep.modify(fd, _IN | self._oneshot)
 
     def _admit(self, sock: socket.socket, now: float) -> None:
         sock.setblocking(False)
@@ -503,7 +509,7 @@ class LocalApi:
         with self._lock:
             self._conns[conn.fd] = conn
             self.stats["accepted"] += 1
-            self._ep.register(conn.fd, _IN | self._oneshot)
+            self._ep.register(conn.fd, _IN)
 
     def _release(self, conn: _Conn) -> None:
         """Give the connection back: re-arm it for what it waits on, unless it was closed."""
@@ -511,8 +517,8 @@ class LocalApi:
             conn.busy = False
             if not conn.closed:
                 try:
-                    if self._oneshot or conn.want != conn.armed:
-                        self._ep.modify(conn.fd, conn.want | self._oneshot)
+                    if conn.want != conn.armed:
+                        self._ep.modify(conn.fd, conn.want)
                         conn.armed = conn.want
                 except (OSError, ValueError):
                     conn.busy = True  # unusable: close below
@@ -541,7 +547,7 @@ class LocalApi:
             self._accept_paused_until = 0.0
             for fd in list(self._listeners):
                 with contextlib.suppress(OSError, ValueError):
-                    self._ep.modify(fd, _IN | self._oneshot)
+                    self._ep.modify(fd, _IN)
         late: list[_Conn] = []
         with self._lock:
             for c in self._conns.values():
@@ -567,6 +573,7 @@ class LocalApi:
 
     # ---- one connection's turn ---------------------------------------------------------------------------
     def _serve(self, conn: _Conn, ev: int) -> None:
+        handed_off = False
         try:
             if conn.out:
                 if not self._flush(conn):
@@ -587,29 +594,63 @@ class LocalApi:
                         self._close(conn)  # the client went away between requests
                         return
                     conn.h.receive_data(data)
-            self._process(conn)
+            handed_off = self._process(conn)
         except Exception:
             log.exception("local api: connection error")
             self._close(conn)
         finally:
-            if not conn.closed:
+            if not handed_off and not conn.closed:
                 self._release(conn)
 
-    def _process(self, conn: _Conn) -> None:
-        """Run every complete request h11 holds; stop when it needs data or output blocks."""
+    def _pool_worker(self) -> None:
+        while True:
+            conn = self._jobs.get()
+            if conn is None:
+                return
+            try:
+                self._answer(conn)
+                self._process(conn, inline=True)  # requests pipelined behind it, if any
+            except Exception:
+                log.exception("local api: connection error")
+                self._close(conn)
+            finally:
+                if not conn.closed:
+                    self._release(conn)
+
+    def _hand_off(self, conn: _Conn) -> bool:
+        """Give a complete request that would hold the I/O thread long to the pool; True if
+        given. The connection stays busy and out of epoll until its pool thread releases it."""
+        req = conn.req
+        if self.workers == 1 or req is None or req.method != b"POST":
+            return False
+        if len(conn.body) <= _SMALL_BODY and self._cost <= _INLINE_MAX_S:
+            return False
+        with self._lock:
+            try:  # no events while away (one-shot: a hang-up is reported once, not in a loop)
+                self._ep.modify(conn.fd, select.EPOLLONESHOT)
+            except (OSError, ValueError):
+                return False
+            conn.armed = 0
+        self._jobs.put(conn)  # from here on the pool thread owns it
+        return True
+
+    def _process(self, conn: _Conn, *, inline: bool = False) -> bool:
+        """Run every complete request h11 holds; stop when it needs data or output blocks, or
+        when a request went to the pool (then True: the caller must not touch the connection
+        again; ``inline``: never, the caller is a pool thread)."""
         while not conn.closed and not conn.out:
             h = conn.h  # replaced by a fresh one after each answered request
             try:
                 event = h.next_event()
             except h11.RemoteProtocolError as exc:
                 self._protocol_error(conn, exc)
-                return
+                return False
             if event is h11.NEED_DATA:
                 if conn.phase == "idle" and h.trailing_data[0]:
                     conn.phase = "head"
                     conn.deadline = time.monotonic() + self.header_timeout_s
                 conn.want = _IN
-                return
+                return False
             if isinstance(event, h11.Request):
                 self._on_request(conn, event)
             elif isinstance(event, h11.Data):
@@ -620,15 +661,18 @@ class LocalApi:
                 else:  # usually the whole body in one piece: no copy
                     conn.body = event.data
             elif isinstance(event, h11.EndOfMessage):
+                if not inline and self._hand_off(conn):
+                    return True
                 self._answer(conn)
                 if conn.phase == "idle":
-                    return  # nothing more buffered: wait for the next request
+                    return False  # nothing more buffered: wait for the next request
             elif isinstance(event, h11.ConnectionClosed):
                 self._close(conn)
-                return
+                return False
             else:  # PAUSED cannot happen (a fresh h11 state per request); be safe
                 self._close(conn)
-                return
+                return False
+        return False
 
     def _protocol_error(self, conn: _Conn, exc: h11.RemoteProtocolError) -> None:
         h = conn.h
@@ -795,7 +839,12 @@ class LocalApi:
     def _answer(self, conn: _Conn) -> None:
         req = conn.req
         close = conn.wants_close
-        data = self._dispatch(req, bytes(conn.body), close)
+        body = bytes(conn.body)
+        t0 = time.perf_counter()
+        data = self._dispatch(req, body, close)
+        if req.method == b"POST" and len(body) <= _SMALL_BODY:
+            dt_s = time.perf_counter() - t0
+            self._cost = dt_s if self._cost == 0.0 else 0.9 * self._cost + 0.1 * dt_s
         if conn.reserved:
             with self._lock:
                 self._buffered -= conn.reserved

@@ -268,3 +268,83 @@ def test_a_body_arriving_in_many_pieces_is_read_whole(daemon, rows):
     head, _, payload = out.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), out[:200]
     assert len(json.loads(payload)["predictions"]) == 2
+
+
+@pytest.fixture
+def pooled(cancer_bundle, keypair):
+    """A daemon with an I/O thread and one pool thread (``workers = 2``)."""
+    settings = load_settings(local_api={"port": 0, "workers": 2}, store={"public_key": str(keypair[1])})
+    d = Daemon(settings, bundle=cancer_bundle).start()
+    yield d
+    d.stop()
+
+
+def test_a_slow_model_runs_in_the_pool_and_health_is_answered_meanwhile(pooled, rows):
+    """Once recent /predict calls average over 2 ms, they leave the I/O thread: /health and the
+    other clients are served while one runs (the order of the answers proves it)."""
+    import threading
+
+    fast = pooled.predict
+    gate, entered, done = threading.Event(), threading.Event(), threading.Event()
+
+    def slow(rows_):
+        entered.set()
+        if not gate.wait(timeout=30):
+            raise AssertionError("the test never opened the gate")
+        return fast(rows_)
+
+    def sleepy(rows_):
+        threading.Event().wait(0.01)  # 10 ms a call: a slow model
+        return fast(rows_)
+
+    c = http.client.HTTPConnection(pooled.api.host, pooled.api.port, timeout=30)
+    pooled.predict = sleepy
+    for _ in range(3):  # learned inline: the next /predict goes to the pool
+        assert call(c, "POST", "/predict", {"rows": rows[:1]})[0] == 200
+    pooled.predict = slow
+    answer = {}
+
+    def client():
+        answer["status"], answer["body"] = call(c, "POST", "/predict", {"rows": rows[:2]})
+        done.set()
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        assert entered.wait(timeout=10)
+        h = http.client.HTTPConnection(pooled.api.host, pooled.api.port, timeout=10)
+        status, health = call(h, "GET", "/health")
+        h.close()
+        assert status == 200 and health["status"] == "ok"
+        assert not done.is_set(), "/health was answered while the slow /predict still ran"
+    finally:
+        gate.set()
+        t.join(timeout=30)
+    assert answer["status"] == 200 and len(answer["body"]["predictions"]) == 2
+    pooled.predict = fast
+    c.close()
+
+
+def test_pipelined_requests_behind_a_pooled_one_are_answered_in_order(pooled, rows):
+    """A body over 64 KiB goes to the pool; the requests the client pipelined behind it on the
+    same connection are answered after it, in order, on the same connection."""
+    big = json.dumps({"rows": rows[:3]}).encode()
+    big = big[:-1] + b" " * (70 * 1024 - len(big)) + b"}"
+    small = json.dumps({"rows": rows[:1]}).encode()
+
+    def req(body: bytes, close: bool = False) -> bytes:
+        return (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + (b"Connection: close\r\n" if close else b"")
+                + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    out = _raw(pooled, req(big) + req(small) + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + req(small, True))
+    answers = []
+    while out:
+        head, _, rest = out.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        answers.append((head.split(b" ")[1], json.loads(rest[:length])))
+        out = rest[length:]
+    assert [s for s, _ in answers] == [b"200"] * 4
+    assert [len(b.get("predictions", [])) for _, b in answers] == [3, 1, 0, 1]
+    assert answers[2][1]["status"] == "ok"
