@@ -32,7 +32,8 @@ Built so that a hostile neighbour on the device cannot exhaust it:
   most ``_MAX_HEADERS`` fields; a body is at most ``max_body_bytes`` (413) and bodies over
   ``_SMALL_BODY`` draw from a shared ``max_buffered_bytes`` budget (503 when it is spent);
   nothing more is read from a connection while its answer is still being written.
-* **Framing by h11** (RFC 9112-strict): a request with both ``Transfer-Encoding`` and
+* **Framing by h11** (RFC 9112-strict; a complete simple request in one read is framed by
+  ``_simple_head`` with the same grammar, see there): a request with both ``Transfer-Encoding`` and
   ``Content-Length`` is refused (400, the smuggling pattern), chunked bodies get 411,
   duplicate or odd ``Content-Length`` 400, a head cut by EOF is dropped unanswered.
 * **JSON depth** is checked on the raw bytes before parsing (400 past ``_MAX_DEPTH``).

@@ -154,8 +154,9 @@ class LocalApiSection(_Section):
     max_rows: Int = Field(10_000, ge=1, description="Most rows accepted in one /predict call.")
     max_connections: Int = Field(256, ge=1, le=65536, description="Open connections at most; past "
                                  "it the longest-idle keep-alive one is closed, else 503.")
-    workers: Int = Field(4, ge=1, le=64, description="Threads that serve requests (inference "
-                         "included); idle connections hold none.")
+    workers: Int = Field(4, ge=1, le=64, description="Threads that serve requests: one I/O "
+                         "thread runs fast ones inline, workers - 1 pool threads run slow ones (body "
+                         "over 64 KiB, or a slow model); idle connections hold none.")
     header_timeout_s: Float = Field(10.0, ge=0.1, le=3600, description="A request head must "
                                     "arrive within this many seconds of its first byte (else 408).")
     body_timeout_s: Float = Field(30.0, ge=0.1, le=3600, description="A request body must arrive "
