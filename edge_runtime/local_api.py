@@ -932,11 +932,13 @@ class LocalApi:
             if not conn.out:
                 self._close(conn)
             return
-        # keep-alive: a fresh h11 state for the next request, fed what was already read
+        # keep-alive: a fresh h11 state for the next request, fed what was already read (the
+        # state is still fresh after a request framed by ``_simple_head``: h11 never saw it)
         rest = conn.h.trailing_data[0]
-        conn.h = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
-        if rest:
-            conn.h.receive_data(bytes(rest))
+        if rest or conn.h.their_state is not h11.IDLE:
+            conn.h = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+            if rest:
+                conn.h.receive_data(bytes(rest))
         now = time.monotonic()
         conn.phase = "head" if rest else "idle"
         conn.deadline = now + (self.header_timeout_s if rest else self.idle_timeout_s)
