@@ -51,6 +51,20 @@ def _info(drv) -> str:
     return drv.find_element("id", "page-info").text
 
 
+_HOLD_NEXT_DEVICES_ANSWER = """
+var real = window.fetch;
+window.fetch = function (url) {
+  var p = real.apply(this, arguments);
+  if (window.__release || String(url).indexOf("/v1/devices") < 0) return p;
+  return new Promise(function (resolve, reject) {
+    window.__release = function () {
+      p.then(resolve, reject);
+    };
+  });
+};
+"""
+
+
 def test_fleet_page_pages_sorts_and_filters_10000_devices(big_hub, browser):  # noqa: F811
     hub, expect = big_hub
     drv = browser
@@ -72,9 +86,18 @@ def test_fleet_page_pages_sorts_and_filters_10000_devices(big_hub, browser):  # 
     first = _do(lambda: drv.find_element("css selector", "table[aria-label=Devices] tbody tr td a").text)
     assert first == "dev-00050"
 
+    # A refresh that left while "next page" had the focus comes back while the user types in a
+    # filter: it must not send the focus back to the button. The page's next device-list answer
+    # is held until the keys are typed, then let go (inside the filter's 300 ms debounce).
+    drv.execute_script(_HOLD_NEXT_DEVICES_ANSWER)
+    _wait(drv, lambda d: d.execute_script("return !!window.__release"), what="a refresh in flight")
     _type(drv, "filter-selector", "region=eu")
-    _wait(drv, lambda d: _info(d) == f"rows 1–50 of {expect['eu']}", what="tag filter")
+    drv.execute_script('document.querySelector("table[aria-label=Devices]").dataset.stale = "1"; window.__release()')
+    _wait(drv, lambda d: d.execute_script('return !document.querySelector("table[data-stale]")'),
+          what="the page rendered again")
     assert drv.switch_to.active_element.get_attribute("id") == "filter-selector"  # typing keeps focus
+    _wait(drv, lambda d: _info(d) == f"rows 1–50 of {expect['eu']}", what="tag filter")
+    assert drv.switch_to.active_element.get_attribute("id") == "filter-selector"
     _do(lambda: drv.find_element("id", "filter-version").send_keys("cancer-risk:2.0.0"))
     # region eu is i % 3 == 0, version 2.0.0 is i % 10 == 0: i % 30 == 0
     _wait(drv, lambda d: _info(d) == f"rows 1–50 of {len(range(0, N, 30))}", what="tag + version filter")

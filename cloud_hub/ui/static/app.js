@@ -749,10 +749,12 @@
               rollouts: rolloutsPage, rollout: function () { return rolloutPage(r.arg); }, jobs: jobsPage}[r.page] || fleetPage;
     state.busy = true;
     var seq = state.seq = (state.seq || 0) + 1;  // a slower, older answer must not replace a newer page
-    var focused = document.activeElement && document.activeElement.id;
-    var caret = focused && document.activeElement.selectionStart;
     return fn().then(function (nodes) {
       if (seq !== state.seq) return;
+      // what has the focus now, not when the request left: the user may have moved on meanwhile
+      // (typing in a filter while a refresh was in flight must not send the focus back)
+      var focused = document.activeElement && document.activeElement.id;
+      var caret = focused && document.activeElement.selectionStart;
       render(nodes);
       if (focused) {
         var e = document.getElementById(focused);
