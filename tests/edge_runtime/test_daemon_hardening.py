@@ -353,12 +353,15 @@ def test_a_dead_mqtt_link_thread_is_restarted(tmp_path, cancer_bundle, keypair, 
         pub.connect(host, port)
         pub.loop_start()
         try:
-            pub.publish(topic(prefix, "sup-1", "desired"), b"{}", qos=1).wait_for_publish(10)
+            # retained: the link sets "connected" when it sends SUBSCRIBE, not when the broker has
+            # it; a plain message could reach the broker first and go to nobody
+            pub.publish(topic(prefix, "sup-1", "desired"), b"{}", qos=1, retain=True).wait_for_publish(10)
             assert _wait(lambda: d.supervisor.health()["mqtt_link"]["restarts"] >= 1)
             h = d.health()["threads"]["mqtt_link"]
             assert h["last_error"] == "RuntimeError: boom in on_message"
             assert _wait(lambda: link.connected.is_set() and link.client._thread.is_alive())
             assert d.fleet.state().health["threads"]["mqtt_link"]["restarts"] >= 1
         finally:
+            pub.publish(topic(prefix, "sup-1", "desired"), b"", qos=1, retain=True).wait_for_publish(10)
             pub.loop_stop()
             pub.disconnect()
