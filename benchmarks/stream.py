@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import platform
@@ -141,13 +142,16 @@ def stop_worker(p: subprocess.Popen) -> None:
 
 
 class Receiver:
-    """Counts results and records publish → receive latency."""
+    """Counts results and records publish → receive latency; for ``cloud-hub stream`` results
+    (which carry ``received_at`` and ``scored_at``) also its three stages: publish → pulled by
+    the worker, pulled → scored, scored → received here."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.count = 0
         self.first = self.last = None
         self.lat: list[float] = []
+        self.stages: list[tuple[float, float, float]] = []
 
     def on(self, data: bytes) -> None:
         now = time.time()
@@ -158,10 +162,14 @@ class Receiver:
             self.last = now
             if o.get("ts"):
                 self.lat.append(now - o["ts"])
+                if "received_at" in o and "scored_at" in o:
+                    got = dt.datetime.fromisoformat(o["received_at"]).timestamp()
+                    scored = dt.datetime.fromisoformat(o["scored_at"]).timestamp()
+                    self.stages.append((got - o["ts"], scored - got, now - scored))
 
     def reset(self) -> None:
         with self.lock:
-            self.count, self.first, self.last, self.lat = 0, None, None, []
+            self.count, self.first, self.last, self.lat, self.stages = 0, None, None, [], []
 
     def wait(self, n: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -171,14 +179,22 @@ class Receiver:
             raise RuntimeError(f"only {self.count}/{n} results arrived")
 
 
-def latency_stats(lat: list[float]) -> dict:
+def latency_stats(lat: list[float], stages: list[tuple[float, float, float]] | None = None) -> dict:
     a = np.array(lat) * 1000
-    return {
+    out = {
         "n": len(a),
         "p50_ms": round(float(np.percentile(a, 50)), 2),
         "p99_ms": round(float(np.percentile(a, 99)), 2),
         "max_ms": round(float(a.max()), 2),
     }
+    if stages:
+        s = np.array(stages) * 1000
+        for q in (50, 99):
+            p = np.percentile(s, q, axis=0)
+            out[f"stages_p{q}_ms"] = {"published_to_pulled": round(float(p[0]), 2),
+                                     "pulled_to_scored": round(float(p[1]), 2),
+                                     "scored_to_received": round(float(p[2]), 2)}
+    return out
 
 
 def paced(publish, msgs: list[dict], rate: float) -> float:
@@ -251,7 +267,7 @@ def bench_nats(bundle: Path, args, work: Path, plain: bool = False) -> dict:
 
             sent_rate = paced(pub, msgs, target)
             rx.wait(len(msgs), 120)
-            lat = latency_stats(rx.lat)
+            lat = latency_stats(rx.lat, rx.stages)
         finally:
             stop_worker(w)
         return {
@@ -370,7 +386,7 @@ def bench_kafka(bundle: Path, args, work: Path) -> dict:
             sent_rate = paced(pub, msgs, target)
             prod.flush(30)
             rx.wait(len(msgs), 120)
-            lat = latency_stats(rx.lat)
+            lat = latency_stats(rx.lat, rx.stages)
         finally:
             stop_worker(w)
         return {
@@ -459,7 +475,7 @@ def bench_mqtt(bundle: Path, args, work: Path, port: int = 1883, label: str = "d
         lat_msgs = payloads(int(target * args.latency_s), start=n)
         sent_rate = paced(lambda d: pub.publish(t_in, d, qos=1), lat_msgs, target)
         rx.wait(len(lat_msgs), 120)
-        lat = latency_stats(rx.lat)
+        lat = latency_stats(rx.lat, rx.stages)
     finally:
         stop_worker(w)
         for c in (sub, pub):
