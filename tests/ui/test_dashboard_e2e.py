@@ -382,6 +382,16 @@ def test_jobs_page_lists_schedules_admin_pauses_viewer_cannot(stack, browser, tm
     assert not drv.find_elements("css selector", "main button")
 
 
+_WATCH_ELEMENT = """
+var id = arguments[0], main = document.querySelector("main");
+window.__watch = {renders: 0, missing: 0};
+new MutationObserver(function (changes) {
+  if (changes.some(function (c) { return c.target === main; })) window.__watch.renders++;
+  if (!document.getElementById(id)) window.__watch.missing++;
+}).observe(main, {childList: true, subtree: true});
+"""
+
+
 def test_admin_attaches_a_shadow_and_starts_and_stops_a_split(stack, browser):
     from selenium.webdriver.support.ui import Select
 
@@ -401,6 +411,12 @@ def test_admin_attaches_a_shadow_and_starts_and_stops_a_split(stack, browser):
                                                            headers=key).json()["shadows"]] == [other],
           what="shadow attached")
     _wait(drv, lambda d: d.find_element("id", f"shadow-detach-cancer-risk-{other}"), what="detach button")
+    # the page refreshes every 2 s and fills the serving panel from its own requests: across two
+    # refreshes the button is never missing from the page (it used to blink out while the panel
+    # waited for its data, so a click could find nothing)
+    drv.execute_script(_WATCH_ELEMENT, f"shadow-detach-cancer-risk-{other}")
+    _wait(drv, lambda d: d.execute_script("return window.__watch.renders") >= 2, what="two refreshes")
+    assert drv.execute_script("return window.__watch.missing") == 0
     _type(drv, "split-fraction-cancer-risk", "0.25")
     _do(lambda: drv.find_element("id", "split-put-cancer-risk").click())
     drv.switch_to.alert.accept()

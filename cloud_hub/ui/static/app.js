@@ -69,8 +69,17 @@
     clearTimeout(t._h); t._h = setTimeout(function () { t.hidden = true; }, 4000);
   }
   function render(nodes) {
+    // panels filled after the page (data-keep: the serving panel of each model) keep what they
+    // showed until their own answer arrives, instead of blinking empty on every refresh: a button
+    // must not vanish under the pointer
+    var kept = {};
+    main.querySelectorAll("[data-keep][id]").forEach(function (e) { kept[e.id] = e; });
     while (main.firstChild) main.removeChild(main.firstChild);
     add(main, nodes);
+    main.querySelectorAll("[data-keep][id]").forEach(function (e) {
+      var old = kept[e.id];
+      if (old && !e.firstChild) while (old.firstChild) e.appendChild(old.firstChild);
+    });
   }
   function card(n, label, id) { return h("div", {"class": "card", id: id}, h("div", {"class": "n"}, n), h("div", {"class": "l"}, label)); }
 
@@ -380,7 +389,8 @@
             h("p", {}, "aliases: ", Object.keys(m.aliases).map(function (a) { return [badge(a + " → " + m.aliases[a], "ok"), " "]; })),
             table(["version", "aliases", "format", "size", "signature", "sha256", "provenance"], rows, "Versions of " + m.name),
             state.role === "admin" ? aliasForm(m, versions) : null,
-            h("div", {id: "serving-" + m.name.replace(/[^A-Za-z0-9_-]/g, "_"), "class": "serving", "data-model": m.name}),
+            h("div", {id: "serving-" + m.name.replace(/[^A-Za-z0-9_-]/g, "_"), "class": "serving", "data-model": m.name,
+                   "data-keep": "1"}),
             h("div", {"class": "grid2"},
               Charts.line(s("p99_ms"), {title: "Fleet p99 latency (ms) per version, from merged sketches", xTime: true}),
               Charts.line(s("error_rate"), {title: "Fleet error rate per version", xTime: true}),
