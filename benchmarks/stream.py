@@ -87,14 +87,8 @@ def start_worker(
         "--group",
         f"bench{uuid.uuid4().hex[:6]}",
     ]
-    fh = open(log, "wb")
-    p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    p = spawn(cmd, log, b'"event": "ready"')
     p.client_id = f"cloudhub-{cmd[-1]}-0"  # the MQTT worker's persistent session
-    deadline = time.monotonic() + 60
-    while b'"event": "ready"' not in log.read_bytes():
-        if p.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"worker did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.05)
     return p
 
 
@@ -102,12 +96,17 @@ def start_plain_nats(bundle: Path, subj_in: str, subj_out: str, args, log: Path)
     cmd = [sys.executable, str(Path(__file__).resolve().parent / "stream_peers" / "plain_nats.py"),
            str(bundle / "model.onnx"), "nats://127.0.0.1:4222", subj_in, subj_out, str(args.batch_size),
            *feature_names()]
+    return spawn(cmd, log, b"ready")
+
+
+def spawn(cmd: list[str], log: Path, ready: bytes) -> subprocess.Popen:
+    """Start a worker process (output to ``log``) and wait until ``ready`` appears in its log."""
     fh = open(log, "wb")
     p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
-    while b"ready" not in log.read_bytes():
+    while ready not in log.read_bytes():
         if p.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"hand-written worker did not start: {log.read_text()[-2000:]}")
+            raise RuntimeError(f"worker did not start: {log.read_text()[-2000:]}")
         time.sleep(0.05)
     return p
 
